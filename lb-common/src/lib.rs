@@ -1,0 +1,169 @@
+//! Map keys, values and constants shared by the kernel programs (lb-ebpf) and
+//! the agent (lb-userspace).
+//!
+//! Every type is `#[repr(C)]` and padding-free (explicit `_pad` fields, sizes
+//! asserted below) so that a key written by the agent hashes to the same bytes
+//! the kernel looks up. Addresses are stored as network-order byte arrays and
+//! ports as host-order `u16`, so that `bpftool map dump` prints them readably
+//! (`[198,19,0,10]`, `80`).
+#![no_std]
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Scope of a frontend entry. Every frontend has a `SCOPE_EXTERNAL` entry (the
+/// default view); a `SCOPE_INTERNAL` entry exists only where pods must see a
+/// different set of backends (the traffic policies). Pod traffic looks up the
+/// internal scope first and falls back to the external one.
+pub const SCOPE_EXTERNAL: u8 = 0;
+pub const SCOPE_INTERNAL: u8 = 1;
+
+/// Endpoint selection algorithms (ServiceValue::algorithm).
+pub const ALG_RANDOM: u8 = 0;
+pub const ALG_HASH: u8 = 1;
+pub const ALG_MAGLEV: u8 = 2;
+
+/// Backend states (Backend::state).
+pub const BACKEND_ACTIVE: u8 = 0;
+pub const BACKEND_TERMINATING: u8 = 1;
+
+/// Conntrack entry kinds (CtValue::kind).
+/// A forward entry is keyed by the client's tuple towards the frontend and
+/// names the backend; a reply entry is keyed by the backend's tuple towards the
+/// client and names the frontend to restore as source.
+pub const CT_FORWARD: u8 = 1;
+pub const CT_REPLY: u8 = 2;
+
+/// Map names. The `_V1` suffix is the layout version: an incompatible layout
+/// gets a new name so that an old pin is never reused with the wrong types.
+pub const MAP_SERVICES: &str = "SERVICES_V1";
+pub const MAP_SLOTS: &str = "SLOTS_V1";
+pub const MAP_BACKENDS: &str = "BACKENDS_V1";
+pub const MAP_REVNAT: &str = "REVNAT_V1";
+pub const MAP_CT: &str = "CT_V1";
+pub const ALL_MAPS: [&str; 5] = [MAP_SERVICES, MAP_SLOTS, MAP_BACKENDS, MAP_REVNAT, MAP_CT];
+
+/// Program names (function names in lb-ebpf).
+pub const PROG_TC_INGRESS: &str = "weir_tc_ingress";
+
+pub const MAX_SERVICES: u32 = 65_536;
+pub const MAX_BACKENDS: u32 = 65_536;
+pub const MAX_SLOTS: u32 = 262_144;
+pub const MAX_CT: u32 = 262_144;
+
+/// A frontend: the address, port and protocol a client connects to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// A frontend's entry. `count` backends live in slots 1..=count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub id: u32,
+    pub count: u32,
+    pub flags: u16,
+    pub algorithm: u8,
+    pub _pad: u8,
+    pub affinity_timeout: u32,
+}
+
+/// Key of the slots map: the n-th backend of a service (slots start at 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotKey {
+    pub service_id: u32,
+    pub slot: u32,
+}
+
+/// A backend (an endpoint address and target port), shared by all frontends that use it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Backend {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub proto: u8,
+    pub state: u8,
+}
+
+/// Reverse NAT entry: the frontend restored as source on replies, by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNat {
+    pub addr: [u8; 4],
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Conntrack key: a packet's 5-tuple in the direction it travels.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Conntrack value. For `CT_FORWARD`, `nat_*` is the backend the flow uses;
+/// for `CT_REPLY`, it is the frontend to restore as source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+    pub nat_addr: [u8; 4],
+    pub nat_port: u16,
+    pub kind: u8,
+    pub flags: u8,
+    pub last_seen_ns: u64,
+}
+
+/// Flow hash used by the `hash` algorithm: murmur3's finaliser over the
+/// 5-tuple. Shared so that tests and the agent can predict the kernel's choice.
+#[inline(always)]
+pub fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = u32::from_be_bytes(saddr);
+    h = fmix(h ^ u32::from_be_bytes(daddr).rotate_left(13));
+    h = fmix(h ^ (((sport as u32) << 16) | dport as u32));
+    fmix(h ^ proto as u32)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<ServiceKey>() == 8);
+    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<SlotKey>() == 8);
+    assert!(core::mem::size_of::<Backend>() == 8);
+    assert!(core::mem::size_of::<RevNat>() == 8);
+    assert!(core::mem::size_of::<CtKey>() == 16);
+    assert!(core::mem::size_of::<CtValue>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, padding-free (sizes asserted above).
+    unsafe impl aya::Pod for ServiceKey {}
+    unsafe impl aya::Pod for ServiceValue {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for RevNat {}
+    unsafe impl aya::Pod for CtKey {}
+    unsafe impl aya::Pod for CtValue {}
+}

@@ -1,0 +1,80 @@
+//! The service load-balancing decision for one packet.
+use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+use lb_common::{ServiceKey, ServiceValue, SlotKey, CT_REPLY, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+
+use crate::{
+    conntrack,
+    maps::{BACKENDS, SERVICES, SLOTS},
+    nat,
+    parse::{parse_ipv4, Flow},
+    select,
+};
+
+#[inline(always)]
+pub fn tc_ingress(ctx: &TcContext) -> i32 {
+    let _ = process(ctx);
+    TC_ACT_OK as i32
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext) -> Result<(), i64> {
+    let Some(flow) = parse_ipv4(ctx) else {
+        return Ok(());
+    };
+    let ct_key = conntrack::key(&flow);
+    let existing = conntrack::lookup(&ct_key);
+    if let Some(ct) = existing {
+        if ct.kind == CT_REPLY {
+            conntrack::touch(&ct_key, ct);
+            return nat::rewrite_src(ctx, &flow, ct.nat_addr, ct.nat_port);
+        }
+    }
+    let Some(svc) = service(&flow) else {
+        return Ok(());
+    };
+    if let Some(ct) = existing {
+        // An established flow keeps its backend while both it and the
+        // service it was chosen for still exist.
+        if ct.service_id == svc.id {
+            // SAFETY: the value is copied out at once.
+            if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
+                conntrack::touch(&ct_key, ct);
+                return nat::rewrite_dst(ctx, &flow, backend.addr, backend.port);
+            }
+        }
+    }
+    if svc.count == 0 {
+        return Ok(());
+    }
+    let slot = select::slot(&svc, &flow);
+    let slot_key = SlotKey {
+        service_id: svc.id,
+        slot,
+    };
+    // SAFETY: values are copied out at once.
+    let Some(backend_id) = (unsafe { SLOTS.get(slot_key).copied() }) else {
+        return Ok(());
+    };
+    let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
+        return Ok(());
+    };
+    conntrack::create(&flow, svc.id, backend_id, &backend);
+    nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)
+}
+
+/// The frontend `flow` is addressed to, seen from a pod: internal scope first.
+#[inline(always)]
+fn service(flow: &Flow) -> Option<ServiceValue> {
+    let mut key = ServiceKey {
+        addr: flow.daddr,
+        port: flow.dport,
+        proto: flow.proto,
+        scope: SCOPE_INTERNAL,
+    };
+    // SAFETY: values are copied out at once.
+    if let Some(v) = unsafe { SERVICES.get(key).copied() } {
+        return Some(v);
+    }
+    key.scope = SCOPE_EXTERNAL;
+    unsafe { SERVICES.get(key).copied() }
+}

@@ -1,0 +1,119 @@
+//! The agent's main loop: on every tick, reconcile attached devices and, when
+//! the source changed, translate and sync the maps. The last good state is
+//! kept when the source cannot be read: a broken source never flushes the
+//! datapath.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result};
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{
+        attach::{list_links, DeviceSelector},
+        Dataplane,
+    },
+    source::dir::{DirSource, Fingerprint},
+    translate::{translate, NodeFacts},
+};
+
+/// Where desired state comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    Dir(PathBuf),
+}
+
+impl std::str::FromStr for SourceSpec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("dir", path)) if !path.is_empty() => Ok(SourceSpec::Dir(path.into())),
+            _ => Err(format!("unknown source {s:?}: expected dir:PATH")),
+        }
+    }
+}
+
+pub struct AgentConfig {
+    pub source: SourceSpec,
+    pub devices: Vec<String>,
+    pub pod_devices: Vec<String>,
+    pub node: NodeFacts,
+    pub bpffs: PathBuf,
+    pub poll_interval: Duration,
+}
+
+pub async fn run(cfg: AgentConfig) -> Result<()> {
+    let mut dataplane = Dataplane::load(&cfg.bpffs).context("loading the datapath")?;
+    info!(
+        bpffs = %cfg.bpffs.display(),
+        restored = dataplane.programmed().services.len(),
+        "datapath loaded"
+    );
+    let selector = DeviceSelector::new(&cfg.devices, &cfg.pod_devices).context("--pod-devices")?;
+    let SourceSpec::Dir(dir) = &cfg.source;
+    let source = DirSource::new(dir);
+    let mut last: Option<Fingerprint> = None;
+    let mut tick = tokio::time::interval(cfg.poll_interval);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        reconcile_devices(&mut dataplane, &selector);
+        match source.fingerprint() {
+            Ok(fp) if last.as_ref() == Some(&fp) => {}
+            Ok(fp) => {
+                sync_from(&source, &mut dataplane, &cfg.node);
+                last = Some(fp);
+            }
+            Err(e) => warn!("{e}; keeping the last state"),
+        }
+    }
+    info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
+    Ok(())
+}
+
+fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
+    match list_links() {
+        Ok(links) => {
+            let report = dataplane.reconcile_devices(&selector.select(&links));
+            for name in &report.attached {
+                info!(device = %name, "attached tc ingress");
+            }
+            for name in &report.detached {
+                info!(device = %name, "device gone; detached");
+            }
+            for (name, e) in &report.failed {
+                warn!(device = %name, "attach failed: {e}");
+            }
+        }
+        Err(e) => warn!("listing links: {e}"),
+    }
+}
+
+fn sync_from(source: &DirSource, dataplane: &mut Dataplane, node: &NodeFacts) {
+    let loaded = match source.load() {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            warn!("{e}; keeping the last state");
+            return;
+        }
+    };
+    for e in &loaded.errors {
+        warn!("skipped invalid document: {e}");
+    }
+    let desired = translate(&loaded.state, node);
+    for w in &desired.warnings {
+        warn!("{w}");
+    }
+    match dataplane.sync(&desired) {
+        Ok(stats) => info!(
+            frontends = stats.frontends,
+            map_ops = stats.ops,
+            skipped_documents = loaded.errors.len(),
+            "synced"
+        ),
+        Err(e) => warn!("sync failed: {e}"),
+    }
+}

@@ -1,0 +1,124 @@
+//! `weir service list`: every frontend with its backends, read from the
+//! pinned maps (like `cilium service list`).
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use lb_common::{ALG_HASH, ALG_MAGLEV, BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL};
+use serde::Serialize;
+
+use crate::{dataplane::sync::Programmed, model::Protocol};
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct BackendRow {
+    pub id: u32,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub state: String,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ServiceRow {
+    pub id: u32,
+    pub frontend: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: String,
+    pub scope: String,
+    pub algorithm: String,
+    pub backends: Vec<BackendRow>,
+}
+
+fn protocol(n: u8) -> String {
+    Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
+}
+
+pub fn algorithm_name(a: u8) -> &'static str {
+    match a {
+        ALG_HASH => "hash",
+        ALG_MAGLEV => "maglev",
+        _ => "random",
+    }
+}
+
+fn state_name(s: u8) -> String {
+    match s {
+        BACKEND_ACTIVE => "active".into(),
+        BACKEND_TERMINATING => "terminating".into(),
+        other => format!("state {other}"),
+    }
+}
+
+/// One row per frontend, ordered by id.
+pub fn service_rows(p: &Programmed) -> Vec<ServiceRow> {
+    let mut rows: Vec<ServiceRow> = p
+        .services
+        .iter()
+        .map(|(key, svc)| {
+            let addr = Ipv4Addr::from(key.addr);
+            ServiceRow {
+                id: svc.value.id,
+                frontend: format!("{addr}:{}/{}", key.port, protocol(key.proto)),
+                address: addr.to_string(),
+                port: key.port,
+                protocol: protocol(key.proto),
+                scope: if key.scope == SCOPE_INTERNAL {
+                    "internal"
+                } else {
+                    "external"
+                }
+                .into(),
+                algorithm: algorithm_name(svc.value.algorithm).into(),
+                backends: svc
+                    .backend_ids
+                    .iter()
+                    .map(|id| match p.backends.get(id) {
+                        Some(b) => BackendRow {
+                            id: *id,
+                            address: Ipv4Addr::from(b.addr).to_string(),
+                            port: b.port,
+                            protocol: protocol(b.proto),
+                            state: state_name(b.state),
+                        },
+                        None => BackendRow {
+                            id: *id,
+                            address: "?".into(),
+                            port: 0,
+                            protocol: "?".into(),
+                            state: "missing".into(),
+                        },
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    rows.sort_by_key(|r| r.id);
+    rows
+}
+
+/// The table form of `weir service list`.
+pub fn service_table(rows: &[ServiceRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<5} {:<24} {:<9} {:<7} BACKENDS",
+        "ID", "FRONTEND", "SCOPE", "ALG"
+    );
+    for row in rows {
+        let mut backends = row.backends.iter().map(|b| {
+            format!(
+                "{} {}:{}/{} ({})",
+                b.id, b.address, b.port, b.protocol, b.state
+            )
+        });
+        let first = backends.next().unwrap_or_else(|| "(none: rejected)".into());
+        let _ = writeln!(
+            out,
+            "{:<5} {:<24} {:<9} {:<7} {first}",
+            row.id, row.frontend, row.scope, row.algorithm
+        );
+        for b in backends {
+            let _ = writeln!(out, "{:<5} {:<24} {:<9} {:<7} {b}", "", "", "", "");
+        }
+    }
+    out
+}

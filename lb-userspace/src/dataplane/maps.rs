@@ -1,0 +1,101 @@
+//! Typed handles on the datapath maps, either from a loaded object or from
+//! the pins (for the CLI). Applying a planned operation happens here.
+use std::path::Path;
+
+use aya::maps::{HashMap, Map, MapData, MapError};
+use lb_common::{
+    Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey, MAP_BACKENDS, MAP_CT,
+    MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+};
+
+use super::sync::{restore, Op, Programmed};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map {name}: not in the loaded object")]
+    Missing { name: &'static str },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+}
+
+pub struct Maps {
+    pub services: HashMap<MapData, ServiceKey, ServiceValue>,
+    pub slots: HashMap<MapData, SlotKey, u32>,
+    pub backends: HashMap<MapData, u32, Backend>,
+    pub revnat: HashMap<MapData, u32, RevNat>,
+    pub ct: HashMap<MapData, CtKey, CtValue>,
+}
+
+fn typed<K: aya::Pod, V: aya::Pod>(
+    name: &'static str,
+    map: Map,
+) -> Result<HashMap<MapData, K, V>, MapsError> {
+    HashMap::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+impl Maps {
+    /// Takes the maps out of a loaded object.
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
+        Ok(Self {
+            services: typed(MAP_SERVICES, take(MAP_SERVICES)?)?,
+            slots: typed(MAP_SLOTS, take(MAP_SLOTS)?)?,
+            backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
+            revnat: typed(MAP_REVNAT, take(MAP_REVNAT)?)?,
+            ct: typed(MAP_CT, take(MAP_CT)?)?,
+        })
+    }
+
+    /// Opens the maps pinned under `dir` by the agent.
+    pub fn open_pinned(dir: &Path) -> Result<Self, MapsError> {
+        let open = |name: &'static str| -> Result<Map, MapsError> {
+            let data = MapData::from_pin(dir.join(name))
+                .map_err(|source| MapsError::Map { name, source })?;
+            Map::from_map_data(data).map_err(|source| MapsError::Map { name, source })
+        };
+        Ok(Self {
+            services: typed(MAP_SERVICES, open(MAP_SERVICES)?)?,
+            slots: typed(MAP_SLOTS, open(MAP_SLOTS)?)?,
+            backends: typed(MAP_BACKENDS, open(MAP_BACKENDS)?)?,
+            revnat: typed(MAP_REVNAT, open(MAP_REVNAT)?)?,
+            ct: typed(MAP_CT, open(MAP_CT)?)?,
+        })
+    }
+
+    /// Reads what the maps hold (entries that fail to read are skipped).
+    pub fn read(&self) -> Programmed {
+        restore(
+            self.services.iter().filter_map(Result::ok),
+            self.slots.iter().filter_map(Result::ok),
+            self.backends.iter().filter_map(Result::ok),
+        )
+    }
+
+    pub fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
+        let e = |name: &'static str| move |source| MapsError::Map { name, source };
+        match *op {
+            Op::PutBackend(id, b) => self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS)),
+            Op::PutSlot(k, id) => self.slots.insert(k, id, 0).map_err(e(MAP_SLOTS)),
+            Op::PutRevNat(id, r) => self.revnat.insert(id, r, 0).map_err(e(MAP_REVNAT)),
+            Op::PutService(k, v) => self.services.insert(k, v, 0).map_err(e(MAP_SERVICES)),
+            Op::DelService(k) => ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES)),
+            Op::DelSlot(k) => ignore_missing(self.slots.remove(&k)).map_err(e(MAP_SLOTS)),
+            Op::DelRevNat(id) => ignore_missing(self.revnat.remove(&id)).map_err(e(MAP_REVNAT)),
+            Op::DelBackend(id) => {
+                ignore_missing(self.backends.remove(&id)).map_err(e(MAP_BACKENDS))
+            }
+        }
+    }
+}
+
+/// Deleting an entry that is already gone is success.
+fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
+    match r {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}

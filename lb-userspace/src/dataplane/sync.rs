@@ -1,0 +1,226 @@
+//! Planning map updates: the difference between what is programmed and what
+//! is desired, as an ordered list of operations. Pure and unit-tested; the
+//! order is what keeps a reader from ever seeing a half-written service:
+//! backends, then slots, then reverse NAT, then the service entry with its
+//! new count; removals after that, orphaned backends last.
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, SlotKey, MAX_BACKENDS, MAX_SERVICES};
+
+use crate::translate::Desired;
+
+/// A backend's identity: address, port and protocol (its state may change).
+pub type BackendAddr = ([u8; 4], u16, u8);
+
+pub fn backend_addr(b: &Backend) -> BackendAddr {
+    (b.addr, b.port, b.proto)
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgrammedService {
+    pub value: ServiceValue,
+    /// Backend ids in slots 1..=count.
+    pub backend_ids: Vec<u32>,
+}
+
+/// What the maps hold, as the agent knows it. Restored from the pinned maps
+/// at start so that ids (and with them live conntrack entries) stay valid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Programmed {
+    pub services: BTreeMap<ServiceKey, ProgrammedService>,
+    pub backends: BTreeMap<u32, Backend>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    PutBackend(u32, Backend),
+    PutSlot(SlotKey, u32),
+    PutRevNat(u32, RevNat),
+    PutService(ServiceKey, ServiceValue),
+    DelService(ServiceKey),
+    DelSlot(SlotKey),
+    DelRevNat(u32),
+    DelBackend(u32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no free {what} id: all {max} are in use")]
+    IdsExhausted { what: &'static str, max: u32 },
+}
+
+/// Picks the lowest id in 1..=max not in `used`, starting after `after` so
+/// that a just-freed id (which stale conntrack entries may still name) is not
+/// reused at once.
+fn allocate(
+    used: &BTreeSet<u32>,
+    after: u32,
+    max: u32,
+    what: &'static str,
+) -> Result<u32, PlanError> {
+    (after + 1..=max)
+        .chain(1..=after.min(max))
+        .find(|id| !used.contains(id))
+        .ok_or(PlanError::IdsExhausted { what, max })
+}
+
+/// Plans the operations that turn `current` into `desired`; returns them and
+/// the state the maps hold once they are applied.
+pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Programmed), PlanError> {
+    let mut next = Programmed::default();
+    let mut put_backends = Vec::new();
+    let mut put_slots = Vec::new();
+    let mut put_revnat = Vec::new();
+    let mut put_services = Vec::new();
+    let mut removals = Vec::new();
+
+    // Backends: keep ids by address, allocate new ones for new addresses.
+    let existing: BTreeMap<BackendAddr, u32> = current
+        .backends
+        .iter()
+        .map(|(id, b)| (backend_addr(b), *id))
+        .collect();
+    let mut used: BTreeSet<u32> = current.backends.keys().copied().collect();
+    let mut last = used.last().copied().unwrap_or(0);
+    let mut ids: BTreeMap<BackendAddr, u32> = BTreeMap::new();
+    for backend in desired.frontends.values().flat_map(|f| &f.backends) {
+        let addr = backend_addr(backend);
+        if ids.contains_key(&addr) {
+            continue;
+        }
+        let id = match existing.get(&addr) {
+            Some(id) => *id,
+            None => {
+                let id = allocate(&used, last, MAX_BACKENDS, "backend")?;
+                used.insert(id);
+                last = id;
+                id
+            }
+        };
+        ids.insert(addr, id);
+        if current.backends.get(&id) != Some(backend) {
+            put_backends.push(Op::PutBackend(id, *backend));
+        }
+        next.backends.insert(id, *backend);
+    }
+
+    // Services.
+    let mut used: BTreeSet<u32> = current.services.values().map(|s| s.value.id).collect();
+    let mut last = used.last().copied().unwrap_or(0);
+    for (key, frontend) in &desired.frontends {
+        let old = current.services.get(key);
+        let id = match old {
+            Some(s) => s.value.id,
+            None => {
+                let id = allocate(&used, last, MAX_SERVICES, "service")?;
+                used.insert(id);
+                last = id;
+                id
+            }
+        };
+        let backend_ids: Vec<u32> = frontend
+            .backends
+            .iter()
+            .map(|b| ids[&backend_addr(b)])
+            .collect();
+        let old_ids = old.map(|s| s.backend_ids.as_slice()).unwrap_or_default();
+        for (i, bid) in backend_ids.iter().enumerate() {
+            if old_ids.get(i) != Some(bid) {
+                put_slots.push(Op::PutSlot(
+                    SlotKey {
+                        service_id: id,
+                        slot: i as u32 + 1,
+                    },
+                    *bid,
+                ));
+            }
+        }
+        for slot in backend_ids.len() + 1..=old_ids.len() {
+            removals.push(Op::DelSlot(SlotKey {
+                service_id: id,
+                slot: slot as u32,
+            }));
+        }
+        if old.is_none() {
+            put_revnat.push(Op::PutRevNat(
+                id,
+                RevNat {
+                    addr: key.addr,
+                    port: key.port,
+                    _pad: 0,
+                },
+            ));
+        }
+        let value = ServiceValue {
+            id,
+            count: backend_ids.len() as u32,
+            flags: 0,
+            algorithm: frontend.algorithm,
+            _pad: 0,
+            affinity_timeout: 0,
+        };
+        if old.map(|s| s.value) != Some(value) {
+            put_services.push(Op::PutService(*key, value));
+        }
+        next.services
+            .insert(*key, ProgrammedService { value, backend_ids });
+    }
+    for (key, old) in &current.services {
+        if desired.frontends.contains_key(key) {
+            continue;
+        }
+        removals.push(Op::DelService(*key));
+        for slot in 1..=old.backend_ids.len() as u32 {
+            removals.push(Op::DelSlot(SlotKey {
+                service_id: old.value.id,
+                slot,
+            }));
+        }
+        removals.push(Op::DelRevNat(old.value.id));
+    }
+    // Service entries go before their slots and reverse NAT entries.
+    removals.sort_by_key(|op| !matches!(op, Op::DelService(_)));
+    for id in current.backends.keys() {
+        if !next.backends.contains_key(id) {
+            removals.push(Op::DelBackend(*id));
+        }
+    }
+
+    let ops = put_backends
+        .into_iter()
+        .chain(put_slots)
+        .chain(put_revnat)
+        .chain(put_services)
+        .chain(removals)
+        .collect();
+    Ok((ops, next))
+}
+
+/// Rebuilds `Programmed` from map contents (services, slots, backends).
+pub fn restore(
+    services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+    slots: impl IntoIterator<Item = (SlotKey, u32)>,
+    backends: impl IntoIterator<Item = (u32, Backend)>,
+) -> Programmed {
+    let slots: BTreeMap<SlotKey, u32> = slots.into_iter().collect();
+    let services = services
+        .into_iter()
+        .map(|(key, value)| {
+            let backend_ids = (1..=value.count)
+                .map_while(|slot| {
+                    slots
+                        .get(&SlotKey {
+                            service_id: value.id,
+                            slot,
+                        })
+                        .copied()
+                })
+                .collect();
+            (key, ProgrammedService { value, backend_ids })
+        })
+        .collect();
+    Programmed {
+        services,
+        backends: backends.into_iter().collect(),
+    }
+}

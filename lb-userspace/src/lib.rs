@@ -1,0 +1,13 @@
+//! Weir's agent and CLI as a library, so that tests drive the same code.
+//!
+//! Data flows one way: `source` -> `model` -> `translate` -> `dataplane`.
+//! Only `dataplane` writes maps; only `source` reads files.
+pub mod agent;
+pub mod cli;
+pub mod dataplane;
+pub mod model;
+pub mod source;
+pub mod translate;
+
+/// The compiled kernel programs (lb-ebpf), built by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));

@@ -1,0 +1,144 @@
+//! Cluster state in Weir's own types, independent of k8s-openapi: what the
+//! sources produce and what `translate` consumes.
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+/// Namespace and name of an object.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            lb_common::PROTO_TCP => Some(Protocol::Tcp),
+            lb_common::PROTO_UDP => Some(Protocol::Udp),
+            132 => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    ExternalName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Empty for a single unnamed port.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub node_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Service {
+    pub id: ObjectRef,
+    pub service_type: ServiceType,
+    /// IPv4 cluster IPs; empty for headless services (clusterIP: None).
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointPort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// One endpoint of a slice. Conditions follow the API: a missing `ready` means ready.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub address: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSlice {
+    pub id: ObjectRef,
+    /// The `kubernetes.io/service-name` label: the service in the same namespace.
+    pub service_name: String,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Everything a source knows about the cluster at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ClusterState {
+    pub services: BTreeMap<ObjectRef, Service>,
+    pub slices: BTreeMap<ObjectRef, EndpointSlice>,
+    pub nodes: BTreeMap<String, Node>,
+}
+
+impl ClusterState {
+    /// The slices that belong to `service`.
+    pub fn slices_of<'a>(
+        &'a self,
+        service: &'a ObjectRef,
+    ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
+        self.slices
+            .values()
+            .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
+    }
+}

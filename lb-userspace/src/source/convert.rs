@@ -1,0 +1,201 @@
+//! k8s-openapi objects -> model, with validation. Each error names the field.
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::{
+    core::v1::{Node as K8sNode, Service as K8sService},
+    discovery::v1::EndpointSlice as K8sSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::model::{
+    Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service, ServicePort,
+    ServiceType,
+};
+
+/// A conversion error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The namespace/name of an object's metadata ("default" namespace when unset).
+pub fn object_ref(meta: &ObjectMeta) -> Result<ObjectRef, FieldError> {
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err("metadata.name", "missing"))?;
+    let namespace = meta
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".into());
+    Ok(ObjectRef { namespace, name })
+}
+
+fn protocol(value: Option<&str>, field: &str) -> Result<Protocol, FieldError> {
+    match value.unwrap_or("TCP") {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
+        other => Err(err(
+            field,
+            format!("unknown protocol {other:?} (TCP, UDP or SCTP)"),
+        )),
+    }
+}
+
+fn port(value: i32, field: &str) -> Result<u16, FieldError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| err(field, format!("port {value} out of range 1-65535")))
+}
+
+fn service_type(value: Option<&str>) -> Result<ServiceType, FieldError> {
+    match value.unwrap_or("ClusterIP") {
+        "ClusterIP" => Ok(ServiceType::ClusterIp),
+        "NodePort" => Ok(ServiceType::NodePort),
+        "LoadBalancer" => Ok(ServiceType::LoadBalancer),
+        "ExternalName" => Ok(ServiceType::ExternalName),
+        other => Err(err("spec.type", format!("unknown service type {other:?}"))),
+    }
+}
+
+pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
+    let id = object_ref(&svc.metadata)?;
+    let spec = svc.spec.clone().unwrap_or_default();
+    let service_type = service_type(spec.type_.as_deref())?;
+    // clusterIPs supersedes clusterIP when set; "None" marks a headless service.
+    let ips: Vec<(String, String)> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| (format!("spec.clusterIPs[{i}]"), ip.clone()))
+            .collect(),
+        (_, Some(ip)) => vec![("spec.clusterIP".into(), ip.clone())],
+        _ => vec![],
+    };
+    let mut cluster_ips = Vec::new();
+    for (field, ip) in ips {
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        match ip.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(v4)) => cluster_ips.push(v4),
+            // IPv6 is not in the datapath yet; dual-stack services keep their IPv4 side.
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => return Err(err(field, format!("invalid IP address {ip:?}"))),
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let field = |f: &str| format!("spec.ports[{i}].{f}");
+        ports.push(ServicePort {
+            name: p.name.clone().unwrap_or_default(),
+            port: port(p.port, &field("port"))?,
+            protocol: protocol(p.protocol.as_deref(), &field("protocol"))?,
+            node_port: match p.node_port {
+                Some(np) => Some(port(np, &field("nodePort"))?),
+                None => None,
+            },
+        });
+    }
+    Ok(Service {
+        id,
+        service_type,
+        cluster_ips,
+        ports,
+        labels: svc.metadata.labels.clone().unwrap_or_default(),
+        annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+    })
+}
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Converts an EndpointSlice. Slices of another address type than IPv4 are
+/// `Ok(None)`: valid, but not for this datapath.
+pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldError> {
+    let id = object_ref(&slice.metadata)?;
+    match slice.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" | "FQDN" => return Ok(None),
+        other => {
+            return Err(err(
+                "addressType",
+                format!("unknown address type {other:?}"),
+            ))
+        }
+    }
+    let service_name = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .cloned()
+        .ok_or_else(|| err(format!("metadata.labels.{SERVICE_NAME_LABEL}"), "missing"))?;
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let field = |f: &str| format!("ports[{i}].{f}");
+        // A port without a number means "all ports"; not meaningful for a ClusterIP service.
+        let Some(number) = p.port else { continue };
+        ports.push(EndpointPort {
+            name: p.name.clone().unwrap_or_default(),
+            port: port(number, &field("port"))?,
+            protocol: protocol(p.protocol.as_deref(), &field("protocol"))?,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        // kube-proxy uses the first address of each endpoint.
+        let first = e
+            .addresses
+            .first()
+            .ok_or_else(|| err(format!("endpoints[{i}].addresses"), "empty"))?;
+        let address = first.parse::<Ipv4Addr>().map_err(|_| {
+            err(
+                format!("endpoints[{i}].addresses[0]"),
+                format!("invalid IPv4 address {first:?}"),
+            )
+        })?;
+        let c = e.conditions.clone().unwrap_or_default();
+        let ready = c.ready.unwrap_or(true);
+        endpoints.push(Endpoint {
+            address,
+            ready,
+            // serving defaults to ready, terminating to false (API semantics).
+            serving: c.serving.unwrap_or(ready),
+            terminating: c.terminating.unwrap_or(false),
+            node_name: e.node_name.clone(),
+            zone: e.zone.clone(),
+        });
+    }
+    Ok(Some(EndpointSlice {
+        id,
+        service_name,
+        ports,
+        endpoints,
+    }))
+}
+
+pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
+    let name = node
+        .metadata
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| err("metadata.name", "missing"))?;
+    Ok(Node {
+        name,
+        labels: node.metadata.labels.clone().unwrap_or_default(),
+    })
+}

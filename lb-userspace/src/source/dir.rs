@@ -1,0 +1,118 @@
+//! The directory source: Kubernetes YAML files in one directory, re-read
+//! when any file's name, size or modification time changes.
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+use super::parse::{parse_documents, DocumentError, Object};
+use crate::model::ClusterState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DirError {
+    #[error("reading directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the directory held at one moment: the state built from every valid
+/// object, and the documents that were skipped.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub state: ClusterState,
+    pub errors: Vec<DocumentError>,
+}
+
+/// Identifies the directory's content cheaply: (file, size, mtime) of each file.
+pub type Fingerprint = Vec<(PathBuf, u64, Option<SystemTime>)>;
+
+pub struct DirSource {
+    path: PathBuf,
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+impl DirSource {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn files(&self) -> Result<Vec<PathBuf>, DirError> {
+        let read_err = |source| DirError::ReadDir {
+            path: self.path.clone(),
+            source,
+        };
+        let mut files: Vec<PathBuf> = fs::read_dir(&self.path)
+            .map_err(read_err)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file() && is_manifest(p))
+            .collect();
+        files.sort();
+        Ok(files)
+    }
+
+    pub fn fingerprint(&self) -> Result<Fingerprint, DirError> {
+        Ok(self
+            .files()?
+            .into_iter()
+            .map(|p| {
+                let meta = fs::metadata(&p).ok();
+                let size = meta.as_ref().map_or(0, |m| m.len());
+                let mtime = meta.and_then(|m| m.modified().ok());
+                (p, size, mtime)
+            })
+            .collect())
+    }
+
+    /// Reads and parses every manifest. An unreadable file is reported like a bad document.
+    pub fn load(&self) -> Result<Loaded, DirError> {
+        let mut loaded = Loaded::default();
+        for path in self.files()? {
+            let file = path.display().to_string();
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    let (objects, errors) = parse_documents(&file, &text);
+                    loaded.errors.extend(errors);
+                    insert_all(&mut loaded.state, objects);
+                }
+                Err(e) => loaded.errors.push(DocumentError {
+                    file,
+                    document: 0,
+                    object: None,
+                    field: None,
+                    reason: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        Ok(loaded)
+    }
+}
+
+/// Adds objects to the state; a later definition of the same object replaces an earlier one.
+pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
+    for object in objects {
+        match object {
+            Object::Service(s) => {
+                state.services.insert(s.id.clone(), s);
+            }
+            Object::EndpointSlice(s) => {
+                state.slices.insert(s.id.clone(), s);
+            }
+            Object::Node(n) => {
+                state.nodes.insert(n.name.clone(), n);
+            }
+        }
+    }
+}

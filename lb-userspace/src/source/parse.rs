@@ -1,0 +1,151 @@
+//! Multi-document Kubernetes YAML -> model objects. Pure: text in, objects
+//! and per-document errors out. A bad document never hides the good ones.
+use std::fmt;
+
+use serde::Deserialize;
+
+use super::convert::{self, FieldError};
+use crate::model::{EndpointSlice, Node, Service};
+
+/// An object Weir understands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Node(Node),
+}
+
+/// Why one document was skipped, with enough context to find it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct DocumentError {
+    pub file: String,
+    /// 0-based index of the document in the file.
+    pub document: usize,
+    /// "Kind namespace/name" when known.
+    pub object: Option<String>,
+    pub field: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} document {}", self.file, self.document)?;
+        if let Some(object) = &self.object {
+            write!(f, " ({object})")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ": {field}")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+/// Parses every document of `text`. Documents of kinds Weir does not use are skipped silently.
+pub fn parse_documents(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentError>) {
+    let mut objects = Vec::new();
+    let mut errors = Vec::new();
+    for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let error = |object: Option<String>, field: Option<String>, reason: String| DocumentError {
+            file: file.to_string(),
+            document: index,
+            object,
+            field,
+            reason,
+        };
+        let value = match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(error(None, None, format!("invalid YAML: {e}")));
+                // After a syntax error the stream cannot be resynchronised.
+                break;
+            }
+        };
+        match parse_value(value) {
+            Ok(Some(obj)) => objects.push(obj),
+            Ok(None) => {}
+            Err((object, e)) => errors.push(error(object, Some(e.field), e.reason)),
+        }
+    }
+    (objects, errors)
+}
+
+type ParseError = (Option<String>, FieldError);
+
+fn parse_value(value: serde_yaml::Value) -> Result<Option<Object>, ParseError> {
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let kind = value
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or_default()
+        .to_string();
+    let label = describe(&kind, &value);
+    let with_label = |e: FieldError| (label.clone(), e);
+    match (api_version.as_str(), kind.as_str()) {
+        ("v1", "Service") => {
+            let svc = typed::<k8s_openapi::api::core::v1::Service>(value).map_err(with_label)?;
+            Ok(Some(Object::Service(
+                convert::service(&svc).map_err(with_label)?,
+            )))
+        }
+        ("discovery.k8s.io/v1", "EndpointSlice") => {
+            let slice = typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(value)
+                .map_err(with_label)?;
+            Ok(convert::endpoint_slice(&slice)
+                .map_err(with_label)?
+                .map(Object::EndpointSlice))
+        }
+        ("v1", "Node") => {
+            let node = typed::<k8s_openapi::api::core::v1::Node>(value).map_err(with_label)?;
+            Ok(Some(Object::Node(
+                convert::node(&node).map_err(with_label)?,
+            )))
+        }
+        ("", _) | (_, "") => Err((
+            label,
+            FieldError {
+                field: if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                }
+                .into(),
+                reason: "missing".into(),
+            },
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// Deserialises into a k8s-openapi type, keeping the path of the failing field.
+fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        FieldError {
+            field: if path == "." {
+                "(document)".into()
+            } else {
+                path
+            },
+            reason: e.into_inner().to_string(),
+        }
+    })
+}
+
+/// "Kind namespace/name" for messages, from whatever the document has.
+fn describe(kind: &str, value: &serde_yaml::Value) -> Option<String> {
+    let meta = value.get("metadata")?;
+    let name = meta.get("name")?.as_str()?;
+    if kind == "Node" {
+        return Some(format!("{kind} {name}"));
+    }
+    let ns = meta
+        .get("namespace")
+        .and_then(|n| n.as_str())
+        .unwrap_or("default");
+    Some(format!("{kind} {ns}/{name}"))
+}
