@@ -2,12 +2,12 @@
 //! pinned maps (like `cilium service list`).
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{ALG_HASH, ALG_MAGLEV, BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL};
+use lb_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL};
 use serde::Serialize;
 
-use crate::{dataplane::sync::Programmed, model::Protocol};
+use crate::{dataplane::sync::Programmed, model::Protocol, translate::algorithm_name};
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct BackendRow {
     pub id: u32,
     pub address: String,
@@ -16,7 +16,7 @@ pub struct BackendRow {
     pub state: String,
 }
 
-#[derive(Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct ServiceRow {
     pub id: u32,
     pub frontend: String,
@@ -30,14 +30,6 @@ pub struct ServiceRow {
 
 fn protocol(n: u8) -> String {
     Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
-}
-
-pub fn algorithm_name(a: u8) -> &'static str {
-    match a {
-        ALG_HASH => "hash",
-        ALG_MAGLEV => "maglev",
-        _ => "random",
-    }
 }
 
 fn state_name(s: u8) -> String {

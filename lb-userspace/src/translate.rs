@@ -3,7 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
-    Backend, ServiceKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_EXTERNAL,
+    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING,
+    SCOPE_EXTERNAL,
 };
 
 use crate::model::{
@@ -57,6 +58,15 @@ pub fn parse_algorithm(name: &str) -> Option<u8> {
     }
 }
 
+/// The name of an algorithm, as the annotation spells it.
+pub fn algorithm_name(algorithm: u8) -> &'static str {
+    match algorithm {
+        ALG_HASH => "hash",
+        ALG_MAGLEV => "maglev",
+        _ => "random",
+    }
+}
+
 /// Whether kube-proxy semantics say this proxy handles the service.
 pub fn handles(svc: &Service) -> bool {
     if svc.labels.contains_key(HEADLESS_LABEL) {
@@ -81,8 +91,9 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
             None => node.default_algorithm,
             Some(name) => parse_algorithm(name).unwrap_or_else(|| {
                 desired.warnings.push(format!(
-                    "Service {}: annotation {ALGORITHM_ANNOTATION}: unknown algorithm {name:?} (random or hash); using the default",
-                    svc.id
+                    "Service {}: annotation {ALGORITHM_ANNOTATION}: unknown algorithm {name:?} (random or hash); using the default ({})",
+                    svc.id,
+                    algorithm_name(node.default_algorithm)
                 ));
                 node.default_algorithm
             }),

@@ -1,1 +1,64 @@
-fn main() {}
+//! `cargo xtask`: setup, build, run, demo and test for Weir.
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::util::{cargo, root};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; every other command runs it first).
+    Setup,
+    /// Build the agent (release), with the kernel programs inside.
+    Build,
+    /// Build and run `weir ARGS` (release), e.g. `cargo xtask run -- agent --source dir:manifests/demo`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Sandbox demo: three backends, the agent on manifests/demo, TCP and UDP traffic to the ClusterIP.
+    Demo,
+    /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and end-to-end (network namespaces).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace"])
+        }
+        Command::Run { args } => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace"])?;
+            util::exec(&root().join("target/release/weir"), &args)
+        }
+        Command::Demo => {
+            setup::run()?;
+            demo::run()
+        }
+        Command::Test { args } => {
+            setup::run()?;
+            util::clean_leftovers();
+            cargo(&["build", "-p", "lb-userspace"])?;
+            let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+            test.extend(args.iter().map(String::as_str));
+            cargo(&test)
+        }
+    }
+}

@@ -29,6 +29,19 @@ pub struct ProgrammedService {
 pub struct Programmed {
     pub services: BTreeMap<ServiceKey, ProgrammedService>,
     pub backends: BTreeMap<u32, Backend>,
+    /// The last ids handed out: allocation continues after them, so an id
+    /// freed by one sync is not reused by the next one while conntrack
+    /// entries may still name it. After a restart they start from the
+    /// highest id in the maps.
+    pub last_service_id: u32,
+    pub last_backend_id: u32,
+}
+
+impl Programmed {
+    /// Whether both hold the same map entries (allocation cursors aside).
+    pub fn same_entries(&self, other: &Programmed) -> bool {
+        self.services == other.services && self.backends == other.backends
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +94,9 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Program
         .map(|(id, b)| (backend_addr(b), *id))
         .collect();
     let mut used: BTreeSet<u32> = current.backends.keys().copied().collect();
-    let mut last = used.last().copied().unwrap_or(0);
+    let mut last = current
+        .last_backend_id
+        .max(used.last().copied().unwrap_or(0));
     let mut ids: BTreeMap<BackendAddr, u32> = BTreeMap::new();
     for backend in desired.frontends.values().flat_map(|f| &f.backends) {
         let addr = backend_addr(backend);
@@ -105,8 +120,12 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Program
     }
 
     // Services.
+    next.last_backend_id = last;
+
     let mut used: BTreeSet<u32> = current.services.values().map(|s| s.value.id).collect();
-    let mut last = used.last().copied().unwrap_or(0);
+    let mut last = current
+        .last_service_id
+        .max(used.last().copied().unwrap_or(0));
     for (key, frontend) in &desired.frontends {
         let old = current.services.get(key);
         let id = match old {
@@ -178,6 +197,7 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Program
         }
         removals.push(Op::DelRevNat(old.value.id));
     }
+    next.last_service_id = last;
     // Service entries go before their slots and reverse NAT entries.
     removals.sort_by_key(|op| !matches!(op, Op::DelService(_)));
     for id in current.backends.keys() {
@@ -203,7 +223,7 @@ pub fn restore(
     backends: impl IntoIterator<Item = (u32, Backend)>,
 ) -> Programmed {
     let slots: BTreeMap<SlotKey, u32> = slots.into_iter().collect();
-    let services = services
+    let services: BTreeMap<ServiceKey, ProgrammedService> = services
         .into_iter()
         .map(|(key, value)| {
             let backend_ids = (1..=value.count)
@@ -219,8 +239,11 @@ pub fn restore(
             (key, ProgrammedService { value, backend_ids })
         })
         .collect();
+    let backends: BTreeMap<u32, Backend> = backends.into_iter().collect();
     Programmed {
+        last_service_id: services.values().map(|s| s.value.id).max().unwrap_or(0),
+        last_backend_id: backends.keys().copied().max().unwrap_or(0),
         services,
-        backends: backends.into_iter().collect(),
+        backends,
     }
 }

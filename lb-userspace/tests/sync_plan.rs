@@ -1,0 +1,712 @@
+//! `dataplane::sync::{plan, restore}` and the `weir service list` rows and
+//! table built from the planned state. Maps are simulated with BTreeMaps.
+use std::collections::BTreeMap;
+
+use lb_common::{
+    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE,
+    BACKEND_TERMINATING, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+};
+use weir::{
+    cli::{service_rows, service_table},
+    dataplane::sync::{plan, restore, Op, Programmed},
+    model::ObjectRef,
+    translate::{Desired, Frontend},
+};
+
+// ---- builders ---------------------------------------------------------------
+
+fn key(last: u8, port: u16) -> ServiceKey {
+    key_proto(last, port, PROTO_TCP)
+}
+
+fn key_proto(last: u8, port: u16, proto: u8) -> ServiceKey {
+    ServiceKey {
+        addr: [198, 19, 0, last],
+        port,
+        proto,
+        scope: SCOPE_EXTERNAL,
+    }
+}
+
+fn be(last: u8) -> Backend {
+    Backend {
+        addr: [198, 18, 1, last],
+        port: 8080,
+        proto: PROTO_TCP,
+        state: BACKEND_ACTIVE,
+    }
+}
+
+fn frontend(algorithm: u8, backends: &[Backend]) -> Frontend {
+    Frontend {
+        service: ObjectRef::new("demo", "echo"),
+        port_name: "http".into(),
+        algorithm,
+        backends: backends.to_vec(),
+    }
+}
+
+fn desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
+    Desired {
+        frontends: entries
+            .iter()
+            .map(|(k, b)| (*k, frontend(ALG_RANDOM, b)))
+            .collect(),
+        warnings: vec![],
+    }
+}
+
+fn slot(service_id: u32, slot: u32) -> SlotKey {
+    SlotKey { service_id, slot }
+}
+
+fn value(id: u32, count: u32, algorithm: u8) -> ServiceValue {
+    ServiceValue {
+        id,
+        count,
+        flags: 0,
+        algorithm,
+        _pad: 0,
+        affinity_timeout: 0,
+    }
+}
+
+fn revnat(k: ServiceKey) -> RevNat {
+    RevNat {
+        addr: k.addr,
+        port: k.port,
+        _pad: 0,
+    }
+}
+
+fn service_id(p: &Programmed, k: ServiceKey) -> u32 {
+    p.services[&k].value.id
+}
+
+fn backend_id(p: &Programmed, b: Backend) -> u32 {
+    *p.backends
+        .iter()
+        .find(|(_, v)| **v == b)
+        .unwrap_or_else(|| panic!("{b:?} not programmed"))
+        .0
+}
+
+/// Rank of an op kind in the required order.
+fn rank(op: &Op) -> u8 {
+    match op {
+        Op::PutBackend(..) => 0,
+        Op::PutSlot(..) => 1,
+        Op::PutRevNat(..) => 2,
+        Op::PutService(..) => 3,
+        Op::DelService(..) => 4,
+        Op::DelSlot(..) | Op::DelRevNat(..) => 5,
+        Op::DelBackend(..) => 6,
+    }
+}
+
+// ---- simulated maps -----------------------------------------------------------
+
+/// The four maps, as the kernel would hold them.
+#[derive(Default, Debug, Clone)]
+struct Maps {
+    services: BTreeMap<ServiceKey, ServiceValue>,
+    slots: BTreeMap<SlotKey, u32>,
+    backends: BTreeMap<u32, Backend>,
+    revnat: BTreeMap<u32, RevNat>,
+}
+
+impl Maps {
+    /// Applies `ops` one by one, checking after each that a datapath reader
+    /// sees only complete services.
+    fn apply_all(&mut self, ops: &[Op]) {
+        for (i, op) in ops.iter().enumerate() {
+            self.apply(op);
+            self.check_consistent()
+                .unwrap_or_else(|e| panic!("after op {i} {op:?}: {e}\nops: {ops:#?}"));
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        // A plan made from the true map state never deletes what is not there.
+        let existed = match *op {
+            Op::PutBackend(id, b) => {
+                self.backends.insert(id, b);
+                true
+            }
+            Op::PutSlot(k, id) => {
+                self.slots.insert(k, id);
+                true
+            }
+            Op::PutRevNat(id, r) => {
+                self.revnat.insert(id, r);
+                true
+            }
+            Op::PutService(k, v) => {
+                self.services.insert(k, v);
+                true
+            }
+            Op::DelService(k) => self.services.remove(&k).is_some(),
+            Op::DelSlot(k) => self.slots.remove(&k).is_some(),
+            Op::DelRevNat(id) => self.revnat.remove(&id).is_some(),
+            Op::DelBackend(id) => self.backends.remove(&id).is_some(),
+        };
+        assert!(existed, "{op:?} deletes a missing entry");
+    }
+
+    /// Every service entry has its reverse NAT entry and `count` slots, each
+    /// naming an existing backend.
+    fn check_consistent(&self) -> Result<(), String> {
+        for (k, v) in &self.services {
+            if self.revnat.get(&v.id) != Some(&revnat(*k)) {
+                return Err(format!("service {k:?} (id {}) has no reverse NAT", v.id));
+            }
+            for s in 1..=v.count {
+                let Some(bid) = self.slots.get(&slot(v.id, s)) else {
+                    return Err(format!("service {k:?} (id {}) lacks slot {s}", v.id));
+                };
+                if !self.backends.contains_key(bid) {
+                    return Err(format!(
+                        "slot {s} of service {} names missing backend {bid}",
+                        v.id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(&self) -> Programmed {
+        restore(
+            self.services.iter().map(|(k, v)| (*k, *v)),
+            self.slots.iter().map(|(k, v)| (*k, *v)),
+            self.backends.iter().map(|(k, v)| (*k, *v)),
+        )
+    }
+}
+
+/// Plans from `current`, applies the ops to `maps`, checks that the maps now
+/// hold exactly what the returned `Programmed` says, and returns both.
+fn step(maps: &mut Maps, current: &Programmed, want: &Desired) -> (Vec<Op>, Programmed) {
+    let (ops, next) = plan(current, want).expect("plan");
+    let ranks: Vec<u8> = ops.iter().map(rank).collect();
+    assert!(
+        ranks.windows(2).all(|w| w[0] <= w[1]),
+        "ops out of order: {ops:#?}"
+    );
+    maps.apply_all(&ops);
+    assert!(
+        maps.restore().same_entries(&next),
+        "maps differ from the planned state"
+    );
+    // No stray entries: every slot and reverse NAT entry belongs to a service.
+    let ids: Vec<u32> = maps.services.values().map(|v| v.id).collect();
+    assert!(maps.slots.keys().all(|k| ids.contains(&k.service_id)
+        && k.slot
+            <= maps
+                .services
+                .values()
+                .find(|v| v.id == k.service_id)
+                .unwrap()
+                .count));
+    assert!(maps.revnat.keys().all(|id| ids.contains(id)));
+    // Every planned frontend matches the desired one.
+    assert_eq!(
+        next.services.keys().collect::<Vec<_>>(),
+        want.frontends.keys().collect::<Vec<_>>()
+    );
+    for (k, f) in &want.frontends {
+        let s = &next.services[k];
+        let got: Vec<Backend> = s.backend_ids.iter().map(|id| next.backends[id]).collect();
+        assert_eq!(got, f.backends);
+        assert_eq!(s.value.count as usize, f.backends.len());
+        assert_eq!(s.value.algorithm, f.algorithm);
+    }
+    (ops, next)
+}
+
+// ---- plan -------------------------------------------------------------------
+
+#[test]
+fn from_empty_puts_backends_slots_revnat_then_service() {
+    let k = key(10, 80);
+    let mut want = desired(&[(k, &[be(1), be(2)])]);
+    want.frontends.get_mut(&k).unwrap().algorithm = ALG_HASH;
+    let (ops, next) = plan(&Programmed::default(), &want).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(1, be(1)),
+            Op::PutBackend(2, be(2)),
+            Op::PutSlot(slot(1, 1), 1),
+            Op::PutSlot(slot(1, 2), 2),
+            Op::PutRevNat(
+                1,
+                RevNat {
+                    addr: [198, 19, 0, 10],
+                    port: 80,
+                    _pad: 0
+                }
+            ),
+            Op::PutService(k, value(1, 2, ALG_HASH)),
+        ]
+    );
+    assert_eq!(next.services[&k].backend_ids, vec![1, 2]);
+    assert_eq!(next.services[&k].value, value(1, 2, ALG_HASH));
+    assert_eq!(next.backends, BTreeMap::from([(1, be(1)), (2, be(2))]));
+}
+
+#[test]
+fn from_empty_with_several_services_groups_ops_by_kind() {
+    let (k1, k2) = (key(10, 80), key(11, 53));
+    // be(2) is shared by both services: one backend entry, two slots.
+    let want = desired(&[(k1, &[be(1), be(2)]), (k2, &[be(2), be(3)])]);
+    let mut maps = Maps::default();
+    let (ops, next) = step(&mut maps, &Programmed::default(), &want);
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(1, be(1)),
+            Op::PutBackend(2, be(2)),
+            Op::PutBackend(3, be(3)),
+            Op::PutSlot(slot(1, 1), 1),
+            Op::PutSlot(slot(1, 2), 2),
+            Op::PutSlot(slot(2, 1), 2),
+            Op::PutSlot(slot(2, 2), 3),
+            Op::PutRevNat(1, revnat(k1)),
+            Op::PutRevNat(2, revnat(k2)),
+            Op::PutService(k1, value(1, 2, ALG_RANDOM)),
+            Op::PutService(k2, value(2, 2, ALG_RANDOM)),
+        ]
+    );
+    assert_eq!(next.backends.len(), 3);
+}
+
+#[test]
+fn a_frontend_without_backends_is_programmed_with_count_zero() {
+    let k = key(10, 80);
+    let (ops, next) = plan(&Programmed::default(), &desired(&[(k, &[])])).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutRevNat(1, revnat(k)),
+            Op::PutService(k, value(1, 0, ALG_RANDOM)),
+        ]
+    );
+    assert!(next.services[&k].backend_ids.is_empty());
+}
+
+#[test]
+fn replanning_the_same_state_is_a_no_op() {
+    let want = desired(&[
+        (key(10, 80), &[be(1), be(2)]),
+        (key_proto(10, 53, PROTO_UDP), &[be(3)]),
+        (key(11, 80), &[]),
+    ]);
+    let mut maps = Maps::default();
+    let (_, first) = step(&mut maps, &Programmed::default(), &want);
+    let (ops, second) = step(&mut maps, &first, &want);
+    assert_eq!(ops, vec![]);
+    assert_eq!(second, first);
+}
+
+#[test]
+fn removing_a_backend_rewrites_slots_and_lowers_count_before_deleting() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1), be(2), be(3)])]),
+    );
+    assert_eq!(first.services[&k].backend_ids, vec![1, 2, 3]);
+
+    let (ops, next) = step(&mut maps, &first, &desired(&[(k, &[be(1), be(3)])]));
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutSlot(slot(1, 2), 3),
+            Op::PutService(k, value(1, 2, ALG_RANDOM)),
+            Op::DelSlot(slot(1, 3)),
+            Op::DelBackend(2),
+        ]
+    );
+    assert_eq!(next.services[&k].backend_ids, vec![1, 3]);
+    assert_eq!(next.backends, BTreeMap::from([(1, be(1)), (3, be(3))]));
+}
+
+#[test]
+fn a_backend_still_used_by_another_service_is_kept() {
+    let (k1, k2) = (key(10, 80), key(11, 80));
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k1, &[be(1), be(2)]), (k2, &[be(2)])]),
+    );
+    let (ops, _) = step(
+        &mut maps,
+        &first,
+        &desired(&[(k1, &[be(1)]), (k2, &[be(2)])]),
+    );
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutService(k1, value(1, 1, ALG_RANDOM)),
+            Op::DelSlot(slot(1, 2)),
+        ]
+    );
+}
+
+#[test]
+fn removing_a_service_deletes_the_entry_before_its_slots_and_revnat() {
+    let (k1, k2) = (key(10, 80), key(11, 80));
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k1, &[be(1)]), (k2, &[be(2), be(3)])]),
+    );
+    let id2 = service_id(&first, k2);
+    let (ops, next) = step(&mut maps, &first, &desired(&[(k1, &[be(1)])]));
+    assert_eq!(
+        ops,
+        vec![
+            Op::DelService(k2),
+            Op::DelSlot(slot(id2, 1)),
+            Op::DelSlot(slot(id2, 2)),
+            Op::DelRevNat(id2),
+            Op::DelBackend(2),
+            Op::DelBackend(3),
+        ]
+    );
+    assert_eq!(next.services.len(), 1);
+    assert_eq!(next.backends, BTreeMap::from([(1, be(1))]));
+}
+
+#[test]
+fn removed_services_go_before_any_slot_deletion() {
+    // One service shrinks, another disappears, in the same plan.
+    let (k1, k2) = (key(10, 80), key(11, 80));
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k1, &[be(1), be(2)]), (k2, &[be(3)])]),
+    );
+    let (ops, _) = step(&mut maps, &first, &desired(&[(k1, &[be(1)])]));
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutService(k1, value(1, 1, ALG_RANDOM)),
+            Op::DelService(k2),
+            Op::DelSlot(slot(1, 2)),
+            Op::DelSlot(slot(2, 1)),
+            Op::DelRevNat(2),
+            Op::DelBackend(2),
+            Op::DelBackend(3),
+        ]
+    );
+}
+
+#[test]
+fn adding_a_backend_puts_the_slot_before_raising_the_count() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1)])]),
+    );
+    let (ops, _) = step(&mut maps, &first, &desired(&[(k, &[be(1), be(2)])]));
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(2, be(2)),
+            Op::PutSlot(slot(1, 2), 2),
+            Op::PutService(k, value(1, 2, ALG_RANDOM)),
+        ]
+    );
+}
+
+#[test]
+fn backend_state_and_algorithm_changes_update_in_place() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1)])]),
+    );
+    let terminating = Backend {
+        state: BACKEND_TERMINATING,
+        ..be(1)
+    };
+    let mut want = desired(&[(k, &[terminating])]);
+    want.frontends.get_mut(&k).unwrap().algorithm = ALG_HASH;
+    let (ops, next) = step(&mut maps, &first, &want);
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(1, terminating),
+            Op::PutService(k, value(1, 1, ALG_HASH)),
+        ]
+    );
+    assert_eq!(next.backends[&1].state, BACKEND_TERMINATING);
+}
+
+#[test]
+fn ids_of_surviving_services_and_backends_are_stable() {
+    let (k1, k2, k3, k4) = (key(10, 80), key(11, 80), key(12, 80), key(13, 80));
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k1, &[be(1), be(2)]), (k2, &[be(3)]), (k3, &[be(4)])]),
+    );
+    // k1 goes, k4 comes; backends 1 and 2 go, 5 comes; the rest reorders.
+    let (_, second) = step(
+        &mut maps,
+        &first,
+        &desired(&[(k2, &[be(5), be(3)]), (k3, &[be(4)]), (k4, &[be(3), be(4)])]),
+    );
+    for k in [k2, k3] {
+        assert_eq!(service_id(&second, k), service_id(&first, k), "{k:?}");
+    }
+    for b in [be(3), be(4)] {
+        assert_eq!(backend_id(&second, b), backend_id(&first, b), "{b:?}");
+    }
+    // New ids do not take the ids freed in the same plan.
+    assert_eq!(service_id(&second, k4), 4);
+    assert_eq!(backend_id(&second, be(5)), 5);
+    assert_eq!(second.services[&k4].backend_ids, vec![3, 4]);
+}
+
+#[test]
+fn a_backend_id_freed_in_the_same_plan_is_not_reused() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1), be(2), be(3)])]),
+    );
+    // be(3) leaves and be(4) arrives together: be(4) must not get id 3.
+    let (ops, next) = step(&mut maps, &first, &desired(&[(k, &[be(1), be(2), be(4)])]));
+    assert_eq!(backend_id(&next, be(4)), 4);
+    assert_eq!(
+        ops,
+        vec![
+            Op::PutBackend(4, be(4)),
+            Op::PutSlot(slot(1, 3), 4),
+            Op::DelBackend(3),
+        ]
+    );
+}
+
+#[test]
+fn a_lower_freed_backend_id_is_not_reused_by_the_next_plan() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1), be(2), be(3)])]),
+    );
+    let (_, second) = step(&mut maps, &first, &desired(&[(k, &[be(1), be(3)])]));
+    let (_, third) = step(&mut maps, &second, &desired(&[(k, &[be(1), be(3), be(4)])]));
+    assert_eq!(backend_id(&third, be(4)), 4);
+}
+
+/// Backend 3 (the highest id) is deleted by one plan; the next plan must not
+/// hand id 3 to a new backend, since conntrack entries may still name it.
+/// `plan` starts allocating after the highest id *still in use*, so the id is
+/// reused at once. See the report.
+#[test]
+fn the_just_freed_highest_backend_id_is_not_reused_by_the_next_plan() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k, &[be(1), be(2), be(3)])]),
+    );
+    let (_, second) = step(&mut maps, &first, &desired(&[(k, &[be(1), be(2)])]));
+    let (_, third) = step(&mut maps, &second, &desired(&[(k, &[be(1), be(2), be(4)])]));
+    assert_ne!(backend_id(&third, be(4)), 3, "freed id 3 reused at once");
+}
+
+/// Same for service ids (conntrack entries and reverse NAT name them too).
+#[test]
+fn the_just_freed_highest_service_id_is_not_reused_by_the_next_plan() {
+    let (k1, k2, k3) = (key(10, 80), key(11, 80), key(12, 80));
+    let mut maps = Maps::default();
+    let (_, first) = step(
+        &mut maps,
+        &Programmed::default(),
+        &desired(&[(k1, &[be(1)]), (k2, &[be(1)])]),
+    );
+    let (_, second) = step(&mut maps, &first, &desired(&[(k1, &[be(1)])]));
+    let (_, third) = step(
+        &mut maps,
+        &second,
+        &desired(&[(k1, &[be(1)]), (k3, &[be(1)])]),
+    );
+    assert_ne!(service_id(&third, k3), service_id(&first, k2));
+}
+
+// ---- restore ----------------------------------------------------------------
+
+#[test]
+fn restore_rebuilds_the_planned_state() {
+    let (k1, k2) = (key(10, 80), key_proto(10, 53, PROTO_UDP));
+    let udp = Backend {
+        proto: PROTO_UDP,
+        port: 5353,
+        ..be(7)
+    };
+    let mut want = desired(&[
+        (k1, &[be(1), be(2), be(3)]),
+        (k2, &[udp]),
+        (key(12, 80), &[]),
+    ]);
+    want.frontends.get_mut(&k1).unwrap().algorithm = ALG_HASH;
+    let mut maps = Maps::default();
+    let (_, first) = step(&mut maps, &Programmed::default(), &want);
+    assert!(maps.restore().same_entries(&first));
+
+    // After a few changes, too, and a plan from the restored state is a no-op.
+    let want = desired(&[(k1, &[be(3), be(1)]), (key(13, 80), &[be(4)])]);
+    let (_, second) = step(&mut maps, &first, &want);
+    let restored = maps.restore();
+    assert!(restored.same_entries(&second));
+    assert_eq!(plan(&restored, &want).unwrap().0, vec![]);
+}
+
+#[test]
+fn restore_stops_at_a_missing_slot() {
+    let k = key(10, 80);
+    let p = restore(
+        [(k, value(1, 3, ALG_RANDOM))],
+        [(slot(1, 1), 1), (slot(1, 3), 3)],
+        [(1, be(1)), (3, be(3))],
+    );
+    assert_eq!(p.services[&k].backend_ids, vec![1]);
+    assert_eq!(p.services[&k].value.count, 3);
+}
+
+// ---- weir service list ------------------------------------------------------
+
+fn listed() -> Programmed {
+    let internal = ServiceKey {
+        scope: SCOPE_INTERNAL,
+        ..key(10, 80)
+    };
+    let terminating = Backend {
+        state: BACKEND_TERMINATING,
+        ..be(2)
+    };
+    let mut want = desired(&[
+        (key(10, 80), &[be(1), terminating]),
+        (key_proto(10, 53, PROTO_UDP), &[]),
+        (internal, &[be(1)]),
+    ]);
+    want.frontends.get_mut(&internal).unwrap().algorithm = ALG_HASH;
+    plan(&Programmed::default(), &want).unwrap().1
+}
+
+#[test]
+fn service_rows_json() {
+    let p = listed();
+    let rows = service_rows(&p);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![1, 2, 3],
+        "ordered by id"
+    );
+    let id = service_id(&p, key(10, 80));
+    let json = serde_json::to_value(&rows).unwrap();
+    let row = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap();
+    assert_eq!(
+        *row,
+        serde_json::json!({
+            "id": id,
+            "frontend": "198.19.0.10:80/TCP",
+            "address": "198.19.0.10",
+            "port": 80,
+            "protocol": "TCP",
+            "scope": "external",
+            "algorithm": "random",
+            "backends": [
+                {"id": 1, "address": "198.18.1.1", "port": 8080, "protocol": "TCP", "state": "active"},
+                {"id": 2, "address": "198.18.1.2", "port": 8080, "protocol": "TCP", "state": "terminating"},
+            ],
+        })
+    );
+    let udp = rows
+        .iter()
+        .find(|r| r.frontend == "198.19.0.10:53/UDP")
+        .unwrap();
+    assert_eq!(udp.protocol, "UDP");
+    assert!(udp.backends.is_empty());
+    let internal = rows.iter().find(|r| r.scope == "internal").unwrap();
+    assert_eq!(internal.frontend, "198.19.0.10:80/TCP");
+    assert_eq!(internal.algorithm, "hash");
+}
+
+#[test]
+fn service_rows_mark_a_missing_backend() {
+    let k = key(10, 80);
+    let p = restore([(k, value(1, 1, ALG_RANDOM))], [(slot(1, 1), 9)], []);
+    let rows = service_rows(&p);
+    assert_eq!(rows[0].backends.len(), 1);
+    assert_eq!(rows[0].backends[0].id, 9);
+    assert_eq!(rows[0].backends[0].state, "missing");
+}
+
+#[test]
+fn service_table_text() {
+    let p = listed();
+    let id = service_id(&p, key(10, 80));
+    let table = service_table(&service_rows(&p));
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1 + 4,
+        "header, 3 rows, 1 extra backend line:\n{table}"
+    );
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(header, ["ID", "FRONTEND", "SCOPE", "ALG", "BACKENDS"]);
+
+    // The frontend's first line carries its first backend; the next line the second.
+    let at = lines
+        .iter()
+        .position(|l| {
+            l.split_whitespace().next() == Some(&id.to_string()) && l.contains("external")
+        })
+        .unwrap_or_else(|| panic!("no row for service {id}:\n{table}"));
+    let first: Vec<&str> = lines[at].split_whitespace().collect();
+    assert_eq!(
+        first,
+        [
+            &id.to_string(),
+            "198.19.0.10:80/TCP",
+            "external",
+            "random",
+            "1",
+            "198.18.1.1:8080/TCP",
+            "(active)"
+        ]
+    );
+    let second: Vec<&str> = lines[at + 1].split_whitespace().collect();
+    assert_eq!(second, ["2", "198.18.1.2:8080/TCP", "(terminating)"]);
+    assert!(lines[at + 1].starts_with(' '), "{table}");
+
+    assert!(table.contains("198.19.0.10:53/UDP"), "{table}");
+    assert!(table.contains("(none: rejected)"), "{table}");
+}

@@ -1,0 +1,195 @@
+//! The agent as a child process inside a sandbox's node namespace, with its
+//! own pin directory; stopped and cleaned up on drop.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use weir::{
+    cli::{service_rows, ServiceRow},
+    dataplane::{maps::Maps, sync::Programmed},
+};
+
+use crate::netns;
+
+/// The `weir` binary: $WEIR_BIN, or target/debug/weir of this workspace.
+pub fn weir_bin() -> Result<PathBuf> {
+    let path = match std::env::var_os("WEIR_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/weir"),
+    };
+    if !path.exists() {
+        bail!(
+            "{} not found: build it with `cargo build -p lb-userspace` (cargo xtask test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Prefix of pin directories made by tests; `cargo xtask test` removes leftovers.
+pub const TEST_BPFFS_PREFIX: &str = "/sys/fs/bpf/weir-test-";
+
+pub struct Agent {
+    child: Option<Child>,
+    pub node_ns: String,
+    pub bpffs: PathBuf,
+    pub log: PathBuf,
+    source: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Agent {
+    /// Starts `weir agent` in `node_ns` on the manifest directory `source`.
+    pub fn start(node_ns: &str, source: &Path, tag: &str, extra: &[&str]) -> Result<Self> {
+        let mut agent = Self {
+            child: None,
+            node_ns: node_ns.to_string(),
+            bpffs: PathBuf::from(format!("{TEST_BPFFS_PREFIX}{tag}")),
+            log: std::env::temp_dir().join(format!("weir-test-{tag}.log")),
+            source: source.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        agent.spawn()?;
+        Ok(agent)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = File::options().create(true).append(true).open(&self.log)?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", netns::path(&self.node_ns).display()))
+            .arg("--")
+            .arg(weir_bin()?)
+            .arg("agent")
+            .arg(format!("--source=dir:{}", self.source.display()))
+            .arg(format!("--bpffs={}", self.bpffs.display()))
+            .args([
+                "--pod-devices=lxc*",
+                "--hostname-override=node-a",
+                "--poll-interval-ms=100",
+            ])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting the agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM, then SIGKILL after 5 s); the pins stay.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops and starts the agent again on the same pins.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// What the pinned maps hold.
+    pub fn programmed(&self) -> Result<Programmed> {
+        Ok(Maps::open_pinned(&self.bpffs)?.read())
+    }
+
+    /// Waits (at most `timeout`) until the programmed services satisfy `pred`.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[ServiceRow]) -> bool,
+    ) -> Result<Vec<ServiceRow>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    bail!(
+                        "the agent exited ({status}) while waiting for {what}; log:\n{}",
+                        self.log_text()
+                    );
+                }
+            }
+            let rows = self.programmed().map(|p| service_rows(&p));
+            if let Ok(rows) = &rows {
+                if pred(rows) {
+                    return Ok(rows.clone());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "timed out waiting for {what}; maps: {rows:?}; agent log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the frontend `addr:port/PROTO` has exactly `backends` backends.
+    pub fn wait_frontend(&mut self, frontend: &str, backends: usize) -> Result<ServiceRow> {
+        let rows = self.wait_for(
+            &format!("{frontend} with {backends} backends"),
+            Duration::from_secs(15),
+            |rows| {
+                rows.iter()
+                    .any(|r| r.frontend == frontend && r.backends.len() == backends)
+            },
+        )?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.frontend == frontend)
+            .expect("checked by the predicate"))
+    }
+
+    /// Waits until the agent logged that it attached to `device`.
+    pub fn wait_attached(&mut self, device: &str) -> Result<()> {
+        let needle = format!("device={device} ");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self
+            .log_text()
+            .lines()
+            .any(|l| l.contains("attached tc ingress") && format!("{l} ").contains(&needle))
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "agent did not attach to {device}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.bpffs);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Echo servers for backend pods: every TCP connection and UDP datagram is
+//! answered with "NAME LOCALPORT PEERIP", so a test sees which backend
+//! answered, on which port, and the client address the backend saw.
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::netns::{enter, in_netns};
+
+/// The longest an echo server lives, whatever the test does.
+const MAX_LIFETIME: Duration = Duration::from_secs(600);
+const POLL: Duration = Duration::from_millis(20);
+
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl EchoServer {
+    /// Starts servers in namespace `ns` on every (protocol, port); returns once all are bound.
+    pub fn start(ns: &str, name: &str, ports: &[(Proto, u16)]) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &(proto, port) in ports {
+            let (tx, rx) = mpsc::channel();
+            let (ns, server, stop2) = (ns.to_string(), name.to_string(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let bound = enter(&ns).and_then(|_| bind(proto, port));
+                match bound {
+                    Ok(socket) => {
+                        let _ = tx.send(Ok(()));
+                        serve(socket, &server, port, &stop2);
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            }));
+            rx.recv_timeout(Duration::from_secs(5))
+                .map_err(|_| anyhow!("echo server {name} {proto:?}/{port} did not start"))??;
+        }
+        Ok(Self { stop, threads })
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+fn bind(proto: Proto, port: u16) -> Result<Socket> {
+    let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    Ok(match proto {
+        Proto::Tcp => {
+            let l = TcpListener::bind(addr).with_context(|| format!("bind tcp {port}"))?;
+            l.set_nonblocking(true)?;
+            Socket::Tcp(l)
+        }
+        Proto::Udp => {
+            let s = UdpSocket::bind(addr).with_context(|| format!("bind udp {port}"))?;
+            s.set_read_timeout(Some(POLL))?;
+            Socket::Udp(s)
+        }
+    })
+}
+
+fn serve(socket: Socket, name: &str, port: u16, stop: &AtomicBool) {
+    let start = Instant::now();
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_LIFETIME {
+        match &socket {
+            Socket::Tcp(l) => match l.accept() {
+                Ok((mut conn, peer)) => {
+                    let _ = conn.write_all(format!("{name} {port} {}\n", peer.ip()).as_bytes());
+                }
+                Err(_) => std::thread::sleep(POLL / 4),
+            },
+            Socket::Udp(s) => {
+                if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                    let _ = s.send_to(format!("{name} {port} {}", peer.ip()).as_bytes(), peer);
+                }
+            }
+        }
+    }
+}
+
+/// An echo server's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EchoReply {
+    pub backend: String,
+    pub port: u16,
+    pub peer: Ipv4Addr,
+}
+
+impl std::str::FromStr for EchoReply {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let mut parts = s.split_whitespace();
+        let (Some(backend), Some(port), Some(peer), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            bail!("unexpected echo reply {s:?}");
+        };
+        Ok(Self {
+            backend: backend.into(),
+            port: port.parse()?,
+            peer: peer.parse()?,
+        })
+    }
+}
+
+fn tcp_once(addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
+    let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply)?;
+    reply.trim().parse()
+}
+
+fn udp_once(addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
+    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    s.connect(addr)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.send(b"hello")?;
+    let mut buf = [0u8; 1500];
+    let n = s.recv(&mut buf)?;
+    std::str::from_utf8(&buf[..n])?.parse()
+}
+
+/// Sends `count` requests (each a new connection or a new UDP socket) from namespace `ns`.
+pub fn requests(
+    ns: &str,
+    proto: Proto,
+    addr: SocketAddrV4,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Result<EchoReply>>> {
+    in_netns(ns, move || {
+        (0..count)
+            .map(|_| match proto {
+                Proto::Tcp => tcp_once(addr, timeout),
+                Proto::Udp => udp_once(addr, timeout),
+            })
+            .collect()
+    })
+}
