@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod echo;
 pub mod manifests;
 pub mod netns;
+pub mod packets;
 pub mod sandbox;
 pub mod scenario;
 
