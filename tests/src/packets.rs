@@ -27,11 +27,22 @@ pub struct Pkt {
 
 impl Pkt {
     pub fn tcp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
-        Self { l4: L4::Tcp, src, dst, sport, dport, ip_options: false, more_fragments: false }
+        Self {
+            l4: L4::Tcp,
+            src,
+            dst,
+            sport,
+            dport,
+            ip_options: false,
+            more_fragments: false,
+        }
     }
 
     pub fn udp(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Self {
-        Self { l4: L4::Udp, ..Self::tcp(src, sport, dst, dport) }
+        Self {
+            l4: L4::Udp,
+            ..Self::tcp(src, sport, dst, dport)
+        }
     }
 
     pub fn with_src(self, src: [u8; 4], sport: u16) -> Self {
@@ -54,11 +65,15 @@ impl Pkt {
         if self.ip_options {
             ip.options = [1u8, 1, 1, 0].into();
         }
-        let builder = PacketBuilder::ethernet2(MAC_POD, MAC_NODE).ip(IpHeaders::Ipv4(ip, Default::default()));
+        let builder =
+            PacketBuilder::ethernet2(MAC_POD, MAC_NODE).ip(IpHeaders::Ipv4(ip, Default::default()));
         let payload = b"weir packet test";
         let mut out = Vec::new();
         match self.l4 {
-            L4::Tcp => builder.tcp(self.sport, self.dport, 1000, 64240).syn().write(&mut out, payload),
+            L4::Tcp => builder
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .syn()
+                .write(&mut out, payload),
             L4::Udp => builder.udp(self.sport, self.dport).write(&mut out, payload),
         }
         .expect("packet fits");

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    flow_hash, Backend, CtKey, ServiceKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD, CT_REPLY, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL,
+    flow_hash, Backend, CtKey, ServiceKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD,
+    CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
     dataplane::{loader::tc_program, Dataplane},
@@ -23,18 +23,36 @@ const B1: [u8; 4] = [198, 18, 1, 11];
 const B2: [u8; 4] = [198, 18, 1, 12];
 
 fn backend(addr: [u8; 4], port: u16, proto: u8) -> Backend {
-    Backend { addr, port, proto, state: BACKEND_ACTIVE }
+    Backend {
+        addr,
+        port,
+        proto,
+        state: BACKEND_ACTIVE,
+    }
 }
 
 fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
     (
-        ServiceKey { addr: VIP, port, proto, scope: SCOPE_EXTERNAL },
-        Frontend { service: ObjectRef::new("test", "svc"), port_name: String::new(), algorithm, backends },
+        ServiceKey {
+            addr: VIP,
+            port,
+            proto,
+            scope: SCOPE_EXTERNAL,
+        },
+        Frontend {
+            service: ObjectRef::new("test", "svc"),
+            port_name: String::new(),
+            algorithm,
+            backends,
+        },
     )
 }
 
 fn desired(frontends: Vec<(ServiceKey, Frontend)>) -> Desired {
-    Desired { frontends: frontends.into_iter().collect(), warnings: vec![] }
+    Desired {
+        frontends: frontends.into_iter().collect(),
+        warnings: vec![],
+    }
 }
 
 fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {
@@ -58,7 +76,11 @@ fn run(dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
 fn assert_rewrites(dp: &mut Dataplane, input: &Pkt, expected: &Pkt) -> Result<()> {
     let (action, out) = run(dp, &input.build())?;
     assert_eq!(action, TC_ACT_OK);
-    assert_eq!(hex(&out), hex(&expected.build()), "input {input:?}, expected {expected:?}");
+    assert_eq!(
+        hex(&out),
+        hex(&expected.build()),
+        "input {input:?}, expected {expected:?}"
+    );
     Ok(())
 }
 
@@ -68,14 +90,28 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![backend(B1, 8080, PROTO_TCP)])])?;
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])?;
     let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
 
     // Both conntrack entries exist and say what to do.
-    let fwd = dp.maps.ct.get(&ct_key(CLIENT, 40000, VIP, 80, PROTO_TCP), 0)?;
-    assert_eq!((fwd.kind, fwd.nat_addr, fwd.nat_port), (CT_FORWARD, B1, 8080));
-    let rev = dp.maps.ct.get(&ct_key(B1, 8080, CLIENT, 40000, PROTO_TCP), 0)?;
+    let fwd = dp
+        .maps
+        .ct
+        .get(&ct_key(CLIENT, 40000, VIP, 80, PROTO_TCP), 0)?;
+    assert_eq!(
+        (fwd.kind, fwd.nat_addr, fwd.nat_port),
+        (CT_FORWARD, B1, 8080)
+    );
+    let rev = dp
+        .maps
+        .ct
+        .get(&ct_key(B1, 8080, CLIENT, 40000, PROTO_TCP), 0)?;
     assert_eq!((rev.kind, rev.nat_addr, rev.nat_port), (CT_REPLY, VIP, 80));
 
     let reply = Pkt::tcp(B1, 8080, CLIENT, 40000);
@@ -83,12 +119,24 @@ fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
 }
 
 fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> CtKey {
-    CtKey { saddr, daddr, sport, dport, proto, _pad: [0; 3] }
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
 }
 
 #[test]
 fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(53, PROTO_UDP, ALG_RANDOM, vec![backend(B2, 5353, PROTO_UDP)])])?;
+    let mut dp = dataplane(vec![frontend(
+        53,
+        PROTO_UDP,
+        ALG_RANDOM,
+        vec![backend(B2, 5353, PROTO_UDP)],
+    )])?;
     let query = Pkt::udp(CLIENT, 33000, VIP, 53);
     assert_rewrites(&mut dp, &query, &query.with_dst(B2, 5353))?;
     let answer = Pkt::udp(B2, 5353, CLIENT, 33000);
@@ -97,7 +145,12 @@ fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
 
 #[test]
 fn a_zero_udp_checksum_stays_zero() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(53, PROTO_UDP, ALG_RANDOM, vec![backend(B2, 5353, PROTO_UDP)])])?;
+    let mut dp = dataplane(vec![frontend(
+        53,
+        PROTO_UDP,
+        ALG_RANDOM,
+        vec![backend(B2, 5353, PROTO_UDP)],
+    )])?;
     let query = Pkt::udp(CLIENT, 33001, VIP, 53);
     let mut input = query.build();
     let off = query.l4_csum_offset();
@@ -112,19 +165,35 @@ fn a_zero_udp_checksum_stays_zero() -> Result<()> {
 
 #[test]
 fn ip_options_do_not_confuse_the_l4_offset() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![backend(B1, 8080, PROTO_TCP)])])?;
-    let syn = Pkt { ip_options: true, ..Pkt::tcp(CLIENT, 40001, VIP, 80) };
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])?;
+    let syn = Pkt {
+        ip_options: true,
+        ..Pkt::tcp(CLIENT, 40001, VIP, 80)
+    };
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))
 }
 
 #[test]
 fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![backend(B1, 8080, PROTO_TCP)])])?;
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])?;
     for pkt in [
         Pkt::tcp(CLIENT, 40002, VIP, 81),              // other port
         Pkt::udp(CLIENT, 40002, VIP, 80),              // other protocol
         Pkt::tcp(CLIENT, 40002, [198, 19, 0, 11], 80), // other address
-        Pkt { more_fragments: true, ..Pkt::tcp(CLIENT, 40003, VIP, 80) }, // a fragment
+        Pkt {
+            more_fragments: true,
+            ..Pkt::tcp(CLIENT, 40003, VIP, 80)
+        }, // a fragment
     ] {
         assert_rewrites(&mut dp, &pkt, &pkt)?;
     }
@@ -140,22 +209,38 @@ fn a_frontend_without_backends_leaves_packets_alone() -> Result<()> {
 
 #[test]
 fn an_established_flow_stays_on_its_backend() -> Result<()> {
-    let backends = (1..=8).map(|i| backend([198, 18, 2, i], 8080, PROTO_TCP)).collect();
+    let backends = (1..=8)
+        .map(|i| backend([198, 18, 2, i], 8080, PROTO_TCP))
+        .collect();
     let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, backends)])?;
     let syn = Pkt::tcp(CLIENT, 40005, VIP, 80).build();
     let (_, first) = run(&mut dp, &syn)?;
     for _ in 0..20 {
-        assert_eq!(run(&mut dp, &syn)?.1, first, "the flow moved to another backend");
+        assert_eq!(
+            run(&mut dp, &syn)?.1,
+            first,
+            "the flow moved to another backend"
+        );
     }
     Ok(())
 }
 
 #[test]
 fn a_flow_whose_backend_was_removed_moves_to_a_remaining_one() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![backend(B1, 8080, PROTO_TCP)])])?;
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])?;
     let syn = Pkt::tcp(CLIENT, 40006, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
-    dp.sync(&desired(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![backend(B2, 8080, PROTO_TCP)])]))?;
+    dp.sync(&desired(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B2, 8080, PROTO_TCP)],
+    )]))?;
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B2, 8080))
 }
 
@@ -172,7 +257,12 @@ fn the_hash_algorithm_picks_the_backend_the_flow_hash_predicts() -> Result<()> {
         assert_rewrites(&mut dp, &syn, &syn.with_dst(want, 8080))?;
         seen.insert(want);
     }
-    assert_eq!(seen.len(), 5, "40 flows should reach all 5 backends: {:?}", seen.iter().map(|a| Ipv4Addr::from(*a)).collect::<Vec<_>>());
+    assert_eq!(
+        seen.len(),
+        5,
+        "40 flows should reach all 5 backends: {:?}",
+        seen.iter().map(|a| Ipv4Addr::from(*a)).collect::<Vec<_>>()
+    );
     Ok(())
 }
 
@@ -184,6 +274,8 @@ fn the_helper_reports_the_udp_checksum_offset() {
     let off = pkt.l4_csum_offset();
     let sum = u16::from_be_bytes([bytes[off], bytes[off + 1]]);
     let udp = etherparse::SlicedPacket::from_ethernet(&bytes).expect("parses");
-    let Some(etherparse::TransportSlice::Udp(u)) = udp.transport else { panic!("not UDP") };
+    let Some(etherparse::TransportSlice::Udp(u)) = udp.transport else {
+        panic!("not UDP")
+    };
     assert_eq!(sum, u.checksum());
 }

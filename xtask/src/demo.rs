@@ -82,7 +82,7 @@ pub fn run() -> Result<()> {
         )
         .unwrap_or_default()
     );
-    let services = format!("{bpffs}/{}", lb_common_services());
+    let services = format!("{bpffs}/{}", lb_common::MAP_SERVICES);
     println!("\n$ bpftool map dump pinned {services}");
     print!(
         "{}",
@@ -97,8 +97,4 @@ pub fn run() -> Result<()> {
     }
     println!("\ndemo ok: every request answered, every backend saw the client's own address");
     Ok(())
-}
-
-fn lb_common_services() -> &'static str {
-    "SERVICES_V1"
 }
