@@ -12,7 +12,8 @@ use crate::{
         attach::{list_links, DeviceSelector},
         Dataplane,
     },
-    source::dir::{DirSource, Fingerprint},
+    model::ClusterState,
+    source::dir::{self, DirSource},
     translate::{translate, NodeFacts},
 };
 
@@ -49,25 +50,28 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "datapath loaded"
     );
     let selector = DeviceSelector::new(&cfg.devices, &cfg.pod_devices).context("--pod-devices")?;
-    let SourceSpec::Dir(dir) = &cfg.source;
-    let source = DirSource::new(dir);
-    let mut last: Option<Fingerprint> = None;
+    let mut states = match &cfg.source {
+        SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
+    };
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => reconcile_devices(&mut dataplane, &selector),
+            changed = states.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the source stopped");
+                }
+                let state = states.borrow_and_update().clone();
+                if let Some(state) = state {
+                    // Attach first, so that a pod device that appeared with its
+                    // endpoints serves traffic as soon as the maps do.
+                    reconcile_devices(&mut dataplane, &selector);
+                    sync(&mut dataplane, &state, &cfg.node);
+                }
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-        }
-        reconcile_devices(&mut dataplane, &selector);
-        match source.fingerprint() {
-            Ok(fp) if last.as_ref() == Some(&fp) => {}
-            Ok(fp) => {
-                sync_from(&source, &mut dataplane, &cfg.node);
-                last = Some(fp);
-            }
-            Err(e) => warn!("{e}; keeping the last state"),
         }
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
@@ -92,28 +96,13 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
     }
 }
 
-fn sync_from(source: &DirSource, dataplane: &mut Dataplane, node: &NodeFacts) {
-    let loaded = match source.load() {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            warn!("{e}; keeping the last state");
-            return;
-        }
-    };
-    for e in &loaded.errors {
-        warn!("skipped invalid document: {e}");
-    }
-    let desired = translate(&loaded.state, node);
+fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) {
+    let desired = translate(state, node);
     for w in &desired.warnings {
         warn!("{w}");
     }
     match dataplane.sync(&desired) {
-        Ok(stats) => info!(
-            frontends = stats.frontends,
-            map_ops = stats.ops,
-            skipped_documents = loaded.errors.len(),
-            "synced"
-        ),
+        Ok(stats) => info!(frontends = stats.frontends, map_ops = stats.ops, "synced"),
         Err(e) => warn!("sync failed: {e}"),
     }
 }

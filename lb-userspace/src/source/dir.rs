@@ -6,7 +6,14 @@ use std::{
     time::SystemTime,
 };
 
-use super::parse::{parse_documents, DocumentError, Object};
+use std::{sync::Arc, time::Duration};
+
+use tracing::{info, warn};
+
+use super::{
+    parse::{parse_documents, DocumentError, Object},
+    StateRx,
+};
 use crate::model::ClusterState;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,4 +122,46 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
             }
         }
     }
+}
+
+/// Polls `source` every `interval` and publishes a new state whenever the
+/// directory changed. A directory that cannot be read publishes nothing, so
+/// the agent keeps the last state (a broken source never flushes the datapath).
+pub fn spawn(source: DirSource, interval: Duration) -> StateRx {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    tokio::spawn(async move {
+        let mut last: Option<Fingerprint> = None;
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            let fingerprint = match source.fingerprint() {
+                Ok(fp) if last.as_ref() == Some(&fp) => continue,
+                Ok(fp) => fp,
+                Err(e) => {
+                    warn!("{e}; keeping the last state");
+                    continue;
+                }
+            };
+            match source.load() {
+                Ok(loaded) => {
+                    for e in &loaded.errors {
+                        warn!("skipped invalid document: {e}");
+                    }
+                    info!(
+                        dir = %source.path().display(),
+                        services = loaded.state.services.len(),
+                        slices = loaded.state.slices.len(),
+                        skipped_documents = loaded.errors.len(),
+                        "source read"
+                    );
+                    last = Some(fingerprint);
+                    if tx.send(Some(Arc::new(loaded.state))).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => warn!("{e}; keeping the last state"),
+            }
+        }
+    });
+    rx
 }

@@ -1,7 +1,18 @@
-//! Where desired state comes from. Only this module reads files (and, later,
-//! talks to the apiserver).
+//! Where desired state comes from. Only this module reads files (and talks
+//! to the apiserver). Every source publishes complete `ClusterState`
+//! snapshots on a watch channel; the agent syncs the datapath to the latest.
 pub mod convert;
 pub mod dir;
 pub mod parse;
 
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
 pub use parse::{DocumentError, Object};
+
+use crate::model::ClusterState;
+
+/// The receiving end of a source: `None` until the source has a first complete state.
+pub type StateRx = watch::Receiver<Option<Arc<ClusterState>>>;
+pub type StateTx = watch::Sender<Option<Arc<ClusterState>>>;
