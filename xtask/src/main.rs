@@ -58,7 +58,7 @@ fn main() -> Result<()> {
             cargo(&["build", "-p", "lb-userspace"])?;
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             test.extend(args.iter().map(String::as_str));
-            cargo(&test)
+            util::cargo_test(&test)
         }
     }
 }

@@ -48,6 +48,48 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     status(env!("CARGO"), args)
 }
 
+/// Runs `cargo test ...`, passing its output through, and ends with one
+/// summary line over every test binary ("N passed, N failed").
+pub fn cargo_test(args: &[&str]) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            if let Some(rest) = line.strip_prefix("test result: ") {
+                passed += count(rest, " passed");
+                failed += count(rest, " failed");
+                ignored += count(rest, " ignored");
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("\nweir tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
+}
+
+/// The number before `what` in a "test result:" line ("ok. 7 passed; 0 failed; ...").
+fn count(line: &str, what: &str) -> u64 {
+    line.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(what.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Runs `program args` with inherited stdio and returns its exit status as ours.
 pub fn exec(program: &Path, args: &[String]) -> Result<()> {
     let status = Command::new(program)
