@@ -41,7 +41,24 @@ pub const MAP_SLOTS: &str = "SLOTS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_REVNAT: &str = "REVNAT_V1";
 pub const MAP_CT: &str = "CT_V1";
-pub const ALL_MAPS: [&str; 5] = [MAP_SERVICES, MAP_SLOTS, MAP_BACKENDS, MAP_REVNAT, MAP_CT];
+pub const MAP_AFFINITY: &str = "AFFINITY_V1";
+pub const MAP_MAGLEV: &str = "MAGLEV_V1";
+pub const ALL_MAPS: [&str; 7] = [
+    MAP_SERVICES,
+    MAP_SLOTS,
+    MAP_BACKENDS,
+    MAP_REVNAT,
+    MAP_CT,
+    MAP_AFFINITY,
+    MAP_MAGLEV,
+];
+
+/// Global in lb-ebpf holding the Maglev table size M (set at load time).
+pub const GLOBAL_MAGLEV_M: &str = "MAGLEV_M";
+/// Default Maglev table size: prime, > 100 x the backends of services up to ~160 endpoints.
+pub const DEFAULT_MAGLEV_M: u32 = 16_381;
+/// No Maglev table (ServiceValue::maglev_table).
+pub const NO_MAGLEV_TABLE: u32 = u32::MAX;
 
 /// Program names (function names in lb-ebpf).
 pub const PROG_TC_INGRESS: &str = "weir_tc_ingress";
@@ -50,6 +67,7 @@ pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_SLOTS: u32 = 262_144;
 pub const MAX_CT: u32 = 262_144;
+pub const MAX_AFFINITY: u32 = 65_536;
 
 /// A frontend: the address, port and protocol a client connects to.
 #[repr(C)]
@@ -62,15 +80,18 @@ pub struct ServiceKey {
 }
 
 /// A frontend's entry. `count` backends live in slots 1..=count.
+/// `affinity_timeout` (seconds) > 0 turns on ClientIP session affinity;
+/// `maglev_table` is the table index in MAGLEV_V1 for ALG_MAGLEV.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServiceValue {
     pub id: u32,
     pub count: u32,
+    pub affinity_timeout: u32,
+    pub maglev_table: u32,
     pub flags: u16,
     pub algorithm: u8,
     pub _pad: u8,
-    pub affinity_timeout: u32,
 }
 
 /// Key of the slots map: the n-th backend of a service (slots start at 1).
@@ -126,6 +147,23 @@ pub struct CtValue {
     pub last_seen_ns: u64,
 }
 
+/// Session affinity key: a client of a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub client: [u8; 4],
+}
+
+/// The backend a client was last sent to, and when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_used_ns: u64,
+}
+
 /// Flow hash used by the `hash` algorithm: murmur3's finaliser over the
 /// 5-tuple. Shared so that tests and the agent can predict the kernel's choice.
 #[inline(always)]
@@ -147,7 +185,9 @@ fn fmix(mut h: u32) -> u32 {
 
 const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 8);
-    assert!(core::mem::size_of::<ServiceValue>() == 16);
+    assert!(core::mem::size_of::<ServiceValue>() == 20);
+    assert!(core::mem::size_of::<AffinityKey>() == 8);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 8);
     assert!(core::mem::size_of::<RevNat>() == 8);
@@ -166,4 +206,6 @@ mod pod {
     unsafe impl aya::Pod for RevNat {}
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
 }

@@ -1,36 +1,45 @@
 //! The service load-balancing decision for one packet.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use lb_common::{ServiceKey, ServiceValue, SlotKey, CT_REPLY, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+use lb_common::{ServiceKey, ServiceValue, CT_REPLY, SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
 use crate::{
     conntrack,
-    maps::{BACKENDS, SERVICES, SLOTS},
+    maps::{BACKENDS, SERVICES},
     nat,
     parse::{parse_ipv4, Flow},
-    select,
+    reject, select,
 };
 
-#[inline(always)]
-pub fn tc_ingress(ctx: &TcContext) -> i32 {
-    let _ = process(ctx);
-    TC_ACT_OK as i32
+/// What to do with the packet after processing.
+enum Verdict {
+    Pass,
+    Reject(Flow),
 }
 
 #[inline(always)]
-fn process(ctx: &TcContext) -> Result<(), i64> {
+pub fn tc_ingress(ctx: &TcContext) -> i32 {
+    match process(ctx) {
+        Ok(Verdict::Reject(flow)) => reject::reject(ctx, &flow),
+        _ => TC_ACT_OK as i32,
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &TcContext) -> Result<Verdict, i64> {
     let Some(flow) = parse_ipv4(ctx) else {
-        return Ok(());
+        return Ok(Verdict::Pass);
     };
     let ct_key = conntrack::key(&flow);
     let existing = conntrack::lookup(&ct_key);
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
             conntrack::touch(&ct_key, ct);
-            return nat::rewrite_src(ctx, &flow, ct.nat_addr, ct.nat_port);
+            nat::rewrite_src(ctx, &flow, ct.nat_addr, ct.nat_port)?;
+            return Ok(Verdict::Pass);
         }
     }
     let Some(svc) = service(&flow) else {
-        return Ok(());
+        return Ok(Verdict::Pass);
     };
     if let Some(ct) = existing {
         // An established flow keeps its backend while both it and the
@@ -39,27 +48,24 @@ fn process(ctx: &TcContext) -> Result<(), i64> {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
                 conntrack::touch(&ct_key, ct);
-                return nat::rewrite_dst(ctx, &flow, backend.addr, backend.port);
+                nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
+                return Ok(Verdict::Pass);
             }
         }
     }
     if svc.count == 0 {
-        return Ok(());
+        return Ok(Verdict::Reject(flow));
     }
-    let slot = select::slot(&svc, &flow);
-    let slot_key = SlotKey {
-        service_id: svc.id,
-        slot,
+    let Some(backend_id) = select::backend_id(&svc, &flow) else {
+        return Ok(Verdict::Pass);
     };
-    // SAFETY: values are copied out at once.
-    let Some(backend_id) = (unsafe { SLOTS.get(slot_key).copied() }) else {
-        return Ok(());
-    };
+    // SAFETY: the value is copied out at once.
     let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
-        return Ok(());
+        return Ok(Verdict::Pass);
     };
     conntrack::create(&flow, svc.id, backend_id, &backend);
-    nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)
+    nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
+    Ok(Verdict::Pass)
 }
 
 /// The frontend `flow` is addressed to, seen from a pod: internal scope first.

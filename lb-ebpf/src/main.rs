@@ -7,6 +7,7 @@ mod lb;
 mod maps;
 mod nat;
 mod parse;
+mod reject;
 mod select;
 
 use aya_ebpf::{macros::classifier, programs::TcContext};

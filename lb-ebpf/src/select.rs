@@ -1,16 +1,88 @@
-//! Backend selection for a new flow: returns a slot in 1..=count.
+//! Backend selection for a new flow: session affinity first, then the
+//! service's algorithm (random, flow hash, or Maglev). Returns a backend id.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{flow_hash, ServiceValue, ALG_HASH};
+use lb_common::{
+    flow_hash, AffinityKey, AffinityValue, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV,
+};
 
-use crate::parse::Flow;
+use crate::{
+    conntrack::now,
+    maps::{maglev_m, AFFINITY, BACKENDS, MAGLEV, SLOTS},
+    parse::Flow,
+};
+
+/// Picks the backend id for a new flow of `svc` (count > 0).
+#[inline(always)]
+pub fn backend_id(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
+    let affine_id = if svc.affinity_timeout != 0 {
+        affine(svc, flow)
+    } else {
+        None
+    };
+    let id = if let Some(id) = affine_id {
+        id
+    } else if svc.algorithm == ALG_MAGLEV {
+        maglev(svc, flow)?
+    } else {
+        let r = if svc.algorithm == ALG_HASH {
+            flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
+        } else {
+            // SAFETY: helper without preconditions.
+            unsafe { bpf_get_prandom_u32() }
+        };
+        let slot = SlotKey {
+            service_id: svc.id,
+            slot: r % svc.count + 1,
+        };
+        // SAFETY: the value is copied out at once.
+        unsafe { SLOTS.get(slot).copied() }?
+    };
+    if svc.affinity_timeout != 0 {
+        // Every new connection refreshes the timestamp, as kube-proxy's `recent` match does.
+        remember(svc, flow, id);
+    }
+    Some(id)
+}
 
 #[inline(always)]
-pub fn slot(svc: &ServiceValue, flow: &Flow) -> u32 {
-    let r = if svc.algorithm == ALG_HASH {
-        flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto)
-    } else {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_prandom_u32() }
+fn maglev(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
+    let m = maglev_m();
+    if m == 0 {
+        return None;
+    }
+    let h = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
+    let index = svc.maglev_table.checked_mul(m)?.checked_add(h % m)?;
+    MAGLEV.get(index).copied()
+}
+
+/// The backend this client used within the timeout, if it still exists.
+#[inline(always)]
+fn affine(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
+    let key = AffinityKey {
+        service_id: svc.id,
+        client: flow.saddr,
     };
-    r % svc.count + 1
+    // SAFETY: the value is copied out at once.
+    let entry = unsafe { AFFINITY.get(key).copied() }?;
+    let timeout_ns = svc.affinity_timeout as u64 * 1_000_000_000;
+    if now().saturating_sub(entry.last_used_ns) > timeout_ns {
+        return None;
+    }
+    // SAFETY: only checks presence.
+    unsafe { BACKENDS.get(entry.backend_id) }?;
+    Some(entry.backend_id)
+}
+
+#[inline(always)]
+fn remember(svc: &ServiceValue, flow: &Flow, backend_id: u32) {
+    let key = AffinityKey {
+        service_id: svc.id,
+        client: flow.saddr,
+    };
+    let value = AffinityValue {
+        backend_id,
+        _pad: 0,
+        last_used_ns: now(),
+    };
+    let _ = AFFINITY.insert(key, value, 0);
 }

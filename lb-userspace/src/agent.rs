@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use crate::{
     dataplane::{
         attach::{list_links, DeviceSelector},
+        sync::PlanConfig,
         Dataplane,
     },
     model::ClusterState,
@@ -40,10 +41,11 @@ pub struct AgentConfig {
     pub node: NodeFacts,
     pub bpffs: PathBuf,
     pub poll_interval: Duration,
+    pub plan: PlanConfig,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    let mut dataplane = Dataplane::load(&cfg.bpffs).context("loading the datapath")?;
+    let mut dataplane = Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
     info!(
         bpffs = %cfg.bpffs.display(),
         restored = dataplane.programmed().services.len(),
@@ -102,7 +104,12 @@ fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) {
         warn!("{w}");
     }
     match dataplane.sync(&desired) {
-        Ok(stats) => info!(frontends = stats.frontends, map_ops = stats.ops, "synced"),
+        Ok(stats) => {
+            for w in &stats.warnings {
+                warn!("{w}");
+            }
+            info!(frontends = stats.frontends, map_ops = stats.ops, "synced")
+        }
         Err(e) => warn!("sync failed: {e}"),
     }
 }

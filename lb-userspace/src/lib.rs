@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
+pub mod maglev;
 pub mod model;
 pub mod source;
 pub mod translate;

@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use weir::{
     agent::{self, AgentConfig, SourceSpec},
     cli,
-    dataplane::maps::Maps,
+    dataplane::{maps::Maps, sync::PlanConfig},
     translate::{parse_algorithm, NodeFacts},
 };
 
@@ -54,9 +54,18 @@ struct AgentArgs {
     /// How often to check the source and the devices, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     poll_interval_ms: u64,
-    /// Default endpoint selection: random or hash (per service: annotation weir.dev/lb-algorithm).
+    /// Default endpoint selection: random, hash or maglev (per service: annotation weir.dev/lb-algorithm).
     #[arg(long, default_value = "random")]
     lb_algorithm: String,
+    /// Maglev lookup table size M: a prime, more than 100 x the endpoints of the largest Maglev service.
+    #[arg(long, default_value_t = lb_common::DEFAULT_MAGLEV_M)]
+    maglev_table_size: u32,
+    /// How many services can use Maglev at once (each table takes 4 x M bytes); more fall back to hash.
+    #[arg(long, default_value_t = weir::dataplane::sync::DEFAULT_MAGLEV_TABLES)]
+    maglev_max_services: u32,
+    /// Addresses NodePorts are served on (comma-separated IPv4); default: the node's addresses from its Node object.
+    #[arg(long, value_delimiter = ',')]
+    nodeport_addresses: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Subcommand)]
@@ -123,9 +132,14 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         node: NodeFacts {
             node_name,
             default_algorithm,
+            nodeport_addresses: args.nodeport_addresses,
         },
         bpffs: args.bpffs,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),
+        plan: PlanConfig {
+            maglev_m: args.maglev_table_size,
+            maglev_tables: args.maglev_max_services,
+        },
     };
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -88,6 +88,20 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
+    /// spec.externalIPs (IPv4).
+    pub external_ips: Vec<Ipv4Addr>,
+    /// status.loadBalancer.ingress[].ip (IPv4).
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// sessionAffinity ClientIP: the configured timeout in seconds, unvalidated
+    /// (translate checks the range); None without affinity.
+    pub session_affinity_timeout: Option<i64>,
+    /// externalTrafficPolicy: Local.
+    pub external_policy_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_policy_local: bool,
+    /// spec.trafficDistribution (e.g. "PreferClose").
+    pub traffic_distribution: Option<String>,
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -106,6 +120,8 @@ pub struct Endpoint {
     pub terminating: bool,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// hints.forZones; None when the endpoint has no hints.
+    pub hint_zones: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +137,12 @@ pub struct EndpointSlice {
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
+    /// status.addresses of type InternalIP and ExternalIP (IPv4).
+    pub addresses: Vec<Ipv4Addr>,
 }
+
+/// The node label that names its zone.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// Everything a source knows about the cluster at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

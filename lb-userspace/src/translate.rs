@@ -1,14 +1,18 @@
 //! Pure translation: cluster state + node facts -> the frontends and backends
 //! the datapath should hold. No I/O; everything here is unit-tested.
-use std::collections::{BTreeMap, BTreeSet};
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{
     Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING,
-    SCOPE_EXTERNAL,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL,
 };
 
-use crate::model::{
-    ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
+use crate::{
+    model::{
+        ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
+        ZONE_LABEL,
+    },
+    source::convert::DEFAULT_AFFINITY_TIMEOUT,
 };
 
 pub const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
@@ -22,6 +26,9 @@ pub const PROXY_NAME: &str = "weir";
 pub struct NodeFacts {
     pub node_name: String,
     pub default_algorithm: u8,
+    /// Addresses NodePorts are served on (--nodeport-addresses); empty means
+    /// the node's own addresses from its Node object.
+    pub nodeport_addresses: Vec<Ipv4Addr>,
 }
 
 impl Default for NodeFacts {
@@ -29,16 +36,19 @@ impl Default for NodeFacts {
         Self {
             node_name: String::new(),
             default_algorithm: ALG_RANDOM,
+            nodeport_addresses: Vec::new(),
         }
     }
 }
 
 /// One frontend to program, with the backends new flows may use.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frontend {
     pub service: ObjectRef,
     pub port_name: String,
     pub algorithm: u8,
+    /// ClientIP session affinity timeout in seconds; 0 without affinity.
+    pub affinity_timeout: u32,
     pub backends: Vec<Backend>,
 }
 
@@ -54,6 +64,7 @@ pub fn parse_algorithm(name: &str) -> Option<u8> {
     match name {
         "random" => Some(ALG_RANDOM),
         "hash" => Some(ALG_HASH),
+        "maglev" => Some(ALG_MAGLEV),
         _ => None,
     }
 }
@@ -78,8 +89,21 @@ pub fn handles(svc: &Service) -> bool {
     }
 }
 
+/// The longest ClientIP affinity timeout the API allows (one day).
+pub const MAX_AFFINITY_TIMEOUT: i64 = 86_400;
+pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
+
 pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
     let mut desired = Desired::default();
+    let this_node = state.nodes.get(&node.node_name);
+    let zone = this_node
+        .and_then(|n| n.labels.get(ZONE_LABEL))
+        .map(String::as_str);
+    let node_ips: &[Ipv4Addr] = if node.nodeport_addresses.is_empty() {
+        this_node.map_or(&[], |n| n.addresses.as_slice())
+    } else {
+        &node.nodeport_addresses
+    };
     for svc in state.services.values() {
         if svc.service_type == ServiceType::ExternalName
             || !handles(svc)
@@ -87,17 +111,8 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
         {
             continue;
         }
-        let algorithm = match svc.annotations.get(ALGORITHM_ANNOTATION) {
-            None => node.default_algorithm,
-            Some(name) => parse_algorithm(name).unwrap_or_else(|| {
-                desired.warnings.push(format!(
-                    "Service {}: annotation {ALGORITHM_ANNOTATION}: unknown algorithm {name:?} (random or hash); using the default ({})",
-                    svc.id,
-                    algorithm_name(node.default_algorithm)
-                ));
-                node.default_algorithm
-            }),
-        };
+        let algorithm = algorithm(svc, node, &mut desired.warnings);
+        let affinity_timeout = affinity_timeout(svc, &mut desired.warnings);
         let slices: Vec<&EndpointSlice> = state.slices_of(&svc.id).collect();
         for port in &svc.ports {
             if port.protocol == Protocol::Sctp {
@@ -107,36 +122,121 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                 ));
                 continue;
             }
-            let backends = backends(&slices, port);
-            for ip in &svc.cluster_ips {
+            let candidates = candidates(&slices, port, &node.node_name);
+            let cluster = apply_topology(svc, zone, pick(candidates.iter()));
+            let local: Vec<Backend> = pick(candidates.iter().filter(|c| c.local))
+                .into_iter()
+                .map(|c| c.backend)
+                .collect();
+            let internal = if svc.internal_policy_local {
+                &local
+            } else {
+                &cluster
+            };
+            let external = if svc.external_policy_local {
+                &local
+            } else {
+                &cluster
+            };
+            let mut add = |addr: Ipv4Addr, port_number: u16, scope: u8, backends: &Vec<Backend>| {
                 let key = ServiceKey {
-                    addr: ip.octets(),
-                    port: port.port,
+                    addr: addr.octets(),
+                    port: port_number,
                     proto: port.protocol.number(),
-                    scope: SCOPE_EXTERNAL,
+                    scope,
                 };
-                desired.frontends.insert(
-                    key,
-                    Frontend {
-                        service: svc.id.clone(),
-                        port_name: port.name.clone(),
-                        algorithm,
-                        backends: backends.clone(),
-                    },
-                );
+                if let Some(other) = desired.frontends.get(&key) {
+                    if other.service != svc.id {
+                        desired.warnings.push(format!(
+                            "Service {}: frontend {addr}:{port_number}/{} is already used by Service {}; skipped",
+                            svc.id, port.protocol, other.service
+                        ));
+                    }
+                    return;
+                }
+                let frontend = Frontend {
+                    service: svc.id.clone(),
+                    port_name: port.name.clone(),
+                    algorithm,
+                    affinity_timeout,
+                    backends: backends.clone(),
+                };
+                desired.frontends.insert(key, frontend);
+            };
+            // ClusterIPs are only reached from inside the cluster.
+            for ip in &svc.cluster_ips {
+                add(*ip, port.port, SCOPE_EXTERNAL, internal);
+            }
+            // External frontends: the external view follows externalTrafficPolicy;
+            // with Local, pods get their own (internal) view, as kube-proxy
+            // short-circuits pod traffic to external addresses.
+            let mut externals: Vec<(Ipv4Addr, u16)> = Vec::new();
+            if matches!(
+                svc.service_type,
+                ServiceType::NodePort | ServiceType::LoadBalancer
+            ) {
+                if let Some(node_port) = port.node_port {
+                    externals.extend(node_ips.iter().map(|ip| (*ip, node_port)));
+                }
+            }
+            if svc.service_type == ServiceType::LoadBalancer {
+                externals.extend(svc.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
+            }
+            externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port)));
+            for (ip, port_number) in externals {
+                add(ip, port_number, SCOPE_EXTERNAL, external);
+                if svc.external_policy_local {
+                    add(ip, port_number, SCOPE_INTERNAL, internal);
+                }
             }
         }
     }
     desired
 }
 
-/// The backends of one service port: endpoints of every slice (merged and
-/// deduplicated) whose slice port has the service port's name and protocol.
-/// Ready endpoints are used; when none is ready, serving-and-terminating ones
-/// (KEP-1669), as kube-proxy does.
-pub fn backends(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<Backend> {
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+fn algorithm(svc: &Service, node: &NodeFacts, warnings: &mut Vec<String>) -> u8 {
+    match svc.annotations.get(ALGORITHM_ANNOTATION) {
+        None => node.default_algorithm,
+        Some(name) => parse_algorithm(name).unwrap_or_else(|| {
+            warnings.push(format!(
+                "Service {}: annotation {ALGORITHM_ANNOTATION}: unknown algorithm {name:?} (random, hash or maglev); using the default ({})",
+                svc.id,
+                algorithm_name(node.default_algorithm)
+            ));
+            node.default_algorithm
+        }),
+    }
+}
+
+fn affinity_timeout(svc: &Service, warnings: &mut Vec<String>) -> u32 {
+    match svc.session_affinity_timeout {
+        None => 0,
+        Some(t) if (1..=MAX_AFFINITY_TIMEOUT).contains(&t) => t as u32,
+        Some(t) => {
+            warnings.push(format!(
+                "Service {}: sessionAffinityConfig.clientIP.timeoutSeconds: {t} is out of range 1-{MAX_AFFINITY_TIMEOUT}; using the default ({DEFAULT_AFFINITY_TIMEOUT})",
+                svc.id
+            ));
+            DEFAULT_AFFINITY_TIMEOUT as u32
+        }
+    }
+}
+
+/// An endpoint of one service port, with what endpoint selection needs to know.
+#[derive(Clone, Debug)]
+struct Candidate {
+    backend: Backend,
+    local: bool,
+    ready: bool,
+    serving_terminating: bool,
+    hint_zones: Option<Vec<String>>,
+}
+
+/// The endpoints of one service port: from every slice (merged, deduplicated
+/// by address; the first slice wins) whose slice port has the service port's
+/// name and protocol.
+fn candidates(slices: &[&EndpointSlice], port: &ServicePort, node_name: &str) -> Vec<Candidate> {
+    let mut seen = BTreeMap::new();
     for slice in slices {
         let Some(slice_port) = slice
             .ports
@@ -146,22 +246,85 @@ pub fn backends(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<Backend> {
             continue;
         };
         for ep in &slice.endpoints {
-            let backend = |state| Backend {
+            let backend = Backend {
                 addr: ep.address.octets(),
                 port: slice_port.port,
                 proto: port.protocol.number(),
-                state,
+                state: BACKEND_ACTIVE,
             };
-            if ep.ready {
-                ready.insert(backend(BACKEND_ACTIVE));
-            } else if ep.serving && ep.terminating {
-                terminating.insert(backend(BACKEND_TERMINATING));
-            }
+            seen.entry((backend.addr, backend.port))
+                .or_insert_with(|| Candidate {
+                    backend,
+                    local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
+                    ready: ep.ready,
+                    serving_terminating: ep.serving && ep.terminating,
+                    hint_zones: ep.hint_zones.clone(),
+                });
         }
     }
-    if ready.is_empty() {
-        terminating.into_iter().collect()
-    } else {
-        ready.into_iter().collect()
+    seen.into_values().collect()
+}
+
+/// Ready endpoints; when none is ready, serving-and-terminating ones (KEP-1669).
+fn pick<'a>(candidates: impl Iterator<Item = &'a Candidate> + Clone) -> Vec<Candidate> {
+    let ready: Vec<Candidate> = candidates.clone().filter(|c| c.ready).cloned().collect();
+    if !ready.is_empty() {
+        return ready;
     }
+    candidates
+        .filter(|c| c.serving_terminating)
+        .map(|c| Candidate {
+            backend: Backend {
+                state: BACKEND_TERMINATING,
+                ..c.backend
+            },
+            ..c.clone()
+        })
+        .collect()
+}
+
+/// Topology-aware routing (PreferClose, or topology-mode Auto/hints): keep the
+/// endpoints hinted for this node's zone, but only when every endpoint has
+/// hints and at least one names the zone; otherwise all (kube-proxy's rule).
+fn apply_topology(svc: &Service, zone: Option<&str>, endpoints: Vec<Candidate>) -> Vec<Backend> {
+    let wanted = svc.traffic_distribution.as_deref() == Some("PreferClose")
+        || matches!(
+            svc.annotations
+                .get(TOPOLOGY_MODE_ANNOTATION)
+                .map(String::as_str),
+            Some("Auto" | "auto")
+        );
+    let all = || endpoints.iter().map(|c| c.backend).collect();
+    let Some(zone) = zone.filter(|_| wanted) else {
+        return all();
+    };
+    if endpoints
+        .iter()
+        .any(|c| c.hint_zones.as_ref().is_none_or(|z| z.is_empty()))
+    {
+        return all();
+    }
+    let close: Vec<Backend> = endpoints
+        .iter()
+        .filter(|c| {
+            c.hint_zones
+                .as_ref()
+                .is_some_and(|z| z.iter().any(|h| h == zone))
+        })
+        .map(|c| c.backend)
+        .collect();
+    if close.is_empty() {
+        all()
+    } else {
+        close
+    }
+}
+
+/// The backends of one service port, cluster-wide and without topology: ready
+/// endpoints, or serving-and-terminating ones when none is ready.
+pub fn backends(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<Backend> {
+    pick(candidates(slices, port, "").iter())
+        .into_iter()
+        .map(|c| c.backend)
+        .collect()
 }

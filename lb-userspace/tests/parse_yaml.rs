@@ -163,6 +163,7 @@ fn multi_document_file_yields_the_expected_objects() {
         ],
         labels: labels(&[("app", "echo")]),
         annotations: labels(&[("weir.dev/lb-algorithm", "hash")]),
+        ..Default::default()
     };
     let endpoint = |last: u8, ready, serving, terminating| Endpoint {
         address: Ipv4Addr::new(198, 18, 1, last),
@@ -171,6 +172,7 @@ fn multi_document_file_yields_the_expected_objects() {
         terminating,
         node_name: None,
         zone: None,
+        hint_zones: None,
     };
     let expected_slice = EndpointSlice {
         id: ObjectRef::new("demo", "echo-abc12"),
@@ -204,6 +206,7 @@ fn multi_document_file_yields_the_expected_objects() {
     let expected_node = Node {
         name: "node-a".into(),
         labels: labels(&[("topology.kubernetes.io/zone", "zone-1")]),
+        addresses: vec![],
     };
     assert_eq!(
         objects,

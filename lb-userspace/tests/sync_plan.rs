@@ -3,12 +3,13 @@
 use std::collections::BTreeMap;
 
 use lb_common::{
-    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE,
-    BACKEND_TERMINATING, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
+    BACKEND_ACTIVE, BACKEND_TERMINATING, NO_MAGLEV_TABLE, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
 };
 use weir::{
     cli::{service_rows, service_table},
-    dataplane::sync::{plan, restore, Op, Programmed},
+    dataplane::sync::{plan, plan_with, restore, Op, PlanConfig, Programmed},
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
@@ -43,6 +44,7 @@ fn frontend(algorithm: u8, backends: &[Backend]) -> Frontend {
         port_name: "http".into(),
         algorithm,
         backends: backends.to_vec(),
+        ..Default::default()
     }
 }
 
@@ -68,6 +70,7 @@ fn value(id: u32, count: u32, algorithm: u8) -> ServiceValue {
         algorithm,
         _pad: 0,
         affinity_timeout: 0,
+        maglev_table: NO_MAGLEV_TABLE,
     }
 }
 
@@ -94,7 +97,7 @@ fn backend_id(p: &Programmed, b: Backend) -> u32 {
 /// Rank of an op kind in the required order.
 fn rank(op: &Op) -> u8 {
     match op {
-        Op::PutBackend(..) => 0,
+        Op::PutBackend(..) | Op::PutMaglev(..) => 0,
         Op::PutSlot(..) => 1,
         Op::PutRevNat(..) => 2,
         Op::PutService(..) => 3,
@@ -113,6 +116,7 @@ struct Maps {
     slots: BTreeMap<SlotKey, u32>,
     backends: BTreeMap<u32, Backend>,
     revnat: BTreeMap<u32, RevNat>,
+    maglev: BTreeMap<u32, Vec<u32>>,
 }
 
 impl Maps {
@@ -129,6 +133,12 @@ impl Maps {
     fn apply(&mut self, op: &Op) {
         // A plan made from the true map state never deletes what is not there.
         let existed = match *op {
+            Op::PutMaglev(table, ref entries) => {
+                let in_use = self.services.values().any(|v| v.maglev_table == table);
+                assert!(!in_use, "{op:?} overwrites a table a service is using");
+                self.maglev.insert(table, entries.to_vec());
+                true
+            }
             Op::PutBackend(id, b) => {
                 self.backends.insert(id, b);
                 true
@@ -167,6 +177,20 @@ impl Maps {
                 if !self.backends.contains_key(bid) {
                     return Err(format!(
                         "slot {s} of service {} names missing backend {bid}",
+                        v.id
+                    ));
+                }
+            }
+            if v.maglev_table != NO_MAGLEV_TABLE {
+                let Some(table) = self.maglev.get(&v.maglev_table) else {
+                    return Err(format!(
+                        "service {} points at unwritten table {}",
+                        v.id, v.maglev_table
+                    ));
+                };
+                if let Some(bid) = table.iter().find(|b| !self.backends.contains_key(b)) {
+                    return Err(format!(
+                        "Maglev table of service {} names missing backend {bid}",
                         v.id
                     ));
                 }
@@ -709,4 +733,123 @@ fn service_table_text() {
 
     assert!(table.contains("198.19.0.10:53/UDP"), "{table}");
     assert!(table.contains("(none: rejected)"), "{table}");
+}
+
+// ---- Maglev tables ------------------------------------------------------------
+
+fn maglev_desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
+    let mut d = desired(entries);
+    for f in d.frontends.values_mut() {
+        f.algorithm = ALG_MAGLEV;
+    }
+    d
+}
+
+const SMALL: PlanConfig = PlanConfig {
+    maglev_m: 13,
+    maglev_tables: 2,
+};
+
+/// Plans with SMALL, applies to the simulated maps (checking consistency after every op).
+fn step_with(
+    maps: &mut Maps,
+    current: &Programmed,
+    want: &Desired,
+) -> (Vec<Op>, Programmed, Vec<String>) {
+    let p = plan_with(current, want, &SMALL).expect("plan");
+    maps.apply_all(&p.ops);
+    (p.ops, p.next, p.warnings)
+}
+
+#[test]
+fn a_maglev_table_is_written_before_the_service_points_at_it() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (ops, next, warnings) = step_with(
+        &mut maps,
+        &Programmed::default(),
+        &maglev_desired(&[(k, &[be(1), be(2)])]),
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let table_at = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutMaglev(..)))
+        .expect("a table is written");
+    let service_at = ops
+        .iter()
+        .position(|o| matches!(o, Op::PutService(..)))
+        .expect("a service is written");
+    assert!(table_at < service_at);
+    let value = next.services[&k].value;
+    assert_eq!((value.algorithm, value.maglev_table), (ALG_MAGLEV, 0));
+    // Every one of the 13 entries names one of the service's two backends, and both appear.
+    let table = &maps.maglev[&0];
+    assert_eq!(table.len(), 13);
+    let ids = &next.services[&k].backend_ids;
+    assert!(table.iter().all(|b| ids.contains(b)));
+    assert!(ids.iter().all(|b| table.contains(b)));
+}
+
+#[test]
+fn changing_maglev_backends_switches_to_a_fresh_table_and_frees_the_old_one() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (_, first, _) = step_with(
+        &mut maps,
+        &Programmed::default(),
+        &maglev_desired(&[(k, &[be(1), be(2)])]),
+    );
+    // Unchanged: no table written again.
+    let (ops, same, _) = step_with(&mut maps, &first, &maglev_desired(&[(k, &[be(1), be(2)])]));
+    assert!(ops.is_empty(), "{ops:?}");
+    // A backend added: the new table goes to the free index 1 (0 is in use until the switch).
+    let (_, second, _) = step_with(
+        &mut maps,
+        &same,
+        &maglev_desired(&[(k, &[be(1), be(2), be(3)])]),
+    );
+    assert_eq!(second.services[&k].value.maglev_table, 1);
+    // And the next change can use index 0 again.
+    let (_, third, _) = step_with(&mut maps, &second, &maglev_desired(&[(k, &[be(1)])]));
+    assert_eq!(third.services[&k].value.maglev_table, 0);
+    assert!(maps.maglev[&0]
+        .iter()
+        .all(|b| *b == third.services[&k].backend_ids[0]));
+}
+
+#[test]
+fn without_a_free_maglev_table_a_service_falls_back_to_hash_with_a_warning() {
+    let keys = [key(10, 80), key(11, 80), key(12, 80)];
+    let mut maps = Maps::default();
+    let want = maglev_desired(&[
+        (keys[0], &[be(1)]),
+        (keys[1], &[be(2)]),
+        (keys[2], &[be(3)]),
+    ]);
+    let (_, next, warnings) = step_with(&mut maps, &Programmed::default(), &want);
+    let algorithms: Vec<u8> = keys
+        .iter()
+        .map(|k| next.services[k].value.algorithm)
+        .collect();
+    assert_eq!(algorithms, [ALG_MAGLEV, ALG_MAGLEV, ALG_HASH]);
+    assert_eq!(next.services[&keys[2]].value.maglev_table, NO_MAGLEV_TABLE);
+    assert_eq!(warnings.len(), 1);
+    assert!(
+        warnings[0].contains("demo/echo") && warnings[0].contains("Maglev"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn a_maglev_service_without_backends_gets_no_table() {
+    let k = key(10, 80);
+    let mut maps = Maps::default();
+    let (ops, next, _) = step_with(
+        &mut maps,
+        &Programmed::default(),
+        &maglev_desired(&[(k, &[])]),
+    );
+    assert!(!ops.iter().any(|o| matches!(o, Op::PutMaglev(..))));
+    assert_eq!(next.services[&k].value.maglev_table, NO_MAGLEV_TABLE);
 }

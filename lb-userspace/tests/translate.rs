@@ -91,6 +91,7 @@ impl SliceExt for EndpointSlice {
             terminating,
             node_name: None,
             zone: None,
+            hint_zones: None,
         });
         self
     }
@@ -443,6 +444,7 @@ fn algorithm_annotation_and_default() {
     let node = NodeFacts {
         node_name: "node-a".into(),
         default_algorithm: ALG_HASH,
+        ..Default::default()
     };
     let d = translate(&cluster, &node);
     assert_eq!(alg(&d, CLUSTER_IP), ALG_HASH);
@@ -495,6 +497,7 @@ fn unknown_algorithm_warning_names_the_default_algorithm() {
         let node = NodeFacts {
             node_name: String::new(),
             default_algorithm: default,
+            ..Default::default()
         };
         let d = translate(&cluster, &node);
         let w = &d.warnings[0];

@@ -10,7 +10,7 @@ use lb_common::{
     CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
-    dataplane::{loader::tc_program, Dataplane},
+    dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
@@ -41,9 +41,9 @@ fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (Ser
         },
         Frontend {
             service: ObjectRef::new("test", "svc"),
-            port_name: String::new(),
             algorithm,
             backends,
+            ..Default::default()
         },
     )
 }
@@ -56,7 +56,7 @@ fn desired(frontends: Vec<(ServiceKey, Frontend)>) -> Desired {
 }
 
 fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {
-    let mut dp = Dataplane::load_unpinned()?;
+    let mut dp = Dataplane::load_unpinned(PlanConfig::default())?;
     dp.sync(&desired(frontends))?;
     Ok(dp)
 }
@@ -200,11 +200,76 @@ fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
     Ok(())
 }
 
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// Ethernet (node -> pod) + IPv4 (id 0, DF, TTL 64) from `src` to `dst`, as the reject path writes them.
+fn answer(
+    src: [u8; 4],
+    dst: [u8; 4],
+    proto: etherparse::IpNumber,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let mut ip = etherparse::Ipv4Header::new(0, 64, proto, src, dst).expect("header");
+    ip.identification = 0;
+    ip.dont_fragment = true;
+    etherparse::PacketBuilder::ethernet2(
+        weir_tests::packets::MAC_NODE,
+        weir_tests::packets::MAC_POD,
+    )
+    .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+}
+
 #[test]
-fn a_frontend_without_backends_leaves_packets_alone() -> Result<()> {
+fn a_tcp_syn_to_a_frontend_without_backends_is_answered_with_a_reset() -> Result<()> {
     let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![])])?;
-    let syn = Pkt::tcp(CLIENT, 40004, VIP, 80);
-    assert_rewrites(&mut dp, &syn, &syn)
+    // The SYN carries seq 1000 and 16 bytes: RST+ACK with ack = 1000 + 16 + 1 (RFC 793).
+    let (action, out) = run(&mut dp, &Pkt::tcp(CLIENT, 40004, VIP, 80).build())?;
+    assert_eq!(
+        action, TC_ACT_REDIRECT,
+        "the reset goes back out of the device it came in on"
+    );
+    let mut expected = Vec::new();
+    answer(VIP, CLIENT, etherparse::IpNumber::TCP)
+        .tcp(80, 40004, 0, 0)
+        .rst()
+        .ack(1017)
+        .write(&mut expected, &[])?;
+    assert_eq!(hex(&out), hex(&expected));
+    Ok(())
+}
+
+#[test]
+fn a_udp_datagram_to_a_frontend_without_backends_gets_port_unreachable() -> Result<()> {
+    let mut dp = dataplane(vec![frontend(53, PROTO_UDP, ALG_RANDOM, vec![])])?;
+    let query = Pkt::udp(CLIENT, 33002, VIP, 53).build();
+    let (action, out) = run(&mut dp, &query)?;
+    assert_eq!(action, TC_ACT_REDIRECT);
+    // ICMP quotes the original IP header and the first 8 bytes after it.
+    let quoted = &query[14..14 + 28];
+    let mut expected = Vec::new();
+    answer(VIP, CLIENT, etherparse::IpNumber::ICMP)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ))
+        .write(&mut expected, quoted)?;
+    assert_eq!(hex(&out), hex(&expected));
+    Ok(())
+}
+
+#[test]
+fn a_reset_is_never_answered_with_a_reset() -> Result<()> {
+    let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![])])?;
+    let mut rst = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        weir_tests::packets::MAC_POD,
+        weir_tests::packets::MAC_NODE,
+    )
+    .ipv4(CLIENT, VIP, 64)
+    .tcp(40005, 80, 5, 0)
+    .rst()
+    .write(&mut rst, &[])?;
+    let (action, out) = run(&mut dp, &rst)?;
+    assert_eq!((action, hex(&out)), (TC_ACT_OK, hex(&rst)));
+    Ok(())
 }
 
 #[test]

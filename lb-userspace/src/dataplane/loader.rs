@@ -3,12 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use lb_common::{ALL_MAPS, PROG_TC_INGRESS};
+use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS};
 
 use super::{
     attach::Attachments,
     maps::{Maps, MapsError},
-    sync::{plan, Programmed},
+    sync::{plan_with, PlanConfig, Programmed},
 };
 use crate::translate::Desired;
 
@@ -30,6 +30,8 @@ pub enum LoadError {
     },
     #[error(transparent)]
     Maps(#[from] MapsError),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("planning map updates: {0}")]
     Plan(#[from] super::sync::PlanError),
 }
@@ -49,19 +51,44 @@ pub struct Dataplane {
     pub maps: Maps,
     pub attachments: Attachments,
     programmed: Programmed,
+    cfg: PlanConfig,
+}
+
+/// A loader with the Maglev map sized and its table size set.
+fn loader(cfg: &PlanConfig) -> Result<EbpfLoader<'_>, LoadError> {
+    if !crate::maglev::is_prime(cfg.maglev_m) {
+        return Err(LoadError::Config(format!(
+            "Maglev table size {} is not a prime",
+            cfg.maglev_m
+        )));
+    }
+    let entries = cfg
+        .maglev_m
+        .checked_mul(cfg.maglev_tables.max(1))
+        .ok_or_else(|| {
+            LoadError::Config(format!(
+                "{} Maglev tables of {} entries are too many",
+                cfg.maglev_tables, cfg.maglev_m
+            ))
+        })?;
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_MAGLEV, entries);
+    loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
+    Ok(loader)
 }
 
 /// Result of one sync: how many map operations were applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncStats {
     pub ops: usize,
     pub frontends: usize,
+    pub warnings: Vec<String>,
 }
 
 impl Dataplane {
     /// Loads the object, pinning (or reusing) the maps under `bpffs`, and
     /// restores what the maps already hold.
-    pub fn load(bpffs: &Path) -> Result<Self, LoadError> {
+    pub fn load(bpffs: &Path, cfg: PlanConfig) -> Result<Self, LoadError> {
         std::fs::create_dir_all(bpffs).map_err(|source| LoadError::PinDir {
             path: bpffs.into(),
             source,
@@ -74,19 +101,22 @@ impl Dataplane {
             return Err(LoadError::NotBpffs { path: bpffs.into() });
         }
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-        let mut loader = EbpfLoader::new();
+        let mut loader = loader(&cfg)?;
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        Self::finish(loader.load(crate::EBPF_OBJECT)?)
+        let ebpf = loader.load(crate::EBPF_OBJECT)?;
+        drop(loader);
+        Self::finish(ebpf, cfg)
     }
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
-    pub fn load_unpinned() -> Result<Self, LoadError> {
-        Self::finish(EbpfLoader::new().load(crate::EBPF_OBJECT)?)
+    pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
+        let ebpf = loader(&cfg)?.load(crate::EBPF_OBJECT)?;
+        Self::finish(ebpf, cfg)
     }
 
-    fn finish(mut ebpf: Ebpf) -> Result<Self, LoadError> {
+    fn finish(mut ebpf: Ebpf, cfg: PlanConfig) -> Result<Self, LoadError> {
         let prog: &mut SchedClassifier = ebpf
             .program_mut(PROG_TC_INGRESS)
             .ok_or(LoadError::Program {
@@ -109,6 +139,7 @@ impl Dataplane {
             maps,
             attachments: Attachments::default(),
             programmed,
+            cfg,
         })
     }
 
@@ -119,17 +150,18 @@ impl Dataplane {
     /// Brings the maps to `desired`. On a failed write the maps are re-read,
     /// so that the next sync plans from what they really hold.
     pub fn sync(&mut self, desired: &Desired) -> Result<SyncStats, LoadError> {
-        let (ops, next) = plan(&self.programmed, desired)?;
-        for op in &ops {
-            if let Err(e) = self.maps.apply(op) {
+        let plan = plan_with(&self.programmed, desired, &self.cfg)?;
+        for op in &plan.ops {
+            if let Err(e) = self.maps.apply(op, self.cfg.maglev_m) {
                 self.programmed = self.maps.read();
                 return Err(e.into());
             }
         }
-        self.programmed = next;
+        self.programmed = plan.next;
         Ok(SyncStats {
-            ops: ops.len(),
+            ops: plan.ops.len(),
             frontends: desired.frontends.len(),
+            warnings: plan.warnings,
         })
     }
 }

@@ -2,10 +2,10 @@
 //! the pins (for the CLI). Applying a planned operation happens here.
 use std::path::Path;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
 use lb_common::{
-    Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey, MAP_BACKENDS, MAP_CT,
-    MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey,
+    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
 };
 
 use super::sync::{restore, Op, Programmed};
@@ -27,6 +27,8 @@ pub struct Maps {
     pub backends: HashMap<MapData, u32, Backend>,
     pub revnat: HashMap<MapData, u32, RevNat>,
     pub ct: HashMap<MapData, CtKey, CtValue>,
+    pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
+    pub maglev: Array<MapData, u32>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -34,6 +36,10 @@ fn typed<K: aya::Pod, V: aya::Pod>(
     map: Map,
 ) -> Result<HashMap<MapData, K, V>, MapsError> {
     HashMap::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+fn array(name: &'static str, map: Map) -> Result<Array<MapData, u32>, MapsError> {
+    Array::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
 impl Maps {
@@ -46,6 +52,8 @@ impl Maps {
             backends: typed(MAP_BACKENDS, take(MAP_BACKENDS)?)?,
             revnat: typed(MAP_REVNAT, take(MAP_REVNAT)?)?,
             ct: typed(MAP_CT, take(MAP_CT)?)?,
+            affinity: typed(MAP_AFFINITY, take(MAP_AFFINITY)?)?,
+            maglev: array(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
         })
     }
 
@@ -62,6 +70,8 @@ impl Maps {
             backends: typed(MAP_BACKENDS, open(MAP_BACKENDS)?)?,
             revnat: typed(MAP_REVNAT, open(MAP_REVNAT)?)?,
             ct: typed(MAP_CT, open(MAP_CT)?)?,
+            affinity: typed(MAP_AFFINITY, open(MAP_AFFINITY)?)?,
+            maglev: array(MAP_MAGLEV, open(MAP_MAGLEV)?)?,
         })
     }
 
@@ -74,9 +84,19 @@ impl Maps {
         )
     }
 
-    pub fn apply(&mut self, op: &Op) -> Result<(), MapsError> {
+    /// Applies one planned operation; `maglev_m` is the Maglev table size.
+    pub fn apply(&mut self, op: &Op, maglev_m: u32) -> Result<(), MapsError> {
         let e = |name: &'static str| move |source| MapsError::Map { name, source };
         match *op {
+            Op::PutMaglev(table, ref entries) => {
+                let base = table * maglev_m;
+                for (i, id) in entries.iter().enumerate() {
+                    self.maglev
+                        .set(base + i as u32, id, 0)
+                        .map_err(e(MAP_MAGLEV))?;
+                }
+                Ok(())
+            }
             Op::PutBackend(id, b) => self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS)),
             Op::PutSlot(k, id) => self.slots.insert(k, id, 0).map_err(e(MAP_SLOTS)),
             Op::PutRevNat(id, r) => self.revnat.insert(id, r, 0).map_err(e(MAP_REVNAT)),

@@ -5,7 +5,12 @@
 //! new count; removals after that, orphaned backends last.
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{Backend, RevNat, ServiceKey, ServiceValue, SlotKey, MAX_BACKENDS, MAX_SERVICES};
+use std::sync::Arc;
+
+use lb_common::{
+    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, DEFAULT_MAGLEV_M,
+    MAX_BACKENDS, MAX_SERVICES, NO_MAGLEV_TABLE,
+};
 
 use crate::translate::Desired;
 
@@ -44,8 +49,11 @@ impl Programmed {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// A whole Maglev table (backend ids), written into an unused table
+    /// index before the service entry is pointed at it.
+    PutMaglev(u32, Arc<Vec<u32>>),
     PutBackend(u32, Backend),
     PutSlot(SlotKey, u32),
     PutRevNat(u32, RevNat),
@@ -77,10 +85,58 @@ fn allocate(
         .ok_or(PlanError::IdsExhausted { what, max })
 }
 
+/// Datapath sizing the planner must respect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanConfig {
+    /// Maglev table size (prime).
+    pub maglev_m: u32,
+    /// How many Maglev tables the map holds.
+    pub maglev_tables: u32,
+}
+
+pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
+
+impl Default for PlanConfig {
+    fn default() -> Self {
+        Self {
+            maglev_m: DEFAULT_MAGLEV_M,
+            maglev_tables: DEFAULT_MAGLEV_TABLES,
+        }
+    }
+}
+
+/// A plan: the ordered operations, the state once they are applied, and
+/// notes about what could not be done as asked.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub next: Programmed,
+    pub warnings: Vec<String>,
+}
+
+/// `plan_with` under the default configuration, without the warnings.
+pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Programmed), PlanError> {
+    let p = plan_with(current, desired, &PlanConfig::default())?;
+    Ok((p.ops, p.next))
+}
+
 /// Plans the operations that turn `current` into `desired`; returns them and
 /// the state the maps hold once they are applied.
-pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Programmed), PlanError> {
+pub fn plan_with(
+    current: &Programmed,
+    desired: &Desired,
+    cfg: &PlanConfig,
+) -> Result<Plan, PlanError> {
     let mut next = Programmed::default();
+    let mut warnings = Vec::new();
+    let mut put_maglev = Vec::new();
+    // Tables in use now stay untouched until their service points elsewhere.
+    let mut tables_used: BTreeSet<u32> = current
+        .services
+        .values()
+        .map(|s| s.value.maglev_table)
+        .filter(|t| *t != NO_MAGLEV_TABLE)
+        .collect();
     let mut put_backends = Vec::new();
     let mut put_slots = Vec::new();
     let mut put_revnat = Vec::new();
@@ -170,13 +226,41 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Program
                 },
             ));
         }
+        let mut algorithm = frontend.algorithm;
+        let mut maglev_table = NO_MAGLEV_TABLE;
+        if algorithm == ALG_MAGLEV && !backend_ids.is_empty() {
+            let reusable = old.filter(|s| {
+                s.value.algorithm == ALG_MAGLEV
+                    && s.value.maglev_table != NO_MAGLEV_TABLE
+                    && s.backend_ids == backend_ids
+            });
+            if let Some(s) = reusable {
+                maglev_table = s.value.maglev_table;
+            } else if let Some(t) = (0..cfg.maglev_tables).find(|t| !tables_used.contains(t)) {
+                tables_used.insert(t);
+                let table = crate::maglev::table(&frontend.backends, cfg.maglev_m);
+                let entries = table.into_iter().map(|i| backend_ids[i as usize]).collect();
+                put_maglev.push(Op::PutMaglev(t, Arc::new(entries)));
+                maglev_table = t;
+            } else {
+                warnings.push(format!(
+                    "Service {}: all {} Maglev tables are in use (--maglev-max-services); using hash for {}:{}",
+                    frontend.service,
+                    cfg.maglev_tables,
+                    std::net::Ipv4Addr::from(key.addr),
+                    key.port
+                ));
+                algorithm = ALG_HASH;
+            }
+        }
         let value = ServiceValue {
             id,
             count: backend_ids.len() as u32,
+            affinity_timeout: frontend.affinity_timeout,
+            maglev_table,
             flags: 0,
-            algorithm: frontend.algorithm,
+            algorithm,
             _pad: 0,
-            affinity_timeout: 0,
         };
         if old.map(|s| s.value) != Some(value) {
             put_services.push(Op::PutService(*key, value));
@@ -208,12 +292,17 @@ pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Program
 
     let ops = put_backends
         .into_iter()
+        .chain(put_maglev)
         .chain(put_slots)
         .chain(put_revnat)
         .chain(put_services)
         .chain(removals)
         .collect();
-    Ok((ops, next))
+    Ok(Plan {
+        ops,
+        next,
+        warnings,
+    })
 }
 
 /// Rebuilds `Programmed` from map contents (services, slots, backends).

@@ -110,6 +110,45 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
             },
         });
     }
+    let external_ips = ipv4_list(
+        spec.external_ips.iter().flatten().map(String::as_str),
+        "spec.externalIPs",
+    )?;
+    let lb_ingress: Vec<String> = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect())
+        .unwrap_or_default();
+    let load_balancer_ips = ipv4_list(
+        lb_ingress.iter().map(String::as_str),
+        "status.loadBalancer.ingress",
+    )?;
+    let session_affinity_timeout = match spec.session_affinity.as_deref().unwrap_or("None") {
+        "None" => None,
+        "ClientIP" => Some(
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .map_or(DEFAULT_AFFINITY_TIMEOUT, i64::from),
+        ),
+        other => {
+            return Err(err(
+                "spec.sessionAffinity",
+                format!("unknown value {other:?} (None or ClientIP)"),
+            ))
+        }
+    };
+    let policy_local = |value: Option<&str>, field: &str| match value.unwrap_or("Cluster") {
+        "Cluster" => Ok(false),
+        "Local" => Ok(true),
+        other => Err(err(
+            field,
+            format!("unknown policy {other:?} (Cluster or Local)"),
+        )),
+    };
     Ok(Service {
         id,
         service_type,
@@ -117,7 +156,47 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
         ports,
         labels: svc.metadata.labels.clone().unwrap_or_default(),
         annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+        external_ips,
+        load_balancer_ips,
+        session_affinity_timeout,
+        external_policy_local: policy_local(
+            spec.external_traffic_policy.as_deref(),
+            "spec.externalTrafficPolicy",
+        )?,
+        internal_policy_local: policy_local(
+            spec.internal_traffic_policy.as_deref(),
+            "spec.internalTrafficPolicy",
+        )?,
+        traffic_distribution: spec.traffic_distribution.clone(),
+        health_check_node_port: match spec.health_check_node_port {
+            Some(p) => Some(port(p, "spec.healthCheckNodePort")?),
+            None => None,
+        },
     })
+}
+
+/// sessionAffinityConfig.clientIP.timeoutSeconds when unset (3 hours, as in the API).
+pub const DEFAULT_AFFINITY_TIMEOUT: i64 = 10_800;
+
+/// IPv4 addresses from a list field; IPv6 entries are skipped (not in the datapath yet).
+fn ipv4_list<'a>(
+    values: impl Iterator<Item = &'a str>,
+    field: &str,
+) -> Result<Vec<Ipv4Addr>, FieldError> {
+    let mut out = Vec::new();
+    for (i, v) in values.enumerate() {
+        match v.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(ip)) => out.push(ip),
+            Ok(std::net::IpAddr::V6(_)) => {}
+            Err(_) => {
+                return Err(err(
+                    format!("{field}[{i}]"),
+                    format!("invalid IP address {v:?}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
 }
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -177,6 +256,11 @@ pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldEr
             terminating: c.terminating.unwrap_or(false),
             node_name: e.node_name.clone(),
             zone: e.zone.clone(),
+            hint_zones: e
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|zones| zones.iter().map(|z| z.name.clone()).collect()),
         });
     }
     Ok(Some(EndpointSlice {
@@ -194,8 +278,20 @@ pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
         .clone()
         .filter(|n| !n.is_empty())
         .ok_or_else(|| err("metadata.name", "missing"))?;
+    let addresses = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|list| {
+            list.iter()
+                .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+                .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(Node {
         name,
         labels: node.metadata.labels.clone().unwrap_or_default(),
+        addresses,
     })
 }

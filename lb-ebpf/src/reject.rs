@@ -1,0 +1,161 @@
+//! Rejecting traffic to a frontend without usable endpoints, as kube-proxy
+//! does: a TCP segment is answered with a RST, a UDP datagram with an ICMP
+//! port unreachable. The packet is rewritten in place into the answer and
+//! sent back out of the device it came in on.
+use aya_ebpf::{
+    bindings::TC_ACT_SHOT,
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use lb_common::PROTO_TCP;
+
+use crate::parse::{Flow, ETH_HLEN};
+
+const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_FIN: u8 = 0x01;
+const TCP_ACK: u8 = 0x10;
+const IP_HLEN: usize = 20;
+const IPPROTO_ICMP: u8 = 1;
+
+/// Turns the packet into its rejection and redirects it back; returns the tc action.
+#[inline(always)]
+pub fn reject(ctx: &TcContext, flow: &Flow) -> i32 {
+    let done = if flow.proto == PROTO_TCP {
+        tcp_rst(ctx, flow)
+    } else {
+        icmp_unreachable(ctx, flow)
+    };
+    match done {
+        // SAFETY: the skb pointer is valid for the program's run.
+        Ok(true) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+        Ok(false) => aya_ebpf::bindings::TC_ACT_OK as i32,
+        Err(_) => TC_ACT_SHOT as i32,
+    }
+}
+
+/// Trims or grows the packet to `len` bytes.
+#[inline(always)]
+fn change_tail(ctx: &TcContext, len: usize) -> Result<(), i64> {
+    // SAFETY: the skb pointer is valid for the program's run.
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
+    if ret < 0 {
+        Err(ret)
+    } else {
+        Ok(())
+    }
+}
+
+/// One's-complement sum of big-endian 16-bit words.
+#[inline(always)]
+fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        acc += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
+        i += 2;
+    }
+    acc
+}
+
+#[inline(always)]
+fn fold(mut acc: u32) -> u16 {
+    acc = (acc & 0xffff) + (acc >> 16);
+    acc = (acc & 0xffff) + (acc >> 16);
+    !(acc as u16)
+}
+
+/// Ethernet with the addresses swapped + an IPv4 header from `src` to `dst`.
+#[inline(always)]
+fn write_eth_ip(
+    ctx: &TcContext,
+    proto: u8,
+    total_len: u16,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> Result<(), i64> {
+    let macs: [u8; 12] = ctx.load(0)?;
+    let mut eth = [0u8; 12];
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &eth, 0)?;
+    let len = total_len.to_be_bytes();
+    let mut ip = [
+        0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2], src[3],
+        dst[0], dst[1], dst[2], dst[3],
+    ];
+    let csum = fold(sum_words(&ip, 0)).to_be_bytes();
+    ip[10] = csum[0];
+    ip[11] = csum[1];
+    ctx.store(ETH_HLEN, &ip, 0)
+}
+
+/// RFC 793 reset: with ACK in the segment, SEQ=SEG.ACK; else SEQ=0, ACK=SEG.SEQ+SEG.LEN.
+#[inline(always)]
+fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
+    let hdr: [u8; 20] = ctx.load(flow.l4_off)?;
+    let flags = hdr[13];
+    if flags & TCP_RST != 0 {
+        return Ok(false); // never answer a reset
+    }
+    let seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
+    let ack = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
+    let ip_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?) as u32;
+    let doff = ((hdr[12] >> 4) as u32) * 4;
+    let ihl = (flow.l4_off - ETH_HLEN) as u32;
+    let mut seg_len = ip_len.saturating_sub(ihl + doff);
+    if flags & TCP_SYN != 0 {
+        seg_len += 1;
+    }
+    if flags & TCP_FIN != 0 {
+        seg_len += 1;
+    }
+    let (rst_seq, rst_ack, rst_flags) = if flags & TCP_ACK != 0 {
+        (ack, 0, TCP_RST)
+    } else {
+        (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
+    };
+    change_tail(ctx, ETH_HLEN + IP_HLEN + 20)?;
+    write_eth_ip(ctx, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
+    let (sp, dp, s, a) = (
+        flow.dport.to_be_bytes(),
+        flow.sport.to_be_bytes(),
+        rst_seq.to_be_bytes(),
+        rst_ack.to_be_bytes(),
+    );
+    let mut tcp = [
+        sp[0], sp[1], dp[0], dp[1], s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], 0x50,
+        rst_flags, 0, 0, 0, 0, 0, 0,
+    ];
+    let pseudo = sum_words(&flow.daddr, sum_words(&flow.saddr, PROTO_TCP as u32 + 20));
+    let csum = fold(sum_words(&tcp, pseudo)).to_be_bytes();
+    tcp[16] = csum[0];
+    tcp[17] = csum[1];
+    ctx.store(ETH_HLEN + IP_HLEN, &tcp, 0)?;
+    Ok(true)
+}
+
+/// ICMP destination unreachable (port) quoting the IP header and 8 bytes.
+#[inline(always)]
+fn icmp_unreachable(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
+    if flow.l4_off != ETH_HLEN + IP_HLEN {
+        return Ok(false); // IP options: quote handling kept simple; let it time out
+    }
+    let quoted: [u8; 28] = ctx.load(ETH_HLEN)?;
+    change_tail(ctx, ETH_HLEN + IP_HLEN + 8 + 28)?;
+    write_eth_ip(
+        ctx,
+        IPPROTO_ICMP,
+        (IP_HLEN + 8 + 28) as u16,
+        flow.daddr,
+        flow.saddr,
+    )?;
+    let mut icmp = [0u8; 36];
+    icmp[0] = 3; // destination unreachable
+    icmp[1] = 3; // port unreachable
+    icmp[8..].copy_from_slice(&quoted);
+    let csum = fold(sum_words(&icmp, 0)).to_be_bytes();
+    icmp[2] = csum[0];
+    icmp[3] = csum[1];
+    ctx.store(ETH_HLEN + IP_HLEN, &icmp, 0)?;
+    Ok(true)
+}
