@@ -25,6 +25,8 @@ pub struct ServiceRow {
     pub protocol: String,
     pub scope: String,
     pub algorithm: String,
+    /// ClientIP session affinity timeout in seconds; 0 without affinity.
+    pub affinity_timeout: u32,
     pub backends: Vec<BackendRow>,
 }
 
@@ -60,6 +62,7 @@ pub fn service_rows(p: &Programmed) -> Vec<ServiceRow> {
                 }
                 .into(),
                 algorithm: algorithm_name(svc.value.algorithm).into(),
+                affinity_timeout: svc.value.affinity_timeout,
                 backends: svc
                     .backend_ids
                     .iter()

@@ -13,7 +13,9 @@ pub fn is_prime(n: u32) -> bool {
         return false;
     }
     let n = n as u64;
-    (2..).take_while(|d| d * d <= n).all(|d| !n.is_multiple_of(d))
+    (2..)
+        .take_while(|d| d * d <= n)
+        .all(|d| !n.is_multiple_of(d))
 }
 
 fn hash(backend: &Backend, seed: u64) -> u64 {

@@ -666,6 +666,7 @@ fn service_rows_json() {
             "protocol": "TCP",
             "scope": "external",
             "algorithm": "random",
+            "affinity_timeout": 0,
             "backends": [
                 {"id": 1, "address": "198.18.1.1", "port": 8080, "protocol": "TCP", "state": "active"},
                 {"id": 2, "address": "198.18.1.2", "port": 8080, "protocol": "TCP", "state": "terminating"},

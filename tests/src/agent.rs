@@ -114,6 +114,17 @@ impl Agent {
         Ok(Maps::open_pinned(&self.bpffs)?.read())
     }
 
+    /// Removes every conntrack entry, so that the next packet of each flow is
+    /// a new flow for the datapath.
+    pub fn clear_conntrack(&self) -> Result<usize> {
+        let mut maps = Maps::open_pinned(&self.bpffs)?;
+        let keys: Vec<_> = maps.ct.keys().filter_map(Result::ok).collect();
+        for k in &keys {
+            let _ = maps.ct.remove(k);
+        }
+        Ok(keys.len())
+    }
+
     /// Waits (at most `timeout`) until the programmed services satisfy `pred`.
     pub fn wait_for(
         &mut self,

@@ -142,7 +142,12 @@ fn tcp_once(addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
 }
 
 fn udp_once(addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
-    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))?;
+    udp_from(0, addr, timeout)
+}
+
+/// One UDP request from source port `sport` (0: any).
+fn udp_from(sport: u16, addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
+    let s = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, sport))?;
     s.connect(addr)?;
     s.set_read_timeout(Some(timeout))?;
     s.send(b"hello")?;
@@ -167,4 +172,24 @@ pub fn requests(
             })
             .collect()
     })
+}
+
+/// One UDP request from each of `sports` in namespace `ns`: fixed 5-tuples.
+pub fn udp_from_ports(
+    ns: &str,
+    sports: Vec<u16>,
+    addr: SocketAddrV4,
+    timeout: Duration,
+) -> Result<Vec<Result<EchoReply>>> {
+    in_netns(ns, move || {
+        sports
+            .into_iter()
+            .map(|p| udp_from(p, addr, timeout))
+            .collect()
+    })
+}
+
+/// The io::ErrorKind behind a request error, if it was an I/O error.
+pub fn error_kind(e: &anyhow::Error) -> Option<std::io::ErrorKind> {
+    e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
 }

@@ -9,12 +9,14 @@ use std::{
 
 use anyhow::{Context, Result};
 
-/// A service port: (name, port, protocol, targetPort).
+/// A service port: (name, port, protocol, targetPort), optionally a nodePort.
+#[derive(Clone, Copy, Debug)]
 pub struct Port<'a> {
     pub name: &'a str,
     pub port: u16,
     pub protocol: &'a str,
     pub target: u16,
+    pub node_port: Option<u16>,
 }
 
 pub fn port<'a>(name: &'a str, port: u16, protocol: &'a str, target: u16) -> Port<'a> {
@@ -23,24 +25,91 @@ pub fn port<'a>(name: &'a str, port: u16, protocol: &'a str, target: u16) -> Por
         port,
         protocol,
         target,
+        node_port: None,
     }
 }
 
+impl Port<'_> {
+    pub fn node_port(self, node_port: u16) -> Self {
+        Self {
+            node_port: Some(node_port),
+            ..self
+        }
+    }
+}
+
+/// A ClusterIP service.
 pub fn service(ns: &str, name: &str, cluster_ip: Ipv4Addr, ports: &[Port]) -> String {
-    let mut y = format!(
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  clusterIP: {cluster_ip}\n  ports:\n"
-    );
+    service_with(ns, name, cluster_ip, ports, "", &[])
+}
+
+/// A service with extra `spec` lines (each indented two spaces, e.g.
+/// "  type: NodePort\n") and annotations.
+pub fn service_with(
+    ns: &str,
+    name: &str,
+    cluster_ip: Ipv4Addr,
+    ports: &[Port],
+    spec: &str,
+    annotations: &[(&str, &str)],
+) -> String {
+    let mut y =
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {ns}\n");
+    if !annotations.is_empty() {
+        y.push_str("  annotations:\n");
+        for (k, v) in annotations {
+            let _ = writeln!(y, "    {k}: {v:?}");
+        }
+    }
+    let _ = write!(y, "spec:\n  clusterIP: {cluster_ip}\n{spec}  ports:\n");
     for p in ports {
+        let node_port = p
+            .node_port
+            .map(|n| format!(", nodePort: {n}"))
+            .unwrap_or_default();
         let _ = writeln!(
             y,
-            "    - {{name: {:?}, port: {}, protocol: {}, targetPort: {}}}",
+            "    - {{name: {:?}, port: {}, protocol: {}, targetPort: {}{node_port}}}",
             p.name, p.port, p.protocol, p.target
         );
     }
     y
 }
 
-/// An endpoint: address and readiness.
+/// An endpoint with its conditions and node.
+#[derive(Clone, Copy, Debug)]
+pub struct Ep<'a> {
+    pub addr: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node: &'a str,
+}
+
+impl<'a> Ep<'a> {
+    pub fn ready(addr: Ipv4Addr, node: &'a str) -> Self {
+        Self {
+            addr,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node,
+        }
+    }
+
+    /// Serving but terminating (and so not ready), as during a rolling update.
+    pub fn terminating(addr: Ipv4Addr, node: &'a str) -> Self {
+        Self {
+            addr,
+            ready: false,
+            serving: true,
+            terminating: true,
+            node,
+        }
+    }
+}
+
+/// An EndpointSlice whose endpoints are all on node-a: (address, ready).
 pub fn slice(
     ns: &str,
     name: &str,
@@ -48,6 +117,21 @@ pub fn slice(
     ports: &[Port],
     endpoints: &[(Ipv4Addr, bool)],
 ) -> String {
+    let eps: Vec<Ep> = endpoints
+        .iter()
+        .map(|(addr, ready)| Ep {
+            addr: *addr,
+            ready: *ready,
+            serving: *ready,
+            terminating: false,
+            node: "node-a",
+        })
+        .collect();
+    slice_eps(ns, name, service, ports, &eps)
+}
+
+/// An EndpointSlice with full endpoint conditions.
+pub fn slice_eps(ns: &str, name: &str, service: &str, ports: &[Port], endpoints: &[Ep]) -> String {
     let mut y = format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: {ns}\n  labels:\n    kubernetes.io/service-name: {service}\naddressType: IPv4\nports:\n"
     );
@@ -59,10 +143,11 @@ pub fn slice(
         );
     }
     y.push_str("endpoints:\n");
-    for (addr, ready) in endpoints {
+    for e in endpoints {
         let _ = writeln!(
             y,
-            "  - {{addresses: [\"{addr}\"], conditions: {{ready: {ready}}}, nodeName: node-a}}"
+            "  - {{addresses: [\"{}\"], conditions: {{ready: {}, serving: {}, terminating: {}}}, nodeName: {}}}",
+            e.addr, e.ready, e.serving, e.terminating, e.node
         );
     }
     y

@@ -6,8 +6,8 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    flow_hash, Backend, CtKey, ServiceKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD,
-    CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    flow_hash, AffinityKey, AffinityValue, Backend, CtKey, ServiceKey, ALG_HASH, ALG_MAGLEV,
+    ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
@@ -343,4 +343,118 @@ fn the_helper_reports_the_udp_checksum_offset() {
         panic!("not UDP")
     };
     assert_eq!(sum, u.checksum());
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock bpf_ktime_get_ns reads.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the provided timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn with_affinity(mut f: (ServiceKey, Frontend), seconds: u32) -> (ServiceKey, Frontend) {
+    f.1.affinity_timeout = seconds;
+    f
+}
+
+#[test]
+fn session_affinity_sends_every_new_flow_of_a_client_to_one_backend() -> Result<()> {
+    let backends = (1..=8)
+        .map(|i| backend([198, 18, 2, i], 8080, PROTO_TCP))
+        .collect();
+    let mut dp = dataplane(vec![with_affinity(
+        frontend(80, PROTO_TCP, ALG_RANDOM, backends),
+        60,
+    )])?;
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 44000..44020u16 {
+        let (_, out) = run(&mut dp, &Pkt::tcp(CLIENT, sport, VIP, 80).build())?;
+        seen.insert(out[30..34].to_vec()); // destination address
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "20 flows of one client went to {} backends",
+        seen.len()
+    );
+    let entry = dp.maps.affinity.get(
+        &AffinityKey {
+            service_id: 1,
+            client: CLIENT,
+        },
+        0,
+    )?;
+    let backend = dp.maps.backends.get(&entry.backend_id, 0)?;
+    assert_eq!(seen.into_iter().next().unwrap(), backend.addr.to_vec());
+    Ok(())
+}
+
+#[test]
+fn an_expired_affinity_entry_is_not_used() -> Result<()> {
+    // Hash picks a predictable backend; an affinity entry overrides it until it expires.
+    let backends = vec![backend(B1, 8080, PROTO_TCP), backend(B2, 8080, PROTO_TCP)];
+    let mut dp = dataplane(vec![with_affinity(
+        frontend(80, PROTO_TCP, ALG_HASH, backends),
+        1,
+    )])?;
+    let sport = (45000..46000u16)
+        .find(|p| flow_hash(CLIENT, VIP, *p, 80, PROTO_TCP).is_multiple_of(2))
+        .expect("a port hashing to B1");
+    let b2_id = dp
+        .programmed()
+        .services
+        .values()
+        .next()
+        .expect("one service")
+        .backend_ids[1];
+    let key = AffinityKey {
+        service_id: 1,
+        client: CLIENT,
+    };
+
+    dp.maps.affinity.insert(
+        key,
+        AffinityValue {
+            backend_id: b2_id,
+            _pad: 0,
+            last_used_ns: monotonic_ns(),
+        },
+        0,
+    )?;
+    let syn = Pkt::tcp(CLIENT, sport, VIP, 80);
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B2, 8080))?;
+
+    dp.maps
+        .ct
+        .remove(&ct_key(CLIENT, sport, VIP, 80, PROTO_TCP))?;
+    let stale = monotonic_ns() - 2_000_000_000;
+    dp.maps.affinity.insert(
+        key,
+        AffinityValue {
+            backend_id: b2_id,
+            _pad: 0,
+            last_used_ns: stale,
+        },
+        0,
+    )?;
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))
+}
+
+#[test]
+fn maglev_picks_the_backend_its_table_predicts() -> Result<()> {
+    let addrs: Vec<[u8; 4]> = (1..=5).map(|i| [198, 18, 4, i]).collect();
+    let backends: Vec<Backend> = addrs.iter().map(|a| backend(*a, 8080, PROTO_UDP)).collect();
+    let table = weir::maglev::table(&backends, lb_common::DEFAULT_MAGLEV_M);
+    let mut dp = dataplane(vec![frontend(53, PROTO_UDP, ALG_MAGLEV, backends)])?;
+    for sport in 46000..46040u16 {
+        let pkt = Pkt::udp(CLIENT, sport, VIP, 53);
+        let h = flow_hash(CLIENT, VIP, sport, 53, PROTO_UDP) % lb_common::DEFAULT_MAGLEV_M;
+        let want = addrs[table[h as usize] as usize];
+        assert_rewrites(&mut dp, &pkt, &pkt.with_dst(want, 8080))?;
+    }
+    Ok(())
 }
