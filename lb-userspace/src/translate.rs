@@ -138,7 +138,12 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
             } else {
                 &cluster
             };
-            let mut add = |addr: Ipv4Addr, port_number: u16, scope: u8, backends: &Vec<Backend>| {
+            // Adds a frontend; true when this service owns the key.
+            let mut add = |addr: Ipv4Addr,
+                           port_number: u16,
+                           scope: u8,
+                           backends: &Vec<Backend>|
+             -> bool {
                 let key = ServiceKey {
                     addr: addr.octets(),
                     port: port_number,
@@ -151,8 +156,9 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                             "Service {}: frontend {addr}:{port_number}/{} is already used by Service {}; skipped",
                             svc.id, port.protocol, other.service
                         ));
+                        return false;
                     }
-                    return;
+                    return true;
                 }
                 let frontend = Frontend {
                     service: svc.id.clone(),
@@ -162,14 +168,16 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                     backends: backends.clone(),
                 };
                 desired.frontends.insert(key, frontend);
+                true
             };
             // ClusterIPs are only reached from inside the cluster.
             for ip in &svc.cluster_ips {
                 add(*ip, port.port, SCOPE_EXTERNAL, internal);
             }
-            // External frontends: the external view follows externalTrafficPolicy;
-            // with Local, pods get their own (internal) view, as kube-proxy
-            // short-circuits pod traffic to external addresses.
+            // External frontends: the external view follows externalTrafficPolicy.
+            // With Local, pods get their own (internal) view with the cluster-wide
+            // endpoints, as kube-proxy short-circuits pod traffic to external
+            // addresses to its cluster policy chain.
             let mut externals: Vec<(Ipv4Addr, u16)> = Vec::new();
             if matches!(
                 svc.service_type,
@@ -184,9 +192,8 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
             }
             externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port)));
             for (ip, port_number) in externals {
-                add(ip, port_number, SCOPE_EXTERNAL, external);
-                if svc.external_policy_local {
-                    add(ip, port_number, SCOPE_INTERNAL, internal);
+                if add(ip, port_number, SCOPE_EXTERNAL, external) && svc.external_policy_local {
+                    add(ip, port_number, SCOPE_INTERNAL, &cluster);
                 }
             }
         }
