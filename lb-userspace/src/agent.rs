@@ -2,7 +2,11 @@
 //! the source changed, translate and sync the maps. The last good state is
 //! kept when the source cannot be read: a broken source never flushes the
 //! datapath.
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use anyhow::{Context, Result};
 use tracing::{info, warn};
@@ -13,9 +17,10 @@ use crate::{
         sync::PlanConfig,
         Dataplane,
     },
+    health::{self, HealthState, ServiceHealthServers},
     model::ClusterState,
     source::dir::{self, DirSource},
-    translate::{translate, NodeFacts},
+    translate::{translate, Desired, NodeFacts},
 };
 
 /// Where desired state comes from.
@@ -42,6 +47,8 @@ pub struct AgentConfig {
     pub bpffs: PathBuf,
     pub poll_interval: Duration,
     pub plan: PlanConfig,
+    /// Where /healthz and /livez listen; None turns them off.
+    pub healthz_bind: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -55,6 +62,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
     };
+    let health = Arc::new(HealthState::default());
+    health.update_proxy(|h| {
+        h.source = format!(
+            "{:?}: waiting for the first state; serving {} frontends restored from pins",
+            cfg.source,
+            dataplane.programmed().services.len()
+        )
+    });
+    if let Some(addr) = cfg.healthz_bind {
+        match health::serve_proxy(addr, health.clone()).await {
+            Ok(_) => info!(%addr, "serving /healthz and /livez"),
+            Err(e) => warn!("--healthz-bind-address {addr}: {e}; health endpoints are off"),
+        }
+    }
+    let mut health_servers = ServiceHealthServers::default();
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -66,10 +88,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
+                    health.update_proxy(|h| {
+                        h.queued_since.get_or_insert_with(Instant::now);
+                    });
                     // Attach first, so that a pod device that appeared with its
                     // endpoints serves traffic as soon as the maps do.
                     reconcile_devices(&mut dataplane, &selector);
-                    sync(&mut dataplane, &state, &cfg.node);
+                    if let Some(desired) = sync(&mut dataplane, &state, &cfg.node) {
+                        health.update_proxy(|h| {
+                            h.last_updated = Some(SystemTime::now());
+                            h.queued_since = None;
+                            h.source = format!("{:?}: synced", cfg.source);
+                        });
+                        health.services.store(Arc::new(desired.health_checks));
+                        health_servers.reconcile(&health).await;
+                    }
                 }
             }
             _ = sigterm.recv() => break,
@@ -98,7 +131,8 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
     }
 }
 
-fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) {
+/// Translates and syncs; returns what was programmed, or None if the sync failed.
+fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) -> Option<Desired> {
     let desired = translate(state, node);
     for w in &desired.warnings {
         warn!("{w}");
@@ -108,8 +142,12 @@ fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) {
             for w in &stats.warnings {
                 warn!("{w}");
             }
-            info!(frontends = stats.frontends, map_ops = stats.ops, "synced")
+            info!(frontends = stats.frontends, map_ops = stats.ops, "synced");
+            Some(desired)
         }
-        Err(e) => warn!("sync failed: {e}"),
+        Err(e) => {
+            warn!("sync failed: {e}");
+            None
+        }
     }
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod cli;
 pub mod dataplane;
+pub mod health;
 pub mod maglev;
 pub mod model;
 pub mod source;

@@ -66,6 +66,9 @@ struct AgentArgs {
     /// Addresses NodePorts are served on (comma-separated IPv4); default: the node's addresses from its Node object.
     #[arg(long, value_delimiter = ',')]
     nodeport_addresses: Vec<std::net::Ipv4Addr>,
+    /// Where /healthz and /livez listen ("" turns them off), as kube-proxy's flag.
+    #[arg(long, default_value = "0.0.0.0:10256")]
+    healthz_bind_address: String,
 }
 
 #[derive(Subcommand)]
@@ -125,7 +128,15 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         Some(name) => name,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let healthz_bind =
+        match args.healthz_bind_address.as_str() {
+            "" => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!("--healthz-bind-address: {addr:?} is not an address:port")
+            })?),
+        };
     let cfg = AgentConfig {
+        healthz_bind,
         source: args.source,
         devices: args.devices,
         pod_devices: args.pod_devices,

@@ -8,6 +8,7 @@ use lb_common::{
 };
 
 use crate::{
+    health::ServiceHealth,
     model::{
         ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
         ZONE_LABEL,
@@ -56,6 +57,8 @@ pub struct Frontend {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
     pub frontends: BTreeMap<ServiceKey, Frontend>,
+    /// healthCheckNodePort -> what it reports (LoadBalancer, externalTrafficPolicy Local).
+    pub health_checks: BTreeMap<u16, ServiceHealth>,
     pub warnings: Vec<String>,
 }
 
@@ -110,6 +113,9 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
             || svc.cluster_ips.is_empty()
         {
             continue;
+        }
+        if let Some(h) = health_check(svc, &slices_of(state, svc), &node.node_name) {
+            desired.health_checks.insert(h.0, h.1);
         }
         let algorithm = algorithm(svc, node, &mut desired.warnings);
         let affinity_timeout = affinity_timeout(svc, &mut desired.warnings);
@@ -199,6 +205,37 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
         }
     }
     desired
+}
+
+fn slices_of<'a>(state: &'a ClusterState, svc: &'a Service) -> Vec<&'a EndpointSlice> {
+    state.slices_of(&svc.id).collect()
+}
+
+/// A LoadBalancer service with externalTrafficPolicy Local and a
+/// healthCheckNodePort reports its ready endpoints on this node (kube-proxy
+/// counts ready ones only, so a node with only terminating endpoints fails).
+fn health_check(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    node_name: &str,
+) -> Option<(u16, ServiceHealth)> {
+    if svc.service_type != ServiceType::LoadBalancer || !svc.external_policy_local {
+        return None;
+    }
+    let port = svc.health_check_node_port?;
+    let local: std::collections::BTreeSet<Ipv4Addr> = slices
+        .iter()
+        .flat_map(|s| &s.endpoints)
+        .filter(|e| e.ready && !node_name.is_empty() && e.node_name.as_deref() == Some(node_name))
+        .map(|e| e.address)
+        .collect();
+    Some((
+        port,
+        ServiceHealth {
+            service: svc.id.clone(),
+            local_endpoints: local.len(),
+        },
+    ))
 }
 
 fn algorithm(svc: &Service, node: &NodeFacts, warnings: &mut Vec<String>) -> u8 {

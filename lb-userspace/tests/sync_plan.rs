@@ -54,7 +54,7 @@ fn desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
             .iter()
             .map(|(k, b)| (*k, frontend(ALG_RANDOM, b)))
             .collect(),
-        warnings: vec![],
+        ..Default::default()
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod echo;
+pub mod http;
 pub mod manifests;
 pub mod netns;
 pub mod packets;

@@ -51,7 +51,7 @@ fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (Ser
 fn desired(frontends: Vec<(ServiceKey, Frontend)>) -> Desired {
     Desired {
         frontends: frontends.into_iter().collect(),
-        warnings: vec![],
+        ..Default::default()
     }
 }
 
