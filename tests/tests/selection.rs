@@ -427,3 +427,125 @@ fn changing_the_service_type_leaves_no_stale_frontend() -> Result<()> {
     frontends(&mut s, &["198.19.0.10:80/TCP", "198.19.0.10:53/UDP"])?;
     Ok(())
 }
+
+#[test]
+fn prefer_close_keeps_traffic_in_the_nodes_zone() -> Result<()> {
+    let mut s = Scenario::start(3, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    s.manifests.write(
+        "node.yaml",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\n  labels: {topology.kubernetes.io/zone: zone-a}\n",
+    )?;
+    write_service(&s, "  trafficDistribution: PreferClose\n", &[])?;
+    let (b1, b2, b3) = (
+        s.backend_ip("be1"),
+        s.backend_ip("be2"),
+        s.backend_ip("be3"),
+    );
+    let hinted = |zones: [&str; 3]| {
+        let mut y = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-1\n  namespace: {NS}\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n"
+        );
+        for (ip, zone) in [b1, b2, b3].iter().zip(zones) {
+            y.push_str(&format!(
+                "  - {{addresses: [\"{ip}\"], conditions: {{ready: true}}, nodeName: node-x, zone: {zone}, hints: {{forZones: [{{name: {zone}}}]}}}}\n"
+            ));
+        }
+        y
+    };
+    s.manifests
+        .write("slice.yaml", &hinted(["zone-a", "zone-b", "zone-a"]))?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 2)?;
+    assert_eq!(
+        backends_of(&s.send_ok(Proto::Tcp, 80, 30)?),
+        names(&["be1", "be3"])
+    );
+
+    // No endpoint hinted for zone-a: all of them (kube-proxy's fallback).
+    s.manifests
+        .write("slice.yaml", &hinted(["zone-b", "zone-b", "zone-c"]))?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 3)?;
+    assert_eq!(
+        backends_of(&s.send_ok(Proto::Tcp, 80, 30)?),
+        names(&["be1", "be2", "be3"])
+    );
+    Ok(())
+}
+
+#[test]
+fn only_services_for_this_proxy_are_programmed() -> Result<()> {
+    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080)])?;
+    let ports = [port("http", 80, "TCP", 8080)];
+    let labelled = |name: &str, ip: Ipv4Addr, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: {NS}\n  labels: {{{labels}}}\nspec:\n  clusterIP: {ip}\n  publishNotReadyAddresses: true\n  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]\n"
+        )
+    };
+    let eps = [(s.backend_ip("be1"), true)];
+    for (name, ip, labels) in [
+        (
+            "mine",
+            Ipv4Addr::new(198, 19, 0, 21),
+            "service.kubernetes.io/service-proxy-name: weir",
+        ),
+        ("unlabelled", Ipv4Addr::new(198, 19, 0, 22), ""),
+        (
+            "theirs",
+            Ipv4Addr::new(198, 19, 0, 23),
+            "service.kubernetes.io/service-proxy-name: other",
+        ),
+        (
+            "headless",
+            Ipv4Addr::new(198, 19, 0, 24),
+            "service.kubernetes.io/headless: \"\"",
+        ),
+    ] {
+        s.manifests
+            .write(&format!("{name}.yaml"), &labelled(name, ip, labels))?;
+        s.manifests.write(
+            &format!("{name}-slice.yaml"),
+            &slice(NS, &format!("{name}-1"), name, &ports, &eps),
+        )?;
+    }
+    s.agent.wait_frontend("198.19.0.21:80/TCP", 1)?;
+    s.agent.wait_frontend("198.19.0.22:80/TCP", 1)?;
+    let rows = s
+        .agent
+        .wait_for("two services", Duration::from_secs(15), |rows| {
+            rows.len() == 2
+        })?;
+    assert!(rows
+        .iter()
+        .all(|r| !r.frontend.starts_with("198.19.0.23") && !r.frontend.starts_with("198.19.0.24")));
+    for ip in [Ipv4Addr::new(198, 19, 0, 21), Ipv4Addr::new(198, 19, 0, 22)] {
+        let replies: Vec<EchoReply> = s
+            .send("client", Proto::Tcp, ip, 80, 3)?
+            .into_iter()
+            .collect::<Result<_>>()?;
+        assert_eq!(backends_of(&replies), names(&["be1"]));
+    }
+    Ok(())
+}
+
+#[test]
+fn session_affinity_holds_for_a_node_port() -> Result<()> {
+    let mut s = Scenario::start(3, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    let node_ip = Ipv4Addr::new(198, 18, 0, 100);
+    s.manifests.write(
+        "node.yaml",
+        &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\nstatus:\n  addresses: [{{type: InternalIP, address: {node_ip}}}]\n"),
+    )?;
+    let ports = [port("http", 80, "TCP", 8080).node_port(30080)];
+    let spec = "  type: NodePort\n  sessionAffinity: ClientIP\n";
+    s.manifests.write(
+        "svc.yaml",
+        &service_with(NS, "svc", CLUSTER_IP, &ports, spec, &[]),
+    )?;
+    write_slice(&s, &all_ready(&s, 3))?;
+    s.agent.wait_frontend("198.18.0.100:30080/TCP", 3)?;
+    let replies: Vec<EchoReply> = s
+        .send("client", Proto::Tcp, node_ip, 30080, 30)?
+        .into_iter()
+        .collect::<Result<_>>()?;
+    assert_eq!(backends_of(&replies).len(), 1, "{:?}", counts(&replies));
+    Ok(())
+}
