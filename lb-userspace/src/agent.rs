@@ -120,6 +120,9 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
             for name in &report.attached {
                 info!(device = %name, "attached tc ingress");
             }
+            for name in &report.adopted {
+                info!(device = %name, "attached tc ingress (took over the pinned link)");
+            }
             for name in &report.detached {
                 info!(device = %name, "device gone; detached");
             }

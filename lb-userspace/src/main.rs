@@ -32,6 +32,11 @@ enum Command {
         #[command(subcommand)]
         command: ServiceCommand,
     },
+    /// Remove every link, program and map the agent pinned (stop the agent first).
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -98,6 +103,12 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Agent(args) => run_agent(args),
+        Command::Uninstall { bpffs } => {
+            let removed = weir::dataplane::uninstall(&bpffs)
+                .with_context(|| format!("removing the pins under {}", bpffs.display()))?;
+            println!("removed {} pins under {}", removed.len(), bpffs.display());
+            Ok(())
+        }
         Command::Service {
             command: ServiceCommand::List { output, bpffs },
         } => {

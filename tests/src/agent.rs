@@ -99,6 +99,19 @@ impl Agent {
         let _ = child.wait();
     }
 
+    /// Kills the agent with SIGKILL: no cleanup of any kind runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the agent again (after `stop` or `kill`) on the same pins.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
     /// Stops and starts the agent again on the same pins.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();

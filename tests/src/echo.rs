@@ -88,14 +88,17 @@ fn bind(proto: Proto, port: u16) -> Result<Socket> {
     })
 }
 
-fn serve(socket: Socket, name: &str, port: u16, stop: &AtomicBool) {
+fn serve(socket: Socket, name: &str, port: u16, stop: &Arc<AtomicBool>) {
     let start = Instant::now();
     let mut buf = [0u8; 1500];
     while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_LIFETIME {
         match &socket {
             Socket::Tcp(l) => match l.accept() {
-                Ok((mut conn, peer)) => {
-                    let _ = conn.write_all(format!("{name} {port} {}\n", peer.ip()).as_bytes());
+                Ok((conn, peer)) => {
+                    let greeting = format!("{name} {port} {}\n", peer.ip());
+                    let name = name.to_string();
+                    let stop = stop.clone();
+                    std::thread::spawn(move || stream(conn, &greeting, &name, start, &stop));
                 }
                 Err(_) => std::thread::sleep(POLL / 4),
             },
@@ -104,6 +107,38 @@ fn serve(socket: Socket, name: &str, port: u16, stop: &AtomicBool) {
                     let _ = s.send_to(format!("{name} {port} {}", peer.ip()).as_bytes(), peer);
                 }
             }
+        }
+    }
+}
+
+/// Serves one TCP connection: the greeting, then every line the client
+/// sends comes back prefixed with the server's name, until the client closes.
+fn stream(mut conn: TcpStream, greeting: &str, name: &str, start: Instant, stop: &AtomicBool) {
+    let _ = conn.set_nonblocking(false);
+    if conn.write_all(greeting.as_bytes()).is_err() {
+        return;
+    }
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(1)));
+    let mut reader = std::io::BufReader::new(match conn.try_clone() {
+        Ok(c) => c,
+        Err(_) => return,
+    });
+    let mut line = String::new();
+    while start.elapsed() < MAX_LIFETIME && !stop.load(Ordering::Relaxed) {
+        line.clear();
+        match std::io::BufRead::read_line(&mut reader, &mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                if conn.write_all(format!("{name} {line}").as_bytes()).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
         }
     }
 }
@@ -136,6 +171,8 @@ impl std::str::FromStr for EchoReply {
 fn tcp_once(addr: SocketAddrV4, timeout: Duration) -> Result<EchoReply> {
     let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(addr), timeout)?;
     conn.set_read_timeout(Some(timeout))?;
+    // No request: the server greets, sees our end of stream and closes.
+    conn.shutdown(std::net::Shutdown::Write)?;
     let mut reply = String::new();
     conn.read_to_string(&mut reply)?;
     reply.trim().parse()

@@ -107,7 +107,14 @@ impl Dataplane {
         }
         let ebpf = loader.load(crate::EBPF_OBJECT)?;
         drop(loader);
-        Self::finish(ebpf, cfg)
+        let links = bpffs.join("links");
+        std::fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
+            path: links.clone(),
+            source,
+        })?;
+        let mut dataplane = Self::finish(ebpf, cfg)?;
+        dataplane.attachments = Attachments::pinned(links);
+        Ok(dataplane)
     }
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).

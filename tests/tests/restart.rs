@@ -1,0 +1,297 @@
+//! Restart safety: the datapath keeps serving while the agent is killed and
+//! restarted (links and maps are pinned; a new agent takes over the links and
+//! restores ids from the maps), and `weir uninstall` removes everything.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use weir_tests::{
+    agent::weir_bin,
+    cmd::run,
+    echo::{requests, Proto},
+    manifests::{port, service, slice},
+    netns::enter,
+    scenario::{Scenario, CLUSTER_IP, TIMEOUT},
+};
+
+const NS: &str = "restart";
+/// No load loop runs longer than this, whatever happens.
+const MAX_RUN: Duration = Duration::from_secs(90);
+
+fn setup() -> Result<Scenario> {
+    let mut s = Scenario::start(3, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    let ports = [port("http", 80, "TCP", 8080), port("dns", 53, "UDP", 5353)];
+    let eps: Vec<_> = ["be1", "be2", "be3"]
+        .iter()
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    s.manifests
+        .write("svc.yaml", &service(NS, "steady", CLUSTER_IP, &ports))?;
+    s.manifests
+        .write("slice.yaml", &slice(NS, "steady-1", "steady", &ports, &eps))?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 3)?;
+    s.agent.wait_frontend("198.19.0.10:53/UDP", 3)?;
+    Ok(s)
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn record(&mut self, r: Result<()>) {
+        match r {
+            Ok(()) => self.ok += 1,
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Runs `step` every 20 ms inside namespace `ns` until `stop` (or MAX_RUN).
+fn load(
+    ns: &str,
+    stop: &Arc<AtomicBool>,
+    mut step: impl FnMut() -> Result<()> + Send + 'static,
+) -> JoinHandle<Result<Tally>> {
+    let (ns, stop) = (ns.to_string(), stop.clone());
+    std::thread::spawn(move || {
+        enter(&ns)?;
+        let start = Instant::now();
+        let mut tally = Tally::default();
+        while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
+            tally.record(step());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(tally)
+    })
+}
+
+#[test]
+fn connections_survive_five_sigkills_of_the_agent() -> Result<()> {
+    let mut s = setup()?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    let vip_tcp = SocketAddrV4::new(CLUSTER_IP, 80);
+    let vip_udp = SocketAddrV4::new(CLUSTER_IP, 53);
+    let ids_before = s.agent.programmed()?;
+    let stop = Arc::new(AtomicBool::new(false));
+
+    // A long-lived TCP stream: every line must come back from the same backend.
+    let stream = {
+        let (ns, stop) = (client.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<(Tally, String)> {
+            enter(&ns)?;
+            let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(vip_tcp), TIMEOUT)?;
+            conn.set_read_timeout(Some(TIMEOUT))?;
+            let mut reader = BufReader::new(conn.try_clone()?);
+            let mut greeting = String::new();
+            reader.read_line(&mut greeting)?;
+            let backend = greeting
+                .split_whitespace()
+                .next()
+                .context("greeting")?
+                .to_string();
+            let (start, mut tally, mut n) = (Instant::now(), Tally::default(), 0u64);
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
+                n += 1;
+                let mut line = String::new();
+                let r = writeln!(conn, "{n}")
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| {
+                        reader.read_line(&mut line)?;
+                        if line.trim() != format!("{backend} {n}") {
+                            bail!("line {n}: got {line:?}");
+                        }
+                        Ok(())
+                    });
+                let broken = r.is_err();
+                tally.record(r);
+                if broken {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((tally, backend))
+        })
+    };
+    // A loop of new connections, and one UDP socket sending over and over.
+    let connections = load(&client, &stop, move || {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(vip_tcp), TIMEOUT)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        conn.shutdown(std::net::Shutdown::Write)?;
+        let mut reply = String::new();
+        std::io::Read::read_to_string(&mut conn, &mut reply)?;
+        if reply.is_empty() {
+            bail!("empty reply");
+        }
+        Ok(())
+    });
+    let datagrams = {
+        let socket: Arc<std::sync::Mutex<Option<UdpSocket>>> = Arc::default();
+        load(&client, &stop, move || {
+            let mut guard = socket.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            if guard.is_none() {
+                let s = UdpSocket::bind("0.0.0.0:0")?;
+                s.connect(vip_udp)?;
+                s.set_read_timeout(Some(TIMEOUT))?;
+                *guard = Some(s);
+            }
+            let s = guard.as_ref().expect("just set");
+            s.send(b"ping")?;
+            let mut buf = [0u8; 256];
+            s.recv(&mut buf)?;
+            Ok(())
+        })
+    };
+
+    let mut ready_after = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        s.agent.kill();
+        std::thread::sleep(Duration::from_millis(300));
+        let synced_before = s.agent.log_text().matches(" synced").count();
+        let started = Instant::now();
+        s.agent.start_again()?;
+        let deadline = started + Duration::from_secs(15);
+        while s.agent.log_text().matches(" synced").count() <= synced_before {
+            if Instant::now() > deadline {
+                bail!(
+                    "round {round}: the agent did not sync after a restart; log:\n{}",
+                    s.agent.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ready_after.push(started.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::Relaxed);
+    let (stream_tally, _) = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    let conn_tally = connections
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    let udp_tally = datagrams
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
+    println!(
+        "restart: stream {stream_tally:?}, connections {conn_tally:?}, datagrams {udp_tally:?}, ready after {ready_after:?}"
+    );
+    assert_eq!(
+        stream_tally.failed, 0,
+        "the long-lived stream broke: {stream_tally:?}"
+    );
+    assert_eq!(
+        conn_tally.failed, 0,
+        "new connections failed: {conn_tally:?}"
+    );
+    assert_eq!(udp_tally.failed, 0, "datagrams were lost: {udp_tally:?}");
+    assert!(
+        stream_tally.ok > 50 && conn_tally.ok > 50 && udp_tally.ok > 50,
+        "too little load ran"
+    );
+
+    // Ids came back from the maps: the same services and backends, the same ids.
+    let ids_after = s.agent.programmed()?;
+    assert!(
+        ids_after.same_entries(&ids_before),
+        "ids changed across restarts"
+    );
+    assert!(
+        s.agent.log_text().contains("took over the pinned link"),
+        "a restarted agent attached anew"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_stopped_agent_leaves_the_datapath_serving_and_uninstall_removes_it() -> Result<()> {
+    let mut s = setup()?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    s.agent.stop();
+    let served = requests(
+        &client,
+        Proto::Tcp,
+        SocketAddrV4::new(CLUSTER_IP, 80),
+        10,
+        TIMEOUT,
+    )?;
+    assert!(
+        served.iter().all(Result::is_ok),
+        "the datapath stopped with the agent: {served:?}"
+    );
+
+    // Kernel object ids behind the pins, to check afterwards that they are gone.
+    let id_of = |kind: &str, path: &std::path::Path| -> Result<u64> {
+        let out = run(
+            "bpftool",
+            &["-j", kind, "show", "pinned", &path.to_string_lossy()],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["id"].as_u64().context("id")
+    };
+    let link_pins: Vec<_> = std::fs::read_dir(s.agent.bpffs.join("links"))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(
+        link_pins.len(),
+        4,
+        "one pinned link per pod device: {link_pins:?}"
+    );
+    let links = link_pins
+        .iter()
+        .map(|p| id_of("link", p))
+        .collect::<Result<Vec<_>>>()?;
+    let maps = lb_common::ALL_MAPS
+        .iter()
+        .map(|m| id_of("map", &s.agent.bpffs.join(m)))
+        .collect::<Result<Vec<_>>>()?;
+
+    let bpffs = s.agent.bpffs.display().to_string();
+    let out = run(
+        &weir_bin()?.to_string_lossy(),
+        &["uninstall", "--bpffs", &bpffs],
+    )?;
+    assert!(out.contains("removed"), "{out}");
+    assert!(!s.agent.bpffs.exists(), "pins left behind");
+    // The kernel frees unreferenced objects asynchronously: wait (bounded) until every id is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (kind, ids) in [("link", &links), ("map", &maps)] {
+        for id in ids {
+            while run("bpftool", &[kind, "show", "id", &id.to_string()]).is_ok() {
+                assert!(
+                    Instant::now() < deadline,
+                    "{kind} {id} still exists after uninstall"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let after = requests(
+        &client,
+        Proto::Tcp,
+        SocketAddrV4::new(CLUSTER_IP, 80),
+        2,
+        Duration::from_millis(500),
+    )?;
+    assert!(
+        after.iter().all(Result::is_err),
+        "the ClusterIP still answers after uninstall: {after:?}"
+    );
+    Ok(())
+}
