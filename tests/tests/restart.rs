@@ -295,3 +295,75 @@ fn a_stopped_agent_leaves_the_datapath_serving_and_uninstall_removes_it() -> Res
     );
     Ok(())
 }
+
+#[test]
+fn a_udp_flow_moves_to_another_backend_when_its_backend_is_removed() -> Result<()> {
+    let mut s = setup()?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    let vip = SocketAddrV4::new(CLUSTER_IP, 53);
+    // One socket, one 5-tuple, as a resolver talking to a DNS service.
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Result<String>)>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<()> {
+            enter(&client)?;
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(vip)?;
+            socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+            let start = Instant::now();
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
+                let mut buf = [0u8; 256];
+                let r = socket
+                    .send(b"q")
+                    .and_then(|_| socket.recv(&mut buf))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|n| {
+                        Ok(std::str::from_utf8(&buf[..n])?
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string())
+                    });
+                let _ = tx.send((Instant::now(), r));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        })
+    };
+    let first = rx.recv_timeout(Duration::from_secs(5))?.1?;
+    // Remove the endpoint this flow uses.
+    let ports = [port("http", 80, "TCP", 8080), port("dns", 53, "UDP", 5353)];
+    let rest: Vec<_> = ["be1", "be2", "be3"]
+        .iter()
+        .filter(|b| **b != first)
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    s.manifests.write(
+        "slice.yaml",
+        &slice(NS, "steady-1", "steady", &ports, &rest),
+    )?;
+    let removed_at = Instant::now();
+    s.agent.wait_frontend("198.19.0.10:53/UDP", 2)?;
+    let moved_at = loop {
+        let (at, r) = rx.recv_timeout(Duration::from_secs(5))?;
+        if let Ok(backend) = r {
+            if backend != first {
+                break at;
+            }
+        }
+        assert!(
+            removed_at.elapsed() < Duration::from_secs(10),
+            "the flow never left {first}"
+        );
+    };
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let took = moved_at.saturating_duration_since(removed_at);
+    println!("udp flow moved off {first} {took:?} after the endpoint was removed");
+    assert!(
+        took < Duration::from_secs(1),
+        "the flow stayed on the removed endpoint for {took:?}"
+    );
+    Ok(())
+}
