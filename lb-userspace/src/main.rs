@@ -7,6 +7,7 @@ use weir::{
     agent::{self, AgentConfig, SourceSpec},
     cli,
     dataplane::{maps::Maps, sync::PlanConfig},
+    inspect,
     translate::{parse_algorithm, NodeFacts},
 };
 
@@ -31,6 +32,18 @@ enum Command {
     Service {
         #[command(subcommand)]
         command: ServiceCommand,
+    },
+    /// Raw datapath maps.
+    Bpf {
+        #[command(subcommand)]
+        command: BpfCommand,
+    },
+    /// Attached devices and map fill levels.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
     },
     /// Remove every link, program and map the agent pinned (stop the agent first).
     Uninstall {
@@ -87,10 +100,74 @@ enum ServiceCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum BpfCommand {
+    /// The load-balancing maps: frontends, backends, reverse NAT (all without a selection flag).
+    Lb {
+        #[command(subcommand)]
+        command: LbCommand,
+    },
+    /// The conntrack map.
+    Ct {
+        #[command(subcommand)]
+        command: CtCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LbCommand {
+    List {
+        #[arg(long)]
+        frontends: bool,
+        #[arg(long)]
+        backends: bool,
+        #[arg(long)]
+        revnat: bool,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtCommand {
+    List {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Table,
     Json,
+    Yaml,
+}
+
+/// Prints `value` as JSON or YAML, or `table()` for the table form.
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> Result<()> {
+    match output {
+        Output::Table => print!("{}", table()),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", serde_yaml::to_string(value)?),
+    }
+    Ok(())
+}
+
+fn open_maps(bpffs: &std::path::Path) -> Result<Maps> {
+    Maps::open_pinned(bpffs).with_context(|| {
+        format!(
+            "opening the maps pinned under {} (is the agent running?)",
+            bpffs.display()
+        )
+    })
 }
 
 fn main() -> Result<()> {
@@ -112,18 +189,40 @@ fn main() -> Result<()> {
         Command::Service {
             command: ServiceCommand::List { output, bpffs },
         } => {
-            let maps = Maps::open_pinned(&bpffs).with_context(|| {
-                format!(
-                    "opening the maps pinned under {} (is the agent running?)",
-                    bpffs.display()
-                )
-            })?;
-            let rows = cli::service_rows(&maps.read());
-            match output {
-                Output::Table => print!("{}", cli::service_table(&rows)),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
-            }
-            Ok(())
+            let rows = cli::service_rows(&open_maps(&bpffs)?.read());
+            print(output, &rows, || cli::service_table(&rows))
+        }
+        Command::Bpf {
+            command:
+                BpfCommand::Lb {
+                    command:
+                        LbCommand::List {
+                            frontends,
+                            backends,
+                            revnat,
+                            output,
+                            bpffs,
+                        },
+                },
+        } => {
+            let tables = inspect::lb_tables(&open_maps(&bpffs)?);
+            let all = !(frontends || backends || revnat);
+            print(output, &tables, || {
+                inspect::lb_table(&tables, all || frontends, all || backends, all || revnat)
+            })
+        }
+        Command::Bpf {
+            command:
+                BpfCommand::Ct {
+                    command: CtCommand::List { output, bpffs },
+                },
+        } => {
+            let rows = inspect::ct_rows(&open_maps(&bpffs)?);
+            print(output, &rows, || inspect::ct_table(&rows))
+        }
+        Command::Status { output, bpffs } => {
+            let status = inspect::status(&bpffs, &open_maps(&bpffs)?);
+            print(output, &status, || inspect::status_table(&status))
         }
     }
 }

@@ -1,0 +1,322 @@
+//! `weir bpf lb list`, `weir bpf ct list` and `weir status`: what the pinned
+//! maps and links hold, as rows for tables, JSON or YAML. Reading is split
+//! from rendering so that tests compare rows with the maps directly.
+use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
+
+use aya::maps::{IterableMap, MapData};
+use lb_common::{
+    CtKey, CtValue, CT_FORWARD, CT_REPLY, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES,
+    MAX_SLOTS,
+};
+use serde::Serialize;
+
+use crate::{dataplane::maps::Maps, model::Protocol};
+
+fn proto(n: u8) -> String {
+    Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FrontendRow {
+    pub frontend: String,
+    pub scope: String,
+    pub service_id: u32,
+    pub count: u32,
+    pub algorithm: String,
+    pub affinity_timeout: u32,
+    pub maglev_table: Option<u32>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct BackendRow {
+    pub id: u32,
+    pub backend: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RevNatRow {
+    pub service_id: u32,
+    pub frontend: String,
+}
+
+/// The raw load-balancing maps, like `cilium bpf lb list`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct LbTables {
+    pub frontends: Vec<FrontendRow>,
+    pub backends: Vec<BackendRow>,
+    pub revnat: Vec<RevNatRow>,
+}
+
+pub fn lb_tables(maps: &Maps) -> LbTables {
+    let mut t = LbTables::default();
+    for (k, v) in maps.services.iter().filter_map(Result::ok) {
+        t.frontends.push(FrontendRow {
+            frontend: format!("{}:{}/{}", Ipv4Addr::from(k.addr), k.port, proto(k.proto)),
+            scope: if k.scope == lb_common::SCOPE_INTERNAL {
+                "internal"
+            } else {
+                "external"
+            }
+            .into(),
+            service_id: v.id,
+            count: v.count,
+            algorithm: crate::translate::algorithm_name(v.algorithm).into(),
+            affinity_timeout: v.affinity_timeout,
+            maglev_table: (v.maglev_table != lb_common::NO_MAGLEV_TABLE).then_some(v.maglev_table),
+        });
+    }
+    for (id, b) in maps.backends.iter().filter_map(Result::ok) {
+        t.backends.push(BackendRow {
+            id,
+            backend: format!("{}:{}/{}", Ipv4Addr::from(b.addr), b.port, proto(b.proto)),
+            state: if b.state == lb_common::BACKEND_TERMINATING {
+                "terminating"
+            } else {
+                "active"
+            }
+            .into(),
+        });
+    }
+    for (id, r) in maps.revnat.iter().filter_map(Result::ok) {
+        t.revnat.push(RevNatRow {
+            service_id: id,
+            frontend: format!("{}:{}", Ipv4Addr::from(r.addr), r.port),
+        });
+    }
+    t.frontends.sort_by_key(|r| r.service_id);
+    t.backends.sort_by_key(|r| r.id);
+    t.revnat.sort_by_key(|r| r.service_id);
+    t
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct CtRow {
+    pub kind: String,
+    pub tuple: String,
+    pub nat: String,
+    pub service_id: u32,
+    pub backend_id: u32,
+    /// Seconds since the entry last saw a packet.
+    pub age_seconds: u64,
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock bpf_ktime_get_ns reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime only writes the provided timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn ct_row(k: &CtKey, v: &CtValue, now_ns: u64) -> CtRow {
+    CtRow {
+        kind: match v.kind {
+            CT_FORWARD => "forward".into(),
+            CT_REPLY => "reply".into(),
+            other => format!("kind {other}"),
+        },
+        tuple: format!(
+            "{}:{} -> {}:{}/{}",
+            Ipv4Addr::from(k.saddr),
+            k.sport,
+            Ipv4Addr::from(k.daddr),
+            k.dport,
+            proto(k.proto)
+        ),
+        nat: format!("{}:{}", Ipv4Addr::from(v.nat_addr), v.nat_port),
+        service_id: v.service_id,
+        backend_id: v.backend_id,
+        age_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+    }
+}
+
+pub fn ct_rows(maps: &Maps) -> Vec<CtRow> {
+    let now = monotonic_ns();
+    let mut rows: Vec<CtRow> = maps
+        .ct
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, v)| ct_row(&k, &v, now))
+        .collect();
+    rows.sort_by(|a, b| a.tuple.cmp(&b.tuple));
+    rows
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Status {
+    pub bpffs: String,
+    /// Devices with a pinned tc link (program attached at tc ingress, TCX).
+    pub devices: Vec<String>,
+    pub maps: Vec<MapFill>,
+}
+
+fn capacity(map: &MapData, fallback: u32) -> u32 {
+    map.info().map(|i| i.max_entries()).unwrap_or(fallback)
+}
+
+fn fill<K: aya::Pod, V: aya::Pod, M: IterableMap<K, V>>(
+    name: &str,
+    map: &M,
+    entries: usize,
+    max: u32,
+) -> MapFill {
+    MapFill {
+        map: name.into(),
+        entries,
+        capacity: capacity(map.map(), max),
+    }
+}
+
+pub fn status(bpffs: &Path, maps: &Maps) -> Status {
+    let mut devices: Vec<String> = std::fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let rest = name.strip_prefix("tc_")?;
+            Some(
+                rest.rsplit_once('_')
+                    .map_or(rest, |(dev, _)| dev)
+                    .to_string(),
+            )
+        })
+        .collect();
+    devices.sort();
+    let m = &maps;
+    Status {
+        bpffs: bpffs.display().to_string(),
+        devices,
+        maps: vec![
+            fill(
+                lb_common::MAP_SERVICES,
+                &m.services,
+                m.services.keys().count(),
+                MAX_SERVICES,
+            ),
+            fill(
+                lb_common::MAP_SLOTS,
+                &m.slots,
+                m.slots.keys().count(),
+                MAX_SLOTS,
+            ),
+            fill(
+                lb_common::MAP_BACKENDS,
+                &m.backends,
+                m.backends.keys().count(),
+                MAX_BACKENDS,
+            ),
+            fill(
+                lb_common::MAP_REVNAT,
+                &m.revnat,
+                m.revnat.keys().count(),
+                MAX_SERVICES,
+            ),
+            fill(lb_common::MAP_CT, &m.ct, m.ct.keys().count(), MAX_CT),
+            fill(
+                lb_common::MAP_AFFINITY,
+                &m.affinity,
+                m.affinity.keys().count(),
+                MAX_AFFINITY,
+            ),
+        ],
+    }
+}
+
+/// Tables for an 80-column terminal.
+pub fn lb_table(t: &LbTables, frontends: bool, backends: bool, revnat: bool) -> String {
+    let mut out = String::new();
+    if frontends {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<8} {:>5} {:>5} {:<7} {:>8}",
+            "FRONTEND", "SCOPE", "ID", "COUNT", "ALG", "AFFINITY"
+        );
+        for r in &t.frontends {
+            let alg = match r.maglev_table {
+                Some(table) => format!("{}#{table}", r.algorithm),
+                None => r.algorithm.clone(),
+            };
+            let _ = writeln!(
+                out,
+                "{:<24} {:<8} {:>5} {:>5} {:<7} {:>8}",
+                r.frontend, r.scope, r.service_id, r.count, alg, r.affinity_timeout
+            );
+        }
+    }
+    if backends {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "{:>6} {:<28} STATE", "ID", "BACKEND");
+        for r in &t.backends {
+            let _ = writeln!(out, "{:>6} {:<28} {}", r.id, r.backend, r.state);
+        }
+    }
+    if revnat {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        let _ = writeln!(out, "{:>6} FRONTEND", "ID");
+        for r in &t.revnat {
+            let _ = writeln!(out, "{:>6} {}", r.service_id, r.frontend);
+        }
+    }
+    out
+}
+
+pub fn ct_table(rows: &[CtRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<7} {:<40} {:<21} {:>5}",
+        "KIND", "TUPLE", "NAT", "AGE"
+    );
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{:<7} {:<40} {:<21} {:>4}s",
+            r.kind, r.tuple, r.nat, r.age_seconds
+        );
+    }
+    out
+}
+
+pub fn status_table(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "Pins:     {}", s.bpffs);
+    let _ = writeln!(
+        out,
+        "Devices:  {} (tc ingress, TCX)",
+        if s.devices.is_empty() {
+            "none".into()
+        } else {
+            s.devices.join(", ")
+        }
+    );
+    let _ = writeln!(out, "Maps:");
+    for m in &s.maps {
+        let pct = if m.capacity == 0 {
+            0.0
+        } else {
+            m.entries as f64 * 100.0 / m.capacity as f64
+        };
+        let _ = writeln!(
+            out,
+            "  {:<12} {:>8} / {:<8} {:>5.1}%",
+            m.map, m.entries, m.capacity, pct
+        );
+    }
+    out
+}
