@@ -36,9 +36,11 @@ enum Command {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// Where Services and EndpointSlices come from: dir:PATH (Kubernetes YAML files).
+    /// Where Services and EndpointSlices come from: dir:PATH (Kubernetes YAML files) or kube (the Kubernetes API).
     #[arg(long)]
     source: SourceSpec,
+    #[command(flatten)]
+    kube: Box<weir::source::kube::KubeFlags>,
     /// Uplink devices to attach to (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
@@ -116,8 +118,12 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         Some(name) => name,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
+    let mut source = args.source;
+    if let SourceSpec::Kube(options) = &mut source {
+        args.kube.apply(options);
+    }
     let cfg = AgentConfig {
-        source: args.source,
+        source,
         devices: args.devices,
         pod_devices: args.pod_devices,
         node: NodeFacts {

@@ -3,6 +3,8 @@
 //! snapshots on a watch channel; the agent syncs the datapath to the latest.
 pub mod convert;
 pub mod dir;
+pub mod duration;
+pub mod kube;
 pub mod parse;
 
 use std::sync::Arc;
