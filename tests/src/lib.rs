@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod echo;
+pub mod fake_apiserver;
 pub mod manifests;
 pub mod netns;
 pub mod packets;
@@ -16,4 +17,5 @@ pub mod scenario;
 
 pub use agent::Agent;
 pub use echo::{EchoReply, EchoServer};
+pub use fake_apiserver::FakeApiserver;
 pub use sandbox::{Pod, Sandbox};
