@@ -41,6 +41,8 @@ struct AgentArgs {
     source: SourceSpec,
     #[command(flatten)]
     kube: Box<weir::source::kube::KubeFlags>,
+    #[command(flatten)]
+    config: Box<weir::source::config::ConfigFlags>,
     /// Uplink devices to attach to (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
@@ -114,12 +116,23 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             args.lb_algorithm
         )
     })?;
-    let node_name = match args.hostname_override {
+    let proxy = args.config.resolve()?;
+    if !proxy.unknown_fields.is_empty() {
+        tracing::warn!(
+            "--config: fields Weir does not use (unknown or not implemented): {}",
+            proxy.unknown_fields.join(", ")
+        );
+    }
+    let node_name = match args
+        .hostname_override
+        .or(proxy.config.hostname_override.clone())
+    {
         Some(name) => name,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
     let mut source = args.source;
     if let SourceSpec::Kube(options) = &mut source {
+        proxy.config.apply_to(options);
         args.kube.apply(options);
     }
     let cfg = AgentConfig {
