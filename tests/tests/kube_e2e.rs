@@ -119,7 +119,7 @@ fn names(names: &[&str]) -> BTreeSet<String> {
 }
 
 #[test]
-fn serves_the_cluster_ip_from_the_apiserver_and_follows_endpoint_changes() -> Result<()> {
+fn serves_the_cluster_ip_from_the_apiserver_through_changes_and_an_outage() -> Result<()> {
     let mut s = KubeScenario::start(3)?;
     s.api
         .apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"}}))?;
@@ -147,6 +147,22 @@ fn serves_the_cluster_ip_from_the_apiserver_and_follows_endpoint_changes() -> Re
     assert_eq!(
         backends(&s.send_ok(Proto::Udp, 53, 30)?),
         names(&["be1", "be2"])
+    );
+
+    // The apiserver goes away: the datapath keeps serving the last state.
+    s.api.go_down()?;
+    assert_eq!(
+        backends(&s.send_ok(Proto::Tcp, 80, 20)?),
+        names(&["be1", "be2"])
+    );
+    // be3 comes back while the apiserver is down; the agent catches up when it returns.
+    s.api
+        .apply(slice(&[s.ip("be1"), s.ip("be2"), s.ip("be3")]))?;
+    s.api.come_back()?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 3)?;
+    assert_eq!(
+        backends(&s.send_ok(Proto::Tcp, 80, 30)?),
+        names(&["be1", "be2", "be3"])
     );
 
     // The service is deleted: its frontends go.

@@ -83,6 +83,10 @@ impl Drop for Source {
 }
 
 fn start(api: &FakeApiserver, min_sync: Duration) -> Result<Source> {
+    start_with(api, min_sync, Duration::ZERO)
+}
+
+fn start_with(api: &FakeApiserver, min_sync: Duration, config_sync: Duration) -> Result<Source> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -92,7 +96,7 @@ fn start(api: &FakeApiserver, min_sync: Duration) -> Result<Source> {
         .try_init();
     let mut cfg = KubeSourceConfig::new(NODE);
     cfg.min_sync_period = min_sync;
-    cfg.config_sync_period = Duration::ZERO;
+    cfg.config_sync_period = config_sync;
     cfg.backoff_min = Duration::from_millis(50);
     cfg.backoff_max = Duration::from_millis(400);
     let published = Arc::new(Mutex::new(Vec::new()));
@@ -543,6 +547,26 @@ async fn coalesces_a_burst_of_changes() -> Result<()> {
         publishes < 20,
         "20 changes published {publishes} times: not coalesced"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn republishes_the_unchanged_state_every_config_sync_period() -> Result<()> {
+    let api = FakeApiserver::start()?;
+    populate(&api)?;
+    let mut source = start_with(&api, Duration::from_millis(20), Duration::from_millis(200))?;
+    let first = source.wait("the initial state", |_| true).await?;
+    // Without any change, the same state comes again (the agent re-syncs the maps).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while source.published().len() < 3 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no periodic publish within {WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for state in source.published() {
+        assert_eq!(state, first);
+    }
     Ok(())
 }
 
