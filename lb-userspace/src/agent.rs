@@ -19,7 +19,10 @@ use crate::{
     },
     health::{self, HealthState, ServiceHealthServers},
     model::ClusterState,
-    source::dir::{self, DirSource},
+    source::{
+        dir::{self, DirSource},
+        kube::{self as kube_source, KubeOptions},
+    },
     translate::{translate, Desired, NodeFacts},
 };
 
@@ -27,6 +30,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
     Dir(PathBuf),
+    /// The Kubernetes API (`kube`); main.rs fills in the options from flags and --config.
+    Kube(KubeOptions),
 }
 
 impl std::str::FromStr for SourceSpec {
@@ -34,7 +39,8 @@ impl std::str::FromStr for SourceSpec {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             Some(("dir", path)) if !path.is_empty() => Ok(SourceSpec::Dir(path.into())),
-            _ => Err(format!("unknown source {s:?}: expected dir:PATH")),
+            None if s == "kube" => Ok(SourceSpec::Kube(KubeOptions::default())),
+            _ => Err(format!("unknown source {s:?}: expected dir:PATH or kube")),
         }
     }
 }
@@ -59,9 +65,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         "datapath loaded"
     );
     let selector = DeviceSelector::new(&cfg.devices, &cfg.pod_devices).context("--pod-devices")?;
-    let mut states = match &cfg.source {
-        SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
-    };
     let health = Arc::new(HealthState::default());
     health.update_proxy(|h| {
         h.source = format!(
@@ -77,6 +80,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         }
     }
     let mut health_servers = ServiceHealthServers::default();
+    let mut states = match &cfg.source {
+        SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
+        SourceSpec::Kube(options) => kube_source::start(options, &cfg.node.node_name).await?,
+    };
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {

@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: watch the source and program the datapath.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Inspect programmed services.
     Service {
         #[command(subcommand)]
@@ -54,9 +54,13 @@ enum Command {
 
 #[derive(Args)]
 struct AgentArgs {
-    /// Where Services and EndpointSlices come from: dir:PATH (Kubernetes YAML files).
+    /// Where Services and EndpointSlices come from: dir:PATH (Kubernetes YAML files) or kube (the Kubernetes API).
     #[arg(long)]
     source: SourceSpec,
+    #[command(flatten)]
+    kube: Box<weir::source::kube::KubeFlags>,
+    #[command(flatten)]
+    config: Box<weir::source::config::ConfigFlags>,
     /// Uplink devices to attach to (comma-separated names).
     #[arg(long, value_delimiter = ',')]
     devices: Vec<String>,
@@ -81,12 +85,6 @@ struct AgentArgs {
     /// How many services can use Maglev at once (each table takes 4 x M bytes); more fall back to hash.
     #[arg(long, default_value_t = weir::dataplane::sync::DEFAULT_MAGLEV_TABLES)]
     maglev_max_services: u32,
-    /// Addresses NodePorts are served on (comma-separated IPv4); default: the node's addresses from its Node object.
-    #[arg(long, value_delimiter = ',')]
-    nodeport_addresses: Vec<std::net::Ipv4Addr>,
-    /// Where /healthz and /livez listen ("" turns them off), as kube-proxy's flag.
-    #[arg(long, default_value = "0.0.0.0:10256")]
-    healthz_bind_address: String,
 }
 
 #[derive(Subcommand)]
@@ -179,7 +177,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Agent(args) => run_agent(args),
+        Command::Agent(args) => run_agent(*args),
         Command::Uninstall { bpffs } => {
             let removed = weir::dataplane::uninstall(&bpffs)
                 .with_context(|| format!("removing the pins under {}", bpffs.display()))?;
@@ -230,30 +228,53 @@ fn main() -> Result<()> {
 fn run_agent(args: AgentArgs) -> Result<()> {
     let default_algorithm = parse_algorithm(&args.lb_algorithm).with_context(|| {
         format!(
-            "--lb-algorithm: unknown algorithm {:?} (random or hash)",
+            "--lb-algorithm: unknown algorithm {:?} (random, hash or maglev)",
             args.lb_algorithm
         )
     })?;
-    let node_name = match args.hostname_override {
+    let proxy = args.config.resolve()?;
+    if !proxy.unknown_fields.is_empty() {
+        tracing::warn!(
+            "--config: fields Weir does not use (unknown or not implemented): {}",
+            proxy.unknown_fields.join(", ")
+        );
+    }
+    let node_name = match args
+        .hostname_override
+        .or(proxy.config.hostname_override.clone())
+    {
         Some(name) => name,
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
-    let healthz_bind =
-        match args.healthz_bind_address.as_str() {
-            "" => None,
-            addr => Some(addr.parse().with_context(|| {
-                format!("--healthz-bind-address: {addr:?} is not an address:port")
-            })?),
-        };
+    let healthz_bind = proxy.config.healthz_bind_address;
+    let nodeport_cidrs = proxy
+        .config
+        .node_port_addresses
+        .iter()
+        .filter_map(|a| match a {
+            weir::source::config::NodePortAddress::Cidr(c) => match c.addr {
+                std::net::IpAddr::V4(v4) => Some((v4, c.prefix)),
+                std::net::IpAddr::V6(_) => None,
+            },
+            // "primary": every node address for now (the node has one per family here).
+            weir::source::config::NodePortAddress::Primary => None,
+        })
+        .collect();
+    let mut source = args.source;
+    if let SourceSpec::Kube(options) = &mut source {
+        proxy.config.apply_to(options);
+        args.kube.apply(options);
+    }
     let cfg = AgentConfig {
         healthz_bind,
-        source: args.source,
+        source,
         devices: args.devices,
         pod_devices: args.pod_devices,
         node: NodeFacts {
             node_name,
             default_algorithm,
-            nodeport_addresses: args.nodeport_addresses,
+            nodeport_addresses: Vec::new(),
+            nodeport_cidrs,
         },
         bpffs: args.bpffs,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),

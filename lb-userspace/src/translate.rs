@@ -27,9 +27,12 @@ pub const PROXY_NAME: &str = "weir";
 pub struct NodeFacts {
     pub node_name: String,
     pub default_algorithm: u8,
-    /// Addresses NodePorts are served on (--nodeport-addresses); empty means
-    /// the node's own addresses from its Node object.
+    /// Addresses NodePorts are served on; empty means the node's own
+    /// addresses from its Node object (filtered by `nodeport_cidrs`).
     pub nodeport_addresses: Vec<Ipv4Addr>,
+    /// nodePortAddresses as CIDRs: only node addresses inside one of them
+    /// serve NodePorts (empty: all).
+    pub nodeport_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
 impl Default for NodeFacts {
@@ -38,6 +41,7 @@ impl Default for NodeFacts {
             node_name: String::new(),
             default_algorithm: ALG_RANDOM,
             nodeport_addresses: Vec::new(),
+            nodeport_cidrs: Vec::new(),
         }
     }
 }
@@ -102,10 +106,21 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
     let zone = this_node
         .and_then(|n| n.labels.get(ZONE_LABEL))
         .map(String::as_str);
-    let node_ips: &[Ipv4Addr] = if node.nodeport_addresses.is_empty() {
-        this_node.map_or(&[], |n| n.addresses.as_slice())
+    let in_cidrs = |ip: &Ipv4Addr| {
+        node.nodeport_cidrs.is_empty()
+            || node.nodeport_cidrs.iter().any(|(net, prefix)| {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from((*prefix).min(32)))
+                    .unwrap_or(0);
+                u32::from(*ip) & mask == u32::from(*net) & mask
+            })
+    };
+    let node_ips: Vec<Ipv4Addr> = if node.nodeport_addresses.is_empty() {
+        this_node.map_or(Vec::new(), |n| {
+            n.addresses.iter().copied().filter(in_cidrs).collect()
+        })
     } else {
-        &node.nodeport_addresses
+        node.nodeport_addresses.clone()
     };
     for svc in state.services.values() {
         if svc.service_type == ServiceType::ExternalName

@@ -38,19 +38,26 @@ pub struct Agent {
     pub node_ns: String,
     pub bpffs: PathBuf,
     pub log: PathBuf,
-    source: PathBuf,
+    /// The --source value: dir:PATH or kube.
+    source: String,
     extra: Vec<String>,
 }
 
 impl Agent {
     /// Starts `weir agent` in `node_ns` on the manifest directory `source`.
     pub fn start(node_ns: &str, source: &Path, tag: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_source(node_ns, &format!("dir:{}", source.display()), tag, extra)
+    }
+
+    /// Starts `weir agent --source=SOURCE EXTRA...` in `node_ns`, e.g. with
+    /// source `kube` and extra `--master=http://127.0.0.1:PORT`.
+    pub fn start_source(node_ns: &str, source: &str, tag: &str, extra: &[&str]) -> Result<Self> {
         let mut agent = Self {
             child: None,
             node_ns: node_ns.to_string(),
             bpffs: PathBuf::from(format!("{TEST_BPFFS_PREFIX}{tag}")),
             log: std::env::temp_dir().join(format!("weir-test-{tag}.log")),
-            source: source.to_path_buf(),
+            source: source.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         agent.spawn()?;
@@ -64,7 +71,7 @@ impl Agent {
             .arg("--")
             .arg(weir_bin()?)
             .arg("agent")
-            .arg(format!("--source=dir:{}", self.source.display()))
+            .arg(format!("--source={}", self.source))
             .arg(format!("--bpffs={}", self.bpffs.display()))
             .args([
                 "--pod-devices=lxc*",

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod cmd;
 pub mod echo;
+pub mod fake_apiserver;
 pub mod http;
 pub mod manifests;
 pub mod netns;
@@ -17,4 +18,5 @@ pub mod scenario;
 
 pub use agent::Agent;
 pub use echo::{EchoReply, EchoServer};
+pub use fake_apiserver::FakeApiserver;
 pub use sandbox::{Pod, Sandbox};

@@ -1,8 +1,11 @@
 //! Where desired state comes from. Only this module reads files (and talks
 //! to the apiserver). Every source publishes complete `ClusterState`
 //! snapshots on a watch channel; the agent syncs the datapath to the latest.
+pub mod config;
 pub mod convert;
 pub mod dir;
+pub mod duration;
+pub mod kube;
 pub mod parse;
 
 use std::sync::Arc;
