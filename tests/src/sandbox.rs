@@ -139,6 +139,18 @@ impl Sandbox {
             .unwrap_or_else(|| panic!("no pod {name} in the sandbox"))
     }
 
+    /// Starts an echo server on `ports` in every backend pod (be1, be2, ...).
+    pub fn start_echo_servers(
+        &self,
+        ports: &[(crate::echo::Proto, u16)],
+    ) -> Result<Vec<crate::EchoServer>> {
+        self.pods
+            .iter()
+            .filter(|p| p.name.starts_with("be"))
+            .map(|p| crate::EchoServer::start(&p.netns.name, &p.name, ports))
+            .collect()
+    }
+
     /// Removes a pod (its namespace and veth).
     pub fn remove_pod(&mut self, name: &str) {
         self.pods.retain(|p| p.name != name);

@@ -29,12 +29,7 @@ impl Scenario {
     /// `backends` pods named be1.. each serving `ports`, and an agent on an empty manifest directory.
     pub fn start(backends: u8, ports: &[(Proto, u16)]) -> Result<Self> {
         let sandbox = Sandbox::standard(backends)?;
-        let servers = sandbox
-            .pods
-            .iter()
-            .filter(|p| p.name.starts_with("be"))
-            .map(|p| EchoServer::start(&p.netns.name, &p.name, ports))
-            .collect::<Result<Vec<_>>>()?;
+        let servers = sandbox.start_echo_servers(ports)?;
         let manifests = ManifestDir::new(&sandbox.tag)?;
         let agent = Agent::start(&sandbox.node.name, &manifests.path, &sandbox.tag, &[])?;
         Ok(Self {

@@ -30,18 +30,7 @@ struct KubeScenario {
 impl KubeScenario {
     fn start(backends: u8) -> Result<Self> {
         let sandbox = Sandbox::standard(backends)?;
-        let servers = sandbox
-            .pods
-            .iter()
-            .filter(|p| p.name.starts_with("be"))
-            .map(|p| {
-                EchoServer::start(
-                    &p.netns.name,
-                    &p.name,
-                    &[(Proto::Tcp, 8080), (Proto::Udp, 5353)],
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let servers = sandbox.start_echo_servers(&[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
         // The agent runs in the node namespace: so does the apiserver it talks to.
         let api = FakeApiserver::start_in_netns(&sandbox.node.name)?;
         let master = format!("--master={}", api.url());

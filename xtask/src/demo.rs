@@ -9,7 +9,7 @@ use weir_tests::{
     agent::weir_bin,
     echo::{requests, Proto},
     scenario::{CLUSTER_IP, TIMEOUT},
-    Agent, EchoServer, Sandbox,
+    Agent, Sandbox,
 };
 
 use crate::util::{cargo, output, root};
@@ -21,18 +21,7 @@ pub fn run() -> Result<()> {
     let bin = weir_bin()?;
     println!("Sandbox: node namespace, client 198.18.1.2, backends be1..be3 198.18.1.11-13");
     let sandbox = Sandbox::standard(3)?;
-    let _servers = sandbox
-        .pods
-        .iter()
-        .filter(|p| p.name.starts_with("be"))
-        .map(|p| {
-            EchoServer::start(
-                &p.netns.name,
-                &p.name,
-                &[(Proto::Tcp, 8080), (Proto::Udp, 5353)],
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let _servers = sandbox.start_echo_servers(&[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
     let manifests = root().join("manifests/demo");
     let mut agent = Agent::start(
         &sandbox.node.name,
