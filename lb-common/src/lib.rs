@@ -43,7 +43,9 @@ pub const MAP_REVNAT: &str = "REVNAT_V1";
 pub const MAP_CT: &str = "CT_V1";
 pub const MAP_AFFINITY: &str = "AFFINITY_V1";
 pub const MAP_MAGLEV: &str = "MAGLEV_V1";
-pub const ALL_MAPS: [&str; 7] = [
+pub const MAP_STATS: &str = "STATS_V1";
+pub const MAP_DROPS: &str = "DROPS_V1";
+pub const ALL_MAPS: [&str; 9] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -51,7 +53,17 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_CT,
     MAP_AFFINITY,
     MAP_MAGLEV,
+    MAP_STATS,
+    MAP_DROPS,
 ];
+
+/// Reasons counted in DROPS_V1 (per-CPU u64 by index).
+pub const DROP_NO_ENDPOINT: u32 = 0;
+/// A packet the datapath could not rewrite (helper failure).
+pub const DROP_REWRITE_FAILED: u32 = 1;
+pub const DROP_REASONS: u32 = 8;
+/// Names of the drop reasons, by index, for metrics and the CLI.
+pub const DROP_REASON_NAMES: [&str; 2] = ["no_endpoint", "rewrite_failed"];
 
 /// Global in lb-ebpf holding the Maglev table size M (set at load time).
 pub const GLOBAL_MAGLEV_M: &str = "MAGLEV_M";
@@ -147,6 +159,16 @@ pub struct CtValue {
     pub last_seen_ns: u64,
 }
 
+/// Per-service counters (per CPU, indexed by service id): new flows, and
+/// packets and bytes the datapath translated towards the service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub flows: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
 /// Session affinity key: a client of a service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -187,6 +209,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceKey>() == 8);
     assert!(core::mem::size_of::<ServiceValue>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 8);
+    assert!(core::mem::size_of::<ServiceStats>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 8);
@@ -208,4 +231,5 @@ mod pod {
     unsafe impl aya::Pod for CtValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for ServiceStats {}
 }

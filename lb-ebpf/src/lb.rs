@@ -1,10 +1,13 @@
 //! The service load-balancing decision for one packet.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use lb_common::{ServiceKey, ServiceValue, CT_REPLY, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+use lb_common::{
+    ServiceKey, ServiceValue, CT_REPLY, DROP_NO_ENDPOINT, DROP_REWRITE_FAILED, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
+};
 
 use crate::{
     conntrack,
-    maps::{BACKENDS, SERVICES},
+    maps::{self, BACKENDS, SERVICES},
     nat,
     parse::{parse_ipv4, Flow},
     reject, select,
@@ -20,7 +23,11 @@ enum Verdict {
 pub fn tc_ingress(ctx: &TcContext) -> i32 {
     match process(ctx) {
         Ok(Verdict::Reject(flow)) => reject::reject(ctx, &flow),
-        _ => TC_ACT_OK as i32,
+        Ok(Verdict::Pass) => TC_ACT_OK as i32,
+        Err(_) => {
+            maps::count_drop(DROP_REWRITE_FAILED);
+            TC_ACT_OK as i32
+        }
     }
 }
 
@@ -48,12 +55,14 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
                 conntrack::touch(&ct_key, ct);
+                maps::count(svc.id, ctx.len(), false);
                 nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
                 return Ok(Verdict::Pass);
             }
         }
     }
     if svc.count == 0 {
+        maps::count_drop(DROP_NO_ENDPOINT);
         return Ok(Verdict::Reject(flow));
     }
     let Some(backend_id) = select::backend_id(&svc, &flow) else {
@@ -64,6 +73,7 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
         return Ok(Verdict::Pass);
     };
     conntrack::create(&flow, svc.id, backend_id, &backend);
+    maps::count(svc.id, ctx.len(), true);
     nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
     Ok(Verdict::Pass)
 }

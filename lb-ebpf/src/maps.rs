@@ -1,12 +1,13 @@
 //! The maps shared with the agent. BTF maps, so bpftool prints field names;
 //! the agent pins them under its bpffs directory by these names.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey,
-    MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES, MAX_SLOTS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
+    ServiceValue, SlotKey, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES,
+    MAX_SLOTS,
 };
 
 #[btf_map(name = "SERVICES_V1")]
@@ -41,4 +42,35 @@ static MAGLEV_M: u32 = lb_common::DEFAULT_MAGLEV_M;
 pub fn maglev_m() -> u32 {
     // SAFETY: a read of a global; volatile so the load-time value is used.
     unsafe { core::ptr::read_volatile(&MAGLEV_M) }
+}
+
+/// Per-service counters, by service id (ids run 1..=MAX_SERVICES).
+#[btf_map(name = "STATS_V1")]
+pub static STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize + 1 }> = PerCpuArray::new();
+
+/// Drops and rejects by reason (lb_common::DROP_*).
+#[btf_map(name = "DROPS_V1")]
+pub static DROPS: PerCpuArray<u64, { DROP_REASONS as usize }> = PerCpuArray::new();
+
+/// Counts a packet of `len` bytes towards service `id`; `new_flow` also counts a flow.
+#[inline(always)]
+pub fn count(id: u32, len: u32, new_flow: bool) {
+    if let Some(s) = STATS.get_ptr_mut(id) {
+        // SAFETY: a per-CPU slot; only this CPU writes it while the program runs.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len as u64;
+            if new_flow {
+                (*s).flows += 1;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(d) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *d += 1 };
+    }
 }

@@ -18,6 +18,7 @@ use crate::{
         Dataplane,
     },
     health::{self, HealthState, ServiceHealthServers},
+    metrics::{Metrics, ResultLabel},
     model::ClusterState,
     source::{
         dir::{self, DirSource},
@@ -55,6 +56,8 @@ pub struct AgentConfig {
     pub plan: PlanConfig,
     /// Where /healthz and /livez listen; None turns them off.
     pub healthz_bind: Option<std::net::SocketAddr>,
+    /// Where /metrics listens; None turns it off.
+    pub metrics_bind: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -79,6 +82,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => warn!("--healthz-bind-address {addr}: {e}; health endpoints are off"),
         }
     }
+    let metrics = Arc::new(Metrics::new());
+    if let Some(addr) = cfg.metrics_bind {
+        match crate::metrics::serve(addr, metrics.clone(), cfg.bpffs.clone()).await {
+            Ok(_) => info!(%addr, "serving /metrics"),
+            Err(e) => warn!("--metrics-bind-address {addr}: {e}; metrics are off"),
+        }
+    }
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
@@ -101,7 +111,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     // Attach first, so that a pod device that appeared with its
                     // endpoints serves traffic as soon as the maps do.
                     reconcile_devices(&mut dataplane, &selector);
-                    if let Some(desired) = sync(&mut dataplane, &state, &cfg.node) {
+                    if let Some(desired) = sync(&mut dataplane, &state, &cfg.node, &metrics) {
                         health.update_proxy(|h| {
                             h.last_updated = Some(SystemTime::now());
                             h.queued_since = None;
@@ -142,8 +152,40 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
 }
 
 /// Translates and syncs; returns what was programmed, or None if the sync failed.
-fn sync(dataplane: &mut Dataplane, state: &ClusterState, node: &NodeFacts) -> Option<Desired> {
+fn sync(
+    dataplane: &mut Dataplane,
+    state: &ClusterState,
+    node: &NodeFacts,
+    metrics: &Metrics,
+) -> Option<Desired> {
+    let started = Instant::now();
     let desired = translate(state, node);
+    let result = sync_maps(dataplane, desired);
+    metrics
+        .sync_duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = if result.is_some() {
+        "success"
+    } else {
+        "failure"
+    };
+    metrics
+        .syncs
+        .get_or_create(&ResultLabel {
+            result: label.into(),
+        })
+        .inc();
+    if let Some(d) = &result {
+        metrics.frontends.set(d.frontends.len() as i64);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        metrics.sync_last_timestamp.set(now.as_secs_f64());
+    }
+    result
+}
+
+fn sync_maps(dataplane: &mut Dataplane, desired: Desired) -> Option<Desired> {
     for w in &desired.warnings {
         warn!("{w}");
     }

@@ -93,9 +93,9 @@ impl HealthState {
     }
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
-fn reply(status: StatusCode, body: String, weight: Option<usize>) -> Response<Body> {
+pub(crate) fn reply(status: StatusCode, body: String, weight: Option<usize>) -> Response<Body> {
     let mut builder = Response::builder()
         .status(status)
         .header("Content-Type", "application/json");
@@ -108,7 +108,7 @@ fn reply(status: StatusCode, body: String, weight: Option<usize>) -> Response<Bo
 }
 
 /// Serves HTTP/1 on `listener`, answering every request with `handler`.
-async fn serve<F>(listener: TcpListener, handler: F)
+pub(crate) async fn serve<F>(listener: TcpListener, handler: F)
 where
     F: Fn(&Request<hyper::body::Incoming>) -> Response<Body> + Clone + Send + Sync + 'static,
 {

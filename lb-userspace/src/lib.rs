@@ -8,6 +8,7 @@ pub mod dataplane;
 pub mod health;
 pub mod inspect;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod source;
 pub mod translate;

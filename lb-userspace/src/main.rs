@@ -247,6 +247,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         None => nix::unistd::gethostname()?.to_string_lossy().into_owned(),
     };
     let healthz_bind = proxy.config.healthz_bind_address;
+    let metrics_bind = proxy.config.metrics_bind_address;
     let nodeport_cidrs = proxy
         .config
         .node_port_addresses
@@ -267,6 +268,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     }
     let cfg = AgentConfig {
         healthz_bind,
+        metrics_bind,
         source,
         devices: args.devices,
         pod_devices: args.pod_devices,

@@ -2,10 +2,11 @@
 //! the pins (for the CLI). Applying a planned operation happens here.
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey,
-    MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MAGLEV, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
+    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV, MAP_REVNAT,
+    MAP_SERVICES, MAP_SLOTS, MAP_STATS,
 };
 
 use super::sync::{restore, Op, Programmed};
@@ -29,6 +30,8 @@ pub struct Maps {
     pub ct: HashMap<MapData, CtKey, CtValue>,
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub maglev: Array<MapData, u32>,
+    pub stats: PerCpuArray<MapData, ServiceStats>,
+    pub drops: PerCpuArray<MapData, u64>,
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -42,7 +45,35 @@ fn array(name: &'static str, map: Map) -> Result<Array<MapData, u32>, MapsError>
     Array::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
+fn per_cpu<V: aya::Pod>(
+    name: &'static str,
+    map: Map,
+) -> Result<PerCpuArray<MapData, V>, MapsError> {
+    PerCpuArray::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
 impl Maps {
+    /// The counters of service `id`, summed over CPUs.
+    pub fn service_stats(&self, id: u32) -> ServiceStats {
+        let mut sum = ServiceStats::default();
+        if let Ok(values) = self.stats.get(&id, 0) {
+            for v in values.iter() {
+                sum.flows += v.flows;
+                sum.packets += v.packets;
+                sum.bytes += v.bytes;
+            }
+        }
+        sum
+    }
+
+    /// Drops by reason index, summed over CPUs.
+    pub fn drops(&self, reason: u32) -> u64 {
+        self.drops
+            .get(&reason, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
@@ -54,6 +85,8 @@ impl Maps {
             ct: typed(MAP_CT, take(MAP_CT)?)?,
             affinity: typed(MAP_AFFINITY, take(MAP_AFFINITY)?)?,
             maglev: array(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
+            stats: per_cpu(MAP_STATS, take(MAP_STATS)?)?,
+            drops: per_cpu(MAP_DROPS, take(MAP_DROPS)?)?,
         })
     }
 
@@ -72,6 +105,8 @@ impl Maps {
             ct: typed(MAP_CT, open(MAP_CT)?)?,
             affinity: typed(MAP_AFFINITY, open(MAP_AFFINITY)?)?,
             maglev: array(MAP_MAGLEV, open(MAP_MAGLEV)?)?,
+            stats: per_cpu(MAP_STATS, open(MAP_STATS)?)?,
+            drops: per_cpu(MAP_DROPS, open(MAP_DROPS)?)?,
         })
     }
 

@@ -1,0 +1,208 @@
+//! Prometheus metrics on --metrics-bind-address (default 127.0.0.1:10249),
+//! named like kube-proxy's with the `weir_` prefix: sync duration (kube-proxy's
+//! buckets: 1 ms x 2, 15 buckets), last sync time, sync counts, and, read from
+//! the pinned maps at scrape time, per-frontend flows/packets/bytes, drops by
+//! reason, and map fill levels.
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    sync::{atomic::AtomicU64, Arc, Mutex},
+};
+
+use hyper::StatusCode;
+use lb_common::{DROP_REASON_NAMES, SCOPE_INTERNAL};
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+
+use crate::{dataplane::maps::Maps, health, inspect, model::Protocol};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontendLabel {
+    pub frontend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    pub map: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub sync_duration: Histogram,
+    pub sync_last_timestamp: Gauge<f64, AtomicU64>,
+    pub syncs: Family<ResultLabel, Counter>,
+    pub frontends: Gauge,
+    map_entries: Family<MapLabel, Gauge>,
+    map_capacity: Family<MapLabel, Gauge>,
+    flows: Family<FrontendLabel, Counter>,
+    packets: Family<FrontendLabel, Counter>,
+    bytes: Family<FrontendLabel, Counter>,
+    drops: Family<ReasonLabel, Counter>,
+    /// Kernel counters are cumulative per service id: the last values seen,
+    /// so that each scrape adds only the difference.
+    last: Mutex<HashMap<(String, &'static str), u64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("weir");
+        let m = Self {
+            sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            sync_last_timestamp: Gauge::default(),
+            syncs: Family::default(),
+            frontends: Gauge::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
+            flows: Family::default(),
+            packets: Family::default(),
+            bytes: Family::default(),
+            drops: Family::default(),
+            last: Mutex::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sync_proxy_rules_duration_seconds",
+            "Time to translate and write the maps",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "When the last successful sync finished (Unix time)",
+            m.sync_last_timestamp.clone(),
+        );
+        registry.register("syncs", "Syncs by result", m.syncs.clone());
+        registry.register("frontends", "Frontends programmed", m.frontends.clone());
+        registry.register("map_entries", "Entries in each map", m.map_entries.clone());
+        registry.register(
+            "map_capacity",
+            "Capacity of each map",
+            m.map_capacity.clone(),
+        );
+        registry.register("service_flows", "New flows per frontend", m.flows.clone());
+        registry.register(
+            "service_packets",
+            "Packets translated per frontend",
+            m.packets.clone(),
+        );
+        registry.register(
+            "service_bytes",
+            "Bytes translated per frontend",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "drops",
+            "Packets dropped or rejected, by reason",
+            m.drops.clone(),
+        );
+        Self { registry, ..m }
+    }
+
+    fn add(
+        &self,
+        family: &Family<FrontendLabel, Counter>,
+        frontend: &str,
+        what: &'static str,
+        now: u64,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert((frontend.to_string(), what), now).unwrap_or(0);
+        // A smaller value means the service was recreated with fresh counters.
+        let delta = if now >= prev { now - prev } else { now };
+        family
+            .get_or_create(&FrontendLabel {
+                frontend: frontend.to_string(),
+            })
+            .inc_by(delta);
+    }
+
+    /// Brings the map-derived metrics up to date.
+    pub fn refresh(&self, maps: &Maps, bpffs: &std::path::Path) {
+        for (key, value) in maps.services.iter().filter_map(Result::ok) {
+            let proto = Protocol::from_number(key.proto)
+                .map_or_else(|| key.proto.to_string(), |p| p.to_string());
+            let scope = if key.scope == SCOPE_INTERNAL {
+                " (internal)"
+            } else {
+                ""
+            };
+            let frontend = format!("{}:{}/{proto}{scope}", Ipv4Addr::from(key.addr), key.port);
+            let stats = maps.service_stats(value.id);
+            self.add(&self.flows, &frontend, "flows", stats.flows);
+            self.add(&self.packets, &frontend, "packets", stats.packets);
+            self.add(&self.bytes, &frontend, "bytes", stats.bytes);
+        }
+        for (i, name) in DROP_REASON_NAMES.iter().enumerate() {
+            let now = maps.drops(i as u32);
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = last.insert((name.to_string(), "drops"), now).unwrap_or(0);
+            self.drops
+                .get_or_create(&ReasonLabel {
+                    reason: name.to_string(),
+                })
+                .inc_by(now.saturating_sub(prev));
+        }
+        for fill in inspect::status(bpffs, maps).maps {
+            let label = MapLabel { map: fill.map };
+            self.map_entries
+                .get_or_create(&label)
+                .set(fill.entries as i64);
+            self.map_capacity
+                .get_or_create(&label)
+                .set(fill.capacity as i64);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves /metrics on `addr`, reading the maps pinned under `bpffs` at each scrape.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    bpffs: PathBuf,
+) -> std::io::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(health::serve(listener, move |req| {
+        if req.uri().path() != "/metrics" {
+            return health::reply(StatusCode::NOT_FOUND, String::new(), None);
+        }
+        if let Ok(maps) = Maps::open_pinned(&bpffs) {
+            metrics.refresh(&maps, &bpffs);
+        }
+        let mut response = health::reply(StatusCode::OK, metrics.encode(), None);
+        if let Ok(v) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse() {
+            response.headers_mut().insert("Content-Type", v);
+        }
+        response
+    })))
+}

@@ -1,0 +1,95 @@
+//! Metrics after known traffic: the counters say exactly what was sent.
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use anyhow::{Context, Result};
+use weir_tests::{
+    echo::Proto,
+    http::get,
+    manifests::{port, service, slice},
+    scenario::{Scenario, CLUSTER_IP},
+};
+
+const NS: &str = "metrics";
+
+/// The value of the sample `name` (with its labels, as exposed) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+#[test]
+fn counters_follow_known_traffic() -> Result<()> {
+    let mut s = Scenario::start(2, &[(Proto::Tcp, 8080)])?;
+    let ports = [port("http", 80, "TCP", 8080)];
+    let eps: Vec<_> = ["be1", "be2"]
+        .iter()
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    s.manifests
+        .write("svc.yaml", &service(NS, "counted", CLUSTER_IP, &ports))?;
+    s.manifests.write(
+        "slice.yaml",
+        &slice(NS, "counted-1", "counted", &ports, &eps),
+    )?;
+    let empty_ip = Ipv4Addr::new(198, 19, 0, 11);
+    s.manifests
+        .write("empty.yaml", &service(NS, "empty", empty_ip, &ports))?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 2)?;
+    s.agent.wait_frontend("198.19.0.11:80/TCP", 0)?;
+
+    let node = s.sandbox.node.name.clone();
+    let metrics = || -> Result<String> {
+        let r = get(
+            &node,
+            SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249),
+            "/metrics",
+        )?;
+        anyhow::ensure!(r.status == 200, "status {}", r.status);
+        Ok(r.body)
+    };
+    let before = metrics()?;
+    assert!(
+        sample(&before, "weir_sync_proxy_rules_duration_seconds_count")
+            .context("sync histogram")?
+            >= 1.0
+    );
+    assert!(
+        sample(&before, "weir_sync_proxy_rules_last_timestamp_seconds").context("last sync")?
+            > 1.6e9
+    );
+    assert_eq!(
+        sample(&before, r#"weir_map_entries{map="SERVICES_V1"}"#),
+        Some(2.0)
+    );
+    assert_eq!(sample(&before, r#"weir_frontends"#), Some(2.0));
+
+    s.send_ok(Proto::Tcp, 80, 10)?;
+    let rejected = s.send("client", Proto::Tcp, empty_ip, 80, 3)?;
+    assert!(rejected.iter().all(Result::is_err));
+
+    let after = metrics()?;
+    let flows = r#"weir_service_flows_total{frontend="198.19.0.10:80/TCP"}"#;
+    assert_eq!(sample(&after, flows), Some(10.0), "{after}");
+    // Each connection: SYN, ACK, FIN, ACK at least, all from the client.
+    assert!(
+        sample(
+            &after,
+            r#"weir_service_packets_total{frontend="198.19.0.10:80/TCP"}"#
+        )
+        .unwrap_or(0.0)
+            >= 40.0
+    );
+    assert_eq!(
+        sample(&after, r#"weir_drops_total{reason="no_endpoint"}"#),
+        Some(3.0),
+        "{after}"
+    );
+
+    // A second scrape adds nothing without new traffic.
+    let again = metrics()?;
+    assert_eq!(sample(&again, flows), Some(10.0));
+    Ok(())
+}
