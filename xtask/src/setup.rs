@@ -11,6 +11,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "util-linux",
+    "procps",
     "iptables",
     "nftables",
     "iperf3",
