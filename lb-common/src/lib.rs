@@ -45,7 +45,9 @@ pub const MAP_AFFINITY: &str = "AFFINITY_V1";
 pub const MAP_MAGLEV: &str = "MAGLEV_V1";
 pub const MAP_STATS: &str = "STATS_V1";
 pub const MAP_DROPS: &str = "DROPS_V1";
-pub const ALL_MAPS: [&str; 9] = [
+pub const MAP_MONITOR: &str = "MONITOR_V1";
+pub const MAP_CONFIG: &str = "CONFIG_V1";
+pub const ALL_MAPS: [&str; 11] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -55,7 +57,37 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_MAGLEV,
     MAP_STATS,
     MAP_DROPS,
+    MAP_MONITOR,
+    MAP_CONFIG,
 ];
+
+/// CONFIG_V1 index 0: runtime flags the kernel reads.
+pub const CONFIG_FLAGS: u32 = 0;
+/// Flag: report every new flow to MONITOR_V1 (`weir monitor --flows`).
+pub const FLAG_TRACE_FLOWS: u32 = 1;
+pub const MONITOR_BYTES: u32 = 256 * 1024;
+
+/// MonitorEvent::kind
+pub const EVENT_DROP: u8 = 1;
+pub const EVENT_FLOW: u8 = 2;
+
+/// One datapath event for `weir monitor`: a drop (with `reason`, an index
+/// into DROP_REASON_NAMES) or a new flow (with the backend in `nat_*`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorEvent {
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    pub nat_addr: [u8; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub kind: u8,
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    pub service_id: u32,
+}
 
 /// Reasons counted in DROPS_V1 (per-CPU u64 by index).
 pub const DROP_NO_ENDPOINT: u32 = 0;
@@ -210,6 +242,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceValue>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 8);
     assert!(core::mem::size_of::<ServiceStats>() == 24);
+    assert!(core::mem::size_of::<MonitorEvent>() == 28);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 8);

@@ -1,8 +1,8 @@
 //! The service load-balancing decision for one packet.
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
 use lb_common::{
-    ServiceKey, ServiceValue, CT_REPLY, DROP_NO_ENDPOINT, DROP_REWRITE_FAILED, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL,
+    MonitorEvent, ServiceKey, ServiceValue, CT_REPLY, DROP_NO_ENDPOINT, DROP_REWRITE_FAILED,
+    EVENT_DROP, EVENT_FLOW, SCOPE_EXTERNAL, SCOPE_INTERNAL,
 };
 
 use crate::{
@@ -16,13 +16,48 @@ use crate::{
 /// What to do with the packet after processing.
 enum Verdict {
     Pass,
-    Reject(Flow),
+    /// No usable endpoint: the flow and the service id.
+    Reject(Flow, u32),
+}
+
+#[inline(always)]
+fn event(
+    flow: &Flow,
+    kind: u8,
+    reason: u8,
+    service_id: u32,
+    nat_addr: [u8; 4],
+    nat_port: u16,
+) -> MonitorEvent {
+    MonitorEvent {
+        saddr: flow.saddr,
+        daddr: flow.daddr,
+        nat_addr,
+        sport: flow.sport,
+        dport: flow.dport,
+        nat_port,
+        proto: flow.proto,
+        kind,
+        reason,
+        _pad: [0; 3],
+        service_id,
+    }
 }
 
 #[inline(always)]
 pub fn tc_ingress(ctx: &TcContext) -> i32 {
     match process(ctx) {
-        Ok(Verdict::Reject(flow)) => reject::reject(ctx, &flow),
+        Ok(Verdict::Reject(flow, service_id)) => {
+            maps::report(event(
+                &flow,
+                EVENT_DROP,
+                DROP_NO_ENDPOINT as u8,
+                service_id,
+                [0; 4],
+                0,
+            ));
+            reject::reject(ctx, &flow)
+        }
         Ok(Verdict::Pass) => TC_ACT_OK as i32,
         Err(_) => {
             maps::count_drop(DROP_REWRITE_FAILED);
@@ -63,7 +98,7 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
     }
     if svc.count == 0 {
         maps::count_drop(DROP_NO_ENDPOINT);
-        return Ok(Verdict::Reject(flow));
+        return Ok(Verdict::Reject(flow, svc.id));
     }
     let Some(backend_id) = select::backend_id(&svc, &flow) else {
         return Ok(Verdict::Pass);
@@ -74,6 +109,16 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
     };
     conntrack::create(&flow, svc.id, backend_id, &backend);
     maps::count(svc.id, ctx.len(), true);
+    if maps::trace_flows() {
+        maps::report(event(
+            &flow,
+            EVENT_FLOW,
+            0,
+            svc.id,
+            backend.addr,
+            backend.port,
+        ));
+    }
     nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
     Ok(Verdict::Pass)
 }

@@ -1,13 +1,13 @@
 //! The maps shared with the agent. BTF maps, so bpftool prints field names;
 //! the agent pins them under its bpffs directory by these names.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES,
-    MAX_SLOTS,
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MonitorEvent, RevNat, ServiceKey,
+    ServiceStats, ServiceValue, SlotKey, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS, MAX_CT,
+    MAX_SERVICES, MAX_SLOTS,
 };
 
 #[btf_map(name = "SERVICES_V1")]
@@ -73,4 +73,25 @@ pub fn count_drop(reason: u32) {
         // SAFETY: a per-CPU slot.
         unsafe { *d += 1 };
     }
+}
+
+/// Events for `weir monitor`.
+#[btf_map(name = "MONITOR_V1")]
+pub static MONITOR: RingBuf<MonitorEvent, { lb_common::MONITOR_BYTES as usize }> = RingBuf::new();
+
+/// Runtime flags set by userspace (lb_common::CONFIG_FLAGS).
+#[btf_map(name = "CONFIG_V1")]
+pub static CONFIG: Array<u32, 4> = Array::new();
+
+#[inline(always)]
+pub fn trace_flows() -> bool {
+    CONFIG
+        .get(lb_common::CONFIG_FLAGS)
+        .is_some_and(|f| f & lb_common::FLAG_TRACE_FLOWS != 0)
+}
+
+#[inline(always)]
+pub fn report(event: MonitorEvent) {
+    // A full ring buffer loses the event, never the packet.
+    let _ = MONITOR.output(event, 0);
 }

@@ -320,3 +320,53 @@ pub fn status_table(s: &Status) -> String {
     }
     out
 }
+
+/// One `weir monitor` line.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct EventRow {
+    pub event: String,
+    /// The drop reason; empty for flows.
+    pub reason: String,
+    pub tuple: String,
+    /// The backend a new flow went to; empty for drops.
+    pub backend: String,
+    pub service_id: u32,
+}
+
+pub fn event_row(e: &lb_common::MonitorEvent) -> EventRow {
+    let flow = e.kind == lb_common::EVENT_FLOW;
+    EventRow {
+        event: if flow { "flow" } else { "drop" }.into(),
+        reason: if flow {
+            String::new()
+        } else {
+            lb_common::DROP_REASON_NAMES
+                .get(e.reason as usize)
+                .map_or_else(|| format!("reason {}", e.reason), |r| r.to_string())
+        },
+        tuple: format!(
+            "{}:{} -> {}:{}/{}",
+            Ipv4Addr::from(e.saddr),
+            e.sport,
+            Ipv4Addr::from(e.daddr),
+            e.dport,
+            proto(e.proto)
+        ),
+        backend: if flow {
+            format!("{}:{}", Ipv4Addr::from(e.nat_addr), e.nat_port)
+        } else {
+            String::new()
+        },
+        service_id: e.service_id,
+    }
+}
+
+pub fn event_line(r: &EventRow) -> String {
+    match r.event.as_str() {
+        "flow" => format!(
+            "flow  {} => {} (service {})",
+            r.tuple, r.backend, r.service_id
+        ),
+        _ => format!("drop  {} {} (service {})", r.tuple, r.reason, r.service_id),
+    }
+}

@@ -3,6 +3,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use nix::sys::signal::{SigHandler, Signal};
 use weir::{
     agent::{self, AgentConfig, SourceSpec},
     cli,
@@ -40,6 +41,22 @@ enum Command {
     },
     /// Attached devices and map fill levels.
     Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+    },
+    /// Stream datapath events live: drops with their reason, and with --flows every new flow.
+    Monitor {
+        /// Also report every new flow and the backend it went to.
+        #[arg(long)]
+        flows: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
         #[arg(long, default_value = DEFAULT_BPFFS)]
@@ -218,11 +235,91 @@ fn main() -> Result<()> {
             let rows = inspect::ct_rows(&open_maps(&bpffs)?);
             print(output, &rows, || inspect::ct_table(&rows))
         }
+        Command::Monitor {
+            flows,
+            count,
+            timeout_secs,
+            output,
+            bpffs,
+        } => monitor(
+            &bpffs,
+            flows,
+            count,
+            timeout_secs.map(Duration::from_secs),
+            output,
+        ),
         Command::Status { output, bpffs } => {
             let status = inspect::status(&bpffs, &open_maps(&bpffs)?);
             print(output, &status, || inspect::status_table(&status))
         }
     }
+}
+
+/// Prints events until `count` or `timeout` (or Ctrl-C); turns flow tracing
+/// on for the duration when asked, and off again at the end.
+fn monitor(
+    bpffs: &std::path::Path,
+    flows: bool,
+    count: Option<u64>,
+    timeout: Option<Duration>,
+    output: Output,
+) -> Result<()> {
+    let mut monitor = weir::dataplane::monitor::Monitor::open(bpffs).with_context(|| {
+        format!(
+            "opening the event ring under {} (is the agent running?)",
+            bpffs.display()
+        )
+    })?;
+    if flows {
+        monitor.trace_flows(true)?;
+    }
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::signal(signal, SigHandler::Handler(on_signal)) }?;
+    }
+    eprintln!(
+        "monitoring {}{}",
+        bpffs.display(),
+        if flows {
+            " (drops and new flows)"
+        } else {
+            " (drops)"
+        }
+    );
+    let started = std::time::Instant::now();
+    let mut seen = 0u64;
+    let result = (|| -> Result<()> {
+        while !STOP.load(std::sync::atomic::Ordering::Relaxed)
+            && count.is_none_or(|c| seen < c)
+            && timeout.is_none_or(|t| started.elapsed() < t)
+        {
+            let Some(event) = monitor.next_event() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            seen += 1;
+            let row = inspect::event_row(&event);
+            match output {
+                Output::Table => println!("{}", inspect::event_line(&row)),
+                Output::Json => println!("{}", serde_json::to_string(&row)?),
+                Output::Yaml => print!("---\n{}", serde_yaml::to_string(&row)?),
+            }
+            use std::io::Write as _;
+            std::io::stdout().flush()?;
+        }
+        Ok(())
+    })();
+    if flows {
+        monitor.trace_flows(false)?;
+    }
+    result
+}
+
+/// Set by SIGINT/SIGTERM so that `weir monitor` clears its flag before exiting.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn run_agent(args: AgentArgs) -> Result<()> {

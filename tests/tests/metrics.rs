@@ -93,3 +93,108 @@ fn counters_follow_known_traffic() -> Result<()> {
     assert_eq!(sample(&again, flows), Some(10.0));
     Ok(())
 }
+
+/// Runs `weir monitor -o json ARGS` until it has printed `count` events,
+/// sending requests from the client (one every 200 ms) while it runs.
+fn monitor_while(
+    s: &Scenario,
+    args: &[&str],
+    count: u64,
+    addr: Ipv4Addr,
+) -> Result<Vec<serde_json::Value>> {
+    use std::process::{Command, Stdio};
+    let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
+    let count_arg = count.to_string();
+    let mut child = Command::new(weir_tests::agent::weir_bin()?)
+        .args([
+            "monitor",
+            "-o",
+            "json",
+            "--timeout-secs",
+            "15",
+            "--count",
+            &count_arg,
+            "--bpffs",
+            &bpffs,
+        ])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while child.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+        let _ = s.send("client", Proto::Tcp, addr, 80, 1)?;
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output()?;
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+#[test]
+fn weir_monitor_shows_drops_with_their_reason_and_optionally_every_flow() -> Result<()> {
+    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080)])?;
+    let ports = [port("http", 80, "TCP", 8080)];
+    s.manifests
+        .write("svc.yaml", &service(NS, "seen", CLUSTER_IP, &ports))?;
+    s.manifests.write(
+        "slice.yaml",
+        &slice(NS, "seen-1", "seen", &ports, &[(s.backend_ip("be1"), true)]),
+    )?;
+    let empty_ip = Ipv4Addr::new(198, 19, 0, 11);
+    s.manifests
+        .write("empty.yaml", &service(NS, "empty", empty_ip, &ports))?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 1)?;
+    s.agent.wait_frontend("198.19.0.11:80/TCP", 0)?;
+
+    let drops = monitor_while(&s, &[], 1, empty_ip)?;
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert_eq!(drops[0]["event"], "drop");
+    assert_eq!(drops[0]["reason"], "no_endpoint");
+    let tuple = drops[0]["tuple"].as_str().unwrap_or_default();
+    assert!(
+        tuple.starts_with("198.18.1.2:") && tuple.ends_with("-> 198.19.0.11:80/TCP"),
+        "{tuple}"
+    );
+
+    // Served flows are reported only with --flows.
+    let flows = monitor_while(&s, &["--flows"], 2, CLUSTER_IP)?;
+    assert_eq!(flows.len(), 2, "{flows:?}");
+    for f in &flows {
+        assert_eq!(f["event"], "flow");
+        assert_eq!(f["backend"], format!("{}:8080", s.backend_ip("be1")));
+        assert!(f["tuple"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("-> 198.19.0.10:80/TCP"));
+    }
+    // The flag is off again: served traffic alone produces no event.
+    let quiet = {
+        use std::process::Command;
+        let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
+        let child = Command::new(weir_tests::agent::weir_bin()?)
+            .args([
+                "monitor",
+                "-o",
+                "json",
+                "--timeout-secs",
+                "2",
+                "--bpffs",
+                &bpffs,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        s.send_ok(Proto::Tcp, 80, 3)?;
+        child.wait_with_output()?
+    };
+    assert!(
+        quiet.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stdout)
+    );
+    Ok(())
+}

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod loader;
 pub mod maps;
+pub mod monitor;
 pub mod sync;
 
 pub use loader::{Dataplane, LoadError};
