@@ -160,7 +160,7 @@ fn sync(
 ) -> Option<Desired> {
     let started = Instant::now();
     let desired = translate(state, node);
-    let result = sync_maps(dataplane, desired);
+    let result = sync_maps(dataplane, desired, started);
     metrics
         .sync_duration
         .observe(started.elapsed().as_secs_f64());
@@ -185,7 +185,7 @@ fn sync(
     result
 }
 
-fn sync_maps(dataplane: &mut Dataplane, desired: Desired) -> Option<Desired> {
+fn sync_maps(dataplane: &mut Dataplane, desired: Desired, started: Instant) -> Option<Desired> {
     for w in &desired.warnings {
         warn!("{w}");
     }
@@ -194,7 +194,12 @@ fn sync_maps(dataplane: &mut Dataplane, desired: Desired) -> Option<Desired> {
             for w in &stats.warnings {
                 warn!("{w}");
             }
-            info!(frontends = stats.frontends, map_ops = stats.ops, "synced");
+            info!(
+                frontends = stats.frontends,
+                map_ops = stats.ops,
+                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                "synced"
+            );
             Some(desired)
         }
         Err(e) => {
