@@ -31,7 +31,7 @@ pub struct ServiceRow {
 }
 
 fn protocol(n: u8) -> String {
-    Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
+    Protocol::name_of(n)
 }
 
 fn state_name(s: u8) -> String {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::{dataplane::maps::Maps, model::Protocol};
 
 fn proto(n: u8) -> String {
-    Protocol::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
+    Protocol::name_of(n)
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -144,8 +144,7 @@ impl Metrics {
     /// Brings the map-derived metrics up to date.
     pub fn refresh(&self, maps: &Maps, bpffs: &std::path::Path) {
         for (key, value) in maps.services.iter().filter_map(Result::ok) {
-            let proto = Protocol::from_number(key.proto)
-                .map_or_else(|| key.proto.to_string(), |p| p.to_string());
+            let proto = Protocol::name_of(key.proto);
             let scope = if key.scope == SCOPE_INTERNAL {
                 " (internal)"
             } else {

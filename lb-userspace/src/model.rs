@@ -41,6 +41,11 @@ impl Protocol {
         }
     }
 
+    /// "TCP", "UDP", "SCTP", or the number for any other protocol.
+    pub fn name_of(n: u8) -> String {
+        Self::from_number(n).map_or_else(|| n.to_string(), |p| p.to_string())
+    }
+
     pub fn from_number(n: u8) -> Option<Self> {
         match n {
             lb_common::PROTO_TCP => Some(Protocol::Tcp),
