@@ -160,7 +160,7 @@ fn sync(
 ) -> Option<Desired> {
     let started = Instant::now();
     let desired = translate(state, node);
-    let result = sync_maps(dataplane, desired, started);
+    let result = sync_maps(dataplane, desired, started, metrics);
     metrics
         .sync_duration
         .observe(started.elapsed().as_secs_f64());
@@ -176,7 +176,9 @@ fn sync(
         })
         .inc();
     if let Some(d) = &result {
-        metrics.frontends.set(d.frontends.len() as i64);
+        metrics
+            .frontends
+            .set(d.frontends.len() as i64 - metrics.frontends_skipped.get());
         let now = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default();
@@ -185,7 +187,12 @@ fn sync(
     result
 }
 
-fn sync_maps(dataplane: &mut Dataplane, desired: Desired, started: Instant) -> Option<Desired> {
+fn sync_maps(
+    dataplane: &mut Dataplane,
+    desired: Desired,
+    started: Instant,
+    metrics: &Metrics,
+) -> Option<Desired> {
     for w in &desired.warnings {
         warn!("{w}");
     }
@@ -194,8 +201,10 @@ fn sync_maps(dataplane: &mut Dataplane, desired: Desired, started: Instant) -> O
             for w in &stats.warnings {
                 warn!("{w}");
             }
+            metrics.frontends_skipped.set(stats.skipped as i64);
             info!(
-                frontends = stats.frontends,
+                frontends = stats.frontends - stats.skipped,
+                skipped = stats.skipped,
                 map_ops = stats.ops,
                 duration_ms = started.elapsed().as_secs_f64() * 1e3,
                 "synced"

@@ -161,8 +161,22 @@ pub struct Status {
     pub maps: Vec<MapFill>,
 }
 
-fn capacity(map: &MapData, fallback: u32) -> u32 {
-    map.info().map(|i| i.max_entries()).unwrap_or(fallback)
+/// The capacity the agent fills. The services, reverse NAT, backends and
+/// slots maps are created at twice that size, so that a sync can write the
+/// new state before it removes the old (dataplane::loader).
+fn capacity(name: &str, map: &MapData, fallback: u32) -> u32 {
+    let physical = map.info().map(|i| i.max_entries()).unwrap_or(fallback);
+    let doubled = [
+        lb_common::MAP_SERVICES,
+        lb_common::MAP_REVNAT,
+        lb_common::MAP_BACKENDS,
+        lb_common::MAP_SLOTS,
+    ];
+    if doubled.contains(&name) {
+        physical / 2
+    } else {
+        physical
+    }
 }
 
 fn fill<K: aya::Pod, V: aya::Pod, M: IterableMap<K, V>>(
@@ -174,7 +188,7 @@ fn fill<K: aya::Pod, V: aya::Pod, M: IterableMap<K, V>>(
     MapFill {
         map: name.into(),
         entries,
-        capacity: capacity(map.map(), max),
+        capacity: capacity(name, map.map(), max),
     }
 }
 

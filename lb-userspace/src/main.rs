@@ -102,6 +102,15 @@ struct AgentArgs {
     /// How many services can use Maglev at once (each table takes 4 x M bytes); more fall back to hash.
     #[arg(long, default_value_t = weir::dataplane::sync::DEFAULT_MAGLEV_TABLES)]
     maglev_max_services: u32,
+    /// Capacity of the services map (frontends); frontends beyond it are not programmed and reported.
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_SERVICES as i64))]
+    max_services: u32,
+    /// Capacity of the backends map.
+    #[arg(long, default_value_t = lb_common::MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_BACKENDS as i64))]
+    max_backends: u32,
+    /// Capacity of the slots map (backends summed over frontends).
+    #[arg(long, default_value_t = lb_common::MAX_SLOTS)]
+    max_slots: u32,
 }
 
 #[derive(Subcommand)]
@@ -315,6 +324,18 @@ fn monitor(
     result
 }
 
+/// The conntrack map's size as kube-proxy sizes nf_conntrack:
+/// max(maxPerCore x CPUs, min), 0 meaning the built-in default.
+fn conntrack_size(c: &weir::source::config::Conntrack) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let size = (c.max_per_core as u64 * cpus).max(c.min as u64);
+    if size == 0 {
+        lb_common::MAX_CT
+    } else {
+        size.min(u32::MAX as u64) as u32
+    }
+}
+
 /// Set by SIGINT/SIGTERM so that `weir monitor` clears its flag before exiting.
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -380,6 +401,10 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         plan: PlanConfig {
             maglev_m: args.maglev_table_size,
             maglev_tables: args.maglev_max_services,
+            max_services: args.max_services,
+            max_backends: args.max_backends,
+            max_slots: args.max_slots.max(1),
+            max_conntrack: conntrack_size(&proxy.config.conntrack),
         },
     };
     tokio::runtime::Builder::new_current_thread()

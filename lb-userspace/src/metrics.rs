@@ -52,6 +52,7 @@ pub struct Metrics {
     pub sync_last_timestamp: Gauge<f64, AtomicU64>,
     pub syncs: Family<ResultLabel, Counter>,
     pub frontends: Gauge,
+    pub frontends_skipped: Gauge,
     map_entries: Family<MapLabel, Gauge>,
     map_capacity: Family<MapLabel, Gauge>,
     flows: Family<FrontendLabel, Counter>,
@@ -77,6 +78,7 @@ impl Metrics {
             sync_last_timestamp: Gauge::default(),
             syncs: Family::default(),
             frontends: Gauge::default(),
+            frontends_skipped: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
             flows: Family::default(),
@@ -98,6 +100,11 @@ impl Metrics {
         );
         registry.register("syncs", "Syncs by result", m.syncs.clone());
         registry.register("frontends", "Frontends programmed", m.frontends.clone());
+        registry.register(
+            "frontends_skipped",
+            "Frontends not programmed because the maps are full",
+            m.frontends_skipped.clone(),
+        );
         registry.register("map_entries", "Entries in each map", m.map_entries.clone());
         registry.register(
             "map_capacity",

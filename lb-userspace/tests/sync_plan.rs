@@ -749,6 +749,10 @@ fn maglev_desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
 const SMALL: PlanConfig = PlanConfig {
     maglev_m: 13,
     maglev_tables: 2,
+    max_services: lb_common::MAX_SERVICES,
+    max_backends: lb_common::MAX_BACKENDS,
+    max_slots: lb_common::MAX_SLOTS,
+    max_conntrack: lb_common::MAX_CT,
 };
 
 /// Plans with SMALL, applies to the simulated maps (checking consistency after every op).
@@ -853,4 +857,91 @@ fn a_maglev_service_without_backends_gets_no_table() {
     );
     assert!(!ops.iter().any(|o| matches!(o, Op::PutMaglev(..))));
     assert_eq!(next.services[&k].value.maglev_table, NO_MAGLEV_TABLE);
+}
+
+// ---- capacity -------------------------------------------------------------------
+
+#[test]
+fn frontends_beyond_capacity_are_left_out_whole_and_named() {
+    let small = PlanConfig {
+        max_services: 2,
+        max_backends: 3,
+        max_slots: 4,
+        ..PlanConfig::default()
+    };
+    let want = desired(&[
+        (key(10, 80), &[be(1), be(2)]),
+        (key(11, 80), &[be(3)]),
+        (key(12, 80), &[be(4)]),
+    ]);
+    let p = plan_with(&Programmed::default(), &want, &small).expect("plan");
+    let mut keys: Vec<ServiceKey> = p.next.services.keys().copied().collect();
+    keys.sort();
+    assert_eq!(keys, vec![key(10, 80), key(11, 80)]);
+    assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
+    assert!(
+        p.warnings[0].contains("198.19.0.12:80") && p.warnings[0].contains("services map is full"),
+        "{}",
+        p.warnings[0]
+    );
+    // Nothing of the left-out frontend was written: no backend 4.
+    assert!(!p.next.backends.values().any(|b| *b == be(4)));
+}
+
+#[test]
+fn programmed_frontends_keep_their_place_when_the_maps_are_full() {
+    let small = PlanConfig {
+        max_services: 1,
+        ..PlanConfig::default()
+    };
+    let first = plan_with(
+        &Programmed::default(),
+        &desired(&[(key(12, 80), &[be(1)])]),
+        &small,
+    )
+    .expect("plan");
+    // A new frontend that sorts first does not evict the programmed one.
+    let both = desired(&[(key(10, 80), &[be(2)]), (key(12, 80), &[be(1)])]);
+    let second = plan_with(&first.next, &both, &small).expect("plan");
+    assert!(second.ops.is_empty(), "{:?}", second.ops);
+    assert!(
+        second.warnings[0].contains("198.19.0.10:80"),
+        "{:?}",
+        second.warnings
+    );
+}
+
+#[test]
+fn backend_and_slot_limits_are_enforced_too() {
+    let by_backends = PlanConfig {
+        max_backends: 2,
+        ..PlanConfig::default()
+    };
+    let want = desired(&[
+        (key(10, 80), &[be(1), be(2)]),
+        (key(11, 80), &[be(2), be(3)]),
+        (key(12, 80), &[be(1)]),
+    ]);
+    let p = plan_with(&Programmed::default(), &want, &by_backends).expect("plan");
+    assert!(
+        p.next.services.contains_key(&key(10, 80)) && p.next.services.contains_key(&key(12, 80))
+    );
+    assert!(!p.next.services.contains_key(&key(11, 80)));
+    assert!(
+        p.warnings[0].contains("backends map is full"),
+        "{:?}",
+        p.warnings
+    );
+
+    let by_slots = PlanConfig {
+        max_slots: 2,
+        ..PlanConfig::default()
+    };
+    let p = plan_with(&Programmed::default(), &want, &by_slots).expect("plan");
+    assert_eq!(p.next.services.len(), 1);
+    assert!(
+        p.warnings.iter().all(|w| w.contains("slots map is full")),
+        "{:?}",
+        p.warnings
+    );
 }

@@ -73,6 +73,15 @@ fn loader(cfg: &PlanConfig) -> Result<EbpfLoader<'_>, LoadError> {
         })?;
     let mut loader = EbpfLoader::new();
     loader.map_max_entries(MAP_MAGLEV, entries);
+    // A sync writes new entries before it removes old ones (so readers never
+    // see a half-written service), so at its peak a map holds the old and the
+    // new state together: twice the capacity the planner fills (sync::fit).
+    let doubled = |n: u32| n.saturating_mul(2);
+    loader.map_max_entries(lb_common::MAP_SERVICES, doubled(cfg.max_services));
+    loader.map_max_entries(lb_common::MAP_REVNAT, doubled(cfg.max_services));
+    loader.map_max_entries(lb_common::MAP_BACKENDS, doubled(cfg.max_backends));
+    loader.map_max_entries(lb_common::MAP_SLOTS, doubled(cfg.max_slots));
+    loader.map_max_entries(lb_common::MAP_CT, cfg.max_conntrack);
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
     Ok(loader)
 }
@@ -83,6 +92,8 @@ pub struct SyncStats {
     pub ops: usize,
     pub frontends: usize,
     pub warnings: Vec<String>,
+    /// Frontends left out because the maps are full.
+    pub skipped: usize,
 }
 
 impl Dataplane {
@@ -169,6 +180,7 @@ impl Dataplane {
             ops: plan.ops.len(),
             frontends: desired.frontends.len(),
             warnings: plan.warnings,
+            skipped: plan.skipped,
         })
     }
 }

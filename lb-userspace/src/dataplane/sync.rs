@@ -92,6 +92,14 @@ pub struct PlanConfig {
     pub maglev_m: u32,
     /// How many Maglev tables the map holds.
     pub maglev_tables: u32,
+    /// Capacity of the services (and reverse NAT) map: frontends.
+    pub max_services: u32,
+    /// Capacity of the backends map.
+    pub max_backends: u32,
+    /// Capacity of the slots map: backends summed over frontends.
+    pub max_slots: u32,
+    /// Capacity of the conntrack map (entries; two per flow).
+    pub max_conntrack: u32,
 }
 
 pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
@@ -101,8 +109,68 @@ impl Default for PlanConfig {
         Self {
             maglev_m: DEFAULT_MAGLEV_M,
             maglev_tables: DEFAULT_MAGLEV_TABLES,
+            max_services: MAX_SERVICES,
+            max_backends: MAX_BACKENDS,
+            max_slots: lb_common::MAX_SLOTS,
+            max_conntrack: lb_common::MAX_CT,
         }
     }
+}
+
+/// Trims `desired` to what the maps can hold. Frontends that are programmed
+/// already keep their place; a frontend that does not fit is left out whole
+/// (never half-programmed) with a warning naming it, and the rest still apply.
+pub fn fit(current: &Programmed, desired: &Desired, cfg: &PlanConfig) -> (Desired, Vec<String>) {
+    let mut fitted = Desired {
+        frontends: BTreeMap::new(),
+        ..desired.clone()
+    };
+    let mut warnings = Vec::new();
+    let mut backends: BTreeSet<BackendAddr> = BTreeSet::new();
+    let mut slots = 0u64;
+    let (old, new): (Vec<_>, Vec<_>) = desired
+        .frontends
+        .iter()
+        .partition(|(k, _)| current.services.contains_key(k));
+    for (key, frontend) in old.into_iter().chain(new) {
+        let added: BTreeSet<BackendAddr> = frontend
+            .backends
+            .iter()
+            .map(backend_addr)
+            .filter(|a| !backends.contains(a))
+            .collect();
+        let full = if fitted.frontends.len() as u64 >= cfg.max_services as u64 {
+            Some(format!(
+                "the services map is full ({} frontends)",
+                cfg.max_services
+            ))
+        } else if slots + frontend.backends.len() as u64 > cfg.max_slots as u64 {
+            Some(format!(
+                "the slots map is full ({} backend slots)",
+                cfg.max_slots
+            ))
+        } else if (backends.len() + added.len()) as u64 > cfg.max_backends as u64 {
+            Some(format!(
+                "the backends map is full ({} backends)",
+                cfg.max_backends
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = full {
+            warnings.push(format!(
+                "Service {}: frontend {}:{} not programmed: {reason}",
+                frontend.service,
+                std::net::Ipv4Addr::from(key.addr),
+                key.port
+            ));
+            continue;
+        }
+        backends.extend(added);
+        slots += frontend.backends.len() as u64;
+        fitted.frontends.insert(*key, frontend.clone());
+    }
+    (fitted, warnings)
 }
 
 /// A plan: the ordered operations, the state once they are applied, and
@@ -112,6 +180,8 @@ pub struct Plan {
     pub ops: Vec<Op>,
     pub next: Programmed,
     pub warnings: Vec<String>,
+    /// Frontends left out because the maps are full.
+    pub skipped: usize,
 }
 
 /// `plan_with` under the default configuration, without the warnings.
@@ -127,8 +197,10 @@ pub fn plan_with(
     desired: &Desired,
     cfg: &PlanConfig,
 ) -> Result<Plan, PlanError> {
+    let (fitted, mut warnings) = fit(current, desired, cfg);
+    let skipped = warnings.len();
+    let desired = &fitted;
     let mut next = Programmed::default();
-    let mut warnings = Vec::new();
     let mut put_maglev = Vec::new();
     // Tables in use now stay untouched until their service points elsewhere.
     let mut tables_used: BTreeSet<u32> = current
@@ -162,7 +234,7 @@ pub fn plan_with(
         let id = match existing.get(&addr) {
             Some(id) => *id,
             None => {
-                let id = allocate(&used, last, MAX_BACKENDS, "backend")?;
+                let id = allocate(&used, last, MAX_BACKENDS.max(cfg.max_backends), "backend")?;
                 used.insert(id);
                 last = id;
                 id
@@ -302,6 +374,7 @@ pub fn plan_with(
         ops,
         next,
         warnings,
+        skipped,
     })
 }
 
