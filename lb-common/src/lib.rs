@@ -34,6 +34,10 @@ pub const BACKEND_TERMINATING: u8 = 1;
 pub const CT_FORWARD: u8 = 1;
 pub const CT_REPLY: u8 = 2;
 
+/// CtValue::flags: a FIN or RST was seen in this direction; the flow is
+/// closing and the agent expires it after the close timeout.
+pub const CT_FLAG_CLOSING: u8 = 1;
+
 /// Map names. The `_V1` suffix is the layout version: an incompatible layout
 /// gets a new name so that an old pin is never reused with the wrong types.
 pub const MAP_SERVICES: &str = "SERVICES_V1";

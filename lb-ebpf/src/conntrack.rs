@@ -1,7 +1,10 @@
 //! Conntrack entries: a forward entry pins a flow to its backend, a reply
 //! entry drives reverse NAT of the backend's answers.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{Backend, CtKey, CtValue, CT_FORWARD, CT_REPLY};
+use lb_common::{Backend, CtKey, CtValue, CT_FLAG_CLOSING, CT_FORWARD, CT_REPLY};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_RST: u8 = 0x04;
 
 use crate::{maps::CT, parse::Flow};
 
@@ -29,9 +32,21 @@ pub fn lookup(key: &CtKey) -> Option<CtValue> {
     unsafe { CT.get(key).copied() }
 }
 
+/// FIN or RST: the flow is closing.
 #[inline(always)]
-pub fn touch(key: &CtKey, mut value: CtValue) {
+fn closing(flow: &Flow) -> u8 {
+    if flow.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        CT_FLAG_CLOSING
+    } else {
+        0
+    }
+}
+
+/// Refreshes an entry for a packet of `flow`, marking it closing on FIN/RST.
+#[inline(always)]
+pub fn touch(key: &CtKey, mut value: CtValue, flow: &Flow) {
     value.last_seen_ns = now();
+    value.flags |= closing(flow);
     let _ = CT.insert(key, value, 0);
 }
 
@@ -45,7 +60,7 @@ pub fn create(flow: &Flow, service_id: u32, backend_id: u32, backend: &Backend) 
         nat_addr: backend.addr,
         nat_port: backend.port,
         kind: CT_FORWARD,
-        flags: 0,
+        flags: closing(flow),
         last_seen_ns: ts,
     };
     let _ = CT.insert(key(flow), fwd, 0);

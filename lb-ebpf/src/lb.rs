@@ -75,7 +75,7 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
     let existing = conntrack::lookup(&ct_key);
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
-            conntrack::touch(&ct_key, ct);
+            conntrack::touch(&ct_key, ct, &flow);
             nat::rewrite_src(ctx, &flow, ct.nat_addr, ct.nat_port)?;
             return Ok(Verdict::Pass);
         }
@@ -89,7 +89,7 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
         if ct.service_id == svc.id {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
-                conntrack::touch(&ct_key, ct);
+                conntrack::touch(&ct_key, ct, &flow);
                 maps::count(svc.id, ctx.len(), false);
                 nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
                 return Ok(Verdict::Pass);

@@ -17,6 +17,8 @@ pub struct Flow {
     pub daddr: [u8; 4],
     pub sport: u16,
     pub dport: u16,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 impl Flow {
@@ -53,6 +55,11 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
     let daddr: [u8; 4] = ctx.load(IP_DST_OFF).ok()?;
     let l4_off = ETH_HLEN + ihl;
     let ports: [u8; 4] = ctx.load(l4_off).ok()?;
+    let tcp_flags = if proto == PROTO_TCP {
+        ctx.load::<u8>(l4_off + 13).ok()?
+    } else {
+        0
+    };
     Some(Flow {
         l4_off,
         proto,
@@ -60,5 +67,6 @@ pub fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
         daddr,
         sport: u16::from_be_bytes([ports[0], ports[1]]),
         dport: u16::from_be_bytes([ports[2], ports[3]]),
+        tcp_flags,
     })
 }

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::{
     dataplane::{
         attach::{list_links, DeviceSelector},
+        ct_gc::CtTimeouts,
         sync::PlanConfig,
         Dataplane,
     },
@@ -58,6 +59,9 @@ pub struct AgentConfig {
     pub healthz_bind: Option<std::net::SocketAddr>,
     /// Where /metrics listens; None turns it off.
     pub metrics_bind: Option<std::net::SocketAddr>,
+    pub ct_timeouts: CtTimeouts,
+    /// How often expired conntrack entries are removed.
+    pub ct_gc_interval: Duration,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -95,10 +99,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         SourceSpec::Kube(options) => kube_source::start(options, &cfg.node.node_name).await?,
     };
     let mut tick = tokio::time::interval(cfg.poll_interval);
+    let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => reconcile_devices(&mut dataplane, &selector),
+            _ = ct_gc.tick() => {
+                let removed = dataplane.gc_conntrack(&cfg.ct_timeouts);
+                if removed > 0 {
+                    tracing::debug!(removed, "expired conntrack entries removed");
+                }
+            }
             changed = states.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("the source stopped");

@@ -108,6 +108,12 @@ struct AgentArgs {
     /// Capacity of the backends map.
     #[arg(long, default_value_t = lb_common::MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_BACKENDS as i64))]
     max_backends: u32,
+    /// How long a TCP flow that saw FIN or RST stays in conntrack (Go duration).
+    #[arg(long, default_value = "10s")]
+    conntrack_tcp_close_timeout: weir::source::duration::GoDuration,
+    /// How often expired conntrack entries are removed (Go duration).
+    #[arg(long, default_value = "10s")]
+    conntrack_gc_interval: weir::source::duration::GoDuration,
     /// Capacity of the slots map (backends summed over frontends).
     #[arg(long, default_value_t = lb_common::MAX_SLOTS)]
     max_slots: u32,
@@ -384,7 +390,17 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         proxy.config.apply_to(options);
         args.kube.apply(options);
     }
+    let defaults = weir::dataplane::ct_gc::CtTimeouts::default();
+    let or_default = |d: Duration, default: Duration| if d.is_zero() { default } else { d };
+    let ct = &proxy.config.conntrack;
+    let ct_timeouts = weir::dataplane::ct_gc::CtTimeouts {
+        tcp_established: or_default(ct.tcp_established_timeout, defaults.tcp_established),
+        tcp_closing: or_default(args.conntrack_tcp_close_timeout.0, defaults.tcp_closing),
+        udp: or_default(ct.udp_timeout, defaults.udp),
+    };
     let cfg = AgentConfig {
+        ct_timeouts,
+        ct_gc_interval: args.conntrack_gc_interval.0.max(Duration::from_millis(10)),
         healthz_bind,
         metrics_bind,
         source,

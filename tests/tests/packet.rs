@@ -458,3 +458,40 @@ fn maglev_picks_the_backend_its_table_predicts() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])?;
+    run(&mut dp, &Pkt::tcp(CLIENT, 47000, VIP, 80).build())?;
+    let key = ct_key(CLIENT, 47000, VIP, 80, PROTO_TCP);
+    assert_eq!(
+        dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING,
+        0
+    );
+    let mut fin = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        weir_tests::packets::MAC_POD,
+        weir_tests::packets::MAC_NODE,
+    )
+    .ipv4(CLIENT, VIP, 64)
+    .tcp(47000, 80, 1001, 64240)
+    .fin()
+    .ack(1)
+    .write(&mut fin, &[])?;
+    let (_, out) = run(&mut dp, &fin)?;
+    assert_eq!(
+        &out[30..34],
+        &B1,
+        "the FIN is translated like the rest of the flow"
+    );
+    assert_eq!(
+        dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING,
+        lb_common::CT_FLAG_CLOSING
+    );
+    Ok(())
+}

@@ -367,3 +367,78 @@ fn a_udp_flow_moves_to_another_backend_when_its_backend_is_removed() -> Result<(
     );
     Ok(())
 }
+
+#[test]
+fn closed_and_idle_flows_leave_conntrack_while_open_ones_stay() -> Result<()> {
+    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    // The same sandbox, with short conntrack timeouts.
+    s.agent.stop();
+    let tag = format!("{}-ct", s.sandbox.tag);
+    let args = [
+        "--conntrack-udp-timeout=1s",
+        "--conntrack-tcp-close-timeout=1s",
+        "--conntrack-gc-interval=200ms",
+    ];
+    s.agent = weir_tests::Agent::start(&s.sandbox.node.name, &s.manifests.path, &tag, &args)?;
+    let ports = [port("http", 80, "TCP", 8080), port("dns", 53, "UDP", 5353)];
+    s.manifests
+        .write("svc.yaml", &service(NS, "aging", CLUSTER_IP, &ports))?;
+    s.manifests.write(
+        "slice.yaml",
+        &slice(
+            NS,
+            "aging-1",
+            "aging",
+            &ports,
+            &[(s.backend_ip("be1"), true)],
+        ),
+    )?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 1)?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+
+    // An open TCP stream, held for the whole test.
+    let (open_tx, open_rx) = std::sync::mpsc::channel::<u16>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let holder = std::thread::spawn(move || -> Result<()> {
+        enter(&client)?;
+        let conn = TcpStream::connect_timeout(
+            &SocketAddr::V4(SocketAddrV4::new(CLUSTER_IP, 80)),
+            TIMEOUT,
+        )?;
+        open_tx.send(conn.local_addr()?.port())?;
+        let _ = done_rx.recv_timeout(Duration::from_secs(30));
+        drop(conn);
+        Ok(())
+    });
+    let open_port = open_rx.recv_timeout(Duration::from_secs(5))?;
+    // Closed TCP connections and a UDP exchange.
+    s.send_ok(Proto::Tcp, 80, 3)?;
+    s.send_ok(Proto::Udp, 53, 1)?;
+    let entries = |s: &Scenario| -> Result<Vec<lb_common::CtKey>> {
+        Ok(weir::dataplane::maps::Maps::open_pinned(&s.agent.bpffs)?
+            .ct
+            .keys()
+            .filter_map(Result::ok)
+            .collect())
+    };
+    assert!(entries(&s)?.len() >= 10, "5 flows, 2 entries each");
+
+    // Within a few GC rounds only the open stream's two entries are left.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let left = entries(&s)?;
+        if left.len() == 2 || Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = done_tx.send(());
+    let _ = holder.join();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter()
+            .all(|k| k.sport == open_port || k.dport == open_port),
+        "{left:?}"
+    );
+    Ok(())
+}

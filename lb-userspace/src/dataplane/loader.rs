@@ -165,6 +165,17 @@ impl Dataplane {
         &self.programmed
     }
 
+    /// Deletes the conntrack entries whose flows have expired; returns how many.
+    pub fn gc_conntrack(&mut self, timeouts: &super::ct_gc::CtTimeouts) -> usize {
+        let entries: Vec<_> = self.maps.ct.iter().filter_map(Result::ok).collect();
+        let now = crate::inspect::monotonic_ns();
+        let expired = super::ct_gc::expired(&entries, now, timeouts);
+        expired
+            .iter()
+            .filter(|k| self.maps.ct.remove(k).is_ok())
+            .count()
+    }
+
     /// Brings the maps to `desired`. On a failed write the maps are re-read,
     /// so that the next sync plans from what they really hold.
     pub fn sync(&mut self, desired: &Desired) -> Result<SyncStats, LoadError> {

@@ -1,0 +1,77 @@
+//! Conntrack lifecycle. The kernel refreshes an entry on every packet and
+//! marks it closing on FIN or RST; the agent expires entries by protocol and
+//! state, as nf_conntrack does for kube-proxy: established TCP after
+//! tcpEstablishedTimeout, closing TCP after the close timeout, UDP after
+//! udpTimeout. Both directions of a flow share one fate: a flow is closing
+//! when either direction saw FIN/RST. The decision is pure and unit-tested.
+use std::{collections::HashMap, time::Duration};
+
+use lb_common::{CtKey, CtValue, CT_FLAG_CLOSING, CT_FORWARD, PROTO_UDP};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    pub tcp_established: Duration,
+    pub tcp_closing: Duration,
+    pub udp: Duration,
+}
+
+impl Default for CtTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_established: Duration::from_secs(24 * 3600),
+            tcp_closing: Duration::from_secs(10),
+            udp: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The key of the other direction of the flow an entry belongs to.
+pub fn partner(key: &CtKey, value: &CtValue) -> CtKey {
+    if value.kind == CT_FORWARD {
+        // client -> frontend; the reply entry is backend -> client.
+        CtKey {
+            saddr: value.nat_addr,
+            daddr: key.saddr,
+            sport: value.nat_port,
+            dport: key.sport,
+            proto: key.proto,
+            _pad: [0; 3],
+        }
+    } else {
+        // backend -> client; the forward entry is client -> frontend.
+        CtKey {
+            saddr: key.daddr,
+            daddr: value.nat_addr,
+            sport: key.dport,
+            dport: value.nat_port,
+            proto: key.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// The entries to delete at `now_ns` (CLOCK_MONOTONIC, as the kernel stamps them).
+pub fn expired(entries: &[(CtKey, CtValue)], now_ns: u64, t: &CtTimeouts) -> Vec<CtKey> {
+    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
+    entries
+        .iter()
+        .filter(|(key, value)| {
+            let other = by_key.get(&partner(key, value));
+            let closing = value.flags & CT_FLAG_CLOSING != 0
+                || other.is_some_and(|o| o.flags & CT_FLAG_CLOSING != 0);
+            // The flow is as fresh as its most recent direction.
+            let last = other.map_or(value.last_seen_ns, |o| {
+                o.last_seen_ns.max(value.last_seen_ns)
+            });
+            let timeout = if key.proto == PROTO_UDP {
+                t.udp
+            } else if closing {
+                t.tcp_closing
+            } else {
+                t.tcp_established
+            };
+            now_ns.saturating_sub(last) > timeout.as_nanos() as u64
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
