@@ -82,6 +82,19 @@ fn removing_one_of_n_backends_moves_about_one_nth_of_the_table() {
 #[test]
 fn the_table_depends_only_on_backend_identities_and_order() {
     let b = backends(5);
-    assert_eq!(table(&b, 251), table(&b, 251));
+    // Another node sees the same endpoints, some terminating: the same table,
+    // because only address, port and protocol are hashed.
+    let other_node: Vec<Backend> = b
+        .iter()
+        .enumerate()
+        .map(|(i, x)| Backend {
+            state: (i % 2) as u8,
+            ..*x
+        })
+        .collect();
+    assert_eq!(table(&b, 251), table(&other_node, 251));
+    // A different port is a different backend: the table changes.
+    let moved: Vec<Backend> = b.iter().map(|x| Backend { port: 9090, ..*x }).collect();
+    assert_ne!(table(&b, 251), table(&moved, 251));
     assert!(table(&[], 251).is_empty());
 }

@@ -28,10 +28,20 @@ pub struct Scenario {
 impl Scenario {
     /// `backends` pods named be1.. each serving `ports`, and an agent on an empty manifest directory.
     pub fn start(backends: u8, ports: &[(Proto, u16)]) -> Result<Self> {
+        Self::start_with(backends, ports, &[])
+    }
+
+    /// As `start`, with extra agent flags (small capacities, short timeouts).
+    pub fn start_with(backends: u8, ports: &[(Proto, u16)], agent_args: &[&str]) -> Result<Self> {
         let sandbox = Sandbox::standard(backends)?;
         let servers = sandbox.start_echo_servers(ports)?;
         let manifests = ManifestDir::new(&sandbox.tag)?;
-        let agent = Agent::start(&sandbox.node.name, &manifests.path, &sandbox.tag, &[])?;
+        let agent = Agent::start(
+            &sandbox.node.name,
+            &manifests.path,
+            &sandbox.tag,
+            agent_args,
+        )?;
         Ok(Self {
             agent,
             manifests,

@@ -8,23 +8,14 @@ use weir_tests::{
     echo::Proto,
     manifests::{port, service, slice},
     scenario::{backends_of, names, Scenario},
-    Agent, EchoReply,
+    EchoReply,
 };
 
 const NS: &str = "capacity";
 
 #[test]
 fn a_full_services_map_leaves_new_frontends_out_whole_and_keeps_the_rest() -> Result<()> {
-    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080)])?;
-    // The same sandbox, with an agent whose services map holds two frontends.
-    s.agent.stop();
-    let tag = format!("{}-small", s.sandbox.tag);
-    s.agent = Agent::start(
-        &s.sandbox.node.name,
-        &s.manifests.path,
-        &tag,
-        &["--max-services=2"],
-    )?;
+    let mut s = Scenario::start_with(1, &[(Proto::Tcp, 8080)], &["--max-services=2"])?;
     let ports = [port("http", 80, "TCP", 8080)];
     let eps = [(s.backend_ip("be1"), true)];
     for (i, name) in ["one", "two", "three"].iter().enumerate() {

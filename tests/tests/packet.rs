@@ -61,6 +61,26 @@ fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {
     Ok(dp)
 }
 
+/// TCP 80 on the VIP with the single backend B1:8080.
+fn one_backend_tcp() -> Result<Dataplane> {
+    dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    )])
+}
+
+/// UDP 53 on the VIP with the single backend B2:5353.
+fn one_backend_udp() -> Result<Dataplane> {
+    dataplane(vec![frontend(
+        53,
+        PROTO_UDP,
+        ALG_RANDOM,
+        vec![backend(B2, 5353, PROTO_UDP)],
+    )])
+}
+
 /// Runs the tc program on `packet`; returns the action and the output bytes.
 fn run(dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; packet.len() + 128];
@@ -90,12 +110,7 @@ fn hex(b: &[u8]) -> String {
 
 #[test]
 fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
 
@@ -131,12 +146,7 @@ fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> 
 
 #[test]
 fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        53,
-        PROTO_UDP,
-        ALG_RANDOM,
-        vec![backend(B2, 5353, PROTO_UDP)],
-    )])?;
+    let mut dp = one_backend_udp()?;
     let query = Pkt::udp(CLIENT, 33000, VIP, 53);
     assert_rewrites(&mut dp, &query, &query.with_dst(B2, 5353))?;
     let answer = Pkt::udp(B2, 5353, CLIENT, 33000);
@@ -145,12 +155,7 @@ fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
 
 #[test]
 fn a_zero_udp_checksum_stays_zero() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        53,
-        PROTO_UDP,
-        ALG_RANDOM,
-        vec![backend(B2, 5353, PROTO_UDP)],
-    )])?;
+    let mut dp = one_backend_udp()?;
     let query = Pkt::udp(CLIENT, 33001, VIP, 53);
     let mut input = query.build();
     let off = query.l4_csum_offset();
@@ -165,12 +170,7 @@ fn a_zero_udp_checksum_stays_zero() -> Result<()> {
 
 #[test]
 fn ip_options_do_not_confuse_the_l4_offset() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let syn = Pkt {
         ip_options: true,
         ..Pkt::tcp(CLIENT, 40001, VIP, 80)
@@ -180,12 +180,7 @@ fn ip_options_do_not_confuse_the_l4_offset() -> Result<()> {
 
 #[test]
 fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     for pkt in [
         Pkt::tcp(CLIENT, 40002, VIP, 81),              // other port
         Pkt::udp(CLIENT, 40002, VIP, 80),              // other protocol
@@ -292,12 +287,7 @@ fn an_established_flow_stays_on_its_backend() -> Result<()> {
 
 #[test]
 fn a_flow_whose_backend_was_removed_moves_to_a_remaining_one() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let syn = Pkt::tcp(CLIENT, 40006, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
     dp.sync(&desired(vec![frontend(
@@ -461,12 +451,7 @@ fn maglev_picks_the_backend_its_table_predicts() -> Result<()> {
 
 #[test]
 fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     run(&mut dp, &Pkt::tcp(CLIENT, 47000, VIP, 80).build())?;
     let key = ct_key(CLIENT, 47000, VIP, 80, PROTO_TCP);
     assert_eq!(

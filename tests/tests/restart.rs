@@ -370,16 +370,12 @@ fn a_udp_flow_moves_to_another_backend_when_its_backend_is_removed() -> Result<(
 
 #[test]
 fn closed_and_idle_flows_leave_conntrack_while_open_ones_stay() -> Result<()> {
-    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
-    // The same sandbox, with short conntrack timeouts.
-    s.agent.stop();
-    let tag = format!("{}-ct", s.sandbox.tag);
     let args = [
         "--conntrack-udp-timeout=1s",
         "--conntrack-tcp-close-timeout=1s",
         "--conntrack-gc-interval=200ms",
     ];
-    s.agent = weir_tests::Agent::start(&s.sandbox.node.name, &s.manifests.path, &tag, &args)?;
+    let mut s = Scenario::start_with(1, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)], &args)?;
     let ports = [port("http", 80, "TCP", 8080), port("dns", 53, "UDP", 5353)];
     s.manifests
         .write("svc.yaml", &service(NS, "aging", CLUSTER_IP, &ports))?;
