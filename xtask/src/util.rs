@@ -106,30 +106,38 @@ pub fn exec(program: &Path, args: &[String]) -> Result<()> {
 pub fn clean_leftovers() {
     if let Some(list) = output("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if is_test_netns(name) {
+            if is_stale_test_tag(name) {
                 let _ = status("ip", &["netns", "del", name]);
             }
         }
     }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
-            if e.file_name().to_string_lossy().starts_with("weir-test-") {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix("weir-test-")
+                .is_some_and(is_stale_test_tag)
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
 }
 
-/// Test namespaces are named "wr<pid>x<n>-<role>" (weir_tests::netns::unique_tag).
-fn is_test_netns(name: &str) -> bool {
+/// Test namespaces are named "wr<pid>x<n>-<role>" and pins "weir-test-wr<pid>x<n>..."
+/// (weir_tests::netns::unique_tag). Stale: the test process that made it is gone
+/// (a suite running in parallel, e.g. in another worktree, keeps its own).
+fn is_stale_test_tag(name: &str) -> bool {
     let Some(rest) = name.strip_prefix(weir_tests::netns::PREFIX) else {
         return false;
     };
-    let Some((tag, _role)) = rest.split_once('-') else {
-        return false;
-    };
+    let tag = rest.split_once('-').map_or(rest, |(tag, _role)| tag);
     let Some((pid, n)) = tag.split_once('x') else {
         return false;
     };
-    !pid.is_empty() && !n.is_empty() && pid.bytes().chain(n.bytes()).all(|b| b.is_ascii_digit())
+    let n = n.trim_end_matches(|c: char| !c.is_ascii_digit());
+    !pid.is_empty()
+        && !n.is_empty()
+        && pid.bytes().all(|b| b.is_ascii_digit())
+        && !std::path::Path::new("/proc").join(pid).exists()
 }
