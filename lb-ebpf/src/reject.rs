@@ -1,15 +1,13 @@
 //! Rejecting traffic to a frontend without usable endpoints, as kube-proxy
 //! does: a TCP segment is answered with a RST, a UDP datagram with an ICMP
-//! port unreachable. The packet is rewritten in place into the answer and
-//! sent back out of the device it came in on.
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+//! port unreachable. The packet is rewritten in place into the answer; the
+//! caller sends it back out of the device it came in on.
 use lb_common::PROTO_TCP;
 
-use crate::parse::{Flow, ETH_HLEN};
+use crate::{
+    packet::Packet,
+    parse::{Flow, ETH_HLEN},
+};
 
 const TCP_RST: u8 = 0x04;
 const TCP_SYN: u8 = 0x02;
@@ -18,31 +16,14 @@ const TCP_ACK: u8 = 0x10;
 const IP_HLEN: usize = 20;
 const IPPROTO_ICMP: u8 = 1;
 
-/// Turns the packet into its rejection and redirects it back; returns the tc action.
+/// Turns the packet into its rejection. Ok(false): nothing to answer (a
+/// reset, or a datagram with IP options), leave the packet alone.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, flow: &Flow) -> i32 {
-    let done = if flow.proto == PROTO_TCP {
+pub fn reject<P: Packet>(ctx: &P, flow: &Flow) -> Result<bool, i64> {
+    if flow.proto == PROTO_TCP {
         tcp_rst(ctx, flow)
     } else {
         icmp_unreachable(ctx, flow)
-    };
-    match done {
-        // SAFETY: the skb pointer is valid for the program's run.
-        Ok(true) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-        Ok(false) => aya_ebpf::bindings::TC_ACT_OK as i32,
-        Err(_) => TC_ACT_SHOT as i32,
-    }
-}
-
-/// Trims or grows the packet to `len` bytes.
-#[inline(always)]
-fn change_tail(ctx: &TcContext, len: usize) -> Result<(), i64> {
-    // SAFETY: the skb pointer is valid for the program's run.
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
-    if ret < 0 {
-        Err(ret)
-    } else {
-        Ok(())
     }
 }
 
@@ -66,8 +47,8 @@ fn fold(mut acc: u32) -> u16 {
 
 /// Ethernet with the addresses swapped + an IPv4 header from `src` to `dst`.
 #[inline(always)]
-fn write_eth_ip(
-    ctx: &TcContext,
+fn write_eth_ip<P: Packet>(
+    ctx: &P,
     proto: u8,
     total_len: u16,
     src: [u8; 4],
@@ -77,7 +58,7 @@ fn write_eth_ip(
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&macs[6..12]);
     eth[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &eth, 0)?;
+    ctx.store(0, &eth)?;
     let len = total_len.to_be_bytes();
     let mut ip = [
         0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2], src[3],
@@ -86,12 +67,12 @@ fn write_eth_ip(
     let csum = fold(sum_words(&ip, 0)).to_be_bytes();
     ip[10] = csum[0];
     ip[11] = csum[1];
-    ctx.store(ETH_HLEN, &ip, 0)
+    ctx.store(ETH_HLEN, &ip)
 }
 
 /// RFC 793 reset: with ACK in the segment, SEQ=SEG.ACK; else SEQ=0, ACK=SEG.SEQ+SEG.LEN.
 #[inline(always)]
-fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
+fn tcp_rst<P: Packet>(ctx: &P, flow: &Flow) -> Result<bool, i64> {
     let hdr: [u8; 20] = ctx.load(flow.l4_off)?;
     let flags = hdr[13];
     if flags & TCP_RST != 0 {
@@ -114,7 +95,7 @@ fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     } else {
         (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
     };
-    change_tail(ctx, ETH_HLEN + IP_HLEN + 20)?;
+    ctx.resize(ETH_HLEN + IP_HLEN + 20)?;
     write_eth_ip(ctx, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
     let (sp, dp, s, a) = (
         flow.dport.to_be_bytes(),
@@ -130,18 +111,18 @@ fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     let csum = fold(sum_words(&tcp, pseudo)).to_be_bytes();
     tcp[16] = csum[0];
     tcp[17] = csum[1];
-    ctx.store(ETH_HLEN + IP_HLEN, &tcp, 0)?;
+    ctx.store(ETH_HLEN + IP_HLEN, &tcp)?;
     Ok(true)
 }
 
 /// ICMP destination unreachable (port) quoting the IP header and 8 bytes.
 #[inline(always)]
-fn icmp_unreachable(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
+fn icmp_unreachable<P: Packet>(ctx: &P, flow: &Flow) -> Result<bool, i64> {
     if flow.l4_off != ETH_HLEN + IP_HLEN {
         return Ok(false); // IP options: quote handling kept simple; let it time out
     }
     let quoted: [u8; 28] = ctx.load(ETH_HLEN)?;
-    change_tail(ctx, ETH_HLEN + IP_HLEN + 8 + 28)?;
+    ctx.resize(ETH_HLEN + IP_HLEN + 8 + 28)?;
     write_eth_ip(
         ctx,
         IPPROTO_ICMP,
@@ -156,6 +137,6 @@ fn icmp_unreachable(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     let csum = fold(sum_words(&icmp, 0)).to_be_bytes();
     icmp[2] = csum[0];
     icmp[3] = csum[1];
-    ctx.store(ETH_HLEN + IP_HLEN, &icmp, 0)?;
+    ctx.store(ETH_HLEN + IP_HLEN, &icmp)?;
     Ok(true)
 }

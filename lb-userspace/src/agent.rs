@@ -62,10 +62,13 @@ pub struct AgentConfig {
     pub ct_timeouts: CtTimeouts,
     /// How often expired conntrack entries are removed.
     pub ct_gc_interval: Duration,
+    /// Which XDP modes the uplinks may use.
+    pub xdp_mode: crate::dataplane::xdp::XdpPolicy,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut dataplane = Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
+    dataplane.xdp.policy = cfg.xdp_mode;
     info!(
         bpffs = %cfg.bpffs.display(),
         restored = dataplane.programmed().services.len(),
@@ -156,6 +159,19 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
             }
             for (name, e) in &report.failed {
                 warn!(device = %name, "attach failed: {e}");
+            }
+            let xdp = dataplane.reconcile_xdp(&selector.uplinks(&links));
+            for (name, e) in &xdp.fell_back {
+                warn!(device = %name, "native XDP is not available ({e}); using generic XDP");
+            }
+            for (name, mode, how) in &xdp.attached {
+                info!(device = %name, mode, "XDP {how}");
+            }
+            for name in &xdp.detached {
+                info!(device = %name, "XDP detached");
+            }
+            for (name, e) in &xdp.failed {
+                warn!(device = %name, "XDP attach failed: {e}; external clients to remote backends are not served");
             }
         }
         Err(e) => warn!("listing links: {e}"),

@@ -117,6 +117,34 @@ struct AgentArgs {
     /// Capacity of the slots map (backends summed over frontends).
     #[arg(long, default_value_t = lb_common::MAX_SLOTS)]
     max_slots: u32,
+    /// NodePorts outside this range (the apiserver's --service-node-port-range) are reported and not served.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+    /// XDP on the uplinks for external clients: auto (native, else generic), native, generic, or off.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+    Off,
+}
+
+/// "A-B" with 1 <= A <= B <= 65535.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range like 30000-32767");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
 }
 
 #[derive(Subcommand)]
@@ -411,6 +439,13 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             default_algorithm,
             nodeport_addresses: Vec::new(),
             nodeport_cidrs,
+            nodeport_range: args.service_node_port_range,
+        },
+        xdp_mode: match args.xdp_mode {
+            XdpModeArg::Auto => weir::dataplane::xdp::XdpPolicy::Auto,
+            XdpModeArg::Native => weir::dataplane::xdp::XdpPolicy::Native,
+            XdpModeArg::Generic => weir::dataplane::xdp::XdpPolicy::Generic,
+            XdpModeArg::Off => weir::dataplane::xdp::XdpPolicy::Off,
         },
         bpffs: args.bpffs,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),

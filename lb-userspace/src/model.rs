@@ -107,6 +107,10 @@ pub struct Service {
     /// spec.trafficDistribution (e.g. "PreferClose").
     pub traffic_distribution: Option<String>,
     pub health_check_node_port: Option<u16>,
+    /// spec.loadBalancerSourceRanges (or the older
+    /// service.beta.kubernetes.io/load-balancer-source-ranges annotation):
+    /// IPv4 CIDRs as (network, prefix); empty allows every client.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

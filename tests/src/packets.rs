@@ -1,7 +1,8 @@
 //! Packets for BPF_PROG_TEST_RUN tests, built with etherparse so that every
 //! checksum in an expected packet is computed independently of the code
 //! under test.
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder};
+use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, PacketBuilderStep};
+use lb_common::{Backend, CtKey, BACKEND_ACTIVE};
 
 pub const MAC_POD: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 pub const MAC_NODE: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -23,6 +24,8 @@ pub struct Pkt {
     /// Adds 4 bytes of IPv4 options (NOP, NOP, NOP, EOL): IHL 6.
     pub ip_options: bool,
     pub more_fragments: bool,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl Pkt {
@@ -35,6 +38,8 @@ impl Pkt {
             dport,
             ip_options: false,
             more_fragments: false,
+            src_mac: MAC_POD,
+            dst_mac: MAC_NODE,
         }
     }
 
@@ -53,6 +58,14 @@ impl Pkt {
         Self { dst, dport, ..self }
     }
 
+    pub fn with_macs(self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        Self {
+            src_mac,
+            dst_mac,
+            ..self
+        }
+    }
+
     /// Ethernet + IPv4 + TCP (SYN) or UDP with a small payload and correct checksums.
     pub fn build(&self) -> Vec<u8> {
         let proto = match self.l4 {
@@ -65,8 +78,8 @@ impl Pkt {
         if self.ip_options {
             ip.options = [1u8, 1, 1, 0].into();
         }
-        let builder =
-            PacketBuilder::ethernet2(MAC_POD, MAC_NODE).ip(IpHeaders::Ipv4(ip, Default::default()));
+        let builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac)
+            .ip(IpHeaders::Ipv4(ip, Default::default()));
         let payload = b"weir packet test";
         let mut out = Vec::new();
         match self.l4 {
@@ -83,5 +96,40 @@ impl Pkt {
     /// Offset of the L4 checksum in `build()`'s output.
     pub fn l4_csum_offset(&self) -> usize {
         14 + if self.ip_options { 24 } else { 20 } + if self.l4 == L4::Tcp { 16 } else { 6 }
+    }
+}
+
+/// The Ethernet and IPv4 headers of an answer the datapath builds itself (a
+/// reset or an ICMP error): addresses swapped back towards the sender, DF
+/// set, id 0.
+pub fn answer(src: [u8; 4], dst: [u8; 4], proto: IpNumber) -> PacketBuilderStep<IpHeaders> {
+    let mut ip = Ipv4Header::new(0, 64, proto, src, dst).expect("header");
+    ip.identification = 0;
+    ip.dont_fragment = true;
+    PacketBuilder::ethernet2(MAC_NODE, MAC_POD).ip(IpHeaders::Ipv4(ip, Default::default()))
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> CtKey {
+    CtKey {
+        saddr,
+        daddr,
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+/// An active backend.
+pub fn backend(addr: [u8; 4], port: u16, proto: u8) -> Backend {
+    Backend {
+        addr,
+        port,
+        proto,
+        state: BACKEND_ACTIVE,
     }
 }

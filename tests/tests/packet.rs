@@ -6,30 +6,21 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    flow_hash, AffinityKey, AffinityValue, Backend, CtKey, ServiceKey, ALG_HASH, ALG_MAGLEV,
-    ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    flow_hash, AffinityKey, AffinityValue, Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
+    CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::Pkt;
+use weir_tests::packets::{answer, backend, ct_key, hex, Pkt};
 
 const TC_ACT_OK: u32 = 0;
 const VIP: [u8; 4] = [198, 19, 0, 10];
 const CLIENT: [u8; 4] = [198, 18, 1, 2];
 const B1: [u8; 4] = [198, 18, 1, 11];
 const B2: [u8; 4] = [198, 18, 1, 12];
-
-fn backend(addr: [u8; 4], port: u16, proto: u8) -> Backend {
-    Backend {
-        addr,
-        port,
-        proto,
-        state: BACKEND_ACTIVE,
-    }
-}
 
 fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
     (
@@ -104,10 +95,6 @@ fn assert_rewrites(dp: &mut Dataplane, input: &Pkt, expected: &Pkt) -> Result<()
     Ok(())
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[test]
 fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
     let mut dp = one_backend_tcp()?;
@@ -131,17 +118,6 @@ fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
 
     let reply = Pkt::tcp(B1, 8080, CLIENT, 40000);
     assert_rewrites(&mut dp, &reply, &reply.with_src(VIP, 80))
-}
-
-fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 #[test]
@@ -198,21 +174,6 @@ fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// Ethernet (node -> pod) + IPv4 (id 0, DF, TTL 64) from `src` to `dst`, as the reject path writes them.
-fn answer(
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: etherparse::IpNumber,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let mut ip = etherparse::Ipv4Header::new(0, 64, proto, src, dst).expect("header");
-    ip.identification = 0;
-    ip.dont_fragment = true;
-    etherparse::PacketBuilder::ethernet2(
-        weir_tests::packets::MAC_NODE,
-        weir_tests::packets::MAC_POD,
-    )
-    .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
-}
-
 #[test]
 fn a_tcp_syn_to_a_frontend_without_backends_is_answered_with_a_reset() -> Result<()> {
     let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![])])?;

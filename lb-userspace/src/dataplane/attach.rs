@@ -36,6 +36,15 @@ impl DeviceSelector {
         self.devices.iter().any(|d| d == name) || self.pod_globs.iter().any(|g| g.matches(name))
     }
 
+    /// The uplinks (--devices) among `links`: where XDP goes.
+    pub fn uplinks(&self, links: &[(String, u32)]) -> Vec<(String, u32)> {
+        links
+            .iter()
+            .filter(|(name, _)| self.devices.iter().any(|d| d == name))
+            .cloned()
+            .collect()
+    }
+
     /// The links (name, ifindex) this selector picks.
     pub fn select(&self, links: &[(String, u32)]) -> Vec<(String, u32)> {
         links
@@ -71,6 +80,10 @@ impl Attachments {
             links: BTreeMap::new(),
             pin_dir: Some(dir),
         }
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     pub fn devices(&self) -> impl Iterator<Item = &str> {
@@ -174,7 +187,8 @@ impl Dataplane {
                 .filter_map(|(n, (i, _))| att.pin_path(n, *i))
                 .collect();
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                if !keep.contains(&entry.path()) {
+                let tc_pin = entry.file_name().to_string_lossy().starts_with("tc_");
+                if tc_pin && !keep.contains(&entry.path()) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

@@ -2,8 +2,11 @@
 //! (reusing existing pins, so state survives an agent restart).
 use std::path::{Path, PathBuf};
 
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS, PROG_XDP};
 
 use super::{
     attach::Attachments,
@@ -45,11 +48,19 @@ pub fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
         .expect("the tc program is part of the object and loaded in Dataplane::finish")
 }
 
+/// The XDP program of a loaded object.
+pub fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROG_XDP)
+        .and_then(|p| p.try_into().ok())
+        .expect("the XDP program is part of the object and loaded in Dataplane::finish")
+}
+
 /// Loaded programs and maps, the devices they are attached to, and what the maps hold.
 pub struct Dataplane {
     pub ebpf: Ebpf,
     pub maps: Maps,
     pub attachments: Attachments,
+    pub xdp: super::xdp::XdpAttachments,
     programmed: Programmed,
     cfg: PlanConfig,
 }
@@ -150,12 +161,28 @@ impl Dataplane {
             name: PROG_TC_INGRESS,
             source,
         })?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .ok_or(LoadError::Program {
+                name: PROG_XDP,
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
+            .try_into()
+            .map_err(|source| LoadError::Program {
+                name: PROG_XDP,
+                source,
+            })?;
+        xdp.load().map_err(|source| LoadError::Program {
+            name: PROG_XDP,
+            source,
+        })?;
         let maps = Maps::take(&mut ebpf)?;
         let programmed = maps.read();
         Ok(Self {
             ebpf,
             maps,
             attachments: Attachments::default(),
+            xdp: Default::default(),
             programmed,
             cfg,
         })

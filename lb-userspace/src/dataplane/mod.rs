@@ -6,6 +6,7 @@ pub mod loader;
 pub mod maps;
 pub mod monitor;
 pub mod sync;
+pub mod xdp;
 
 pub use loader::{Dataplane, LoadError};
 
