@@ -12,6 +12,7 @@ pub mod fake_apiserver;
 pub mod http;
 pub mod manifests;
 pub mod netns;
+pub mod node;
 pub mod packets;
 pub mod sandbox;
 pub mod scenario;
