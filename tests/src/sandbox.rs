@@ -1,5 +1,5 @@
 //! One node namespace with pods behind host-side veths, wired as in
-//! `node.rs`.
+//! `node.rs`; the multi-node topology is `cluster.rs`.
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
