@@ -31,7 +31,8 @@ pub enum Hook {
 pub enum Verdict {
     /// Hand it to the stack (translated or not).
     Pass,
-    /// Translated towards an address beyond this node: forward it from XDP.
+    /// Translated: send it straight to its egress device (fib.rs) — from
+    /// XDP an SNATed flow, from tc a reverse-NATed reply.
     Forward,
     /// No usable endpoint: answer with a TCP RST or ICMP port unreachable.
     Reject(Flow),
@@ -100,13 +101,18 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     let existing = conntrack::lookup(&ct_key);
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
+            let snat = ct.snat_addr != [0; 4];
+            if matches!(hook, Hook::Xdp(_)) && !snat {
+                // A reply to a pod on this node: tc on the uplink translates
+                // it and hands it to the pod's device.
+                return Ok(Verdict::Pass);
+            }
             conntrack::touch(&ct_key, ct, &flow);
             nat::rewrite_src(p, &flow, ct.nat_addr, ct.nat_port)?;
-            let snat = ct.snat_addr != [0; 4];
             if snat {
                 nat::rewrite_dst(p, &flow, ct.snat_addr, ct.snat_port)?;
             }
-            return Ok(onward(hook, snat));
+            return Ok(Verdict::Forward);
         }
     }
     let Some(svc) = service(&flow, hook) else {

@@ -27,7 +27,8 @@ use packet::{Tc, Xdp};
 pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
     let p = Tc(&ctx);
     match lb::process(&p, Hook::Tc) {
-        Verdict::Pass | Verdict::Forward => TC_ACT_OK as i32,
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Forward => fib::tc_forward(&ctx),
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Reject(flow) => match reject::reject(&p, &flow) {
             // Back out of the device it came in on.
@@ -48,7 +49,7 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
     match lb::process(&p, Hook::Xdp(ifindex)) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward => fib::forward(&ctx, ifindex),
+        Verdict::Forward => fib::xdp_forward(&ctx, ifindex),
         Verdict::Reject(flow) => match reject::reject(&p, &flow) {
             Ok(true) => xdp_action::XDP_TX,
             Ok(false) => xdp_action::XDP_PASS,

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use crate::{cmd::ip, netns::Netns};
+use crate::{
+    cmd::{ip, run},
+    netns::Netns,
+};
 
 /// The bridge's name inside the lan namespace.
 const BRIDGE: &str = "br0";
@@ -58,6 +61,13 @@ impl Lan {
         for step in steps {
             ip(step).with_context(|| format!("attaching {ns} to the lan as {port}"))?;
         }
+        // A veth that receives frames sent with XDP_TX or redirected from
+        // native XDP on its peer needs NAPI, which GRO turns on.
+        run(
+            "ip",
+            &["netns", "exec", lan, "ethtool", "-K", port, "gro", "on"],
+        )
+        .with_context(|| format!("turning on GRO on lan port {port}"))?;
         Ok(())
     }
 }

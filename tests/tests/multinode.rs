@@ -168,18 +168,11 @@ fn each_agent_serves_node_ports_on_its_own_node_address() -> Result<()> {
     Ok(())
 }
 
-/// Ignored until the datapath delivers reverse-NATed replies without the
-/// kernel's input route lookup. The reply's source becomes the node
-/// address:nodePort at tc ingress (on node-1's eth0 for be2, on lxcbe1 for
-/// be1), and the stack then drops it as a martian: a packet coming in with
-/// one of the node's own addresses as source fails fib_validate_source
-/// unless accept_local=1. The one-node sandbox tests do not see this because
-/// their Node address is on no interface. Verified by hand: with
-/// net.ipv4.conf.eth0.accept_local=1 on node-1 the replies of be2 arrive.
-/// Fix in the datapath (e.g. redirect the reverse-NATed reply to the
-/// client's device), not by setting accept_local in the harness.
+/// The reply's source becomes the node's own address:nodePort at tc ingress
+/// (on node-1's eth0 for be2, on lxcbe1 for be1). Through the stack's input
+/// path it would be dropped as a martian (fib_validate_source), so tc sends
+/// reverse-NATed replies straight to the client's device.
 #[test]
-#[ignore = "tc reverse NAT to a local node address: the kernel drops the reply as a martian source"]
 fn node_port_on_the_client_node_address_reaches_backends_on_both_nodes() -> Result<()> {
     let mut c = two_nodes()?;
     let ports = [port("http", 80, "TCP", 8080).node_port(30080)];

@@ -14,7 +14,7 @@ use weir::{
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::{answer, backend, ct_key, hex, Pkt};
+use weir_tests::packets::{answer, backend, ct_key, hex, FibNs, Pkt};
 
 const TC_ACT_OK: u32 = 0;
 const VIP: [u8; 4] = [198, 19, 0, 10];
@@ -73,12 +73,19 @@ fn one_backend_udp() -> Result<Dataplane> {
 }
 
 /// Runs the tc program on `packet`; returns the action and the output bytes.
+/// In an empty namespace, so that reverse-NATed replies (which the program
+/// sends to their device after a FIB lookup) find no route and go to the
+/// stack; see a_reply_to_a_node_port_goes_straight_to_the_clients_device.
 fn run(dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    run_in(&FibNs::empty()?, dp, packet)
+}
+
+fn run_in(fib: &FibNs, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; packet.len() + 128];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(packet);
     opts.data_out = Some(&mut out);
-    let result = tc_program(&mut dp.ebpf).test_run(opts)?;
+    let result = fib.run(|| Ok(tc_program(&mut dp.ebpf).test_run(opts)?))?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
@@ -438,6 +445,38 @@ fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
     assert_eq!(
         dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING,
         lb_common::CT_FLAG_CLOSING
+    );
+    Ok(())
+}
+
+/// The reply of a NodePort flow gets the node's own address as its source.
+/// The stack's input path would drop that as a martian, so tc sends it
+/// straight to the client's device (FIB lookup + redirect) instead.
+#[test]
+fn a_reply_to_a_node_port_goes_straight_to_the_clients_device() -> Result<()> {
+    use weir_tests::packets::{CLIENT_MAC, NODE_IP, NODE_MAC, UPLINK_CLIENT};
+    let fib = FibNs::with_uplink()?;
+    let (mut key, f) = frontend(
+        30080,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    );
+    key.addr = NODE_IP;
+    let mut dp = dataplane(vec![(key, f)])?;
+    let syn = Pkt::tcp(UPLINK_CLIENT, 40010, NODE_IP, 30080);
+    let (action, out) = run_in(&fib, &mut dp, &syn.build())?;
+    assert_eq!(
+        (action, hex(&out)),
+        (TC_ACT_OK, hex(&syn.with_dst(B1, 8080).build()))
+    );
+
+    let reply = Pkt::tcp(B1, 8080, UPLINK_CLIENT, 40010);
+    let (action, out) = run_in(&fib, &mut dp, &reply.build())?;
+    let expected = Pkt::tcp(NODE_IP, 30080, UPLINK_CLIENT, 40010).with_macs(NODE_MAC, CLIENT_MAC);
+    assert_eq!(
+        (action, hex(&out)),
+        (TC_ACT_REDIRECT, hex(&expected.build()))
     );
     Ok(())
 }

@@ -17,25 +17,17 @@ use weir::{
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::{
-    cmd::ip,
-    netns::{enter, unique_tag, Netns},
-    packets::{answer, backend, ct_key, hex, Pkt},
+use weir_tests::packets::{
+    answer, backend, ct_key, hex, FibNs, Pkt, CLIENT_MAC, NODE2_MAC, NODE_IP, NODE_MAC,
 };
+
+/// The external client, on the uplink's subnet.
+const CLIENT: [u8; 4] = weir_tests::packets::UPLINK_CLIENT;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
-/// This node's uplink address (the NodePort address) and MAC.
-const NODE_IP: [u8; 4] = [198, 18, 100, 11];
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x0b];
-/// The other node, through which remote pods (198.18.12.0/24) are reached.
-const NODE2_IP: &str = "198.18.100.12";
-const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x0c];
-/// The external client, on the uplink's subnet.
-const CLIENT: [u8; 4] = [198, 18, 100, 100];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x64];
 const LB_IP: [u8; 4] = [198, 19, 200, 1];
 const CLUSTER_IP: [u8; 4] = [198, 19, 0, 10];
 const NODE_PORT: u16 = 30080;
@@ -107,89 +99,9 @@ fn run(dp: &mut Dataplane, packet: &[u8], ifindex: Option<u32>) -> Result<(u32, 
     Ok((result.return_value, out))
 }
 
-/// A namespace with this node's uplink (up0, NODE_IP/24, forwarding on), a
-/// route to the other node's pods and permanent neighbour entries for the
-/// other node and the client: the FIB lookups of the tests have one answer.
-struct Uplink {
-    ns: Netns,
-    ifindex: u32,
-}
-
-impl Uplink {
-    fn new() -> Result<Self> {
-        let ns = Netns::create(&format!("{}-xdp", unique_tag()))?;
-        let n = ns.name.as_str();
-        let mac = |m: [u8; 6]| {
-            m.iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<Vec<_>>()
-                .join(":")
-        };
-        ip(&[
-            "-n", n, "link", "add", "up0", "type", "veth", "peer", "name", "up1",
-        ])?;
-        ip(&[
-            "-n",
-            n,
-            "link",
-            "set",
-            "up0",
-            "address",
-            &mac(NODE_MAC),
-            "up",
-        ])?;
-        ip(&["-n", n, "link", "set", "up1", "up"])?;
-        let node = format!("{}/24", Ipv4Addr::from(NODE_IP));
-        ip(&["-n", n, "addr", "add", &node, "dev", "up0"])?;
-        for (addr, m) in [
-            (NODE2_IP.to_string(), NODE2_MAC),
-            (Ipv4Addr::from(CLIENT).to_string(), CLIENT_MAC),
-        ] {
-            ip(&[
-                "-n",
-                n,
-                "neigh",
-                "add",
-                &addr,
-                "lladdr",
-                &mac(m),
-                "dev",
-                "up0",
-                "nud",
-                "permanent",
-            ])?;
-        }
-        ip(&["-n", n, "route", "add", "198.18.12.0/24", "via", NODE2_IP])?;
-        weir_tests::cmd::run(
-            "ip",
-            &["netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
-        )?;
-        let name = ns.name.clone();
-        let ifindex =
-            ns.run(move || -> Result<u32> { Ok(nix::net::if_::if_nametoindex("up0")?) })??;
-        let _ = name;
-        Ok(Self { ns, ifindex })
-    }
-
-    /// Runs the program on `packet` as received on up0, inside the namespace.
-    fn run(&self, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let name = self.ns.name.clone();
-        let ifindex = self.ifindex;
-        std::thread::scope(|s| {
-            s.spawn(move || -> Result<(u32, Vec<u8>)> {
-                enter(&name)?;
-                run(dp, packet, Some(ifindex))
-            })
-            .join()
-            .map_err(|_| anyhow::anyhow!("test thread panicked"))?
-        })
-    }
-
-    /// Tells the datapath this node's address on up0 (as the agent does).
-    fn register(&self, dp: &mut Dataplane) -> Result<()> {
-        dp.maps.node_addrs.insert(self.ifindex, NODE_IP, 0)?;
-        Ok(())
-    }
+/// Runs the program on `packet` as received on the uplink, in its namespace.
+fn run_on(fib: &FibNs, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    fib.run(|| run(dp, packet, Some(fib.ifindex)))
 }
 
 fn drops(dp: &Dataplane, reason: u32) -> u64 {
@@ -243,14 +155,14 @@ fn udp_checksums_are_updated_in_software_and_a_zero_checksum_stays_zero() -> Res
 
 #[test]
 fn a_remote_backend_gets_the_flow_snated_to_the_node_and_forwarded_by_xdp() -> Result<()> {
-    let uplink = Uplink::new()?;
+    let uplink = FibNs::with_uplink()?;
     let mut dp = dataplane(vec![node_port(
         PROTO_TCP,
         vec![backend(REMOTE_POD, 8080, PROTO_TCP)],
     )])?;
-    uplink.register(&mut dp)?;
+    dp.maps.node_addrs.insert(uplink.ifindex, NODE_IP, 0)?;
     let syn = Pkt::tcp(CLIENT, 40001, NODE_IP, NODE_PORT).with_macs(CLIENT_MAC, NODE_MAC);
-    let (action, out) = uplink.run(&mut dp, &syn.build())?;
+    let (action, out) = run_on(&uplink, &mut dp, &syn.build())?;
     let fwd = dp
         .maps
         .ct
@@ -264,12 +176,12 @@ fn a_remote_backend_gets_the_flow_snated_to_the_node_and_forwarded_by_xdp() -> R
     assert_eq!((action, hex(&out)), (XDP_TX, hex(&expected.build())));
 
     // The next packet of the flow takes the same translation.
-    let (action, again) = uplink.run(&mut dp, &syn.build())?;
+    let (action, again) = run_on(&uplink, &mut dp, &syn.build())?;
     assert_eq!((action, hex(&again)), (XDP_TX, hex(&expected.build())));
 
     // The reply is turned back into one from the frontend to the client.
     let reply = Pkt::tcp(REMOTE_POD, 8080, NODE_IP, port).with_macs(NODE2_MAC, NODE_MAC);
-    let (action, out) = uplink.run(&mut dp, &reply.build())?;
+    let (action, out) = run_on(&uplink, &mut dp, &reply.build())?;
     let to_client = Pkt::tcp(NODE_IP, NODE_PORT, CLIENT, 40001).with_macs(NODE_MAC, CLIENT_MAC);
     assert_eq!((action, hex(&out)), (XDP_TX, hex(&to_client.build())));
     Ok(())
@@ -277,12 +189,12 @@ fn a_remote_backend_gets_the_flow_snated_to_the_node_and_forwarded_by_xdp() -> R
 
 #[test]
 fn two_clients_with_the_same_port_get_different_snat_ports() -> Result<()> {
-    let uplink = Uplink::new()?;
+    let uplink = FibNs::with_uplink()?;
     let mut dp = dataplane(vec![node_port(
         PROTO_UDP,
         vec![backend(REMOTE_POD, 5353, PROTO_UDP)],
     )])?;
-    uplink.register(&mut dp)?;
+    dp.maps.node_addrs.insert(uplink.ifindex, NODE_IP, 0)?;
     let mut ports = std::collections::BTreeSet::new();
     for client in [
         [198, 18, 100, 100],
@@ -290,7 +202,7 @@ fn two_clients_with_the_same_port_get_different_snat_ports() -> Result<()> {
         [198, 18, 100, 102],
     ] {
         let p = Pkt::udp(client, 5000, NODE_IP, NODE_PORT).with_macs(CLIENT_MAC, NODE_MAC);
-        let (action, out) = uplink.run(&mut dp, &p.build())?;
+        let (action, out) = run_on(&uplink, &mut dp, &p.build())?;
         assert_eq!(action, XDP_TX);
         // The SNAT port is the translated packet's source port.
         ports.insert(u16::from_be_bytes([out[34], out[35]]));

@@ -17,6 +17,7 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "tcpdump",
+    "ethtool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
