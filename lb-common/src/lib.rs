@@ -155,6 +155,8 @@ pub const NO_MAGLEV_TABLE: u32 = u32::MAX;
 /// Program names (function names in lb-ebpf).
 pub const PROG_TC_INGRESS: &str = "weir_tc_ingress";
 pub const PROG_XDP: &str = "weir_xdp";
+pub const PROG_TC_UPLINK: &str = "weir_tc_uplink";
+pub const PROG_XDP_PASS: &str = "weir_xdp_pass";
 
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 65_536;

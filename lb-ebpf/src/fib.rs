@@ -45,12 +45,12 @@ fn set_macs<P: Packet>(p: &P, params: &bpf_fib_lookup) -> Result<(), i64> {
     p.store(0, &macs)
 }
 
+/// The XDP action that sends the packet on, or None when the FIB cannot
+/// resolve it (no route, no neighbour entry yet).
 #[inline(always)]
-pub fn xdp_forward(ctx: &XdpContext, ifindex: u32) -> u32 {
+pub fn xdp_forward(ctx: &XdpContext, ifindex: u32) -> Option<u32> {
     let p = Xdp(ctx);
-    let Ok(mut params) = request(&p, ifindex) else {
-        return xdp_action::XDP_PASS;
-    };
+    let mut params = request(&p, ifindex).ok()?;
     // The MTU check needs the packet's length.
     if let Ok(len) = p.load::<[u8; 2]>(ETH_HLEN + 2) {
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes(len);
@@ -65,13 +65,13 @@ pub fn xdp_forward(ctx: &XdpContext, ifindex: u32) -> u32 {
         )
     };
     if rc != BPF_FIB_LKUP_RET_SUCCESS || set_macs(&p, &params).is_err() {
-        return xdp_action::XDP_PASS;
+        return None;
     }
     if params.ifindex == ifindex {
-        return xdp_action::XDP_TX;
+        return Some(xdp_action::XDP_TX);
     }
     // SAFETY: helper without memory arguments.
-    unsafe { bpf_redirect(params.ifindex, 0) as u32 }
+    Some(unsafe { bpf_redirect(params.ifindex, 0) as u32 })
 }
 
 #[inline(always)]

@@ -19,21 +19,24 @@ use crate::{
 /// Where the program runs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
-    /// tc ingress on pod devices (and uplinks): every frontend, the internal
-    /// view first; SNAT only for hairpin flows.
-    Tc,
-    /// XDP on an uplink (by ifindex): external frontends only, their external
-    /// view; flows to remote backends are SNATed to the node's address.
-    Xdp(u32),
+    /// tc ingress on pod devices: every frontend, the internal view first;
+    /// SNAT only for hairpin flows.
+    Pod,
+    /// An uplink (by ifindex), in XDP or, for what XDP leaves to it, tc:
+    /// external frontends only, their external view; flows to remote
+    /// backends are SNATed to the node's address.
+    Uplink { ifindex: u32, xdp: bool },
 }
 
 /// What to do with the packet.
 pub enum Verdict {
     /// Hand it to the stack (translated or not).
     Pass,
-    /// Translated: send it straight to its egress device (fib.rs) — from
-    /// XDP an SNATed flow, from tc a reverse-NATed reply.
-    Forward,
+    /// Translated: send it straight to its egress device (fib.rs): an
+    /// SNATed flow from an uplink, or a reverse-NATed reply. Carries the
+    /// packet's flow as it arrived, so XDP can undo the translation and
+    /// leave the packet to tc when the FIB has no neighbour entry yet.
+    Forward(Flow),
     /// No usable endpoint: answer with a TCP RST or ICMP port unreachable.
     Reject(Flow),
     /// Drop it (counted and reported already).
@@ -82,12 +85,11 @@ pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
     }
 }
 
-/// Forward from XDP when the destination is beyond this node (the client of
-/// an SNATed flow, or its remote backend); tc hands everything to the stack.
+/// SNATed flows on an uplink go straight to their device; the rest to the stack.
 #[inline(always)]
-fn onward(hook: Hook, snat: bool) -> Verdict {
+fn onward(hook: Hook, snat: bool, flow: Flow) -> Verdict {
     match hook {
-        Hook::Xdp(_) if snat => Verdict::Forward,
+        Hook::Uplink { .. } if snat => Verdict::Forward(flow),
         _ => Verdict::Pass,
     }
 }
@@ -102,7 +104,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
             let snat = ct.snat_addr != [0; 4];
-            if matches!(hook, Hook::Xdp(_)) && !snat {
+            if matches!(hook, Hook::Uplink { xdp: true, .. }) && !snat {
                 // A reply to a pod on this node: tc on the uplink translates
                 // it and hands it to the pod's device.
                 return Ok(Verdict::Pass);
@@ -112,7 +114,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
             if snat {
                 nat::rewrite_dst(p, &flow, ct.snat_addr, ct.snat_port)?;
             }
-            return Ok(Verdict::Forward);
+            return Ok(Verdict::Forward(flow));
         }
     }
     let Some(svc) = service(&flow, hook) else {
@@ -135,7 +137,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
                 if snat {
                     nat::rewrite_src(p, &flow, ct.snat_addr, ct.snat_port)?;
                 }
-                return Ok(onward(hook, snat));
+                return Ok(onward(hook, snat, flow));
             }
         }
     }
@@ -162,7 +164,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     };
     let mut claimed = false;
     match hook {
-        Hook::Xdp(ifindex) if backend.state & BACKEND_LOCAL == 0 => {
+        Hook::Uplink { ifindex, .. } if backend.state & BACKEND_LOCAL == 0 => {
             let Some(addr) = maps::node_addr(ifindex) else {
                 dropped(&flow, svc.id, DROP_SNAT_FAILED);
                 return Ok(Verdict::Drop);
@@ -174,7 +176,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
             }
             claimed = true;
         }
-        Hook::Tc if backend.addr == flow.saddr => {
+        Hook::Pod if backend.addr == flow.saddr => {
             // Hairpin: the pod reached its own service and got itself.
             nat.snat_addr = HAIRPIN_ADDR;
             nat.snat_port = flow.sport;
@@ -198,7 +200,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     if snat {
         nat::rewrite_src(p, &flow, nat.snat_addr, nat.snat_port)?;
     }
-    Ok(onward(hook, snat))
+    Ok(onward(hook, snat, flow))
 }
 
 /// The frontend `flow` is addressed to. Pods (tc) look up the internal scope
@@ -211,7 +213,7 @@ fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
         proto: flow.proto,
         scope: SCOPE_INTERNAL,
     };
-    if hook == Hook::Tc {
+    if hook == Hook::Pod {
         // SAFETY: values are copied out at once.
         if let Some(v) = unsafe { SERVICES.get(key).copied() } {
             return Some(v);
@@ -220,8 +222,17 @@ fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
     key.scope = SCOPE_EXTERNAL;
     // SAFETY: the value is copied out at once.
     let v = unsafe { SERVICES.get(key).copied() }?;
-    if matches!(hook, Hook::Xdp(_)) && v.flags & SVC_FLAG_EXTERNAL == 0 {
+    if matches!(hook, Hook::Uplink { .. }) && v.flags & SVC_FLAG_EXTERNAL == 0 {
         return None;
     }
     Some(v)
+}
+
+/// Restores the addresses and ports `flow` arrived with (XDP, when the
+/// translated packet cannot be forwarded from there).
+#[inline(always)]
+pub fn undo<P: Packet>(p: &P, flow: &Flow) -> Result<(), i64> {
+    let now = parse_ipv4(p).ok_or(-1i64)?;
+    nat::rewrite_dst(p, &now, flow.daddr, flow.dport)?;
+    nat::rewrite_src(p, &now, flow.saddr, flow.sport)
 }

@@ -20,22 +20,44 @@ use aya_ebpf::{
 };
 use lb::{Hook, Verdict};
 use packet::{Tc, Xdp};
+use reject::Rejected;
 
-/// tc ingress on pod devices (what pods send) and uplinks: service DNAT and
-/// reverse NAT of replies.
+/// tc ingress on pod devices (what pods send): service DNAT and reverse NAT
+/// of replies.
 #[classifier]
 pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
-    let p = Tc(&ctx);
-    match lb::process(&p, Hook::Tc) {
+    tc(&ctx, Hook::Pod)
+}
+
+/// tc ingress on uplinks: what the XDP program leaves to the stack (replies
+/// to pods, flows whose next hop has no neighbour entry yet), and all of
+/// north-south when XDP is off.
+#[classifier]
+pub fn weir_tc_uplink(ctx: TcContext) -> i32 {
+    // SAFETY: the skb pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    tc(
+        &ctx,
+        Hook::Uplink {
+            ifindex,
+            xdp: false,
+        },
+    )
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, hook: Hook) -> i32 {
+    let p = Tc(ctx);
+    match lb::process(&p, hook) {
         Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Forward => fib::tc_forward(&ctx),
+        Verdict::Forward(_) => fib::tc_forward(ctx),
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Reject(flow) => match reject::reject(&p, &flow) {
             // Back out of the device it came in on.
             // SAFETY: the skb pointer is valid for the program's run.
-            Ok(true) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-            Ok(false) => TC_ACT_OK as i32,
-            Err(_) => TC_ACT_SHOT as i32,
+            Rejected::Answered => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+            Rejected::Ignored => TC_ACT_OK as i32,
+            Rejected::Failed => TC_ACT_SHOT as i32,
         },
     }
 }
@@ -46,16 +68,33 @@ pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
     let p = Xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    match lb::process(&p, Hook::Xdp(ifindex)) {
+    match lb::process(&p, Hook::Uplink { ifindex, xdp: true }) {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward => fib::xdp_forward(&ctx, ifindex),
+        Verdict::Forward(flow) => match fib::xdp_forward(&ctx, ifindex) {
+            Some(action) => action,
+            // No neighbour entry yet: tc on the uplink translates the packet
+            // again from conntrack and lets the kernel resolve the neighbour.
+            None => match lb::undo(&p, &flow) {
+                Ok(()) => xdp_action::XDP_PASS,
+                Err(_) => xdp_action::XDP_DROP,
+            },
+        },
         Verdict::Reject(flow) => match reject::reject(&p, &flow) {
-            Ok(true) => xdp_action::XDP_TX,
-            Ok(false) => xdp_action::XDP_PASS,
-            Err(_) => xdp_action::XDP_DROP,
+            Rejected::Answered => xdp_action::XDP_TX,
+            Rejected::Ignored => xdp_action::XDP_PASS,
+            Rejected::Failed => xdp_action::XDP_DROP,
         },
     }
+}
+
+/// For the far side of a veth uplink: a veth delivers frames sent into it
+/// with XDP_TX or bpf_redirect only when its peer runs an XDP program (the
+/// frames wait in the peer's ring until its NAPI is kicked, which only an
+/// XDP program does). This one passes everything.
+#[xdp]
+pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

@@ -6,8 +6,8 @@ use core::mem::{size_of, MaybeUninit};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{
-        bpf_skb_change_tail, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_load_bytes,
-        bpf_xdp_store_bytes,
+        bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
@@ -22,6 +22,9 @@ pub trait Packet {
     fn len(&self) -> u32;
     /// Trims or grows the packet to `len` bytes.
     fn resize(&self, len: usize) -> Result<(), i64>;
+    /// Adds `len` bytes in front of the packet (contents undefined); fails
+    /// where the kind of packet has no cheap way to do it.
+    fn prepend(&self, len: usize) -> Result<(), i64>;
     /// Replaces the address at `addr_off` and the port at `port_off` (in the
     /// L4 header) of `flow`, updating the IP and L4 checksums.
     #[allow(clippy::too_many_arguments)]
@@ -66,6 +69,11 @@ impl Packet for Tc<'_> {
         } else {
             Ok(())
         }
+    }
+
+    #[inline(always)]
+    fn prepend(&self, _len: usize) -> Result<(), i64> {
+        Err(-1)
     }
 
     #[inline(always)]
@@ -172,6 +180,17 @@ impl Packet for Xdp<'_> {
         let delta = len as i32 - self.len() as i32;
         // SAFETY: the context pointer is valid for the program's run.
         let ret = unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) };
+        if ret < 0 {
+            Err(ret)
+        } else {
+            Ok(())
+        }
+    }
+
+    #[inline(always)]
+    fn prepend(&self, len: usize) -> Result<(), i64> {
+        // SAFETY: the context pointer is valid for the program's run.
+        let ret = unsafe { bpf_xdp_adjust_head(self.0.ctx, -(len as i32)) };
         if ret < 0 {
             Err(ret)
         } else {

@@ -10,6 +10,7 @@ pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 
 /// The parts of a packet the load balancer looks at. Ports in host order.
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub l4_off: usize,
     pub proto: u8,

@@ -147,7 +147,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
 fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
     match list_links() {
         Ok(links) => {
-            let report = dataplane.reconcile_devices(&selector.select(&links));
+            let report =
+                dataplane.reconcile_devices(&selector.select(&links), &selector.uplinks(&links));
             for name in &report.attached {
                 info!(device = %name, "attached tc ingress");
             }

@@ -5,10 +5,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
 
-use crate::{
-    cmd::{ip, run},
-    netns::Netns,
-};
+use crate::{cmd::ip, netns::Netns};
 
 /// The bridge's name inside the lan namespace.
 const BRIDGE: &str = "br0";
@@ -16,6 +13,8 @@ const BRIDGE: &str = "br0";
 pub const UPLINK: &str = "eth0";
 
 pub struct Lan {
+    /// XDP pass programs on the bridge ports, detached when dropped (before the namespace goes).
+    passes: std::sync::Mutex<Vec<weir::dataplane::xdp::PeerPass>>,
     pub netns: Netns,
 }
 
@@ -24,6 +23,7 @@ impl Lan {
     /// listening/learning delay before a new port passes traffic.
     pub fn create(name: &str) -> Result<Self> {
         let lan = Self {
+            passes: Default::default(),
             netns: Netns::create(name)?,
         };
         let ns = lan.netns.name.as_str();
@@ -61,13 +61,18 @@ impl Lan {
         for step in steps {
             ip(step).with_context(|| format!("attaching {ns} to the lan as {port}"))?;
         }
-        // A veth that receives frames sent with XDP_TX or redirected from
-        // native XDP on its peer needs NAPI, which GRO turns on.
-        run(
-            "ip",
-            &["netns", "exec", lan, "ethtool", "-K", port, "gro", "on"],
-        )
-        .with_context(|| format!("turning on GRO on lan port {port}"))?;
+        crate::cmd::full_checksums(ns, UPLINK)?;
+        // The node's XDP program sends frames back out of eth0 (XDP_TX):
+        // the veth delivers them only if this side runs an XDP program too.
+        let device = port.to_string();
+        let pass = self
+            .netns
+            .run(move || weir::dataplane::xdp::attach_peer_pass(&device))?
+            .with_context(|| format!("attaching the XDP pass program to lan port {port}"))?;
+        self.passes
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lan lock poisoned"))?
+            .push(pass);
         Ok(())
     }
 }

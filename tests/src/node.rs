@@ -80,6 +80,7 @@ pub fn add_pod(
     for step in steps {
         ip(step).with_context(|| format!("wiring pod {name} into {node_ns}"))?;
     }
+    crate::cmd::full_checksums(pod_ns, "eth0")?;
     Ok(Pod {
         name: name.to_string(),
         ip: pod_ip,

@@ -136,9 +136,13 @@ fn attach(
 impl Dataplane {
     /// Attaches to every wanted device not yet attached, adopting links an
     /// earlier agent pinned, and detaches (unpins) the rest.
-    pub fn reconcile_devices(&mut self, wanted: &[(String, u32)]) -> AttachReport {
+    /// Uplinks among them (`uplinks`) get the uplink program.
+    pub fn reconcile_devices(
+        &mut self,
+        wanted: &[(String, u32)],
+        uplinks: &[(String, u32)],
+    ) -> AttachReport {
         let mut report = AttachReport::default();
-        let prog = super::loader::tc_program(&mut self.ebpf);
         let att = &mut self.attachments;
         let gone: Vec<String> = att
             .links
@@ -161,6 +165,11 @@ impl Dataplane {
                 continue;
             }
             let pin = att.pin_path(name, *ifindex);
+            let prog = if uplinks.iter().any(|(n, _)| n == name) {
+                super::loader::tc_uplink_program(&mut self.ebpf)
+            } else {
+                super::loader::tc_program(&mut self.ebpf)
+            };
             let result = match pin.as_deref().filter(|p| p.exists()) {
                 Some(existing) => adopt(prog, existing)
                     .inspect(|_| report.adopted.push(name.clone()))

@@ -211,3 +211,34 @@ impl Dataplane {
         report
     }
 }
+
+/// The XDP_PASS program attached to the far side of a veth uplink, which a
+/// veth needs to deliver frames the uplink's program sends with XDP_TX or
+/// redirects (see lb-ebpf's weir_xdp_pass). Dropping it detaches it.
+pub struct PeerPass {
+    _ebpf: aya::Ebpf,
+}
+
+/// Attaches weir_xdp_pass natively to `device` in the calling thread's
+/// network namespace. Its object's maps are created at one entry each: the
+/// program uses none of them.
+pub fn attach_peer_pass(device: &str) -> Result<PeerPass, super::LoadError> {
+    let mut loader = aya::EbpfLoader::new();
+    for name in lb_common::ALL_MAPS {
+        if name != lb_common::MAP_MONITOR && name != lb_common::MAP_STATS {
+            loader.map_max_entries(name, 1);
+        }
+    }
+    let mut ebpf = loader.load(crate::EBPF_OBJECT)?;
+    let name = lb_common::PROG_XDP_PASS;
+    let program_error = |source| super::LoadError::Program { name, source };
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or(program_error(aya::programs::ProgramError::NotLoaded))?
+        .try_into()
+        .map_err(program_error)?;
+    prog.load().map_err(program_error)?;
+    prog.attach(device, XdpMode::Driver)
+        .map_err(program_error)?;
+    Ok(PeerPass { _ebpf: ebpf })
+}
