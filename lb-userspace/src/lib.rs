@@ -10,6 +10,8 @@ pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod proxy;
+pub mod routes;
 pub mod source;
 pub mod translate;
 
