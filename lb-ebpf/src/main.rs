@@ -3,6 +3,7 @@
 #![no_main]
 
 mod conntrack;
+mod ingress;
 mod lb;
 mod maps;
 mod nat;
@@ -17,6 +18,13 @@ use aya_ebpf::{macros::classifier, programs::TcContext};
 #[classifier]
 pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
     lb::tc_ingress(&ctx)
+}
+
+/// sk_lookup in the node's network namespace: the ingress hand-off to the
+/// embedded L7 proxy.
+#[aya_ebpf::macros::sk_lookup]
+pub fn weir_ingress_lookup(ctx: aya_ebpf::programs::SkLookupContext) -> u32 {
+    ingress::lookup(&ctx)
 }
 
 #[cfg(not(test))]

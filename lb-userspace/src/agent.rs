@@ -62,6 +62,8 @@ pub struct AgentConfig {
     pub ct_timeouts: CtTimeouts,
     /// How often expired conntrack entries are removed.
     pub ct_gc_interval: Duration,
+    /// The embedded L7 ingress proxy; None turns it off.
+    pub ingress: Option<crate::ingress::IngressConfig>,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -93,6 +95,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => warn!("--metrics-bind-address {addr}: {e}; metrics are off"),
         }
     }
+    let mut ingress = match cfg.ingress.clone() {
+        Some(ic) => Some(
+            crate::ingress::Ingress::start(ic, &mut dataplane)
+                .context("starting the ingress proxy")?,
+        ),
+        None => None,
+    };
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
@@ -116,6 +125,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
+                    if let Some(ingress) = ingress.as_mut() {
+                        ingress.apply(&state, &cfg.node.node_name);
+                    }
                     health.update_proxy(|h| {
                         h.queued_since.get_or_insert_with(Instant::now);
                     });

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod health;
+pub mod ingress;
 pub mod inspect;
 pub mod maglev;
 pub mod metrics;

@@ -10,6 +10,8 @@ pub mod cmd;
 pub mod echo;
 pub mod fake_apiserver;
 pub mod http;
+pub mod http_backend;
+pub mod ingress;
 pub mod manifests;
 pub mod netns;
 pub mod packets;

@@ -17,6 +17,9 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "tcpdump",
+    // Ingress tests (curl: HTTP/1.1, HTTP/2, TLS with SNI) and the L7 measurement.
+    "curl",
+    "wrk",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

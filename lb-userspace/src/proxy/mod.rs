@@ -27,6 +27,8 @@ pub enum ProxyError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("starting the proxy runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 }

@@ -22,38 +22,62 @@ use super::{
     ProxyConfig, ProxyError, SharedTable,
 };
 
-/// The bound listeners, before serving: the hand-off needs their sockets.
+/// The bound listeners, before serving: the hand-off puts these very
+/// sockets into its socket map.
 pub struct Listeners {
-    pub http: TcpListener,
-    pub https: TcpListener,
+    pub http: std::net::TcpListener,
+    pub https: std::net::TcpListener,
 }
 
 impl Listeners {
-    pub async fn bind(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ProxyError::Bind { addr, source })
+    pub fn bind(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        let bind = |addr: SocketAddr| {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            Ok::<_, ProxyError>(l)
         };
         Ok(Self {
-            http: bind(cfg.http_bind).await?,
-            https: bind(cfg.https_bind).await?,
+            http: bind(cfg.http_bind)?,
+            https: bind(cfg.https_bind)?,
         })
     }
 }
 
-/// Serves both listeners until the process ends.
-pub fn start(listeners: Listeners, cfg: ProxyConfig, table: SharedTable) -> Result<(), ProxyError> {
+/// Serves both listeners on a runtime of its own (`threads` workers), so
+/// that proxying neither waits for nor delays the agent's main loop.
+pub fn start(
+    listeners: Listeners,
+    cfg: ProxyConfig,
+    table: SharedTable,
+    threads: usize,
+) -> Result<(), ProxyError> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(
         table.clone(),
         cfg.default_cert.clone(),
     )?));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("weir-proxy")
+        .enable_all()
+        .build()
+        .map_err(ProxyError::Runtime)?;
     let shared = Arc::new(Shared { table, config: cfg });
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
         info!(%http, %https, "ingress proxy listening");
     }
-    tokio::spawn(accept_loop(listeners.http, shared.clone(), None));
-    tokio::spawn(accept_loop(listeners.https, shared, Some(acceptor)));
+    let (http, https) = {
+        let _guard = runtime.enter();
+        (
+            TcpListener::from_std(listeners.http).map_err(ProxyError::Runtime)?,
+            TcpListener::from_std(listeners.https).map_err(ProxyError::Runtime)?,
+        )
+    };
+    runtime.spawn(accept_loop(http, shared.clone(), None));
+    runtime.spawn(accept_loop(https, shared, Some(acceptor)));
+    // The runtime lives as long as the process.
+    std::mem::forget(runtime);
     Ok(())
 }
 
