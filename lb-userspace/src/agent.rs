@@ -105,7 +105,13 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
-        SourceSpec::Kube(options) => kube_source::start(options, &cfg.node.node_name).await?,
+        SourceSpec::Kube(options) => {
+            let options = KubeOptions {
+                watch_ingress: cfg.ingress.is_some(),
+                ..options.clone()
+            };
+            kube_source::start(&options, &cfg.node.node_name).await?
+        }
     };
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);

@@ -46,6 +46,9 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Node,
+    Ingress,
+    IngressClass,
+    Secret,
 }
 
 impl Kind {
@@ -54,6 +57,9 @@ impl Kind {
             "Service" => Some(Kind::Service),
             "EndpointSlice" => Some(Kind::EndpointSlice),
             "Node" => Some(Kind::Node),
+            "Ingress" => Some(Kind::Ingress),
+            "IngressClass" => Some(Kind::IngressClass),
+            "Secret" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -63,6 +69,9 @@ impl Kind {
             "/api/v1/services" => Some(Kind::Service),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
             "/api/v1/nodes" => Some(Kind::Node),
+            "/apis/networking.k8s.io/v1/ingresses" => Some(Kind::Ingress),
+            "/apis/networking.k8s.io/v1/ingressclasses" => Some(Kind::IngressClass),
+            "/api/v1/secrets" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -72,18 +81,22 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Secret => "Secret",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::Node
+        !matches!(self, Kind::Node | Kind::IngressClass)
     }
 }
 
@@ -509,7 +522,7 @@ impl Selector {
                 .split_once("==")
                 .or_else(|| req.split_once('='))
                 .ok_or_else(|| format!("unsupported field selector {req:?}"))?;
-            if k != "metadata.name" && k != "metadata.namespace" {
+            if k != "metadata.name" && k != "metadata.namespace" && k != "type" {
                 return Err(format!("field label not supported: {k}"));
             }
             sel.fields.push((k.into(), v.into()));
@@ -533,6 +546,7 @@ impl Selector {
         let fields_ok = self.fields.iter().all(|(k, v)| {
             let field = match k.as_str() {
                 "metadata.name" => "/metadata/name",
+                "type" => "/type",
                 _ => "/metadata/namespace",
             };
             object.pointer(field).and_then(Value::as_str).unwrap_or("") == v
