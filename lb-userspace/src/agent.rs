@@ -113,6 +113,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             kube_source::start(&options, &cfg.node.node_name).await?
         }
     };
+    let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -133,6 +134,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 if let Some(state) = state {
                     if let Some(ingress) = ingress.as_mut() {
                         ingress.apply(&state, &cfg.node.node_name);
+                        if let Some(writer) = &status_writer {
+                            writer.publish(ingress.statuses(&state, &cfg.node.node_name));
+                        }
                     }
                     health.update_proxy(|h| {
                         h.queued_since.get_or_insert_with(Instant::now);
@@ -157,6 +161,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
     Ok(())
+}
+
+/// With the ingress proxy on and the Kubernetes source, a writer of the
+/// Ingresses' status.loadBalancer (its own client). A failure to build the
+/// client leaves the status alone and says so.
+async fn ingress_status_writer(
+    cfg: &AgentConfig,
+) -> Option<crate::source::ingress_status::StatusWriter> {
+    let (SourceSpec::Kube(options), Some(_)) = (&cfg.source, &cfg.ingress) else {
+        return None;
+    };
+    match kube_source::client(options.kubeconfig.as_deref(), options.master.as_deref()).await {
+        Ok(client) => Some(crate::source::ingress_status::StatusWriter::spawn(client)),
+        Err(e) => {
+            warn!("ingress status.loadBalancer will not be published: {e}");
+            None
+        }
+    }
 }
 
 fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {

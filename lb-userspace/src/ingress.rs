@@ -12,7 +12,8 @@ use crate::{
     },
     model::ClusterState,
     proxy::{self, Listeners, ProxyConfig, ProxyError, SharedTable},
-    routes::{build, RouteConfig},
+    routes::{build, build::selected, RouteConfig},
+    source::ingress_status::Statuses,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +73,25 @@ impl Ingress {
             set.extend(node.addresses.iter().copied());
         }
         set
+    }
+
+    /// What each served Ingress's status.loadBalancer should list:
+    /// --ingress-addresses when given (the same on every node, so agents on
+    /// several nodes agree), otherwise this node's ingress addresses.
+    pub fn statuses(&self, state: &ClusterState, node_name: &str) -> Statuses {
+        let addresses: Vec<Ipv4Addr> = if self.cfg.extra_addresses.is_empty() {
+            self.addresses(state, node_name).into_iter().collect()
+        } else {
+            let set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
+            set.into_iter().collect()
+        };
+        state
+            .ingress
+            .ingresses
+            .values()
+            .filter(|i| selected(state, i))
+            .map(|i| (i.id.clone(), addresses.clone()))
+            .collect()
     }
 
     /// Applies a new cluster state: a new routing table, and the ingress addresses.

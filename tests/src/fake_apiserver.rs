@@ -160,6 +160,8 @@ struct State {
     expire_next: usize,
     expire_mode: Option<Gone>,
     log: Vec<Logged>,
+    /// Status patches received: (path, body).
+    status_patches: Vec<(String, Value)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -393,6 +395,11 @@ impl FakeApiserver {
     }
 
     /// Every request received so far.
+    /// The status patches received: (path, JSON body).
+    pub fn status_patches(&self) -> Vec<(String, Value)> {
+        self.lock().status_patches.clone()
+    }
+
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
     }
@@ -584,9 +591,21 @@ async fn serve(
                     let Ok((stream, _)) = accepted else { continue };
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
+                        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(&state, req)) }
+                            async move {
+                                if req.method() == hyper::Method::PATCH {
+                                    let path = req.uri().path().to_string();
+                                    let body = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    return Ok::<_, Infallible>(patch_status(&state, &path, &body));
+                                }
+                                Ok::<_, Infallible>(handle(&state, req))
+                            }
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service);
@@ -646,6 +665,55 @@ fn query(req: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// PATCH .../namespaces/NS/ingresses/NAME/status with a merge patch: the
+/// object's status is replaced by the patch's (enough for status writers),
+/// and watches see the change.
+fn patch_status(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body> {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let target = match parts.as_slice() {
+        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"] => {
+            (Kind::Ingress, ns.to_string(), name.to_string())
+        }
+        _ => {
+            return full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(
+                    405,
+                    "MethodNotAllowed",
+                    "the fake only patches Ingress status",
+                ),
+            )
+        }
+    };
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &e.to_string()),
+            )
+        }
+    };
+    st.status_patches.push((path.to_string(), patch.clone()));
+    let Some(old) = st.objects.get(&target).cloned() else {
+        return full(StatusCode::NOT_FOUND, &status(404, "NotFound", path));
+    };
+    st.rv += 1;
+    let rv = st.rv;
+    let mut object = old.clone();
+    object["status"] = patch.get("status").cloned().unwrap_or(Value::Null);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.objects.insert(target.clone(), object.clone());
+    st.record(Change {
+        rv,
+        kind: target.0,
+        old: Some(old),
+        new: Some(object.clone()),
+    });
+    full(StatusCode::OK, &object)
 }
 
 fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {

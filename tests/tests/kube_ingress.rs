@@ -133,3 +133,60 @@ async fn watches_ingresses_classes_and_only_tls_secrets() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_ingress_addresses_in_status_load_balancer_once_per_change() -> Result<()> {
+    use weir::source::ingress_status::{StatusWriter, Statuses};
+    let api = FakeApiserver::start()?;
+    api.apply(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "shop", "namespace": "web"},
+        "spec": {"defaultBackend": {"service": {"name": "shop", "port": {"number": 80}}}}
+    }))?;
+    let writer = StatusWriter::spawn(api.client()?);
+    let shop = ObjectRef::new("web", "shop");
+    let publish = |ips: &[&str]| {
+        let statuses: Statuses = [(
+            shop.clone(),
+            ips.iter().map(|i| i.parse().unwrap()).collect(),
+        )]
+        .into();
+        writer.publish(statuses);
+    };
+    publish(&["198.19.1.1", "198.18.0.1"]);
+    wait_until(&api, 1).await?;
+    let (path, body) = &api.status_patches()[0];
+    assert_eq!(
+        path,
+        "/apis/networking.k8s.io/v1/namespaces/web/ingresses/shop/status"
+    );
+    assert_eq!(
+        body,
+        &json!({"status": {"loadBalancer": {"ingress": [{"ip": "198.19.1.1"}, {"ip": "198.18.0.1"}]}}})
+    );
+    // The same statuses again: no new patch; a change: one more.
+    publish(&["198.19.1.1", "198.18.0.1"]);
+    publish(&["198.19.1.2"]);
+    wait_until(&api, 2).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(api.status_patches().len(), 2);
+    assert_eq!(
+        api.status_patches()[1].1["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": "198.19.1.2"}])
+    );
+    Ok(())
+}
+
+async fn wait_until(api: &FakeApiserver, patches: usize) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while api.status_patches().len() < patches {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "timed out waiting for {patches} status patches: {:?}",
+                api.status_patches()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

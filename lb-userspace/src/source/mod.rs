@@ -6,6 +6,7 @@ pub mod convert;
 pub mod convert_ingress;
 pub mod dir;
 pub mod duration;
+pub mod ingress_status;
 pub mod kube;
 pub mod parse;
 
