@@ -673,3 +673,58 @@ fn bad_input_is_reported_and_skipped_and_bad_requests_get_400_and_431() -> Resul
     assert_eq!(served_by(&s.get(NODE_IP, "ok.example", "/good")?), "be1");
     Ok(())
 }
+
+#[test]
+fn serves_h2c_and_keeps_serving_after_an_agent_restart() -> Result<()> {
+    let mut s = Setup::start(1, &[])?;
+    s.service("app", 10, &["be1"])?;
+    s.s.manifests.write(
+        "app.yaml",
+        &ingress(
+            NS,
+            "app",
+            &format!(
+                "  ingressClassName: weir\n  defaultBackend: {}\n",
+                backend("app", 80)
+            ),
+        ),
+    )?;
+    s.wait_served("h.example", "/", "be1")?;
+    // HTTP/2 with prior knowledge on the plain port.
+    let r = curl(
+        s.client(),
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: h.example",
+            &format!("http://{NODE_IP}/"),
+        ],
+    )?;
+    assert_eq!((r.status, r.http_version.as_str()), (200, "2"));
+    assert_eq!(r.backend()?, "be1");
+    // A restarted agent attaches the hand-off anew (the old link went with
+    // the old process) and serves again.
+    s.s.agent.restart()?;
+    s.wait_served("h.example", "/", "be1")?;
+    let links = std::process::Command::new("nsenter")
+        .arg(format!("--net=/var/run/netns/{}", s.s.sandbox.node.name))
+        .args(["--", "bpftool", "-j", "link", "show"])
+        .output()?;
+    let links: serde_json::Value = serde_json::from_slice(&links.stdout).unwrap_or_default();
+    let netns_ino = std::fs::metadata(format!("/var/run/netns/{}", s.s.sandbox.node.name))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))?;
+    let ours = links
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| {
+                    l["type"] == "netns"
+                        && l["netns_ino"] == netns_ino
+                        && l["attach_type"] == "sk_lookup"
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(ours, 1, "sk_lookup links on the node's netns: {links}");
+    Ok(())
+}
