@@ -369,3 +369,35 @@ mod pod {
     unsafe impl aya::Pod for ServiceStats {}
     unsafe impl aya::Pod for SourceRange {}
 }
+
+/// The ingress hand-off: an sk_lookup program in the node's network
+/// namespace steers TCP connections to an ingress address and port to the
+/// embedded proxy's listening sockets. The agent creates these maps fresh at
+/// every start (its sockets die with it), so they are not pinned.
+pub mod ingress {
+    /// {ingress address, port} -> index into INGRESS_SOCKETS_V1.
+    pub const MAP_INGRESS_ADDRS: &str = "INGRESS_ADDRS_V1";
+    /// SOCKMAP: the proxy's listening sockets, by SOCKET_* index.
+    pub const MAP_INGRESS_SOCKETS: &str = "INGRESS_SOCKETS_V1";
+    pub const PROG_INGRESS_LOOKUP: &str = "weir_ingress_lookup";
+    pub const SOCKET_HTTP: u32 = 0;
+    pub const SOCKET_HTTPS: u32 = 1;
+    pub const SOCKETS: u32 = 2;
+    pub const MAX_INGRESS_ADDRS: u32 = 4096;
+
+    /// A destination the proxy takes over: address (network order bytes) and
+    /// port (host order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct IngressKey {
+        pub addr: [u8; 4],
+        pub port: u16,
+        pub _pad: u16,
+    }
+
+    const _: () = assert!(core::mem::size_of::<IngressKey>() == 8);
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), padding-free (size asserted above), plain integers.
+    unsafe impl aya::Pod for IngressKey {}
+}

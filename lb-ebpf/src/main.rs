@@ -4,6 +4,7 @@
 
 mod conntrack;
 mod fib;
+mod ingress;
 mod lb;
 mod maps;
 mod nat;
@@ -95,6 +96,13 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// sk_lookup in the node's network namespace: the ingress hand-off to the
+/// embedded L7 proxy.
+#[aya_ebpf::macros::sk_lookup]
+pub fn weir_ingress_lookup(ctx: aya_ebpf::programs::SkLookupContext) -> u32 {
+    ingress::lookup(&ctx)
 }
 
 #[cfg(not(test))]

@@ -64,6 +64,8 @@ pub struct AgentConfig {
     pub ct_gc_interval: Duration,
     /// Which XDP modes the uplinks may use.
     pub xdp_mode: crate::dataplane::xdp::XdpPolicy,
+    /// The embedded L7 ingress proxy; None turns it off.
+    pub ingress: Option<crate::ingress::IngressConfig>,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
@@ -96,11 +98,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => warn!("--metrics-bind-address {addr}: {e}; metrics are off"),
         }
     }
+    let mut ingress = match cfg.ingress.clone() {
+        Some(ic) => Some(
+            crate::ingress::Ingress::start(ic, &mut dataplane)
+                .context("starting the ingress proxy")?,
+        ),
+        None => None,
+    };
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
-        SourceSpec::Kube(options) => kube_source::start(options, &cfg.node.node_name).await?,
+        SourceSpec::Kube(options) => {
+            let options = KubeOptions {
+                watch_ingress: cfg.ingress.is_some(),
+                ..options.clone()
+            };
+            kube_source::start(&options, &cfg.node.node_name).await?
+        }
     };
+    let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -119,6 +135,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
+                    if let Some(ingress) = ingress.as_mut() {
+                        ingress.apply(&state, &cfg.node.node_name);
+                        if let Some(writer) = &status_writer {
+                            writer.publish(ingress.statuses(&state, &cfg.node.node_name));
+                        }
+                    }
                     health.update_proxy(|h| {
                         h.queued_since.get_or_insert_with(Instant::now);
                     });
@@ -142,6 +164,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
     Ok(())
+}
+
+/// With the ingress proxy on and the Kubernetes source, a writer of the
+/// Ingresses' status.loadBalancer (its own client). A failure to build the
+/// client leaves the status alone and says so.
+async fn ingress_status_writer(
+    cfg: &AgentConfig,
+) -> Option<crate::source::ingress_status::StatusWriter> {
+    let (SourceSpec::Kube(options), Some(_)) = (&cfg.source, &cfg.ingress) else {
+        return None;
+    };
+    match kube_source::client(options.kubeconfig.as_deref(), options.master.as_deref()).await {
+        Ok(client) => Some(crate::source::ingress_status::StatusWriter::spawn(client)),
+        Err(e) => {
+            warn!("ingress status.loadBalancer will not be published: {e}");
+            None
+        }
+    }
 }
 
 fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {

@@ -53,6 +53,7 @@ fn names(objects: &[Object]) -> Vec<String> {
             Object::Service(s) => format!("Service {}", s.id),
             Object::EndpointSlice(s) => format!("EndpointSlice {}", s.id),
             Object::Node(n) => format!("Node {}", n.name),
+            other => format!("{other:?}"),
         })
         .collect()
 }

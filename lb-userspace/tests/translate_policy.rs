@@ -171,6 +171,7 @@ fn cluster(services: Vec<Service>, slices: Vec<EndpointSlice>, nodes: Vec<Node>)
         services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
         slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
         nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        ..Default::default()
     }
 }
 
@@ -1169,6 +1170,7 @@ status:
             Object::Node(n) => {
                 state.nodes.insert(n.name.clone(), n);
             }
+            _ => {}
         }
     }
     let d = translate(&state, &facts());

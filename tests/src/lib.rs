@@ -12,6 +12,8 @@ pub mod cmd;
 pub mod echo;
 pub mod fake_apiserver;
 pub mod http;
+pub mod http_backend;
+pub mod ingress;
 pub mod lan;
 pub mod manifests;
 pub mod netns;

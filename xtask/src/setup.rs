@@ -18,6 +18,9 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "ethtool",
+    // Ingress tests (curl: HTTP/1.1, HTTP/2, TLS with SNI) and the L7 measurement.
+    "curl",
+    "wrk",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -2,6 +2,7 @@
 //! and maps, attaching to devices, and writing planned map updates.
 pub mod attach;
 pub mod ct_gc;
+pub mod ingress;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
