@@ -15,6 +15,16 @@ use lb_common::{csum_replace2, csum_replace4, PROTO_UDP};
 
 use crate::parse::{Flow, IP_CSUM_OFF};
 
+/// A helper's return value as a Result (negative: an errno).
+#[inline(always)]
+fn status(ret: i64) -> Result<(), i64> {
+    if ret < 0 {
+        Err(ret)
+    } else {
+        Ok(())
+    }
+}
+
 pub trait Packet {
     fn load<T: Copy>(&self, off: usize) -> Result<T, i64>;
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), i64>;
@@ -64,11 +74,7 @@ impl Packet for Tc<'_> {
     fn resize(&self, len: usize) -> Result<(), i64> {
         // SAFETY: the skb pointer is valid for the program's run.
         let ret = unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
-        if ret < 0 {
-            Err(ret)
-        } else {
-            Ok(())
-        }
+        status(ret)
     }
 
     #[inline(always)]
@@ -144,9 +150,7 @@ impl Packet for Xdp<'_> {
                 size_of::<T>() as u32,
             )
         };
-        if ret < 0 {
-            return Err(ret);
-        }
+        status(ret)?;
         // SAFETY: the helper filled every byte.
         Ok(unsafe { v.assume_init() })
     }
@@ -162,11 +166,7 @@ impl Packet for Xdp<'_> {
                 size_of::<T>() as u32,
             )
         };
-        if ret < 0 {
-            Err(ret)
-        } else {
-            Ok(())
-        }
+        status(ret)
     }
 
     #[inline(always)]
@@ -180,22 +180,14 @@ impl Packet for Xdp<'_> {
         let delta = len as i32 - self.len() as i32;
         // SAFETY: the context pointer is valid for the program's run.
         let ret = unsafe { bpf_xdp_adjust_tail(self.0.ctx, delta) };
-        if ret < 0 {
-            Err(ret)
-        } else {
-            Ok(())
-        }
+        status(ret)
     }
 
     #[inline(always)]
     fn prepend(&self, len: usize) -> Result<(), i64> {
         // SAFETY: the context pointer is valid for the program's run.
         let ret = unsafe { bpf_xdp_adjust_head(self.0.ctx, -(len as i32)) };
-        if ret < 0 {
-            Err(ret)
-        } else {
-            Ok(())
-        }
+        status(ret)
     }
 
     #[inline(always)]
