@@ -63,12 +63,16 @@ http {{
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
   upstream app {{
-{servers}  }}
+{servers}    keepalive 64;
+  }}
   server {{
     listen {NGINX_IP}:80;
     server_name bench.example;
     location / {{
       proxy_pass http://app;
+      # Upstream keep-alive, as Weir's pool does.
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
