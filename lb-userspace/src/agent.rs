@@ -136,9 +136,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
                     if let Some(ingress) = ingress.as_mut() {
-                        ingress.apply(&state, &cfg.node.node_name);
+                        let problems = ingress.apply(&state, &cfg.node.node_name);
                         if let Some(writer) = &status_writer {
                             writer.publish(ingress.statuses(&state, &cfg.node.node_name));
+                            for (object, message) in problems {
+                                writer.report(object, message);
+                            }
                         }
                     }
                     health.update_proxy(|h| {

@@ -10,7 +10,7 @@ use crate::{
         ingress::{IngressError, IngressHandoff},
         Dataplane,
     },
-    model::ClusterState,
+    model::{ClusterState, ObjectRef},
     proxy::{self, Listeners, ProxyConfig, ProxyError, SharedTable},
     routes::{build, build::selected, RouteConfig},
     source::ingress_status::Statuses,
@@ -41,6 +41,8 @@ pub struct Ingress {
     table: SharedTable,
     handoff: IngressHandoff,
     last_warnings: Vec<String>,
+    /// Problems already reported (so each is reported once while it lasts).
+    reported: BTreeSet<(ObjectRef, String)>,
     last_addresses: Option<BTreeSet<Ipv4Addr>>,
 }
 
@@ -62,6 +64,7 @@ impl Ingress {
             table,
             handoff,
             last_warnings: Vec::new(),
+            reported: BTreeSet::new(),
             last_addresses: None,
         })
     }
@@ -94,8 +97,9 @@ impl Ingress {
             .collect()
     }
 
-    /// Applies a new cluster state: a new routing table, and the ingress addresses.
-    pub fn apply(&mut self, state: &ClusterState, node_name: &str) {
+    /// Applies a new cluster state: a new routing table, and the ingress
+    /// addresses. Returns the problems that are new since the last state.
+    pub fn apply(&mut self, state: &ClusterState, node_name: &str) -> Vec<(ObjectRef, String)> {
         let table = build(
             state,
             &RouteConfig {
@@ -115,6 +119,9 @@ impl Ingress {
             skipped = table.warnings.len(),
             "ingress routes updated"
         );
+        let problems: BTreeSet<(ObjectRef, String)> = table.problems.iter().cloned().collect();
+        let new: Vec<(ObjectRef, String)> = problems.difference(&self.reported).cloned().collect();
+        self.reported = problems;
         self.table.store(Arc::new(table));
         let addresses = self.addresses(state, node_name);
         if self.last_addresses.as_ref() != Some(&addresses) {
@@ -129,5 +136,6 @@ impl Ingress {
                 Err(e) => warn!("ingress addresses: {e}"),
             }
         }
+        new
     }
 }

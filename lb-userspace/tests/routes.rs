@@ -410,6 +410,16 @@ fn bad_backends_and_paths_skip_only_their_rule_and_name_the_ingress() {
     ] {
         assert!(w.contains(needle), "missing {needle:?} in:\n{w}");
     }
+    // The same problems by object, for Events on the Ingress.
+    assert_eq!(t.problems.len(), 4);
+    assert!(t
+        .problems
+        .iter()
+        .all(|(id, _)| id.to_string() == "web/broken"));
+    assert_eq!(
+        t.problems[0].1,
+        "spec.rules[0].http.paths[1].backend: Service web/nope not found; path skipped"
+    );
 }
 
 #[test]

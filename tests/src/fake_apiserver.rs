@@ -162,6 +162,8 @@ struct State {
     log: Vec<Logged>,
     /// Status patches received: (path, body).
     status_patches: Vec<(String, Value)>,
+    /// Events created (POST .../events), as received.
+    events: Vec<Value>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -395,6 +397,11 @@ impl FakeApiserver {
     }
 
     /// Every request received so far.
+    /// The Events created, as received (with the name the fake gave them).
+    pub fn events(&self) -> Vec<Value> {
+        self.lock().events.clone()
+    }
+
     /// The status patches received: (path, JSON body).
     pub fn status_patches(&self) -> Vec<(String, Value)> {
         self.lock().status_patches.clone()
@@ -594,7 +601,8 @@ async fn serve(
                         let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let state = state.clone();
                             async move {
-                                if req.method() == hyper::Method::PATCH {
+                                let method = req.method().clone();
+                                if method == hyper::Method::PATCH || method == hyper::Method::POST {
                                     let path = req.uri().path().to_string();
                                     let body = req
                                         .into_body()
@@ -602,7 +610,11 @@ async fn serve(
                                         .await
                                         .map(|b| b.to_bytes())
                                         .unwrap_or_default();
-                                    return Ok::<_, Infallible>(patch_status(&state, &path, &body));
+                                    return Ok::<_, Infallible>(if method == hyper::Method::POST {
+                                        create_event(&state, &path, &body)
+                                    } else {
+                                        patch_status(&state, &path, &body)
+                                    });
                                 }
                                 Ok::<_, Infallible>(handle(&state, req))
                             }
@@ -665,6 +677,37 @@ fn query(req: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// POST /api/v1/namespaces/NS/events: recorded and echoed back with a name.
+fn create_event(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body> {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if !matches!(parts.as_slice(), ["api", "v1", "namespaces", _, "events"]) {
+        return full(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &status(405, "MethodNotAllowed", "the fake only creates Events"),
+        );
+    }
+    let mut event: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &e.to_string()),
+            )
+        }
+    };
+    st.rv += 1;
+    let prefix = event
+        .pointer("/metadata/generateName")
+        .and_then(Value::as_str)
+        .unwrap_or("event.")
+        .to_string();
+    event["metadata"]["name"] = json!(format!("{prefix}{}", st.rv));
+    event["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+    st.events.push(event.clone());
+    full(StatusCode::CREATED, &event)
 }
 
 /// PATCH .../namespaces/NS/ingresses/NAME/status with a merge patch: the

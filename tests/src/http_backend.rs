@@ -1,7 +1,8 @@
 //! An HTTP backend for ingress tests, run in a pod's namespace: every request
 //! is answered with JSON describing what the backend saw (its name, method,
 //! path, host, HTTP version and headers); `/ws` accepts a WebSocket and
-//! echoes each text message as "NAME: MESSAGE". Dropping it closes the
+//! echoes each text message as "NAME: MESSAGE". `connection` numbers the
+//! TCP connection a request came on (1, 2, ... per backend). Dropping it closes the
 //! listener, so new connections are refused (a backend going away).
 use std::{
     collections::BTreeMap,
@@ -64,13 +65,17 @@ impl HttpBackend {
                 };
                 let _ = ready_tx.send(Ok(()));
                 let serve = async {
+                    let mut connections = 0u64;
                     loop {
                         let Ok((stream, _)) = listener.accept().await else {
                             continue;
                         };
+                        connections += 1;
+                        let connection = connections;
                         let name = name.clone();
                         tokio::spawn(async move {
-                            let service = service_fn(move |req| respond(req, name.clone()));
+                            let service =
+                                service_fn(move |req| respond(req, name.clone(), connection));
                             let _ = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(TokioIo::new(stream), service)
                                 .with_upgrades()
@@ -109,6 +114,7 @@ impl Drop for HttpBackend {
 async fn respond(
     mut req: Request<Incoming>,
     name: String,
+    connection: u64,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/ws" {
         if let Some(key) = req.headers().get("sec-websocket-key") {
@@ -157,6 +163,7 @@ async fn respond(
         .collect();
     let body = serde_json::json!({
         "backend": name,
+        "connection": connection,
         "method": req.method().as_str(),
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
         "host": req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),

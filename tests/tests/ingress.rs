@@ -728,3 +728,63 @@ fn serves_h2c_and_keeps_serving_after_an_agent_restart() -> Result<()> {
     assert_eq!(ours, 1, "sk_lookup links on the node's netns: {links}");
     Ok(())
 }
+
+#[test]
+fn reuses_upstream_connections_and_closes_slow_clients_without_stalling_others() -> Result<()> {
+    let s = Setup::start(1, &["--ingress-header-timeout=1s"])?;
+    s.service("app", 10, &["be1"])?;
+    s.s.manifests.write(
+        "app.yaml",
+        &ingress(
+            NS,
+            "app",
+            &format!(
+                "  ingressClassName: weir\n  defaultBackend: {}\n",
+                backend("app", 80)
+            ),
+        ),
+    )?;
+    s.wait_served("r.example", "/", "be1")?;
+
+    // A client that never finishes its headers (slowloris) holds one connection...
+    let slow = in_netns(s.client(), || -> Result<TcpStream> {
+        let mut conn =
+            TcpStream::connect_timeout(&SocketAddr::from((NODE_IP, 80)), Duration::from_secs(2))?;
+        conn.write_all(b"GET / HTTP/1.1\r\nHost: r.example\r\nX-Slow: ")?;
+        Ok(conn)
+    })??;
+    // ...while 20 separate client connections are served, over fewer upstream connections.
+    let mut upstream_connections = BTreeSet::new();
+    for i in 0..20 {
+        let r = s.get(NODE_IP, "r.example", "/")?;
+        assert_eq!(r.status, 200, "request {i}");
+        upstream_connections.insert(r.json()?["connection"].as_u64().context("connection")?);
+    }
+    assert!(
+        upstream_connections.len() < 20,
+        "every request opened its own upstream connection: {upstream_connections:?}"
+    );
+    // The slow client is closed after the header timeout (bounded wait).
+    let mut slow = slow;
+    slow.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = [0u8; 512];
+    let n = match slow.read(&mut buf) {
+        Ok(n) => n,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            bail!("the slow client is still open after 10 s")
+        }
+        // Reset: closed too.
+        Err(_) => 0,
+    };
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "the slow client got {answer:?} instead of a close"
+    );
+    Ok(())
+}

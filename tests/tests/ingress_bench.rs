@@ -28,6 +28,15 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -54,12 +63,16 @@ http {{
   uwsgi_temp_path {dir}/uwsgi;
   scgi_temp_path {dir}/scgi;
   upstream app {{
-{servers}  }}
+{servers}    keepalive 64;
+  }}
   server {{
     listen {NGINX_IP}:80;
     server_name bench.example;
     location / {{
       proxy_pass http://app;
+      # Upstream keep-alive, as Weir's pool does.
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
       proxy_set_header X-Forwarded-Proto $scheme;
@@ -76,6 +89,9 @@ http {{
         .arg(format!("--net={}", netns::path(node_ns).display()))
         .args(["--", "nginx", "-e", "stderr", "-g", "daemon off;", "-c"])
         .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .context("starting nginx (apt-get install nginx-light)")?;
     Ok(Nginx { child, dir })

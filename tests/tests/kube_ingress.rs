@@ -190,3 +190,33 @@ async fn wait_until(api: &FakeApiserver, patches: usize) -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_skipped_rules_as_warning_events_on_the_ingress() -> Result<()> {
+    use weir::source::ingress_status::StatusWriter;
+    let api = FakeApiserver::start()?;
+    let writer = StatusWriter::spawn(api.client()?);
+    writer.report(
+        ObjectRef::new("web", "shop"),
+        "spec.rules[0].http.paths[0].backend: Service web/nope not found; path skipped".into(),
+    );
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while api.events().is_empty() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no Event was created");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let event = &api.events()[0];
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "IngressRuleSkipped");
+    assert_eq!(event["involvedObject"]["kind"], "Ingress");
+    assert_eq!(event["involvedObject"]["namespace"], "web");
+    assert_eq!(event["involvedObject"]["name"], "shop");
+    assert_eq!(event["metadata"]["namespace"], "web");
+    assert_eq!(
+        event["message"],
+        "spec.rules[0].http.paths[0].backend: Service web/nope not found; path skipped"
+    );
+    Ok(())
+}

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{headers, ProxyConfig, SharedTable};
-use crate::routes::matching::normalize_host;
+use crate::routes::{matching::normalize_host, Upstream};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -30,6 +30,8 @@ pub struct ConnInfo {
 pub struct Shared {
     pub table: SharedTable,
     pub config: ProxyConfig,
+    /// Idle upstream connections for reuse.
+    pub pool: super::pool::Pool,
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
@@ -107,47 +109,14 @@ pub async fn handle(
     headers::add_forwarded(h, conn.client.ip(), conn.scheme, authority.as_deref());
 
     let timeouts = shared.config.timeouts;
-    let mut last_error = String::new();
-    let mut stream = None;
-    for endpoint in upstream.attempt_order().take(MAX_ATTEMPTS) {
-        match tokio::time::timeout(timeouts.connect, TcpStream::connect(endpoint)).await {
-            Ok(Ok(s)) => {
-                stream = Some(s);
-                break;
-            }
-            Ok(Err(e)) => {
-                debug!(%endpoint, service = %upstream.service, "connect failed: {e}; trying the next endpoint");
-                last_error = format!("{endpoint}: {e}");
-            }
-            Err(_) => {
-                debug!(%endpoint, service = %upstream.service, "connect timed out; trying the next endpoint");
-                last_error = format!("{endpoint}: connect timed out");
-            }
-        }
-    }
-    let Some(stream) = stream else {
-        return Ok(local(
-            StatusCode::BAD_GATEWAY,
-            &format!(
-                "no endpoint of Service {} accepted a connection ({last_error})",
-                upstream.service
-            ),
-        ));
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-            Ok(pair) => pair,
-            Err(e) => return Ok(local(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"))),
-        };
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            debug!("upstream connection: {e}");
-        }
-    });
-    let mut resp = match tokio::time::timeout(timeouts.upstream, sender.send_request(req)).await {
+    let mut resp = match tokio::time::timeout(
+        timeouts.upstream,
+        send(&shared, upstream, req, upgrade),
+    )
+    .await
+    {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => return Ok(local(StatusCode::BAD_GATEWAY, &format!("upstream: {e}"))),
+        Ok(Err(local_response)) => return Ok(local_response),
         Err(_) => {
             return Ok(local(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -173,4 +142,89 @@ pub async fn handle(
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
     Ok(resp.map(|b| b.boxed()))
+}
+
+/// Sends `req` to an endpoint of `upstream`: on a pooled connection when one
+/// is ready (falling back to a new connection if it turns out closed before
+/// the request was written), otherwise on a new one, trying the next
+/// endpoint when connecting fails. Upgrades always get a connection of their own.
+async fn send(
+    shared: &Shared,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+    upgrade: bool,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let connect_timeout = shared.config.timeouts.connect;
+    let mut last_error = String::new();
+    for endpoint in upstream.attempt_order().take(MAX_ATTEMPTS) {
+        if !upgrade {
+            while let Some(mut sender) = shared.pool.checkout(endpoint) {
+                match sender.try_send_request(req).await {
+                    Ok(resp) => {
+                        shared.pool.checkin(endpoint, sender);
+                        return Ok(resp);
+                    }
+                    Err(mut e) => match e.take_message() {
+                        // Not sent: try again on another connection.
+                        Some(r) => req = r,
+                        None => {
+                            return Err(local(
+                                StatusCode::BAD_GATEWAY,
+                                &format!("upstream {endpoint}: {}", e.error()),
+                            ))
+                        }
+                    },
+                }
+            }
+        }
+        let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%endpoint, service = %upstream.service, "connect failed: {e}; trying the next endpoint");
+                last_error = format!("{endpoint}: {e}");
+                continue;
+            }
+            Err(_) => {
+                debug!(%endpoint, service = %upstream.service, "connect timed out; trying the next endpoint");
+                last_error = format!("{endpoint}: connect timed out");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    return Err(local(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("upstream {endpoint}: {e}"),
+                    ))
+                }
+            };
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                debug!("upstream connection: {e}");
+            }
+        });
+        return match sender.send_request(req).await {
+            Ok(resp) => {
+                if !upgrade {
+                    shared.pool.checkin(endpoint, sender);
+                }
+                Ok(resp)
+            }
+            Err(e) => Err(local(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream {endpoint}: {e}"),
+            )),
+        };
+    }
+    Err(local(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "no endpoint of Service {} accepted a connection ({last_error})",
+            upstream.service
+        ),
+    ))
 }

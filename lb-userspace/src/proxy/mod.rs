@@ -7,6 +7,7 @@
 mod forward;
 mod headers;
 mod idle;
+mod pool;
 mod server;
 mod tls;
 

@@ -63,7 +63,11 @@ pub fn start(
         .enable_all()
         .build()
         .map_err(ProxyError::Runtime)?;
-    let shared = Arc::new(Shared { table, config: cfg });
+    let shared = Arc::new(Shared {
+        table,
+        config: cfg,
+        pool: Default::default(),
+    });
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
         info!(%http, %https, "ingress proxy listening");
     }

@@ -73,7 +73,13 @@ pub fn build(state: &ClusterState, cfg: &RouteConfig) -> RouteTable {
 }
 
 impl Builder<'_> {
-    fn warn(&mut self, msg: String) {
+    /// Records a problem of Ingress `ing` (the message starts with its name).
+    fn warn(&mut self, ing: &ObjectRef, msg: String) {
+        let detail = msg
+            .strip_prefix(&format!("Ingress {ing}: "))
+            .unwrap_or(&msg)
+            .to_string();
+        self.table.problems.push((ing.clone(), detail));
         self.table.warnings.push(msg);
     }
 
@@ -86,32 +92,35 @@ impl Builder<'_> {
                 None => self.table.default_backend = Some((u, ing.id.clone())),
                 Some((_, first)) => {
                     let first = first.clone();
-                    self.warn(format!(
+                    self.warn(&ing.id, format!(
                         "Ingress {}: spec.defaultBackend: Ingress {first} already sets the default backend; ignored",
                         ing.id
                     ))
                 }
             },
-            Err(reason) => self.warn(format!(
-                "Ingress {}: spec.defaultBackend: {reason}; skipped",
-                ing.id
-            )),
+            Err(reason) => self.warn(
+                &ing.id,
+                format!("Ingress {}: spec.defaultBackend: {reason}; skipped", ing.id),
+            ),
         }
     }
 
     fn rules(&mut self, ing: &Ingress, hosts: &mut BTreeMap<String, HostRoutes>) {
         for (i, rule) in ing.rules.iter().enumerate() {
             if !rule.host.is_empty() && !matching::valid_host(&rule.host) {
-                self.warn(format!(
-                    "Ingress {}: spec.rules[{i}].host: invalid host {:?}; rule skipped",
-                    ing.id, rule.host
-                ));
+                self.warn(
+                    &ing.id,
+                    format!(
+                        "Ingress {}: spec.rules[{i}].host: invalid host {:?}; rule skipped",
+                        ing.id, rule.host
+                    ),
+                );
                 continue;
             }
             for (j, p) in rule.paths.iter().enumerate() {
                 let field = format!("spec.rules[{i}].http.paths[{j}]");
                 if !matching::valid_path(&p.path) {
-                    self.warn(format!(
+                    self.warn(&ing.id, format!(
                         "Ingress {}: {field}.path: invalid path {:?} (must start with '/'); path skipped",
                         ing.id, p.path
                     ));
@@ -120,10 +129,13 @@ impl Builder<'_> {
                 let upstream = match self.upstream(&ing.id.namespace, &p.backend) {
                     Ok(u) => u,
                     Err(reason) => {
-                        self.warn(format!(
-                            "Ingress {}: {field}.backend: {reason}; path skipped",
-                            ing.id
-                        ));
+                        self.warn(
+                            &ing.id,
+                            format!(
+                                "Ingress {}: {field}.backend: {reason}; path skipped",
+                                ing.id
+                            ),
+                        );
                         continue;
                     }
                 };
@@ -138,7 +150,7 @@ impl Builder<'_> {
                     .find(|r| r.path_type == p.path_type && r.key == key)
                 {
                     let other = other.ingress.clone();
-                    self.warn(format!(
+                    self.warn(&ing.id, format!(
                         "Ingress {}: {field}: host {:?} path {:?} ({:?}) is already defined by Ingress {other}; skipped",
                         ing.id, rule.host, p.path, p.path_type
                     ));
@@ -162,7 +174,7 @@ impl Builder<'_> {
             };
             let id = ObjectRef::new(&ing.id.namespace, secret_name);
             let Some(secret) = self.state.ingress.tls_secrets.get(&id) else {
-                self.warn(format!(
+                self.warn(&ing.id, format!(
                     "Ingress {}: spec.tls[{i}]: Secret {id} (kubernetes.io/tls) not found; hosts {:?} get the default certificate",
                     ing.id, t.hosts
                 ));
@@ -171,7 +183,7 @@ impl Builder<'_> {
             let key = match tls::certified_key(&secret.cert_pem, &secret.key_pem) {
                 Ok(k) => k,
                 Err(e) => {
-                    self.warn(format!(
+                    self.warn(&ing.id, format!(
                         "Ingress {}: spec.tls[{i}]: Secret {id}: {e}; hosts {:?} get the default certificate",
                         ing.id, t.hosts
                     ));

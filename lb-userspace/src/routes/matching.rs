@@ -66,3 +66,59 @@ pub fn prefix_matches(key: &str, path: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_lower_cased_without_port_or_trailing_dot() {
+        assert_eq!(
+            normalize_host("Foo.Example:8080").as_deref(),
+            Some("foo.example")
+        );
+        assert_eq!(
+            normalize_host("foo.example.").as_deref(),
+            Some("foo.example")
+        );
+        assert_eq!(
+            normalize_host("[2001:db8::1]:443").as_deref(),
+            Some("[2001:db8::1]")
+        );
+        assert_eq!(normalize_host(""), None);
+        assert_eq!(normalize_host(":80"), None);
+    }
+
+    #[test]
+    fn a_wildcard_covers_exactly_one_label() {
+        assert_eq!(wildcard_suffix("*.foo.com"), Some("foo.com"));
+        assert_eq!(wildcard_suffix("foo.com"), None);
+        assert_eq!(parent_of("bar.foo.com"), Some("foo.com"));
+        assert_eq!(parent_of("foo"), None);
+        assert_eq!(parent_of(".foo.com"), None);
+    }
+
+    #[test]
+    fn rule_hosts_and_paths_are_validated() {
+        assert!(valid_host("foo.example"));
+        assert!(valid_host("*.foo.example"));
+        assert!(!valid_host("foo.*.example"));
+        assert!(!valid_host("-foo.example"));
+        assert!(!valid_host("foo..example"));
+        assert!(valid_path("/a/b"));
+        assert!(!valid_path("a/b"));
+        assert!(!valid_path("/a b"));
+        assert!(!valid_path("/a?b"));
+    }
+
+    #[test]
+    fn prefixes_match_per_element() {
+        let key = prefix_key("/foo/");
+        assert_eq!(key, "/foo");
+        assert!(prefix_matches(&key, "/foo"));
+        assert!(prefix_matches(&key, "/foo/"));
+        assert!(prefix_matches(&key, "/foo/bar"));
+        assert!(!prefix_matches(&key, "/foobar"));
+        assert!(prefix_matches(&prefix_key("/"), "/anything"));
+    }
+}

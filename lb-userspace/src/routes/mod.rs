@@ -156,6 +156,8 @@ pub struct RouteTable {
     pub certs: HashMap<String, Arc<CertifiedKey>>,
     /// What was skipped and why, each naming its object.
     pub warnings: Vec<String>,
+    /// The same, by Ingress (for Events on the object): (Ingress, what and why).
+    pub problems: Vec<(ObjectRef, String)>,
 }
 
 impl RouteTable {

@@ -1,7 +1,8 @@
 //! Publishes the ingress addresses in `status.loadBalancer.ingress` of each
-//! Ingress Weir serves (with `--source kube`). A task owns the client and
+//! Ingress Weir serves (with `--source kube`), and reports what was skipped
+//! in an Ingress as a Warning Event on it. A task owns the client and
 //! patches only what changed since its last successful write; a failed
-//! patch is retried with the next update.
+//! patch is retried with the next update. Events are best effort.
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
@@ -23,14 +24,25 @@ pub type Statuses = BTreeMap<ObjectRef, Vec<Ipv4Addr>>;
 
 pub struct StatusWriter {
     tx: watch::Sender<Statuses>,
+    events: tokio::sync::mpsc::UnboundedSender<(ObjectRef, String)>,
 }
+
+/// The Event reason for a skipped rule, path, backend or TLS entry.
+pub const EVENT_REASON: &str = "IngressRuleSkipped";
 
 impl StatusWriter {
     /// Spawns the writer on the current runtime.
     pub fn spawn(client: Client) -> Self {
         let (tx, rx) = watch::channel(Statuses::new());
-        tokio::spawn(run(client, rx));
-        Self { tx }
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(run(client.clone(), rx));
+        tokio::spawn(report_events(client, events_rx));
+        Self { tx, events }
+    }
+
+    /// Reports a problem of an Ingress as a Warning Event on it.
+    pub fn report(&self, ingress: ObjectRef, message: String) {
+        let _ = self.events.send((ingress, message));
     }
 
     /// Sets the statuses to publish (the latest wins).
@@ -89,6 +101,58 @@ async fn run(client: Client, mut rx: watch::Receiver<Statuses>) {
             }
         } else if rx.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// A core/v1 Warning Event about Ingress `ingress`.
+pub fn warning_event(
+    ingress: &ObjectRef,
+    message: &str,
+    now: std::time::SystemTime,
+) -> serde_json::Value {
+    let time = humantime::format_rfc3339_seconds(now).to_string();
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": format!("{}.", ingress.name), "namespace": ingress.namespace},
+        "involvedObject": {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "namespace": ingress.namespace,
+            "name": ingress.name,
+        },
+        "reason": EVENT_REASON,
+        "message": message,
+        "type": "Warning",
+        "source": {"component": "weir"},
+        "reportingComponent": "weir.dev/ingress-controller",
+        "firstTimestamp": time,
+        "lastTimestamp": time,
+        "count": 1,
+    })
+}
+
+async fn report_events(
+    client: Client,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(ObjectRef, String)>,
+) {
+    use k8s_openapi::api::core::v1::Event;
+    while let Some((ingress, message)) = rx.recv().await {
+        let event: Event = match serde_json::from_value(warning_event(
+            &ingress,
+            &message,
+            std::time::SystemTime::now(),
+        )) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!("building an Event for Ingress {ingress}: {e}");
+                continue;
+            }
+        };
+        let api: Api<Event> = Api::namespaced(client.clone(), &ingress.namespace);
+        if let Err(e) = api.create(&kube::api::PostParams::default(), &event).await {
+            debug!(%ingress, "creating an Event: {e}");
         }
     }
 }
