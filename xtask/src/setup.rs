@@ -17,6 +17,8 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "tcpdump",
+    // The benchmark's plots: text drawn with DejaVu Sans.
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
