@@ -7,6 +7,7 @@
 //! 198.18.0.0/15; iptables and nftables rules are loaded only inside those
 //! namespaces; every loop is bounded in count and time.
 pub mod control;
+pub mod e2e;
 pub mod kubeproxy;
 pub mod machine;
 pub mod perpacket;

@@ -50,7 +50,7 @@ fn bounds(plot: &Plot) -> ((f64, f64), (f64, f64)) {
     if x0 == x1 {
         x1 = x0 * 10.0 + 1.0;
     }
-    ((x0, x1), (0.0, if y1 > 0.0 { y1 * 1.15 } else { 1.0 }))
+    ((x0, x1), (0.0, if y1 > 0.0 { y1 * 1.6 } else { 1.0 }))
 }
 
 /// Draws `plot` into a PNG at `path`.

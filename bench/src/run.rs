@@ -30,6 +30,7 @@ pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
         busy.push(compilers_running());
         let section = match n {
             1 => perpacket::run(mode)?,
+            2 => crate::e2e::run(mode)?,
             3 => crate::control::run(mode)?,
             4 => l7_not_yet(),
             _ => continue,
