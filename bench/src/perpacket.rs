@@ -106,9 +106,9 @@ pub fn run(mode: Mode) -> Result<Section> {
         let mut dp = match programmed(size) {
             Ok(dp) => dp,
             Err(e) => {
-                eprintln!("bench: per-packet, {size} services do not fit: {e:#}");
+                eprintln!("bench: per-packet, {size} services do not fit: {e}");
                 skipped.push(format!(
-                    "{} services: not measured, Weir could not program them: {e:#}.",
+                    "{} services: not measured, Weir could not program them: {e}.",
                     crate::stats::thousands(size as f64)
                 ));
                 continue;
