@@ -12,7 +12,9 @@
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context, Result};
-use lb_common::{Backend, ServiceKey, ALG_RANDOM, BACKEND_ACTIVE, SCOPE_EXTERNAL};
+use lb_common::{
+    Backend, ServiceKey, ALG_RANDOM, BACKEND_LOCAL, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
+};
 use weir::{
     model::{
         ClusterState, Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service,
@@ -190,7 +192,8 @@ impl Workload {
                             addr: a.octets(),
                             port: p.port,
                             proto: protocol.number(),
-                            state: BACKEND_ACTIVE,
+                            // Every endpoint runs on this node (node-a).
+                            state: BACKEND_LOCAL,
                         }))
                     })
                     .flatten()
@@ -201,6 +204,8 @@ impl Workload {
                     algorithm: ALG_RANDOM,
                     affinity_timeout: 0,
                     backends,
+                    flags: 0,
+                    source_ranges: Vec::new(),
                 };
                 let key = |addr: Ipv4Addr, port| ServiceKey {
                     addr: addr.octets(),
@@ -209,7 +214,11 @@ impl Workload {
                     scope: SCOPE_EXTERNAL,
                 };
                 if let Some(np) = node_port {
-                    desired.frontends.insert(key(NODE_IP, np), frontend.clone());
+                    let external = Frontend {
+                        flags: SVC_FLAG_EXTERNAL,
+                        ..frontend.clone()
+                    };
+                    desired.frontends.insert(key(NODE_IP, np), external);
                 }
                 desired
                     .frontends

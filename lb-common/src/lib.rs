@@ -23,9 +23,23 @@ pub const ALG_RANDOM: u8 = 0;
 pub const ALG_HASH: u8 = 1;
 pub const ALG_MAGLEV: u8 = 2;
 
-/// Backend states (Backend::state).
+/// Backend state bits (Backend::state): an active backend has none; a
+/// terminating one (serving while it shuts down) has BACKEND_TERMINATING.
 pub const BACKEND_ACTIVE: u8 = 0;
 pub const BACKEND_TERMINATING: u8 = 1;
+/// The endpoint runs on this node: external traffic reaches it with DNAT
+/// alone, without SNAT (the reply passes back through this node anyway).
+pub const BACKEND_LOCAL: u8 = 2;
+
+/// Service flags (ServiceValue::flags).
+/// The frontend is reachable from outside the cluster (NodePort,
+/// LoadBalancer, external IP): the XDP program on uplinks serves it.
+pub const SVC_FLAG_EXTERNAL: u16 = 1;
+/// Only clients in the service's loadBalancerSourceRanges (SRC_RANGES_V1) may connect.
+pub const SVC_FLAG_SOURCE_RANGES: u16 = 2;
+/// externalTrafficPolicy Local on a node without local endpoints while the
+/// service has endpoints elsewhere: drop (as kube-proxy does) rather than reject.
+pub const SVC_FLAG_DROP_IF_EMPTY: u16 = 4;
 
 /// Conntrack entry kinds (CtValue::kind).
 /// A forward entry is keyed by the client's tuple towards the frontend and
@@ -38,20 +52,36 @@ pub const CT_REPLY: u8 = 2;
 /// closing and the agent expires it after the close timeout.
 pub const CT_FLAG_CLOSING: u8 = 1;
 
+/// Source ports for SNAT of external flows to remote backends: above Linux's
+/// default ephemeral range (32768-60999), so they do not collide with the
+/// node's own connections.
+pub const SNAT_PORT_MIN: u16 = 61_000;
+pub const SNAT_PORT_MAX: u16 = 65_535;
+/// How many SNAT ports a new flow tries before it is dropped.
+pub const SNAT_PORT_TRIES: u32 = 8;
+/// The source a pod sees when it reaches its own service and is chosen as the
+/// backend (hairpin): a link-local address routed back through the node, as
+/// Cilium does, because a packet from the pod's own address would be dropped
+/// as martian.
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+
 /// Map names. The `_V1` suffix is the layout version: an incompatible layout
 /// gets a new name so that an old pin is never reused with the wrong types.
 pub const MAP_SERVICES: &str = "SERVICES_V1";
 pub const MAP_SLOTS: &str = "SLOTS_V1";
 pub const MAP_BACKENDS: &str = "BACKENDS_V1";
 pub const MAP_REVNAT: &str = "REVNAT_V1";
-pub const MAP_CT: &str = "CT_V1";
+/// V2: CtValue gained the SNAT address and port.
+pub const MAP_CT: &str = "CT_V2";
 pub const MAP_AFFINITY: &str = "AFFINITY_V1";
 pub const MAP_MAGLEV: &str = "MAGLEV_V1";
 pub const MAP_STATS: &str = "STATS_V1";
 pub const MAP_DROPS: &str = "DROPS_V1";
 pub const MAP_MONITOR: &str = "MONITOR_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
-pub const ALL_MAPS: [&str; 11] = [
+pub const MAP_SOURCE_RANGES: &str = "SRC_RANGES_V1";
+pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS_V1";
+pub const ALL_MAPS: [&str; 13] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -63,6 +93,8 @@ pub const ALL_MAPS: [&str; 11] = [
     MAP_DROPS,
     MAP_MONITOR,
     MAP_CONFIG,
+    MAP_SOURCE_RANGES,
+    MAP_NODE_ADDRS,
 ];
 
 /// CONFIG_V1 index 0: runtime flags the kernel reads.
@@ -97,9 +129,21 @@ pub struct MonitorEvent {
 pub const DROP_NO_ENDPOINT: u32 = 0;
 /// A packet the datapath could not rewrite (helper failure).
 pub const DROP_REWRITE_FAILED: u32 = 1;
+/// The client is not in the service's loadBalancerSourceRanges.
+pub const DROP_SOURCE_RANGE: u32 = 2;
+/// externalTrafficPolicy Local and no endpoint on this node.
+pub const DROP_NO_LOCAL_ENDPOINT: u32 = 3;
+/// No SNAT address for the device, or every SNAT port tried was taken.
+pub const DROP_SNAT_FAILED: u32 = 4;
 pub const DROP_REASONS: u32 = 8;
 /// Names of the drop reasons, by index, for metrics and the CLI.
-pub const DROP_REASON_NAMES: [&str; 2] = ["no_endpoint", "rewrite_failed"];
+pub const DROP_REASON_NAMES: [&str; 5] = [
+    "no_endpoint",
+    "rewrite_failed",
+    "source_range",
+    "no_local_endpoint",
+    "snat_failed",
+];
 
 /// Global in lb-ebpf holding the Maglev table size M (set at load time).
 pub const GLOBAL_MAGLEV_M: &str = "MAGLEV_M";
@@ -110,12 +154,17 @@ pub const NO_MAGLEV_TABLE: u32 = u32::MAX;
 
 /// Program names (function names in lb-ebpf).
 pub const PROG_TC_INGRESS: &str = "weir_tc_ingress";
+pub const PROG_XDP: &str = "weir_xdp";
+pub const PROG_TC_UPLINK: &str = "weir_tc_uplink";
+pub const PROG_XDP_PASS: &str = "weir_xdp_pass";
 
 pub const MAX_SERVICES: u32 = 65_536;
 pub const MAX_BACKENDS: u32 = 65_536;
 pub const MAX_SLOTS: u32 = 262_144;
 pub const MAX_CT: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;
+pub const MAX_SOURCE_RANGES: u32 = 16_384;
+pub const MAX_NODE_ADDRS: u32 = 64;
 
 /// A frontend: the address, port and protocol a client connects to.
 #[repr(C)]
@@ -181,8 +230,11 @@ pub struct CtKey {
     pub _pad: [u8; 3],
 }
 
-/// Conntrack value. For `CT_FORWARD`, `nat_*` is the backend the flow uses;
-/// for `CT_REPLY`, it is the frontend to restore as source.
+/// Conntrack value. For `CT_FORWARD`, `nat_*` is the backend the flow uses
+/// and a non-zero `snat_addr` the source it is given (SNAT of external flows
+/// to remote backends, hairpin); for `CT_REPLY`, `nat_*` is the frontend to
+/// restore as source and a non-zero `snat_addr` the client to restore as
+/// destination.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtValue {
@@ -193,6 +245,51 @@ pub struct CtValue {
     pub kind: u8,
     pub flags: u8,
     pub last_seen_ns: u64,
+    pub snat_addr: [u8; 4],
+    pub snat_port: u16,
+    pub _pad: u16,
+}
+
+/// Data of an SRC_RANGES_V1 key (after the LPM prefix length): the service id
+/// big-endian, so that it is matched as a whole 32-bit prefix, then the client
+/// address. A range a.b.c.d/n of service s is stored with prefix 32 + n.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRange {
+    pub service_id: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+impl SourceRange {
+    /// The LPM prefix length of range /`prefix` of a service.
+    pub const fn prefix_len(prefix: u8) -> u32 {
+        32 + prefix as u32
+    }
+}
+
+/// RFC 1624 incremental checksum update: the Internet checksum `check` after
+/// the 16-bit word `old` became `new` (all as read big-endian).
+#[inline(always)]
+pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+    let mut sum = (!check) as u32 + (!old) as u32 + new as u32;
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// As csum_replace2, for a 4-byte field (an IPv4 address).
+#[inline(always)]
+pub fn csum_replace4(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
+    let c = csum_replace2(
+        check,
+        u16::from_be_bytes([old[0], old[1]]),
+        u16::from_be_bytes([new[0], new[1]]),
+    );
+    csum_replace2(
+        c,
+        u16::from_be_bytes([old[2], old[3]]),
+        u16::from_be_bytes([new[2], new[3]]),
+    )
 }
 
 /// Per-service counters (per CPU, indexed by service id): new flows, and
@@ -252,7 +349,8 @@ const _: () = {
     assert!(core::mem::size_of::<Backend>() == 8);
     assert!(core::mem::size_of::<RevNat>() == 8);
     assert!(core::mem::size_of::<CtKey>() == 16);
-    assert!(core::mem::size_of::<CtValue>() == 24);
+    assert!(core::mem::size_of::<CtValue>() == 32);
+    assert!(core::mem::size_of::<SourceRange>() == 8);
 };
 
 #[cfg(feature = "user")]
@@ -269,4 +367,37 @@ mod pod {
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
     unsafe impl aya::Pod for ServiceStats {}
+    unsafe impl aya::Pod for SourceRange {}
+}
+
+/// The ingress hand-off: an sk_lookup program in the node's network
+/// namespace steers TCP connections to an ingress address and port to the
+/// embedded proxy's listening sockets. The agent creates these maps fresh at
+/// every start (its sockets die with it), so they are not pinned.
+pub mod ingress {
+    /// {ingress address, port} -> index into INGRESS_SOCKETS_V1.
+    pub const MAP_INGRESS_ADDRS: &str = "INGRESS_ADDRS_V1";
+    /// SOCKMAP: the proxy's listening sockets, by SOCKET_* index.
+    pub const MAP_INGRESS_SOCKETS: &str = "INGRESS_SOCKETS_V1";
+    pub const PROG_INGRESS_LOOKUP: &str = "weir_ingress_lookup";
+    pub const SOCKET_HTTP: u32 = 0;
+    pub const SOCKET_HTTPS: u32 = 1;
+    pub const SOCKETS: u32 = 2;
+    pub const MAX_INGRESS_ADDRS: u32 = 4096;
+
+    /// A destination the proxy takes over: address (network order bytes) and
+    /// port (host order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+    pub struct IngressKey {
+        pub addr: [u8; 4],
+        pub port: u16,
+        pub _pad: u16,
+    }
+
+    const _: () = assert!(core::mem::size_of::<IngressKey>() == 8);
+
+    #[cfg(feature = "user")]
+    // SAFETY: repr(C), padding-free (size asserted above), plain integers.
+    unsafe impl aya::Pod for IngressKey {}
 }

@@ -1,7 +1,10 @@
 //! Conntrack entries: a forward entry pins a flow to its backend, a reply
 //! entry drives reverse NAT of the backend's answers.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
-use lb_common::{Backend, CtKey, CtValue, CT_FLAG_CLOSING, CT_FORWARD, CT_REPLY};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use lb_common::{
+    flow_hash, Backend, CtKey, CtValue, CT_FLAG_CLOSING, CT_FORWARD, CT_REPLY, SNAT_PORT_MAX,
+    SNAT_PORT_MIN, SNAT_PORT_TRIES,
+};
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
@@ -50,36 +53,84 @@ pub fn touch(key: &CtKey, mut value: CtValue, flow: &Flow) {
     let _ = CT.insert(key, value, 0);
 }
 
-/// Records a new flow from `flow`'s client to `backend` of service `service_id`.
+/// The translation a new flow gets: the backend as destination and, with
+/// SNAT, a new source address and port.
+pub struct Nat {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// `[0; 4]` without SNAT.
+    pub snat_addr: [u8; 4],
+    pub snat_port: u16,
+}
+
+/// The reply entry of `flow` translated by `nat`: keyed by the backend's
+/// tuple towards the (translated) source; restores the frontend as source
+/// and, with SNAT, the client as destination.
 #[inline(always)]
-pub fn create(flow: &Flow, service_id: u32, backend_id: u32, backend: &Backend) {
-    let ts = now();
-    let fwd = CtValue {
-        backend_id,
-        service_id,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        kind: CT_FORWARD,
-        flags: closing(flow),
-        last_seen_ns: ts,
-    };
-    let _ = CT.insert(key(flow), fwd, 0);
-    let reply_key = CtKey {
-        saddr: backend.addr,
-        daddr: flow.saddr,
-        sport: backend.port,
-        dport: flow.sport,
+fn reply(flow: &Flow, service_id: u32, nat: &Nat, ts: u64) -> (CtKey, CtValue) {
+    let snat = nat.snat_addr != [0; 4];
+    let key = CtKey {
+        saddr: nat.backend.addr,
+        daddr: if snat { nat.snat_addr } else { flow.saddr },
+        sport: nat.backend.port,
+        dport: if snat { nat.snat_port } else { flow.sport },
         proto: flow.proto,
         _pad: [0; 3],
     };
-    let reply = CtValue {
-        backend_id,
+    let value = CtValue {
+        backend_id: nat.backend_id,
         service_id,
         nat_addr: flow.daddr,
         nat_port: flow.dport,
         kind: CT_REPLY,
         flags: 0,
         last_seen_ns: ts,
+        snat_addr: if snat { flow.saddr } else { [0; 4] },
+        snat_port: if snat { flow.sport } else { 0 },
+        _pad: 0,
     };
-    let _ = CT.insert(reply_key, reply, 0);
+    (key, value)
+}
+
+/// Finds a free SNAT port for `flow` towards `nat.backend` from
+/// `nat.snat_addr` and claims it by creating the reply entry (BPF_NOEXIST, so
+/// two CPUs never take the same port). Tries SNAT_PORT_TRIES ports from a
+/// flow-hash start in SNAT_PORT_MIN..=SNAT_PORT_MAX.
+#[inline(always)]
+pub fn claim_snat_port(flow: &Flow, service_id: u32, nat: &mut Nat) -> bool {
+    let range = (SNAT_PORT_MAX - SNAT_PORT_MIN) as u32 + 1;
+    let h = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
+    let ts = now();
+    for i in 0..SNAT_PORT_TRIES {
+        nat.snat_port = SNAT_PORT_MIN + (h.wrapping_add(i.wrapping_mul(7919)) % range) as u16;
+        let (key, value) = reply(flow, service_id, nat, ts);
+        if CT.insert(&key, value, BPF_NOEXIST as u64).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+/// Records a new flow from `flow`'s client translated by `nat`; with
+/// `reply_claimed` its reply entry exists already (claim_snat_port).
+#[inline(always)]
+pub fn create(flow: &Flow, service_id: u32, nat: &Nat, reply_claimed: bool) {
+    let ts = now();
+    let fwd = CtValue {
+        backend_id: nat.backend_id,
+        service_id,
+        nat_addr: nat.backend.addr,
+        nat_port: nat.backend.port,
+        kind: CT_FORWARD,
+        flags: closing(flow),
+        last_seen_ns: ts,
+        snat_addr: nat.snat_addr,
+        snat_port: nat.snat_port,
+        _pad: 0,
+    };
+    let _ = CT.insert(key(flow), fwd, 0);
+    if !reply_claimed {
+        let (key, value) = reply(flow, service_id, nat, ts);
+        let _ = CT.insert(key, value, 0);
+    }
 }

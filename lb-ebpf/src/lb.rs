@@ -1,23 +1,46 @@
-//! The service load-balancing decision for one packet.
-use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
+//! The service load-balancing decision for one packet, shared by the tc and
+//! XDP entry points (which differ only in what they do with the verdict).
 use lb_common::{
-    MonitorEvent, ServiceKey, ServiceValue, CT_REPLY, DROP_NO_ENDPOINT, DROP_REWRITE_FAILED,
-    EVENT_DROP, EVENT_FLOW, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    MonitorEvent, ServiceKey, ServiceValue, BACKEND_LOCAL, CT_REPLY, DROP_NO_ENDPOINT,
+    DROP_NO_LOCAL_ENDPOINT, DROP_REWRITE_FAILED, DROP_SNAT_FAILED, DROP_SOURCE_RANGE, EVENT_DROP,
+    EVENT_FLOW, HAIRPIN_ADDR, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 
 use crate::{
-    conntrack,
+    conntrack::{self, Nat},
     maps::{self, BACKENDS, SERVICES},
     nat,
+    packet::Packet,
     parse::{parse_ipv4, Flow},
-    reject, select,
+    select,
 };
 
-/// What to do with the packet after processing.
-enum Verdict {
+/// Where the program runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// tc ingress on pod devices: every frontend, the internal view first;
+    /// SNAT only for hairpin flows.
+    Pod,
+    /// An uplink (by ifindex), in XDP or, for what XDP leaves to it, tc:
+    /// external frontends only, their external view; flows to remote
+    /// backends are SNATed to the node's address.
+    Uplink { ifindex: u32, xdp: bool },
+}
+
+/// What to do with the packet.
+pub enum Verdict {
+    /// Hand it to the stack (translated or not).
     Pass,
-    /// No usable endpoint: the flow and the service id.
-    Reject(Flow, u32),
+    /// Translated: send it straight to its egress device (fib.rs): an
+    /// SNATed flow from an uplink, or a reverse-NATed reply. Carries the
+    /// packet's flow as it arrived, so XDP can undo the translation and
+    /// leave the packet to tc when the FIB has no neighbour entry yet.
+    Forward(Flow),
+    /// No usable endpoint: answer with a TCP RST or ICMP port unreachable.
+    Reject(Flow),
+    /// Drop it (counted and reported already).
+    Drop,
 }
 
 #[inline(always)]
@@ -44,45 +67,63 @@ fn event(
     }
 }
 
+/// Counts and reports a drop (or reject) of `flow` for `reason`.
 #[inline(always)]
-pub fn tc_ingress(ctx: &TcContext) -> i32 {
-    match process(ctx) {
-        Ok(Verdict::Reject(flow, service_id)) => {
-            maps::report(event(
-                &flow,
-                EVENT_DROP,
-                DROP_NO_ENDPOINT as u8,
-                service_id,
-                [0; 4],
-                0,
-            ));
-            reject::reject(ctx, &flow)
-        }
-        Ok(Verdict::Pass) => TC_ACT_OK as i32,
+fn dropped(flow: &Flow, service_id: u32, reason: u32) {
+    maps::count_drop(reason);
+    maps::report(event(flow, EVENT_DROP, reason as u8, service_id, [0; 4], 0));
+}
+
+#[inline(always)]
+pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
+    match decide(p, hook) {
+        Ok(v) => v,
         Err(_) => {
             maps::count_drop(DROP_REWRITE_FAILED);
-            TC_ACT_OK as i32
+            Verdict::Pass
         }
     }
 }
 
+/// SNATed flows on an uplink go straight to their device; the rest to the stack.
 #[inline(always)]
-fn process(ctx: &TcContext) -> Result<Verdict, i64> {
-    let Some(flow) = parse_ipv4(ctx) else {
+fn onward(hook: Hook, snat: bool, flow: Flow) -> Verdict {
+    match hook {
+        Hook::Uplink { .. } if snat => Verdict::Forward(flow),
+        _ => Verdict::Pass,
+    }
+}
+
+#[inline(always)]
+fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
+    let Some(flow) = parse_ipv4(p) else {
         return Ok(Verdict::Pass);
     };
     let ct_key = conntrack::key(&flow);
     let existing = conntrack::lookup(&ct_key);
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
+            let snat = ct.snat_addr != [0; 4];
+            if matches!(hook, Hook::Uplink { xdp: true, .. }) && !snat {
+                // A reply to a pod on this node: tc on the uplink translates
+                // it and hands it to the pod's device.
+                return Ok(Verdict::Pass);
+            }
             conntrack::touch(&ct_key, ct, &flow);
-            nat::rewrite_src(ctx, &flow, ct.nat_addr, ct.nat_port)?;
-            return Ok(Verdict::Pass);
+            nat::rewrite_src(p, &flow, ct.nat_addr, ct.nat_port)?;
+            if snat {
+                nat::rewrite_dst(p, &flow, ct.snat_addr, ct.snat_port)?;
+            }
+            return Ok(Verdict::Forward(flow));
         }
     }
-    let Some(svc) = service(&flow) else {
+    let Some(svc) = service(&flow, hook) else {
         return Ok(Verdict::Pass);
     };
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, flow.saddr) {
+        dropped(&flow, svc.id, DROP_SOURCE_RANGE);
+        return Ok(Verdict::Drop);
+    }
     if let Some(ct) = existing {
         // An established flow keeps its backend while both it and the
         // service it was chosen for still exist.
@@ -90,15 +131,23 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
             // SAFETY: the value is copied out at once.
             if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
                 conntrack::touch(&ct_key, ct, &flow);
-                maps::count(svc.id, ctx.len(), false);
-                nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
-                return Ok(Verdict::Pass);
+                maps::count(svc.id, p.len(), false);
+                nat::rewrite_dst(p, &flow, backend.addr, backend.port)?;
+                let snat = ct.snat_addr != [0; 4];
+                if snat {
+                    nat::rewrite_src(p, &flow, ct.snat_addr, ct.snat_port)?;
+                }
+                return Ok(onward(hook, snat, flow));
             }
         }
     }
     if svc.count == 0 {
-        maps::count_drop(DROP_NO_ENDPOINT);
-        return Ok(Verdict::Reject(flow, svc.id));
+        if svc.flags & SVC_FLAG_DROP_IF_EMPTY != 0 {
+            dropped(&flow, svc.id, DROP_NO_LOCAL_ENDPOINT);
+            return Ok(Verdict::Drop);
+        }
+        dropped(&flow, svc.id, DROP_NO_ENDPOINT);
+        return Ok(Verdict::Reject(flow));
     }
     let Some(backend_id) = select::backend_id(&svc, &flow) else {
         return Ok(Verdict::Pass);
@@ -107,8 +156,35 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
     let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
         return Ok(Verdict::Pass);
     };
-    conntrack::create(&flow, svc.id, backend_id, &backend);
-    maps::count(svc.id, ctx.len(), true);
+    let mut nat = Nat {
+        backend_id,
+        backend,
+        snat_addr: [0; 4],
+        snat_port: 0,
+    };
+    let mut claimed = false;
+    match hook {
+        Hook::Uplink { ifindex, .. } if backend.state & BACKEND_LOCAL == 0 => {
+            let Some(addr) = maps::node_addr(ifindex) else {
+                dropped(&flow, svc.id, DROP_SNAT_FAILED);
+                return Ok(Verdict::Drop);
+            };
+            nat.snat_addr = addr;
+            if !conntrack::claim_snat_port(&flow, svc.id, &mut nat) {
+                dropped(&flow, svc.id, DROP_SNAT_FAILED);
+                return Ok(Verdict::Drop);
+            }
+            claimed = true;
+        }
+        Hook::Pod if backend.addr == flow.saddr => {
+            // Hairpin: the pod reached its own service and got itself.
+            nat.snat_addr = HAIRPIN_ADDR;
+            nat.snat_port = flow.sport;
+        }
+        _ => {}
+    }
+    conntrack::create(&flow, svc.id, &nat, claimed);
+    maps::count(svc.id, p.len(), true);
     if maps::trace_flows() {
         maps::report(event(
             &flow,
@@ -119,23 +195,44 @@ fn process(ctx: &TcContext) -> Result<Verdict, i64> {
             backend.port,
         ));
     }
-    nat::rewrite_dst(ctx, &flow, backend.addr, backend.port)?;
-    Ok(Verdict::Pass)
+    nat::rewrite_dst(p, &flow, backend.addr, backend.port)?;
+    let snat = nat.snat_addr != [0; 4];
+    if snat {
+        nat::rewrite_src(p, &flow, nat.snat_addr, nat.snat_port)?;
+    }
+    Ok(onward(hook, snat, flow))
 }
 
-/// The frontend `flow` is addressed to, seen from a pod: internal scope first.
+/// The frontend `flow` is addressed to. Pods (tc) look up the internal scope
+/// first; external clients (XDP) see the external view of external frontends.
 #[inline(always)]
-fn service(flow: &Flow) -> Option<ServiceValue> {
+fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
     let mut key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
         scope: SCOPE_INTERNAL,
     };
-    // SAFETY: values are copied out at once.
-    if let Some(v) = unsafe { SERVICES.get(key).copied() } {
-        return Some(v);
+    if hook == Hook::Pod {
+        // SAFETY: values are copied out at once.
+        if let Some(v) = unsafe { SERVICES.get(key).copied() } {
+            return Some(v);
+        }
     }
     key.scope = SCOPE_EXTERNAL;
-    unsafe { SERVICES.get(key).copied() }
+    // SAFETY: the value is copied out at once.
+    let v = unsafe { SERVICES.get(key).copied() }?;
+    if matches!(hook, Hook::Uplink { .. }) && v.flags & SVC_FLAG_EXTERNAL == 0 {
+        return None;
+    }
+    Some(v)
+}
+
+/// Restores the addresses and ports `flow` arrived with (XDP, when the
+/// translated packet cannot be forwarded from there).
+#[inline(always)]
+pub fn undo<P: Packet>(p: &P, flow: &Flow) -> Result<(), i64> {
+    let now = parse_ipv4(p).ok_or(-1i64)?;
+    nat::rewrite_dst(p, &now, flow.daddr, flow.dport)?;
+    nat::rewrite_src(p, &now, flow.saddr, flow.sport)
 }

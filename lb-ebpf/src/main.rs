@@ -3,20 +3,106 @@
 #![no_main]
 
 mod conntrack;
+mod fib;
+mod ingress;
 mod lb;
 mod maps;
 mod nat;
+mod packet;
 mod parse;
 mod reject;
 mod select;
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use lb::{Hook, Verdict};
+use packet::{Tc, Xdp};
+use reject::Rejected;
 
-/// tc ingress on pod devices (what pods send) and uplinks: service DNAT and
-/// reverse NAT of replies.
+/// tc ingress on pod devices (what pods send): service DNAT and reverse NAT
+/// of replies.
 #[classifier]
 pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
-    lb::tc_ingress(&ctx)
+    tc(&ctx, Hook::Pod)
+}
+
+/// tc ingress on uplinks: what the XDP program leaves to the stack (replies
+/// to pods, flows whose next hop has no neighbour entry yet), and all of
+/// north-south when XDP is off.
+#[classifier]
+pub fn weir_tc_uplink(ctx: TcContext) -> i32 {
+    // SAFETY: the skb pointer is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    tc(
+        &ctx,
+        Hook::Uplink {
+            ifindex,
+            xdp: false,
+        },
+    )
+}
+
+#[inline(always)]
+fn tc(ctx: &TcContext, hook: Hook) -> i32 {
+    let p = Tc(ctx);
+    match lb::process(&p, hook) {
+        Verdict::Pass => TC_ACT_OK as i32,
+        Verdict::Forward(_) => fib::tc_forward(ctx),
+        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Reject(flow) => match reject::reject(&p, &flow) {
+            // Back out of the device it came in on.
+            // SAFETY: the skb pointer is valid for the program's run.
+            Rejected::Answered => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
+            Rejected::Ignored => TC_ACT_OK as i32,
+            Rejected::Failed => TC_ACT_SHOT as i32,
+        },
+    }
+}
+
+/// XDP on uplinks: NodePort, LoadBalancer and external IP traffic from
+/// external clients, before the stack spends anything on it.
+#[xdp]
+pub fn weir_xdp(ctx: XdpContext) -> u32 {
+    let p = Xdp(&ctx);
+    let ifindex = ctx.ingress_ifindex() as u32;
+    match lb::process(&p, Hook::Uplink { ifindex, xdp: true }) {
+        Verdict::Pass => xdp_action::XDP_PASS,
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Forward(flow) => match fib::xdp_forward(&ctx, ifindex) {
+            Some(action) => action,
+            // No neighbour entry yet: tc on the uplink translates the packet
+            // again from conntrack and lets the kernel resolve the neighbour.
+            None => match lb::undo(&p, &flow) {
+                Ok(()) => xdp_action::XDP_PASS,
+                Err(_) => xdp_action::XDP_DROP,
+            },
+        },
+        Verdict::Reject(flow) => match reject::reject(&p, &flow) {
+            Rejected::Answered => xdp_action::XDP_TX,
+            Rejected::Ignored => xdp_action::XDP_PASS,
+            Rejected::Failed => xdp_action::XDP_DROP,
+        },
+    }
+}
+
+/// For the far side of a veth uplink: a veth delivers frames sent into it
+/// with XDP_TX or bpf_redirect only when its peer runs an XDP program (the
+/// frames wait in the peer's ring until its NAPI is kicked, which only an
+/// XDP program does). This one passes everything.
+#[xdp]
+pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// sk_lookup in the node's network namespace: the ingress hand-off to the
+/// embedded L7 proxy.
+#[aya_ebpf::macros::sk_lookup]
+pub fn weir_ingress_lookup(ctx: aya_ebpf::programs::SkLookupContext) -> u32 {
+    ingress::lookup(&ctx)
 }
 
 #[cfg(not(test))]

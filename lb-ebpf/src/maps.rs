@@ -1,13 +1,13 @@
 //! The maps shared with the agent. BTF maps, so bpftool prints field names;
 //! the agent pins them under its bpffs directory by these names.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     macros::btf_map,
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, MonitorEvent, RevNat, ServiceKey,
-    ServiceStats, ServiceValue, SlotKey, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS, MAX_CT,
-    MAX_SERVICES, MAX_SLOTS,
+    ServiceStats, ServiceValue, SlotKey, SourceRange, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS,
+    MAX_CT, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES,
 };
 
 #[btf_map(name = "SERVICES_V1")]
@@ -22,7 +22,7 @@ pub static BACKENDS: HashMap<u32, Backend, { MAX_BACKENDS as usize }> = HashMap:
 #[btf_map(name = "REVNAT_V1")]
 pub static REVNAT: HashMap<u32, RevNat, { MAX_SERVICES as usize }> = HashMap::new();
 
-#[btf_map(name = "CT_V1")]
+#[btf_map(name = "CT_V2")]
 pub static CT: LruHashMap<CtKey, CtValue, { MAX_CT as usize }> = LruHashMap::new();
 
 #[btf_map(name = "AFFINITY_V1")]
@@ -94,4 +94,31 @@ pub fn trace_flows() -> bool {
 pub fn report(event: MonitorEvent) {
     // A full ring buffer loses the event, never the packet.
     let _ = MONITOR.output(event, 0);
+}
+
+/// loadBalancerSourceRanges: (service id, client prefix) -> 1.
+#[btf_map(name = "SRC_RANGES_V1")]
+pub static SRC_RANGES: LpmTrie<SourceRange, u8, { MAX_SOURCE_RANGES as usize }> = LpmTrie::new();
+
+/// Whether `client` may reach service `service_id` (which has source ranges).
+#[inline(always)]
+pub fn source_allowed(service_id: u32, client: [u8; 4]) -> bool {
+    let key = Key::new(
+        SourceRange::prefix_len(32),
+        SourceRange {
+            service_id: service_id.to_be_bytes(),
+            addr: client,
+        },
+    );
+    SRC_RANGES.get(&key).is_some()
+}
+
+/// The node's address on each uplink, by ifindex: the source of SNATed flows.
+#[btf_map(name = "NODE_ADDRS_V1")]
+pub static NODE_ADDRS: HashMap<u32, [u8; 4], { MAX_NODE_ADDRS as usize }> = HashMap::new();
+
+#[inline(always)]
+pub fn node_addr(ifindex: u32) -> Option<[u8; 4]> {
+    // SAFETY: the value is copied out at once.
+    unsafe { NODE_ADDRS.get(ifindex).copied() }
 }

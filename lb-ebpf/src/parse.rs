@@ -1,7 +1,7 @@
-//! Packet parsing: Ethernet + IPv4 + TCP/UDP headers, read through
-//! bpf_skb_load_bytes so variable IP header lengths need no bounds dance.
-use aya_ebpf::programs::TcContext;
+//! Packet parsing: Ethernet + IPv4 + TCP/UDP headers.
 use lb_common::{PROTO_TCP, PROTO_UDP};
+
+use crate::packet::Packet;
 
 pub const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -10,6 +10,7 @@ pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
 
 /// The parts of a packet the load balancer looks at. Ports in host order.
+#[derive(Clone, Copy)]
 pub struct Flow {
     pub l4_off: usize,
     pub proto: u8,
@@ -31,7 +32,7 @@ impl Flow {
 
 /// Parses an unfragmented IPv4 TCP or UDP packet; anything else is None.
 #[inline(always)]
-pub fn parse_ipv4(ctx: &TcContext) -> Option<Flow> {
+pub fn parse_ipv4<P: Packet>(ctx: &P) -> Option<Flow> {
     let ethertype = u16::from_be(ctx.load::<u16>(12).ok()?);
     if ethertype != ETH_P_IP {
         return None;

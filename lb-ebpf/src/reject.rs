@@ -1,15 +1,13 @@
 //! Rejecting traffic to a frontend without usable endpoints, as kube-proxy
 //! does: a TCP segment is answered with a RST, a UDP datagram with an ICMP
-//! port unreachable. The packet is rewritten in place into the answer and
-//! sent back out of the device it came in on.
-use aya_ebpf::{
-    bindings::TC_ACT_SHOT,
-    helpers::{bpf_redirect, bpf_skb_change_tail},
-    programs::TcContext,
-};
+//! port unreachable. The packet is rewritten in place into the answer; the
+//! caller sends it back out of the device it came in on.
 use lb_common::PROTO_TCP;
 
-use crate::parse::{Flow, ETH_HLEN};
+use crate::{
+    packet::Packet,
+    parse::{Flow, ETH_HLEN},
+};
 
 const TCP_RST: u8 = 0x04;
 const TCP_SYN: u8 = 0x02;
@@ -18,31 +16,45 @@ const TCP_ACK: u8 = 0x10;
 const IP_HLEN: usize = 20;
 const IPPROTO_ICMP: u8 = 1;
 
-/// Turns the packet into its rejection and redirects it back; returns the tc action.
+/// What became of a packet to reject.
+pub enum Rejected {
+    /// Rewritten into the answer: send it back where it came from.
+    Answered,
+    /// Nothing to answer (a reset, or a datagram with IP options): leave it.
+    Ignored,
+    /// The packet could not be rewritten: drop it.
+    Failed,
+}
+
+/// Turns the packet into its rejection.
+// The decision and the rewrite return separately (no Result<bool, _>): the
+// BPF backend otherwise reads the undefined bool of an Err, and the verifier
+// refuses the program.
 #[inline(always)]
-pub fn reject(ctx: &TcContext, flow: &Flow) -> i32 {
-    let done = if flow.proto == PROTO_TCP {
+pub fn reject<P: Packet>(ctx: &P, flow: &Flow) -> Rejected {
+    if !answerable(ctx, flow) {
+        return Rejected::Ignored;
+    }
+    let rewritten = if flow.proto == PROTO_TCP {
         tcp_rst(ctx, flow)
     } else {
         icmp_unreachable(ctx, flow)
     };
-    match done {
-        // SAFETY: the skb pointer is valid for the program's run.
-        Ok(true) => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-        Ok(false) => aya_ebpf::bindings::TC_ACT_OK as i32,
-        Err(_) => TC_ACT_SHOT as i32,
+    match rewritten {
+        Ok(()) => Rejected::Answered,
+        Err(_) => Rejected::Failed,
     }
 }
 
-/// Trims or grows the packet to `len` bytes.
+/// A reset is never answered; a datagram with IP options is left to time out
+/// (its quote would need more care).
 #[inline(always)]
-fn change_tail(ctx: &TcContext, len: usize) -> Result<(), i64> {
-    // SAFETY: the skb pointer is valid for the program's run.
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) };
-    if ret < 0 {
-        Err(ret)
+fn answerable<P: Packet>(ctx: &P, flow: &Flow) -> bool {
+    if flow.proto == PROTO_TCP {
+        ctx.load::<u8>(flow.l4_off + 13)
+            .is_ok_and(|flags| flags & TCP_RST == 0)
     } else {
-        Ok(())
+        flow.l4_off == ETH_HLEN + IP_HLEN
     }
 }
 
@@ -66,18 +78,20 @@ fn fold(mut acc: u32) -> u16 {
 
 /// Ethernet with the addresses swapped + an IPv4 header from `src` to `dst`.
 #[inline(always)]
-fn write_eth_ip(
-    ctx: &TcContext,
+fn write_eth_ip<P: Packet>(
+    ctx: &P,
+    macs: [u8; 12],
     proto: u8,
     total_len: u16,
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<(), i64> {
-    let macs: [u8; 12] = ctx.load(0)?;
-    let mut eth = [0u8; 12];
+    // Ethertype included: after a prepend the header is new memory.
+    let mut eth = [0u8; 14];
     eth[..6].copy_from_slice(&macs[6..12]);
-    eth[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &eth, 0)?;
+    eth[6..12].copy_from_slice(&macs[..6]);
+    eth[12..].copy_from_slice(&[0x08, 0x00]);
+    ctx.store(0, &eth)?;
     let len = total_len.to_be_bytes();
     let mut ip = [
         0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2], src[3],
@@ -86,17 +100,14 @@ fn write_eth_ip(
     let csum = fold(sum_words(&ip, 0)).to_be_bytes();
     ip[10] = csum[0];
     ip[11] = csum[1];
-    ctx.store(ETH_HLEN, &ip, 0)
+    ctx.store(ETH_HLEN, &ip)
 }
 
 /// RFC 793 reset: with ACK in the segment, SEQ=SEG.ACK; else SEQ=0, ACK=SEG.SEQ+SEG.LEN.
 #[inline(always)]
-fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
+fn tcp_rst<P: Packet>(ctx: &P, flow: &Flow) -> Result<(), i64> {
     let hdr: [u8; 20] = ctx.load(flow.l4_off)?;
     let flags = hdr[13];
-    if flags & TCP_RST != 0 {
-        return Ok(false); // never answer a reset
-    }
     let seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
     let ack = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
     let ip_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?) as u32;
@@ -114,8 +125,9 @@ fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     } else {
         (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
     };
-    change_tail(ctx, ETH_HLEN + IP_HLEN + 20)?;
-    write_eth_ip(ctx, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
+    let macs: [u8; 12] = ctx.load(0)?;
+    ctx.resize(ETH_HLEN + IP_HLEN + 20)?;
+    write_eth_ip(ctx, macs, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
     let (sp, dp, s, a) = (
         flow.dport.to_be_bytes(),
         flow.sport.to_be_bytes(),
@@ -130,20 +142,23 @@ fn tcp_rst(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     let csum = fold(sum_words(&tcp, pseudo)).to_be_bytes();
     tcp[16] = csum[0];
     tcp[17] = csum[1];
-    ctx.store(ETH_HLEN + IP_HLEN, &tcp, 0)?;
-    Ok(true)
+    ctx.store(ETH_HLEN + IP_HLEN, &tcp)?;
+    Ok(())
 }
 
 /// ICMP destination unreachable (port) quoting the IP header and 8 bytes.
 #[inline(always)]
-fn icmp_unreachable(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
-    if flow.l4_off != ETH_HLEN + IP_HLEN {
-        return Ok(false); // IP options: quote handling kept simple; let it time out
-    }
+fn icmp_unreachable<P: Packet>(ctx: &P, flow: &Flow) -> Result<(), i64> {
+    let macs: [u8; 12] = ctx.load(0)?;
     let quoted: [u8; 28] = ctx.load(ETH_HLEN)?;
-    change_tail(ctx, ETH_HLEN + IP_HLEN + 8 + 28)?;
+    // Room for the new IP and ICMP headers: in front where the frame has
+    // headroom (XDP; a short datagram has no tailroom to grow into there),
+    // which leaves the quote in place; else by growing the tail.
+    let _ = ctx.prepend(IP_HLEN + 8);
+    ctx.resize(ETH_HLEN + IP_HLEN + 8 + 28)?;
     write_eth_ip(
         ctx,
+        macs,
         IPPROTO_ICMP,
         (IP_HLEN + 8 + 28) as u16,
         flow.daddr,
@@ -156,6 +171,6 @@ fn icmp_unreachable(ctx: &TcContext, flow: &Flow) -> Result<bool, i64> {
     let csum = fold(sum_words(&icmp, 0)).to_be_bytes();
     icmp[2] = csum[0];
     icmp[3] = csum[1];
-    ctx.store(ETH_HLEN + IP_HLEN, &icmp, 0)?;
-    Ok(true)
+    ctx.store(ETH_HLEN + IP_HLEN, &icmp)?;
+    Ok(())
 }

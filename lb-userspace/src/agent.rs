@@ -62,10 +62,15 @@ pub struct AgentConfig {
     pub ct_timeouts: CtTimeouts,
     /// How often expired conntrack entries are removed.
     pub ct_gc_interval: Duration,
+    /// Which XDP modes the uplinks may use.
+    pub xdp_mode: crate::dataplane::xdp::XdpPolicy,
+    /// The embedded L7 ingress proxy; None turns it off.
+    pub ingress: Option<crate::ingress::IngressConfig>,
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut dataplane = Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
+    dataplane.xdp.policy = cfg.xdp_mode;
     info!(
         bpffs = %cfg.bpffs.display(),
         restored = dataplane.programmed().services.len(),
@@ -93,11 +98,25 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             Err(e) => warn!("--metrics-bind-address {addr}: {e}; metrics are off"),
         }
     }
+    let mut ingress = match cfg.ingress.clone() {
+        Some(ic) => Some(
+            crate::ingress::Ingress::start(ic, &mut dataplane)
+                .context("starting the ingress proxy")?,
+        ),
+        None => None,
+    };
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
         SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
-        SourceSpec::Kube(options) => kube_source::start(options, &cfg.node.node_name).await?,
+        SourceSpec::Kube(options) => {
+            let options = KubeOptions {
+                watch_ingress: cfg.ingress.is_some(),
+                ..options.clone()
+            };
+            kube_source::start(&options, &cfg.node.node_name).await?
+        }
     };
+    let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -116,6 +135,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
+                    if let Some(ingress) = ingress.as_mut() {
+                        ingress.apply(&state, &cfg.node.node_name);
+                        if let Some(writer) = &status_writer {
+                            writer.publish(ingress.statuses(&state, &cfg.node.node_name));
+                        }
+                    }
                     health.update_proxy(|h| {
                         h.queued_since.get_or_insert_with(Instant::now);
                     });
@@ -141,10 +166,29 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// With the ingress proxy on and the Kubernetes source, a writer of the
+/// Ingresses' status.loadBalancer (its own client). A failure to build the
+/// client leaves the status alone and says so.
+async fn ingress_status_writer(
+    cfg: &AgentConfig,
+) -> Option<crate::source::ingress_status::StatusWriter> {
+    let (SourceSpec::Kube(options), Some(_)) = (&cfg.source, &cfg.ingress) else {
+        return None;
+    };
+    match kube_source::client(options.kubeconfig.as_deref(), options.master.as_deref()).await {
+        Ok(client) => Some(crate::source::ingress_status::StatusWriter::spawn(client)),
+        Err(e) => {
+            warn!("ingress status.loadBalancer will not be published: {e}");
+            None
+        }
+    }
+}
+
 fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
     match list_links() {
         Ok(links) => {
-            let report = dataplane.reconcile_devices(&selector.select(&links));
+            let report =
+                dataplane.reconcile_devices(&selector.select(&links), &selector.uplinks(&links));
             for name in &report.attached {
                 info!(device = %name, "attached tc ingress");
             }
@@ -156,6 +200,19 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
             }
             for (name, e) in &report.failed {
                 warn!(device = %name, "attach failed: {e}");
+            }
+            let xdp = dataplane.reconcile_xdp(&selector.uplinks(&links));
+            for (name, e) in &xdp.fell_back {
+                warn!(device = %name, "native XDP is not available ({e}); using generic XDP");
+            }
+            for (name, mode, how) in &xdp.attached {
+                info!(device = %name, mode, "XDP {how}");
+            }
+            for name in &xdp.detached {
+                info!(device = %name, "XDP detached");
+            }
+            for (name, e) in &xdp.failed {
+                warn!(device = %name, "XDP attach failed: {e}; external clients to remote backends are not served");
             }
         }
         Err(e) => warn!("listing links: {e}"),

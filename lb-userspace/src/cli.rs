@@ -2,7 +2,7 @@
 //! pinned maps (like `cilium service list`).
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{BACKEND_ACTIVE, BACKEND_TERMINATING, SCOPE_INTERNAL};
+use lb_common::SCOPE_INTERNAL;
 use serde::Serialize;
 
 use crate::{dataplane::sync::Programmed, model::Protocol, translate::algorithm_name};
@@ -35,11 +35,7 @@ fn protocol(n: u8) -> String {
 }
 
 fn state_name(s: u8) -> String {
-    match s {
-        BACKEND_ACTIVE => "active".into(),
-        BACKEND_TERMINATING => "terminating".into(),
-        other => format!("state {other}"),
-    }
+    crate::inspect::backend_state(s).into()
 }
 
 /// One row per frontend, ordered by id.

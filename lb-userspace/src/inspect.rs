@@ -70,12 +70,7 @@ pub fn lb_tables(maps: &Maps) -> LbTables {
         t.backends.push(BackendRow {
             id,
             backend: format!("{}:{}/{}", Ipv4Addr::from(b.addr), b.port, proto(b.proto)),
-            state: if b.state == lb_common::BACKEND_TERMINATING {
-                "terminating"
-            } else {
-                "active"
-            }
-            .into(),
+            state: backend_state(b.state).into(),
         });
     }
     for (id, r) in maps.revnat.iter().filter_map(Result::ok) {
@@ -158,7 +153,24 @@ pub struct Status {
     pub bpffs: String,
     /// Devices with a pinned tc link (program attached at tc ingress, TCX).
     pub devices: Vec<String>,
+    /// Uplinks with a pinned XDP link, and its mode (native or generic).
+    pub xdp: Vec<XdpDevice>,
     pub maps: Vec<MapFill>,
+}
+
+/// A backend's state as the CLI shows it (the BACKEND_LOCAL bit aside).
+pub fn backend_state(state: u8) -> &'static str {
+    if state & lb_common::BACKEND_TERMINATING != 0 {
+        "terminating"
+    } else {
+        "active"
+    }
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct XdpDevice {
+    pub device: String,
+    pub mode: String,
 }
 
 /// The capacity the agent fills. The services, reverse NAT, backends and
@@ -208,10 +220,25 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Status {
         })
         .collect();
     devices.sort();
+    let mut xdp: Vec<XdpDevice> = std::fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (mode, device) = crate::dataplane::xdp::parse_pin_name(&name)?;
+            Some(XdpDevice {
+                device: device.into(),
+                mode: mode.into(),
+            })
+        })
+        .collect();
+    xdp.sort_by(|a, b| a.device.cmp(&b.device));
     let m = &maps;
     Status {
         bpffs: bpffs.display().to_string(),
         devices,
+        xdp,
         maps: vec![
             fill(
                 lb_common::MAP_SERVICES,
@@ -243,6 +270,12 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Status {
                 &m.affinity,
                 m.affinity.keys().count(),
                 MAX_AFFINITY,
+            ),
+            fill(
+                lb_common::MAP_SOURCE_RANGES,
+                &m.src_ranges,
+                m.src_ranges.keys().count(),
+                lb_common::MAX_SOURCE_RANGES,
             ),
         ],
     }
@@ -317,6 +350,20 @@ pub fn status_table(s: &Status) -> String {
             "none".into()
         } else {
             s.devices.join(", ")
+        }
+    );
+    let xdp: Vec<String> = s
+        .xdp
+        .iter()
+        .map(|x| format!("{} ({})", x.device, x.mode))
+        .collect();
+    let _ = writeln!(
+        out,
+        "XDP:      {}",
+        if xdp.is_empty() {
+            "none".into()
+        } else {
+            xdp.join(", ")
         }
     );
     let _ = writeln!(out, "Maps:");

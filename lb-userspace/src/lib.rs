@@ -6,10 +6,13 @@ pub mod agent;
 pub mod cli;
 pub mod dataplane;
 pub mod health;
+pub mod ingress;
 pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod proxy;
+pub mod routes;
 pub mod source;
 pub mod translate;
 

@@ -117,6 +117,113 @@ struct AgentArgs {
     /// Capacity of the slots map (backends summed over frontends).
     #[arg(long, default_value_t = lb_common::MAX_SLOTS)]
     max_slots: u32,
+    /// NodePorts outside this range (the apiserver's --service-node-port-range) are reported and not served.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_port_range)]
+    service_node_port_range: (u16, u16),
+    /// XDP on the uplinks for external clients: auto (native, else generic), native, generic, or off.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    xdp_mode: XdpModeArg,
+    #[command(flatten)]
+    ingress: Box<IngressFlags>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+    Off,
+}
+
+/// "A-B" with 1 <= A <= B <= 65535.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a port range like 30000-32767");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// The embedded L7 ingress proxy (off unless --ingress is given).
+#[derive(Args)]
+struct IngressFlags {
+    /// Serve Ingresses of the IngressClass whose controller is weir.dev/ingress-controller: connections to the ingress addresses on the HTTP and HTTPS ports are handed to the embedded proxy.
+    #[arg(long)]
+    ingress: bool,
+    /// The plain HTTP port taken over on the ingress addresses.
+    #[arg(long, default_value_t = 80)]
+    ingress_http_port: u16,
+    /// The HTTPS port taken over on the ingress addresses.
+    #[arg(long, default_value_t = 443)]
+    ingress_https_port: u16,
+    /// Ingress addresses besides the node's own (comma-separated IPv4), e.g. LoadBalancer IPs routed to the nodes.
+    #[arg(long, value_delimiter = ',')]
+    ingress_addresses: Vec<std::net::Ipv4Addr>,
+    /// PEM certificate chain served to TLS clients whose server name no Ingress has a certificate for.
+    #[arg(long, requires = "ingress_default_key")]
+    ingress_default_cert: Option<PathBuf>,
+    /// PEM private key of --ingress-default-cert.
+    #[arg(long, requires = "ingress_default_cert")]
+    ingress_default_key: Option<PathBuf>,
+    /// The largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, default_value_t = 16 * 1024)]
+    ingress_max_header_bytes: usize,
+    /// How long a client may take to send a request's headers (Go duration).
+    #[arg(long, default_value = "10s")]
+    ingress_header_timeout: weir::source::duration::GoDuration,
+    /// A client connection silent this long is closed (Go duration).
+    #[arg(long, default_value = "2m")]
+    ingress_idle_timeout: weir::source::duration::GoDuration,
+    /// How long an upstream may take to send its response headers; 504 after (Go duration).
+    #[arg(long, default_value = "60s")]
+    ingress_upstream_timeout: weir::source::duration::GoDuration,
+    /// Worker threads of the proxy.
+    #[arg(long, default_value_t = 2)]
+    ingress_threads: usize,
+}
+
+impl IngressFlags {
+    fn config(&self) -> Result<Option<weir::ingress::IngressConfig>> {
+        if !self.ingress {
+            return Ok(None);
+        }
+        let default_cert = match (&self.ingress_default_cert, &self.ingress_default_key) {
+            (Some(cert), Some(key)) => {
+                let read = |p: &PathBuf| {
+                    std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+                };
+                Some(
+                    weir::routes::tls::certified_key(&read(cert)?, &read(key)?)
+                        .with_context(|| format!("--ingress-default-cert {}", cert.display()))?,
+                )
+            }
+            _ => None,
+        };
+        let positive = |d: Duration, default: Duration| if d.is_zero() { default } else { d };
+        let defaults = weir::proxy::Timeouts::default();
+        Ok(Some(weir::ingress::IngressConfig {
+            proxy: weir::proxy::ProxyConfig {
+                default_cert,
+                max_header_bytes: self.ingress_max_header_bytes,
+                timeouts: weir::proxy::Timeouts {
+                    header: positive(self.ingress_header_timeout.0, defaults.header),
+                    idle: positive(self.ingress_idle_timeout.0, defaults.idle),
+                    upstream: positive(self.ingress_upstream_timeout.0, defaults.upstream),
+                    connect: defaults.connect,
+                },
+                ..Default::default()
+            },
+            http_port: self.ingress_http_port,
+            https_port: self.ingress_https_port,
+            extra_addresses: self.ingress_addresses.clone(),
+            threads: self.ingress_threads,
+        }))
+    }
 }
 
 #[derive(Subcommand)]
@@ -398,7 +505,9 @@ fn run_agent(args: AgentArgs) -> Result<()> {
         tcp_closing: or_default(args.conntrack_tcp_close_timeout.0, defaults.tcp_closing),
         udp: or_default(ct.udp_timeout, defaults.udp),
     };
+    let ingress = args.ingress.config()?;
     let cfg = AgentConfig {
+        ingress,
         ct_timeouts,
         ct_gc_interval: args.conntrack_gc_interval.0.max(Duration::from_millis(10)),
         healthz_bind,
@@ -411,6 +520,13 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             default_algorithm,
             nodeport_addresses: Vec::new(),
             nodeport_cidrs,
+            nodeport_range: args.service_node_port_range,
+        },
+        xdp_mode: match args.xdp_mode {
+            XdpModeArg::Auto => weir::dataplane::xdp::XdpPolicy::Auto,
+            XdpModeArg::Native => weir::dataplane::xdp::XdpPolicy::Native,
+            XdpModeArg::Generic => weir::dataplane::xdp::XdpPolicy::Generic,
+            XdpModeArg::Off => weir::dataplane::xdp::XdpPolicy::Off,
         },
         bpffs: args.bpffs,
         poll_interval: Duration::from_millis(args.poll_interval_ms.max(10)),

@@ -107,6 +107,10 @@ pub struct Service {
     /// spec.trafficDistribution (e.g. "PreferClose").
     pub traffic_distribution: Option<String>,
     pub health_check_node_port: Option<u16>,
+    /// spec.loadBalancerSourceRanges (or the older
+    /// service.beta.kubernetes.io/load-balancer-source-ranges annotation):
+    /// IPv4 CIDRs as (network, prefix); empty allows every client.
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -155,6 +159,8 @@ pub struct ClusterState {
     pub services: BTreeMap<ObjectRef, Service>,
     pub slices: BTreeMap<ObjectRef, EndpointSlice>,
     pub nodes: BTreeMap<String, Node>,
+    /// Ingresses, IngressClasses and TLS Secrets, for the L7 proxy.
+    pub ingress: IngressState,
 }
 
 impl ClusterState {
@@ -166,5 +172,109 @@ impl ClusterState {
         self.slices
             .values()
             .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
+    }
+}
+
+// ---- Ingress (the embedded L7 proxy): networking.k8s.io/v1 Ingress and
+// IngressClass, and the kubernetes.io/tls Secrets they name. ----
+
+/// The Ingress objects and the certificates the proxy needs, as the source saw them.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IngressState {
+    pub ingresses: BTreeMap<ObjectRef, Ingress>,
+    /// IngressClasses by name (cluster-scoped).
+    pub classes: BTreeMap<String, IngressClass>,
+    /// kubernetes.io/tls Secrets.
+    pub tls_secrets: BTreeMap<ObjectRef, TlsSecret>,
+}
+
+/// spec.ingressClassName, or the legacy `kubernetes.io/ingress.class` annotation.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Ingress {
+    pub id: ObjectRef,
+    pub class_name: Option<String>,
+    pub default_backend: Option<IngressBackend>,
+    pub tls: Vec<IngressTls>,
+    pub rules: Vec<IngressRule>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IngressTls {
+    /// Lower-cased hosts; may hold wildcards (`*.example.com`).
+    pub hosts: Vec<String>,
+    /// A Secret in the Ingress's namespace; None means the default certificate.
+    pub secret_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IngressRule {
+    /// Lower-cased; empty for a rule that applies to every host; `*.x.y` for a wildcard.
+    pub host: String,
+    pub paths: Vec<IngressPath>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathType {
+    Exact,
+    Prefix,
+    ImplementationSpecific,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressPath {
+    /// As written: must start with '/' to be valid (checked when routes are built).
+    pub path: String,
+    pub path_type: PathType,
+    pub backend: IngressBackend,
+}
+
+/// A backend: a Service port in the Ingress's namespace. Resource backends
+/// are not supported (the converter rejects them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngressBackend {
+    pub service: String,
+    pub port: ServicePortRef,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServicePortRef {
+    Number(u16),
+    Name(String),
+}
+
+impl fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServicePortRef::Number(n) => write!(f, "{n}"),
+            ServicePortRef::Name(n) => f.write_str(n),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct IngressClass {
+    pub name: String,
+    pub controller: String,
+    /// The `ingressclass.kubernetes.io/is-default-class: "true"` annotation.
+    pub is_default: bool,
+}
+
+/// A kubernetes.io/tls Secret: PEM as stored in `tls.crt` and `tls.key`
+/// (parsed and checked when routes are built, so a bad one is reported there).
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct TlsSecret {
+    pub id: ObjectRef,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsSecret {
+    // Never print key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSecret")
+            .field("id", &self.id)
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"<redacted>")
+            .finish()
     }
 }

@@ -3,8 +3,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{
-    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL,
+    BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_SOURCE_RANGES,
 };
 
 use crate::{
@@ -33,7 +34,12 @@ pub struct NodeFacts {
     /// nodePortAddresses as CIDRs: only node addresses inside one of them
     /// serve NodePorts (empty: all).
     pub nodeport_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// The apiserver's --service-node-port-range: NodePorts outside it are
+    /// not served (the apiserver would have rejected them).
+    pub nodeport_range: (u16, u16),
 }
+
+pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30000, 32767);
 
 impl Default for NodeFacts {
     fn default() -> Self {
@@ -42,6 +48,7 @@ impl Default for NodeFacts {
             default_algorithm: ALG_RANDOM,
             nodeport_addresses: Vec::new(),
             nodeport_cidrs: Vec::new(),
+            nodeport_range: DEFAULT_NODEPORT_RANGE,
         }
     }
 }
@@ -55,6 +62,10 @@ pub struct Frontend {
     /// ClientIP session affinity timeout in seconds; 0 without affinity.
     pub affinity_timeout: u32,
     pub backends: Vec<Backend>,
+    /// lb_common::SVC_FLAG_* bits.
+    pub flags: u16,
+    /// Clients allowed with SVC_FLAG_SOURCE_RANGES: (network, prefix).
+    pub source_ranges: Vec<(Ipv4Addr, u8)>,
 }
 
 /// The whole desired datapath state, plus warnings about what was skipped.
@@ -159,11 +170,49 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
             } else {
                 &cluster
             };
+            // loadBalancerSourceRanges guard the LoadBalancer IPs, from
+            // wherever the client comes (kube-proxy's KUBE-FW chains).
+            let mut externals: Vec<(Ipv4Addr, u16, u16)> = Vec::new();
+            if matches!(
+                svc.service_type,
+                ServiceType::NodePort | ServiceType::LoadBalancer
+            ) {
+                match port.node_port {
+                    Some(np) if np < node.nodeport_range.0 || np > node.nodeport_range.1 => {
+                        desired.warnings.push(format!(
+                            "Service {}: port {}/{}: nodePort {np} is outside the node port range {}-{}; the NodePort is not served",
+                            svc.id, port.port, port.protocol, node.nodeport_range.0, node.nodeport_range.1
+                        ));
+                    }
+                    Some(np) => externals.extend(node_ips.iter().map(|ip| (*ip, np, 0))),
+                    None => {}
+                }
+            }
+            if svc.service_type == ServiceType::LoadBalancer {
+                let ranges = if svc.source_ranges.is_empty() {
+                    0
+                } else {
+                    SVC_FLAG_SOURCE_RANGES
+                };
+                externals.extend(
+                    svc.load_balancer_ips
+                        .iter()
+                        .map(|ip| (*ip, port.port, ranges)),
+                );
+            }
+            externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port, 0)));
+            // externalTrafficPolicy Local with endpoints only elsewhere: drop.
+            let drop_if_empty = if svc.external_policy_local && !cluster.is_empty() {
+                SVC_FLAG_DROP_IF_EMPTY
+            } else {
+                0
+            };
             // Adds a frontend; true when this service owns the key.
             let mut add = |addr: Ipv4Addr,
                            port_number: u16,
                            scope: u8,
-                           backends: &Vec<Backend>|
+                           backends: &Vec<Backend>,
+                           flags: u16|
              -> bool {
                 let key = ServiceKey {
                     addr: addr.octets(),
@@ -187,34 +236,30 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                     algorithm,
                     affinity_timeout,
                     backends: backends.clone(),
+                    flags,
+                    source_ranges: if flags & SVC_FLAG_SOURCE_RANGES != 0 {
+                        svc.source_ranges.clone()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 desired.frontends.insert(key, frontend);
                 true
             };
             // ClusterIPs are only reached from inside the cluster.
             for ip in &svc.cluster_ips {
-                add(*ip, port.port, SCOPE_EXTERNAL, internal);
+                add(*ip, port.port, SCOPE_EXTERNAL, internal, 0);
             }
             // External frontends: the external view follows externalTrafficPolicy.
             // With Local, pods get their own (internal) view with the cluster-wide
             // endpoints, as kube-proxy short-circuits pod traffic to external
             // addresses to its cluster policy chain.
-            let mut externals: Vec<(Ipv4Addr, u16)> = Vec::new();
-            if matches!(
-                svc.service_type,
-                ServiceType::NodePort | ServiceType::LoadBalancer
-            ) {
-                if let Some(node_port) = port.node_port {
-                    externals.extend(node_ips.iter().map(|ip| (*ip, node_port)));
-                }
-            }
-            if svc.service_type == ServiceType::LoadBalancer {
-                externals.extend(svc.load_balancer_ips.iter().map(|ip| (*ip, port.port)));
-            }
-            externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port)));
-            for (ip, port_number) in externals {
-                if add(ip, port_number, SCOPE_EXTERNAL, external) && svc.external_policy_local {
-                    add(ip, port_number, SCOPE_INTERNAL, &cluster);
+            for (ip, port_number, ranges) in externals {
+                let flags = SVC_FLAG_EXTERNAL | ranges | drop_if_empty;
+                if add(ip, port_number, SCOPE_EXTERNAL, external, flags)
+                    && svc.external_policy_local
+                {
+                    add(ip, port_number, SCOPE_INTERNAL, &cluster, ranges);
                 }
             }
         }
@@ -305,16 +350,17 @@ fn candidates(slices: &[&EndpointSlice], port: &ServicePort, node_name: &str) ->
             continue;
         };
         for ep in &slice.endpoints {
+            let local = !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name);
             let backend = Backend {
                 addr: ep.address.octets(),
                 port: slice_port.port,
                 proto: port.protocol.number(),
-                state: BACKEND_ACTIVE,
+                state: if local { BACKEND_LOCAL } else { BACKEND_ACTIVE },
             };
             seen.entry((backend.addr, backend.port))
                 .or_insert_with(|| Candidate {
                     backend,
-                    local: !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name),
+                    local,
                     ready: ep.ready,
                     serving_terminating: ep.serving && ep.terminating,
                     hint_zones: ep.hint_zones.clone(),
@@ -334,7 +380,7 @@ fn pick<'a>(candidates: impl Iterator<Item = &'a Candidate> + Clone) -> Vec<Cand
         .filter(|c| c.serving_terminating)
         .map(|c| Candidate {
             backend: Backend {
-                state: BACKEND_TERMINATING,
+                state: c.backend.state | BACKEND_TERMINATING,
                 ..c.backend
             },
             ..c.clone()

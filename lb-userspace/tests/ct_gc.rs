@@ -35,6 +35,9 @@ fn flow(proto: u8, sport: u16, fwd: (u64, u8), rev: (u64, u8)) -> [(CtKey, CtVal
         kind,
         flags,
         last_seen_ns: seen,
+        snat_addr: [0; 4],
+        snat_port: 0,
+        _pad: 0,
     };
     [
         (fk, value(CT_FORWARD, BACKEND, 8080, fwd)),

@@ -53,6 +53,7 @@ fn names(objects: &[Object]) -> Vec<String> {
             Object::Service(s) => format!("Service {}", s.id),
             Object::EndpointSlice(s) => format!("EndpointSlice {}", s.id),
             Object::Node(n) => format!("Node {}", n.name),
+            other => format!("{other:?}"),
         })
         .collect()
 }
@@ -683,4 +684,72 @@ spec:
     assert_eq!(error.object, None);
     assert_eq!(error.field, None);
     assert!(error.reason.starts_with("invalid YAML"), "{error}");
+}
+
+const LB_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+ANNOTATIONS
+spec:
+  type: LoadBalancer
+  clusterIP: 198.19.0.30
+  ports:
+  - port: 80
+    nodePort: 30080
+RANGES
+";
+
+fn lb_service(annotations: &str, ranges: &str) -> String {
+    LB_SERVICE
+        .replace("ANNOTATIONS\n", annotations)
+        .replace("RANGES\n", ranges)
+}
+
+#[test]
+fn load_balancer_source_ranges_come_from_the_spec_or_else_the_annotation() {
+    let spec = only_service(&lb_service(
+        "",
+        "  loadBalancerSourceRanges:\n  - 198.18.50.0/24\n  - 198.18.60.7/32\n  - 2001:db8::/32\n",
+    ));
+    assert_eq!(
+        spec.source_ranges,
+        vec![
+            (Ipv4Addr::new(198, 18, 50, 0), 24),
+            (Ipv4Addr::new(198, 18, 60, 7), 32)
+        ]
+    );
+    let annotated = only_service(&lb_service(
+        "  annotations:\n    service.beta.kubernetes.io/load-balancer-source-ranges: \"198.18.70.0/24, 198.18.80.0/28\"\n",
+        "",
+    ));
+    assert_eq!(
+        annotated.source_ranges,
+        vec![
+            (Ipv4Addr::new(198, 18, 70, 0), 24),
+            (Ipv4Addr::new(198, 18, 80, 0), 28)
+        ]
+    );
+    assert!(only_service(&lb_service("", "")).source_ranges.is_empty());
+}
+
+#[test]
+fn an_invalid_source_range_fails_the_service_closed_and_names_the_entry() {
+    for bad in ["198.18.50.0", "198.18.50.0/33", "not-a-cidr/8"] {
+        let text = format!(
+            "{}---\n{}",
+            lb_service("", &format!("  loadBalancerSourceRanges:\n  - 198.18.1.0/24\n  - {bad}\n")),
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: other\nspec:\n  clusterIP: 198.19.0.31\n  ports:\n  - port: 80\n"
+        );
+        let (error, objects) = one_error(&text);
+        assert_eq!(error.object.as_deref(), Some("Service shop/web"), "{bad}");
+        assert_eq!(
+            error.field.as_deref(),
+            Some("spec.loadBalancerSourceRanges[1]"),
+            "{bad}"
+        );
+        // The other service in the file is still there.
+        assert_eq!(names(&objects), vec!["Service default/other"], "{bad}");
+    }
 }

@@ -99,10 +99,10 @@ fn rank(op: &Op) -> u8 {
     match op {
         Op::PutBackend(..) | Op::PutMaglev(..) => 0,
         Op::PutSlot(..) => 1,
-        Op::PutRevNat(..) => 2,
+        Op::PutRevNat(..) | Op::PutSourceRange(..) => 2,
         Op::PutService(..) => 3,
         Op::DelService(..) => 4,
-        Op::DelSlot(..) | Op::DelRevNat(..) => 5,
+        Op::DelSlot(..) | Op::DelRevNat(..) | Op::DelSourceRange(..) => 5,
         Op::DelBackend(..) => 6,
     }
 }
@@ -117,6 +117,7 @@ struct Maps {
     backends: BTreeMap<u32, Backend>,
     revnat: BTreeMap<u32, RevNat>,
     maglev: BTreeMap<u32, Vec<u32>>,
+    source_ranges: std::collections::BTreeSet<(u32, [u8; 4], u8)>,
 }
 
 impl Maps {
@@ -155,6 +156,11 @@ impl Maps {
                 self.services.insert(k, v);
                 true
             }
+            Op::PutSourceRange(id, a, p) => {
+                self.source_ranges.insert((id, a, p));
+                true
+            }
+            Op::DelSourceRange(id, a, p) => self.source_ranges.remove(&(id, a, p)),
             Op::DelService(k) => self.services.remove(&k).is_some(),
             Op::DelSlot(k) => self.slots.remove(&k).is_some(),
             Op::DelRevNat(id) => self.revnat.remove(&id).is_some(),
@@ -167,6 +173,14 @@ impl Maps {
     /// naming an existing backend.
     fn check_consistent(&self) -> Result<(), String> {
         for (k, v) in &self.services {
+            if v.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0
+                && !self.source_ranges.iter().any(|r| r.0 == v.id)
+            {
+                return Err(format!(
+                    "service {k:?} (id {}) checks source ranges it lacks",
+                    v.id
+                ));
+            }
             if self.revnat.get(&v.id) != Some(&revnat(*k)) {
                 return Err(format!("service {k:?} (id {}) has no reverse NAT", v.id));
             }
@@ -200,11 +214,13 @@ impl Maps {
     }
 
     fn restore(&self) -> Programmed {
-        restore(
+        let mut p = restore(
             self.services.iter().map(|(k, v)| (*k, *v)),
             self.slots.iter().map(|(k, v)| (*k, *v)),
             self.backends.iter().map(|(k, v)| (*k, *v)),
-        )
+        );
+        p.source_ranges = self.source_ranges.clone();
+        p
     }
 }
 
@@ -944,4 +960,63 @@ fn backend_and_slot_limits_are_enforced_too() {
         "{:?}",
         p.warnings
     );
+}
+
+/// A frontend that admits only `ranges`.
+fn guarded(ranges: &[(std::net::Ipv4Addr, u8)]) -> Frontend {
+    Frontend {
+        flags: lb_common::SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_SOURCE_RANGES,
+        source_ranges: ranges.to_vec(),
+        ..frontend(ALG_RANDOM, &[be(1)])
+    }
+}
+
+#[test]
+fn source_ranges_are_written_before_the_service_and_removed_after_it() {
+    use std::net::Ipv4Addr;
+    let k = key(20, 80);
+    let mut maps = Maps::default();
+    let mut want = Desired::default();
+    // Host bits are cleared: 198.18.7.9/16 is the network 198.18.0.0/16.
+    want.frontends.insert(
+        k,
+        guarded(&[
+            (Ipv4Addr::new(198, 18, 7, 9), 16),
+            (Ipv4Addr::new(198, 19, 5, 5), 32),
+        ]),
+    );
+    let (ops, first) = step(&mut maps, &Programmed::default(), &want);
+    let id = service_id(&first, k);
+    let ranges: Vec<&Op> = ops
+        .iter()
+        .filter(|o| matches!(o, Op::PutSourceRange(..)))
+        .collect();
+    assert_eq!(
+        ranges,
+        vec![
+            &Op::PutSourceRange(id, [198, 18, 0, 0], 16),
+            &Op::PutSourceRange(id, [198, 19, 5, 5], 32)
+        ]
+    );
+    let flags = maps.services[&k].flags;
+    assert_eq!(
+        flags,
+        lb_common::SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_SOURCE_RANGES
+    );
+
+    // One range replaced: the new one is put, the old one deleted, nothing else.
+    want.frontends
+        .insert(k, guarded(&[(Ipv4Addr::new(198, 18, 0, 0), 16)]));
+    let (ops, second) = step(&mut maps, &first, &want);
+    assert_eq!(ops, vec![Op::DelSourceRange(id, [198, 19, 5, 5], 32)]);
+
+    // The service goes: its entry first, then its range.
+    let (ops, _) = step(&mut maps, &second, &Desired::default());
+    let del_service = ops.iter().position(|o| matches!(o, Op::DelService(_)));
+    let del_range = ops.iter().position(|o| matches!(o, Op::DelSourceRange(..)));
+    assert!(
+        del_service < del_range && del_range.is_some(),
+        "order: {ops:#?}"
+    );
+    assert!(maps.source_ranges.is_empty());
 }

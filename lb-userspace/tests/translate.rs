@@ -105,6 +105,7 @@ fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
         services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
         slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
         nodes: BTreeMap::new(),
+        ..Default::default()
     }
 }
 

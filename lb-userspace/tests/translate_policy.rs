@@ -7,8 +7,9 @@ use std::{
 };
 
 use lb_common::{
-    Backend, ServiceKey, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING, PROTO_TCP,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    Backend, ServiceKey, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL,
+    BACKEND_TERMINATING, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 use weir::{
     model::{
@@ -170,6 +171,7 @@ fn cluster(services: Vec<Service>, slices: Vec<EndpointSlice>, nodes: Vec<Node>)
         services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
         slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
         nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
+        ..Default::default()
     }
 }
 
@@ -226,12 +228,19 @@ fn set<const N: usize>(keys: [ServiceKey; N]) -> BTreeSet<ServiceKey> {
 }
 
 /// The backends of the frontend at `key`; panics when there is none.
+/// The backends of a frontend, without the BACKEND_LOCAL bit (these tests
+/// are about which endpoints are chosen; locality has its own test).
 fn backends_of(d: &Desired, key: ServiceKey) -> Vec<Backend> {
     d.frontends
         .get(&key)
         .unwrap_or_else(|| panic!("no frontend {key:?} in {:#?}", d.frontends))
         .backends
-        .clone()
+        .iter()
+        .map(|b| Backend {
+            state: b.state & !BACKEND_LOCAL,
+            ..*b
+        })
+        .collect()
 }
 
 fn no_warnings(d: &Desired) {
@@ -799,11 +808,11 @@ fn first_service_keeps_a_contested_frontend() {
     );
     let contested = &d.frontends[&ext(EXTERNAL_IP, 80)];
     assert_eq!(contested.service, ObjectRef::new("a-team", "zeta"));
-    assert_eq!(contested.backends, actives(&[1, 2]));
+    assert_eq!(backends_of(&d, ext(EXTERNAL_IP, 80)), actives(&[1, 2]));
     // The other service's other frontends are still programmed.
     let other = &d.frontends[&ext(OTHER_CLUSTER_IP, 80)];
     assert_eq!(other.service, ObjectRef::new("b-team", "alpha"));
-    assert_eq!(other.backends, actives(&[3, 4]));
+    assert_eq!(backends_of(&d, ext(OTHER_CLUSTER_IP, 80)), actives(&[3, 4]));
 }
 
 #[test]
@@ -1161,6 +1170,7 @@ status:
             Object::Node(n) => {
                 state.nodes.insert(n.name.clone(), n);
             }
+            _ => {}
         }
     }
     let d = translate(&state, &facts());
@@ -1177,4 +1187,102 @@ status:
     assert_eq!(backends_of(&d, ext(CLUSTER_IP, 80)), actives(&[1, 2]));
     assert_eq!(backends_of(&d, ext(NODE_A_IP, NODE_PORT)), actives(&[1]));
     assert_eq!(backends_of(&d, int(NODE_A_IP, NODE_PORT)), actives(&[1, 2]));
+}
+
+// ---- north-south: locality, flags, source ranges, NodePort range ------------
+
+#[test]
+fn endpoints_on_this_node_are_marked_local() {
+    let d = run(vec![echo_node_port()], vec![two_node_slice()]);
+    let b = &d.frontends[&ext(NODE_A_IP, NODE_PORT)].backends;
+    assert_eq!(
+        b.iter().map(|b| (b.addr, b.state)).collect::<Vec<_>>(),
+        vec![
+            (ep_ip(1).octets(), BACKEND_LOCAL),
+            (ep_ip(2).octets(), BACKEND_ACTIVE)
+        ]
+    );
+    let d = run(
+        vec![echo()],
+        vec![slice("echo-1", "echo").terminating_on(1, THIS_NODE)],
+    );
+    assert_eq!(
+        d.frontends[&ext(CLUSTER_IP, 80)].backends[0].state,
+        BACKEND_LOCAL | BACKEND_TERMINATING
+    );
+}
+
+#[test]
+fn external_frontends_are_flagged_for_xdp_and_cluster_ips_are_not() {
+    let d = run(vec![everything(false, false)], vec![two_node_slice()]);
+    assert_eq!(d.frontends[&ext(CLUSTER_IP, 80)].flags, 0);
+    for (ip, port) in EXTERNALS {
+        assert_eq!(
+            d.frontends[&ext(ip, port)].flags,
+            SVC_FLAG_EXTERNAL,
+            "{ip}:{port}"
+        );
+    }
+}
+
+#[test]
+fn external_policy_local_drops_on_a_node_without_local_endpoints_but_rejects_with_none_at_all() {
+    let elsewhere = slice("echo-1", "echo").ready_on(2, OTHER_NODE);
+    let d = run(vec![everything(true, false)], vec![elsewhere]);
+    for (ip, port) in EXTERNALS {
+        assert_eq!(
+            d.frontends[&ext(ip, port)].flags,
+            SVC_FLAG_EXTERNAL | SVC_FLAG_DROP_IF_EMPTY,
+            "{ip}:{port}"
+        );
+        // Pods still reach the endpoints elsewhere and are never dropped.
+        assert_eq!(
+            d.frontends[&int(ip, port)].flags & SVC_FLAG_DROP_IF_EMPTY,
+            0
+        );
+    }
+    let d = run(vec![everything(true, false)], vec![]);
+    for (ip, port) in EXTERNALS {
+        assert_eq!(
+            d.frontends[&ext(ip, port)].flags,
+            SVC_FLAG_EXTERNAL,
+            "{ip}:{port}"
+        );
+    }
+}
+
+#[test]
+fn source_ranges_guard_only_the_load_balancer_ips_in_both_views() {
+    let mut s = everything(true, false);
+    s.source_ranges = vec![(Ipv4Addr::new(198, 18, 100, 0), 24)];
+    let d = run(vec![s], vec![two_node_slice()]);
+    no_warnings(&d);
+    for key in [ext(LB_IP, 80), int(LB_IP, 80)] {
+        let f = &d.frontends[&key];
+        assert_ne!(f.flags & SVC_FLAG_SOURCE_RANGES, 0, "{key:?}");
+        assert_eq!(f.source_ranges, vec![(Ipv4Addr::new(198, 18, 100, 0), 24)]);
+    }
+    for key in [
+        ext(NODE_A_IP, NODE_PORT),
+        ext(EXTERNAL_IP, 80),
+        ext(CLUSTER_IP, 80),
+    ] {
+        let f = &d.frontends[&key];
+        assert_eq!(f.flags & SVC_FLAG_SOURCE_RANGES, 0, "{key:?}");
+        assert!(f.source_ranges.is_empty());
+    }
+}
+
+#[test]
+fn a_node_port_outside_the_range_is_reported_and_the_rest_served() {
+    let mut s = echo_load_balancer();
+    s.ports[0].node_port = Some(29999);
+    let d = run(vec![s], vec![two_node_slice()]);
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+    assert!(
+        d.warnings[0].contains("demo/echo") && d.warnings[0].contains("nodePort 29999"),
+        "{}",
+        d.warnings[0]
+    );
+    assert_eq!(keys(&d), set([ext(CLUSTER_IP, 80), ext(LB_IP, 80)]));
 }

@@ -32,6 +32,8 @@ pub fn weir_bin() -> Result<PathBuf> {
 
 /// Prefix of pin directories made by tests; `cargo xtask test` removes leftovers.
 pub const TEST_BPFFS_PREFIX: &str = "/sys/fs/bpf/weir-test-";
+/// The `--hostname-override` an agent gets unless told otherwise (the sandbox's node).
+pub const DEFAULT_NODE_NAME: &str = "node-a";
 
 pub struct Agent {
     child: Option<Child>,
@@ -40,6 +42,8 @@ pub struct Agent {
     pub log: PathBuf,
     /// The --source value: dir:PATH or kube.
     source: String,
+    /// The --hostname-override value: the node whose endpoints are local.
+    hostname: String,
     extra: Vec<String>,
 }
 
@@ -52,19 +56,51 @@ impl Agent {
     /// Starts `weir agent --source=SOURCE EXTRA...` in `node_ns`, e.g. with
     /// source `kube` and extra `--master=http://127.0.0.1:PORT`.
     pub fn start_source(node_ns: &str, source: &str, tag: &str, extra: &[&str]) -> Result<Self> {
-        let mut agent = Self {
+        Self::new(node_ns, source, tag, extra).started()
+    }
+
+    /// An agent that is not running yet: set options (`with_hostname`), then
+    /// `started`. Pins go to TEST_BPFFS_PREFIX + `tag`, so `tag` must start
+    /// with a `netns::unique_tag()` for `cargo xtask test` to clean leftovers.
+    pub fn new(node_ns: &str, source: &str, tag: &str, extra: &[&str]) -> Self {
+        Self {
             child: None,
             node_ns: node_ns.to_string(),
             bpffs: PathBuf::from(format!("{TEST_BPFFS_PREFIX}{tag}")),
             log: std::env::temp_dir().join(format!("weir-test-{tag}.log")),
             source: source.to_string(),
+            hostname: DEFAULT_NODE_NAME.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        agent.spawn()?;
-        Ok(agent)
+        }
+    }
+
+    /// The node name the agent runs as (`--hostname-override`).
+    pub fn with_hostname(mut self, name: &str) -> Self {
+        self.hostname = name.to_string();
+        self
+    }
+
+    /// Starts the agent configured by `new`.
+    pub fn started(mut self) -> Result<Self> {
+        self.spawn()?;
+        Ok(self)
+    }
+
+    pub fn hostname(&self) -> &str {
+        &self.hostname
+    }
+
+    /// Whether the agent process is running (not stopped, killed or exited).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     fn spawn(&mut self) -> Result<()> {
+        if self.is_running() {
+            bail!("the agent in {} is already running", self.node_ns);
+        }
         let log = File::options().create(true).append(true).open(&self.log)?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns::path(&self.node_ns).display()))
@@ -73,11 +109,8 @@ impl Agent {
             .arg("agent")
             .arg(format!("--source={}", self.source))
             .arg(format!("--bpffs={}", self.bpffs.display()))
-            .args([
-                "--pod-devices=lxc*",
-                "--hostname-override=node-a",
-                "--poll-interval-ms=100",
-            ])
+            .arg(format!("--hostname-override={}", self.hostname))
+            .args(["--pod-devices=lxc*", "--poll-interval-ms=100"])
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -226,6 +226,17 @@ pub fn udp_from_ports(
     })
 }
 
+/// The replies of requests that must all succeed; the first failure names
+/// its request and `what` was asked (e.g. "198.19.0.10:80/Tcp").
+pub fn all_ok(replies: Vec<Result<EchoReply>>, what: &str) -> Result<Vec<EchoReply>> {
+    let count = replies.len();
+    replies
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| r.with_context(|| format!("request {i} of {count} to {what} failed")))
+        .collect()
+}
+
 /// The io::ErrorKind behind a request error, if it was an I/O error.
 pub fn error_kind(e: &anyhow::Error) -> Option<std::io::ErrorKind> {
     e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)

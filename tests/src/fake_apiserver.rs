@@ -46,6 +46,9 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Node,
+    Ingress,
+    IngressClass,
+    Secret,
 }
 
 impl Kind {
@@ -54,6 +57,9 @@ impl Kind {
             "Service" => Some(Kind::Service),
             "EndpointSlice" => Some(Kind::EndpointSlice),
             "Node" => Some(Kind::Node),
+            "Ingress" => Some(Kind::Ingress),
+            "IngressClass" => Some(Kind::IngressClass),
+            "Secret" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -63,6 +69,9 @@ impl Kind {
             "/api/v1/services" => Some(Kind::Service),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
             "/api/v1/nodes" => Some(Kind::Node),
+            "/apis/networking.k8s.io/v1/ingresses" => Some(Kind::Ingress),
+            "/apis/networking.k8s.io/v1/ingressclasses" => Some(Kind::IngressClass),
+            "/api/v1/secrets" => Some(Kind::Secret),
             _ => None,
         }
     }
@@ -72,18 +81,22 @@ impl Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Secret => "Secret",
         }
     }
 
     fn api_version(self) -> &'static str {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
             _ => "v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        self != Kind::Node
+        !matches!(self, Kind::Node | Kind::IngressClass)
     }
 }
 
@@ -147,6 +160,8 @@ struct State {
     expire_next: usize,
     expire_mode: Option<Gone>,
     log: Vec<Logged>,
+    /// Status patches received: (path, body).
+    status_patches: Vec<(String, Value)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -380,6 +395,11 @@ impl FakeApiserver {
     }
 
     /// Every request received so far.
+    /// The status patches received: (path, JSON body).
+    pub fn status_patches(&self) -> Vec<(String, Value)> {
+        self.lock().status_patches.clone()
+    }
+
     pub fn requests(&self) -> Vec<Logged> {
         self.lock().log.clone()
     }
@@ -509,7 +529,7 @@ impl Selector {
                 .split_once("==")
                 .or_else(|| req.split_once('='))
                 .ok_or_else(|| format!("unsupported field selector {req:?}"))?;
-            if k != "metadata.name" && k != "metadata.namespace" {
+            if k != "metadata.name" && k != "metadata.namespace" && k != "type" {
                 return Err(format!("field label not supported: {k}"));
             }
             sel.fields.push((k.into(), v.into()));
@@ -533,6 +553,7 @@ impl Selector {
         let fields_ok = self.fields.iter().all(|(k, v)| {
             let field = match k.as_str() {
                 "metadata.name" => "/metadata/name",
+                "type" => "/type",
                 _ => "/metadata/namespace",
             };
             object.pointer(field).and_then(Value::as_str).unwrap_or("") == v
@@ -570,9 +591,21 @@ async fn serve(
                     let Ok((stream, _)) = accepted else { continue };
                     let state = state.clone();
                     tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |req| {
+                        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                             let state = state.clone();
-                            async move { Ok::<_, Infallible>(handle(&state, req)) }
+                            async move {
+                                if req.method() == hyper::Method::PATCH {
+                                    let path = req.uri().path().to_string();
+                                    let body = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    return Ok::<_, Infallible>(patch_status(&state, &path, &body));
+                                }
+                                Ok::<_, Infallible>(handle(&state, req))
+                            }
                         });
                         let conn = hyper::server::conn::http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), service);
@@ -632,6 +665,55 @@ fn query(req: &Request<hyper::body::Incoming>) -> BTreeMap<String, String> {
             None => (decode(p), String::new()),
         })
         .collect()
+}
+
+/// PATCH .../namespaces/NS/ingresses/NAME/status with a merge patch: the
+/// object's status is replaced by the patch's (enough for status writers),
+/// and watches see the change.
+fn patch_status(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body> {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let target = match parts.as_slice() {
+        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"] => {
+            (Kind::Ingress, ns.to_string(), name.to_string())
+        }
+        _ => {
+            return full(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(
+                    405,
+                    "MethodNotAllowed",
+                    "the fake only patches Ingress status",
+                ),
+            )
+        }
+    };
+    let patch: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return full(
+                StatusCode::BAD_REQUEST,
+                &status(400, "BadRequest", &e.to_string()),
+            )
+        }
+    };
+    st.status_patches.push((path.to_string(), patch.clone()));
+    let Some(old) = st.objects.get(&target).cloned() else {
+        return full(StatusCode::NOT_FOUND, &status(404, "NotFound", path));
+    };
+    st.rv += 1;
+    let rv = st.rv;
+    let mut object = old.clone();
+    object["status"] = patch.get("status").cloned().unwrap_or(Value::Null);
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    st.objects.insert(target.clone(), object.clone());
+    st.record(Change {
+        rv,
+        kind: target.0,
+        old: Some(old),
+        new: Some(object.clone()),
+    });
+    full(StatusCode::OK, &object)
 }
 
 fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response<Body> {

@@ -76,6 +76,15 @@ pub fn service_with(
     y
 }
 
+/// A Node with one InternalIP. An agent running as `name` serves NodePorts
+/// on that address (translate: the node's own addresses, filtered by
+/// `--nodeport-addresses`).
+pub fn node(name: &str, internal_ip: Ipv4Addr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\nstatus:\n  addresses: [{{type: InternalIP, address: {internal_ip}}}]\n"
+    )
+}
+
 /// An endpoint with its conditions and node.
 #[derive(Clone, Copy, Debug)]
 pub struct Ep<'a> {

@@ -1,27 +1,17 @@
-//! A node namespace with pods behind host-side veths, routed like a CNI does
-//! it: each pod has a /32 and a default route to a gateway address that every
-//! host-side device holds; the node has a /32 route per pod and forwards.
+//! One node namespace with pods behind host-side veths, wired as in
+//! `node.rs`; the multi-node topology is `cluster.rs`.
 use std::net::Ipv4Addr;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
+pub use crate::node::{Pod, GATEWAY, POD_DEVICE_PREFIX};
 use crate::{
-    cmd::{ip, run},
     netns::{unique_tag, Netns},
+    node::{add_pod, make_router},
 };
 
-/// The gateway address pods route through (held by every host-side device).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
-/// Prefix of host-side pod devices; the agent is started with `--pod-devices lxc*`.
-pub const POD_DEVICE_PREFIX: &str = "lxc";
-
-pub struct Pod {
-    pub name: String,
-    pub ip: Ipv4Addr,
-    /// The host-side device in the node namespace.
-    pub device: String,
-    pub netns: Netns,
-}
+/// The node name the sandbox's pods run on (the agent's default `--hostname-override`).
+pub const NODE_NAME: &str = crate::agent::DEFAULT_NODE_NAME;
 
 /// Namespaces are deleted in field order when dropped: pods, then the node.
 pub struct Sandbox {
@@ -35,19 +25,7 @@ impl Sandbox {
     pub fn new() -> Result<Self> {
         let tag = unique_tag();
         let node = Netns::create(&format!("{tag}-node"))?;
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &node.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-                "net.ipv4.conf.all.rp_filter=0",
-                "net.ipv4.conf.default.rp_filter=0",
-            ],
-        )?;
+        make_router(&node.name, &[])?;
         Ok(Self {
             tag,
             pods: Vec::new(),
@@ -66,69 +44,9 @@ impl Sandbox {
     }
 
     pub fn add_pod(&mut self, name: &str, ip_addr: Ipv4Addr) -> Result<&Pod> {
-        let netns = Netns::create(&format!("{}-{name}", self.tag))?;
-        let device = format!("{POD_DEVICE_PREFIX}{name}");
-        let node = self.node.name.as_str();
-        let (addr, gw) = (format!("{ip_addr}/32"), GATEWAY.to_string());
-        let setup = || -> Result<()> {
-            ip(&[
-                "-n",
-                node,
-                "link",
-                "add",
-                &device,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                &netns.name,
-            ])?;
-            ip(&["-n", node, "link", "set", &device, "up"])?;
-            ip(&[
-                "-n",
-                node,
-                "addr",
-                "add",
-                &format!("{gw}/32"),
-                "dev",
-                &device,
-            ])?;
-            ip(&["-n", node, "route", "add", &addr, "dev", &device])?;
-            ip(&["-n", &netns.name, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &netns.name, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&[
-                "-n",
-                &netns.name,
-                "route",
-                "add",
-                &format!("{gw}/32"),
-                "dev",
-                "eth0",
-                "scope",
-                "link",
-            ])?;
-            ip(&[
-                "-n",
-                &netns.name,
-                "route",
-                "add",
-                "default",
-                "via",
-                &gw,
-                "dev",
-                "eth0",
-            ])?;
-            Ok(())
-        };
-        setup().with_context(|| format!("wiring pod {name}"))?;
-        self.pods.push(Pod {
-            name: name.to_string(),
-            ip: ip_addr,
-            device,
-            netns,
-        });
+        let ns_name = format!("{}-{name}", self.tag);
+        let pod = add_pod(&self.node.name, NODE_NAME, &ns_name, name, ip_addr)?;
+        self.pods.push(pod);
         Ok(self.pods.last().expect("just pushed"))
     }
 

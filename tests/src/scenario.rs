@@ -9,7 +9,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    echo::{requests, Proto},
+    echo::{all_ok, requests, Proto},
     manifests::ManifestDir,
     Agent, EchoReply, EchoServer, Sandbox,
 };
@@ -74,17 +74,10 @@ impl Scenario {
 
     /// `count` requests from the client that must all succeed.
     pub fn send_ok(&self, proto: Proto, port: u16, count: usize) -> Result<Vec<EchoReply>> {
-        self.send("client", proto, CLUSTER_IP, port, count)?
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.map_err(|e| {
-                    anyhow::anyhow!(
-                        "request {i} of {count} to {CLUSTER_IP}:{port}/{proto:?} failed: {e}"
-                    )
-                })
-            })
-            .collect()
+        all_ok(
+            self.send("client", proto, CLUSTER_IP, port, count)?,
+            &format!("{CLUSTER_IP}:{port}/{proto:?}"),
+        )
     }
 
     /// Fails unless every one of `count` requests fails (nothing answers).

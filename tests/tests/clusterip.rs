@@ -266,3 +266,30 @@ fn attaches_to_pod_devices_created_after_start() -> Result<()> {
     assert_eq!(backends_of(&replies), names(&["be1", "be2"]));
     Ok(())
 }
+
+/// Hairpin (the e2e "should allow pods to hairpin back to themselves through
+/// services"): a pod that reaches its own service and is chosen as the
+/// backend gets its answer. Its request arrives from the hairpin address
+/// (169.254.42.1), since a packet from its own address would be martian.
+#[test]
+fn a_pod_reaching_its_own_service_gets_the_answer_from_itself() -> Result<()> {
+    let mut s = Scenario::start(1, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    let ports = [port("http", 80, "TCP", 8080), port("dns", 53, "UDP", 5353)];
+    let b1 = s.backend_ip("be1");
+    s.manifests
+        .write("svc.yaml", &service(NS, "echo", CLUSTER_IP, &ports))?;
+    s.manifests.write(
+        "slice.yaml",
+        &slice(NS, "echo-a", "echo", &ports, &ready(&[b1])),
+    )?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 1)?;
+    s.agent.wait_frontend("198.19.0.10:53/UDP", 1)?;
+    for (proto, port) in [(Proto::Tcp, 80), (Proto::Udp, 53)] {
+        for r in s.send("be1", proto, CLUSTER_IP, port, 5)? {
+            let r = r?;
+            assert_eq!(r.backend, "be1");
+            assert_eq!(r.peer, Ipv4Addr::new(169, 254, 42, 1), "{proto:?}");
+        }
+    }
+    Ok(())
+}

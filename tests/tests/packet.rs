@@ -6,30 +6,21 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    flow_hash, AffinityKey, AffinityValue, Backend, CtKey, ServiceKey, ALG_HASH, ALG_MAGLEV,
-    ALG_RANDOM, BACKEND_ACTIVE, CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    flow_hash, AffinityKey, AffinityValue, Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
+    CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::Pkt;
+use weir_tests::packets::{answer, backend, ct_key, hex, FibNs, Pkt};
 
 const TC_ACT_OK: u32 = 0;
 const VIP: [u8; 4] = [198, 19, 0, 10];
 const CLIENT: [u8; 4] = [198, 18, 1, 2];
 const B1: [u8; 4] = [198, 18, 1, 11];
 const B2: [u8; 4] = [198, 18, 1, 12];
-
-fn backend(addr: [u8; 4], port: u16, proto: u8) -> Backend {
-    Backend {
-        addr,
-        port,
-        proto,
-        state: BACKEND_ACTIVE,
-    }
-}
 
 fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
     (
@@ -82,12 +73,19 @@ fn one_backend_udp() -> Result<Dataplane> {
 }
 
 /// Runs the tc program on `packet`; returns the action and the output bytes.
+/// In an empty namespace, so that reverse-NATed replies (which the program
+/// sends to their device after a FIB lookup) find no route and go to the
+/// stack; see a_reply_to_a_node_port_goes_straight_to_the_clients_device.
 fn run(dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    run_in(&FibNs::empty()?, dp, packet)
+}
+
+fn run_in(fib: &FibNs, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
     let mut out = vec![0u8; packet.len() + 128];
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(packet);
     opts.data_out = Some(&mut out);
-    let result = tc_program(&mut dp.ebpf).test_run(opts)?;
+    let result = fib.run(|| Ok(tc_program(&mut dp.ebpf).test_run(opts)?))?;
     out.truncate(result.data_size_out as usize);
     Ok((result.return_value, out))
 }
@@ -102,10 +100,6 @@ fn assert_rewrites(dp: &mut Dataplane, input: &Pkt, expected: &Pkt) -> Result<()
         "input {input:?}, expected {expected:?}"
     );
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[test]
@@ -131,17 +125,6 @@ fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
 
     let reply = Pkt::tcp(B1, 8080, CLIENT, 40000);
     assert_rewrites(&mut dp, &reply, &reply.with_src(VIP, 80))
-}
-
-fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8) -> CtKey {
-    CtKey {
-        saddr,
-        daddr,
-        sport,
-        dport,
-        proto,
-        _pad: [0; 3],
-    }
 }
 
 #[test]
@@ -198,21 +181,6 @@ fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// Ethernet (node -> pod) + IPv4 (id 0, DF, TTL 64) from `src` to `dst`, as the reject path writes them.
-fn answer(
-    src: [u8; 4],
-    dst: [u8; 4],
-    proto: etherparse::IpNumber,
-) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
-    let mut ip = etherparse::Ipv4Header::new(0, 64, proto, src, dst).expect("header");
-    ip.identification = 0;
-    ip.dont_fragment = true;
-    etherparse::PacketBuilder::ethernet2(
-        weir_tests::packets::MAC_NODE,
-        weir_tests::packets::MAC_POD,
-    )
-    .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
-}
-
 #[test]
 fn a_tcp_syn_to_a_frontend_without_backends_is_answered_with_a_reset() -> Result<()> {
     let mut dp = dataplane(vec![frontend(80, PROTO_TCP, ALG_RANDOM, vec![])])?;
@@ -477,6 +445,38 @@ fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
     assert_eq!(
         dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING,
         lb_common::CT_FLAG_CLOSING
+    );
+    Ok(())
+}
+
+/// The reply of a NodePort flow gets the node's own address as its source.
+/// The stack's input path would drop that as a martian, so tc sends it
+/// straight to the client's device (FIB lookup + redirect) instead.
+#[test]
+fn a_reply_to_a_node_port_goes_straight_to_the_clients_device() -> Result<()> {
+    use weir_tests::packets::{CLIENT_MAC, NODE_IP, NODE_MAC, UPLINK_CLIENT};
+    let fib = FibNs::with_uplink()?;
+    let (mut key, f) = frontend(
+        30080,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend(B1, 8080, PROTO_TCP)],
+    );
+    key.addr = NODE_IP;
+    let mut dp = dataplane(vec![(key, f)])?;
+    let syn = Pkt::tcp(UPLINK_CLIENT, 40010, NODE_IP, 30080);
+    let (action, out) = run_in(&fib, &mut dp, &syn.build())?;
+    assert_eq!(
+        (action, hex(&out)),
+        (TC_ACT_OK, hex(&syn.with_dst(B1, 8080).build()))
+    );
+
+    let reply = Pkt::tcp(B1, 8080, UPLINK_CLIENT, 40010);
+    let (action, out) = run_in(&fib, &mut dp, &reply.build())?;
+    let expected = Pkt::tcp(NODE_IP, 30080, UPLINK_CLIENT, 40010).with_macs(NODE_MAC, CLIENT_MAC);
+    assert_eq!(
+        (action, hex(&out)),
+        (TC_ACT_REDIRECT, hex(&expected.build()))
     );
     Ok(())
 }

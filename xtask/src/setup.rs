@@ -17,6 +17,10 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "tcpdump",
+    "ethtool",
+    // Ingress tests (curl: HTTP/1.1, HTTP/2, TLS with SNI) and the L7 measurement.
+    "curl",
+    "wrk",
     // The benchmark's plots: text drawn with DejaVu Sans.
     "fonts-dejavu-core",
 ];

@@ -175,7 +175,6 @@ impl Programmed {
     fn start(dataplane: Dataplane, size: usize) -> Result<Self> {
         let sandbox = Sandbox::standard(BACKENDS)?;
         tune_client(&sandbox)?;
-        tune_node(&sandbox)?;
         let external_ns = uplink::external_client(&sandbox.node.name, &sandbox.tag)?;
         sysctl(&external_ns.name, CLIENT_SYSCTLS)?;
         let servers = backends(&sandbox)?;
@@ -262,15 +261,6 @@ const CLIENT_SYSCTLS: &[&str] = &[
     "net.ipv4.ip_local_port_range=10000 65000",
     "net.ipv4.tcp_tw_reuse=1",
 ];
-
-/// NodePort replies from Weir leave the backend's device with the node's
-/// own address as source (reverse NAT at tc ingress, before routing); the
-/// kernel drops such packets as martians unless accept_local is set. Set
-/// for every dataplane alike (kube-proxy does not need it: conntrack
-/// un-NATs after the routing decision).
-fn tune_node(sandbox: &Sandbox) -> Result<()> {
-    sysctl(&sandbox.node.name, &["net.ipv4.conf.all.accept_local=1"])
-}
 
 fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
     let out = Command::new("nsenter")

@@ -36,6 +36,15 @@ impl DeviceSelector {
         self.devices.iter().any(|d| d == name) || self.pod_globs.iter().any(|g| g.matches(name))
     }
 
+    /// The uplinks (--devices) among `links`: where XDP goes.
+    pub fn uplinks(&self, links: &[(String, u32)]) -> Vec<(String, u32)> {
+        links
+            .iter()
+            .filter(|(name, _)| self.devices.iter().any(|d| d == name))
+            .cloned()
+            .collect()
+    }
+
     /// The links (name, ifindex) this selector picks.
     pub fn select(&self, links: &[(String, u32)]) -> Vec<(String, u32)> {
         links
@@ -71,6 +80,10 @@ impl Attachments {
             links: BTreeMap::new(),
             pin_dir: Some(dir),
         }
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
     }
 
     pub fn devices(&self) -> impl Iterator<Item = &str> {
@@ -123,9 +136,13 @@ fn attach(
 impl Dataplane {
     /// Attaches to every wanted device not yet attached, adopting links an
     /// earlier agent pinned, and detaches (unpins) the rest.
-    pub fn reconcile_devices(&mut self, wanted: &[(String, u32)]) -> AttachReport {
+    /// Uplinks among them (`uplinks`) get the uplink program.
+    pub fn reconcile_devices(
+        &mut self,
+        wanted: &[(String, u32)],
+        uplinks: &[(String, u32)],
+    ) -> AttachReport {
         let mut report = AttachReport::default();
-        let prog = super::loader::tc_program(&mut self.ebpf);
         let att = &mut self.attachments;
         let gone: Vec<String> = att
             .links
@@ -148,6 +165,11 @@ impl Dataplane {
                 continue;
             }
             let pin = att.pin_path(name, *ifindex);
+            let prog = if uplinks.iter().any(|(n, _)| n == name) {
+                super::loader::tc_uplink_program(&mut self.ebpf)
+            } else {
+                super::loader::tc_program(&mut self.ebpf)
+            };
             let result = match pin.as_deref().filter(|p| p.exists()) {
                 Some(existing) => adopt(prog, existing)
                     .inspect(|_| report.adopted.push(name.clone()))
@@ -174,7 +196,8 @@ impl Dataplane {
                 .filter_map(|(n, (i, _))| att.pin_path(n, *i))
                 .collect();
             for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                if !keep.contains(&entry.path()) {
+                let tc_pin = entry.file_name().to_string_lossy().starts_with("tc_");
+                if tc_pin && !keep.contains(&entry.path()) {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }

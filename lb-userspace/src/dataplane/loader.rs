@@ -2,8 +2,11 @@
 //! (reusing existing pins, so state survives an agent restart).
 use std::path::{Path, PathBuf};
 
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
-use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS};
+use aya::{
+    programs::{SchedClassifier, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS, PROG_TC_UPLINK, PROG_XDP};
 
 use super::{
     attach::Attachments,
@@ -38,11 +41,27 @@ pub enum LoadError {
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// The tc program of a loaded object.
+/// The tc program for pod devices of a loaded object.
 pub fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
-    ebpf.program_mut(PROG_TC_INGRESS)
+    tc_program_named(ebpf, PROG_TC_INGRESS)
+}
+
+/// The tc program for uplinks of a loaded object.
+pub fn tc_uplink_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    tc_program_named(ebpf, PROG_TC_UPLINK)
+}
+
+fn tc_program_named<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .expect("the tc program is part of the object and loaded in Dataplane::finish")
+        .expect("the tc programs are part of the object and loaded in Dataplane::finish")
+}
+
+/// The XDP program of a loaded object.
+pub fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROG_XDP)
+        .and_then(|p| p.try_into().ok())
+        .expect("the XDP program is part of the object and loaded in Dataplane::finish")
 }
 
 /// Loaded programs and maps, the devices they are attached to, and what the maps hold.
@@ -50,6 +69,7 @@ pub struct Dataplane {
     pub ebpf: Ebpf,
     pub maps: Maps,
     pub attachments: Attachments,
+    pub xdp: super::xdp::XdpAttachments,
     programmed: Programmed,
     cfg: PlanConfig,
 }
@@ -135,19 +155,31 @@ impl Dataplane {
     }
 
     fn finish(mut ebpf: Ebpf, cfg: PlanConfig) -> Result<Self, LoadError> {
-        let prog: &mut SchedClassifier = ebpf
-            .program_mut(PROG_TC_INGRESS)
+        for name in [PROG_TC_INGRESS, PROG_TC_UPLINK] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or(LoadError::Program {
+                    name,
+                    source: aya::programs::ProgramError::NotLoaded,
+                })?
+                .try_into()
+                .map_err(|source| LoadError::Program { name, source })?;
+            prog.load()
+                .map_err(|source| LoadError::Program { name, source })?;
+        }
+        let xdp: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
             .ok_or(LoadError::Program {
-                name: PROG_TC_INGRESS,
+                name: PROG_XDP,
                 source: aya::programs::ProgramError::NotLoaded,
             })?
             .try_into()
             .map_err(|source| LoadError::Program {
-                name: PROG_TC_INGRESS,
+                name: PROG_XDP,
                 source,
             })?;
-        prog.load().map_err(|source| LoadError::Program {
-            name: PROG_TC_INGRESS,
+        xdp.load().map_err(|source| LoadError::Program {
+            name: PROG_XDP,
             source,
         })?;
         let maps = Maps::take(&mut ebpf)?;
@@ -156,6 +188,7 @@ impl Dataplane {
             ebpf,
             maps,
             attachments: Attachments::default(),
+            xdp: Default::default(),
             programmed,
             cfg,
         })

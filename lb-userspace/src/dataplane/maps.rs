@@ -2,11 +2,14 @@
 //! the pins (for the CLI). Applying a planned operation happens here.
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, MapError, PerCpuArray,
+};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV, MAP_REVNAT,
-    MAP_SERVICES, MAP_SLOTS, MAP_STATS,
+    ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV,
+    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 use super::sync::{restore, Op, Programmed};
@@ -32,6 +35,23 @@ pub struct Maps {
     pub maglev: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, ServiceStats>,
     pub drops: PerCpuArray<MapData, u64>,
+    pub src_ranges: LpmTrie<MapData, SourceRange, u8>,
+    pub node_addrs: HashMap<MapData, u32, [u8; 4]>,
+}
+
+fn lpm(name: &'static str, map: Map) -> Result<LpmTrie<MapData, SourceRange, u8>, MapsError> {
+    LpmTrie::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+/// The LPM key of range `addr/prefix` of service `service_id`.
+pub fn source_range_key(service_id: u32, addr: [u8; 4], prefix: u8) -> Key<SourceRange> {
+    Key::new(
+        SourceRange::prefix_len(prefix),
+        SourceRange {
+            service_id: service_id.to_be_bytes(),
+            addr,
+        },
+    )
 }
 
 fn typed<K: aya::Pod, V: aya::Pod>(
@@ -87,6 +107,8 @@ impl Maps {
             maglev: array(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
             stats: per_cpu(MAP_STATS, take(MAP_STATS)?)?,
             drops: per_cpu(MAP_DROPS, take(MAP_DROPS)?)?,
+            src_ranges: lpm(MAP_SOURCE_RANGES, take(MAP_SOURCE_RANGES)?)?,
+            node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
         })
     }
 
@@ -107,16 +129,32 @@ impl Maps {
             maglev: array(MAP_MAGLEV, open(MAP_MAGLEV)?)?,
             stats: per_cpu(MAP_STATS, open(MAP_STATS)?)?,
             drops: per_cpu(MAP_DROPS, open(MAP_DROPS)?)?,
+            src_ranges: lpm(MAP_SOURCE_RANGES, open(MAP_SOURCE_RANGES)?)?,
+            node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,
         })
     }
 
     /// Reads what the maps hold (entries that fail to read are skipped).
     pub fn read(&self) -> Programmed {
-        restore(
+        let mut p = restore(
             self.services.iter().filter_map(Result::ok),
             self.slots.iter().filter_map(Result::ok),
             self.backends.iter().filter_map(Result::ok),
-        )
+        );
+        p.source_ranges = self
+            .src_ranges
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| {
+                let r = k.data();
+                (
+                    u32::from_be_bytes(r.service_id),
+                    r.addr,
+                    k.prefix_len().saturating_sub(32) as u8,
+                )
+            })
+            .collect();
+        p
     }
 
     /// Applies one planned operation; `maglev_m` is the Maglev table size.
@@ -139,6 +177,14 @@ impl Maps {
             Op::DelService(k) => ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES)),
             Op::DelSlot(k) => ignore_missing(self.slots.remove(&k)).map_err(e(MAP_SLOTS)),
             Op::DelRevNat(id) => ignore_missing(self.revnat.remove(&id)).map_err(e(MAP_REVNAT)),
+            Op::PutSourceRange(id, addr, prefix) => self
+                .src_ranges
+                .insert(&source_range_key(id, addr, prefix), 1, 0)
+                .map_err(e(MAP_SOURCE_RANGES)),
+            Op::DelSourceRange(id, addr, prefix) => {
+                ignore_missing(self.src_ranges.remove(&source_range_key(id, addr, prefix)))
+                    .map_err(e(MAP_SOURCE_RANGES))
+            }
             Op::DelBackend(id) => {
                 ignore_missing(self.backends.remove(&id)).map_err(e(MAP_BACKENDS))
             }

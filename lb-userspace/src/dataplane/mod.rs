@@ -2,10 +2,12 @@
 //! and maps, attaching to devices, and writing planned map updates.
 pub mod attach;
 pub mod ct_gc;
+pub mod ingress;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
 pub mod sync;
+pub mod xdp;
 
 pub use loader::{Dataplane, LoadError};
 

@@ -40,12 +40,28 @@ pub struct Programmed {
     /// highest id in the maps.
     pub last_service_id: u32,
     pub last_backend_id: u32,
+    /// loadBalancerSourceRanges entries: (service id, network, prefix).
+    pub source_ranges: BTreeSet<SourceRangeEntry>,
+}
+
+/// A source range of one service id: (service id, network address, prefix).
+pub type SourceRangeEntry = (u32, [u8; 4], u8);
+
+/// `addr/prefix` with the host bits cleared: the LPM trie treats
+/// 198.18.0.5/16 and 198.18.0.0/16 as one key, so the plan must too.
+pub fn network(addr: std::net::Ipv4Addr, prefix: u8) -> [u8; 4] {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix.min(32)))
+        .unwrap_or(0);
+    (u32::from(addr) & mask).to_be_bytes()
 }
 
 impl Programmed {
     /// Whether both hold the same map entries (allocation cursors aside).
     pub fn same_entries(&self, other: &Programmed) -> bool {
-        self.services == other.services && self.backends == other.backends
+        self.services == other.services
+            && self.backends == other.backends
+            && self.source_ranges == other.source_ranges
     }
 }
 
@@ -58,7 +74,11 @@ pub enum Op {
     PutSlot(SlotKey, u32),
     PutRevNat(u32, RevNat),
     PutService(ServiceKey, ServiceValue),
+    /// A loadBalancerSourceRanges entry (service id, network, prefix),
+    /// written before the service entry that turns the check on.
+    PutSourceRange(u32, [u8; 4], u8),
     DelService(ServiceKey),
+    DelSourceRange(u32, [u8; 4], u8),
     DelSlot(SlotKey),
     DelRevNat(u32),
     DelBackend(u32),
@@ -213,6 +233,7 @@ pub fn plan_with(
     let mut put_slots = Vec::new();
     let mut put_revnat = Vec::new();
     let mut put_services = Vec::new();
+    let mut put_ranges = Vec::new();
     let mut removals = Vec::new();
 
     // Backends: keep ids by address, allocate new ones for new addresses.
@@ -330,10 +351,18 @@ pub fn plan_with(
             count: backend_ids.len() as u32,
             affinity_timeout: frontend.affinity_timeout,
             maglev_table,
-            flags: 0,
+            flags: frontend.flags,
             algorithm,
             _pad: 0,
         };
+        if frontend.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0 {
+            for (addr, prefix) in &frontend.source_ranges {
+                let entry = (id, network(*addr, *prefix), (*prefix).min(32));
+                if next.source_ranges.insert(entry) && !current.source_ranges.contains(&entry) {
+                    put_ranges.push(Op::PutSourceRange(entry.0, entry.1, entry.2));
+                }
+            }
+        }
         if old.map(|s| s.value) != Some(value) {
             put_services.push(Op::PutService(*key, value));
         }
@@ -354,7 +383,10 @@ pub fn plan_with(
         removals.push(Op::DelRevNat(old.value.id));
     }
     next.last_service_id = last;
-    // Service entries go before their slots and reverse NAT entries.
+    for &(id, addr, prefix) in current.source_ranges.difference(&next.source_ranges) {
+        removals.push(Op::DelSourceRange(id, addr, prefix));
+    }
+    // Service entries go before their slots, source ranges and reverse NAT entries.
     removals.sort_by_key(|op| !matches!(op, Op::DelService(_)));
     for id in current.backends.keys() {
         if !next.backends.contains_key(id) {
@@ -367,6 +399,7 @@ pub fn plan_with(
         .chain(put_maglev)
         .chain(put_slots)
         .chain(put_revnat)
+        .chain(put_ranges)
         .chain(put_services)
         .chain(removals)
         .collect();
@@ -407,5 +440,6 @@ pub fn restore(
         last_backend_id: backends.keys().copied().max().unwrap_or(0),
         services,
         backends,
+        source_ranges: BTreeSet::new(),
     }
 }

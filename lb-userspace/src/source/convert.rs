@@ -172,6 +172,12 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
             Some(p) => Some(port(p, "spec.healthCheckNodePort")?),
             None => None,
         },
+        source_ranges: source_ranges(
+            spec.load_balancer_source_ranges
+                .as_deref()
+                .unwrap_or_default(),
+            svc.metadata.annotations.as_ref(),
+        )?,
     })
 }
 
@@ -194,6 +200,49 @@ fn ipv4_list<'a>(
                     format!("invalid IP address {v:?}"),
                 ))
             }
+        }
+    }
+    Ok(out)
+}
+
+pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
+/// loadBalancerSourceRanges, falling back to the annotation (comma-separated)
+/// as kube-proxy does. An invalid entry fails the whole service: allowing
+/// every client instead would silently open it.
+fn source_ranges(
+    spec: &[String],
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Vec<(Ipv4Addr, u8)>, FieldError> {
+    let (field, values): (String, Vec<&str>) = if spec.is_empty() {
+        let value = annotations
+            .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
+            .map_or("", String::as_str);
+        (
+            format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .collect(),
+        )
+    } else {
+        (
+            "spec.loadBalancerSourceRanges".into(),
+            spec.iter().map(|s| s.trim()).collect(),
+        )
+    };
+    let mut out = Vec::new();
+    for (i, v) in values.iter().enumerate() {
+        let invalid = || err(format!("{field}[{i}]"), format!("invalid CIDR {v:?}"));
+        let (addr, prefix) = v.split_once('/').ok_or_else(invalid)?;
+        let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+        match addr.parse::<std::net::IpAddr>().map_err(|_| invalid())? {
+            std::net::IpAddr::V4(a) if prefix <= 32 => out.push((a, prefix)),
+            std::net::IpAddr::V4(_) => return Err(invalid()),
+            // IPv6 ranges concern IPv6 clients, which this datapath does not serve yet.
+            std::net::IpAddr::V6(_) if prefix <= 128 => {}
+            std::net::IpAddr::V6(_) => return Err(invalid()),
         }
     }
     Ok(out)

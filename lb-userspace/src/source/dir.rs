@@ -120,6 +120,15 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
             Object::Node(n) => {
                 state.nodes.insert(n.name.clone(), n);
             }
+            Object::Ingress(i) => {
+                state.ingress.ingresses.insert(i.id.clone(), i);
+            }
+            Object::IngressClass(c) => {
+                state.ingress.classes.insert(c.name.clone(), c);
+            }
+            Object::TlsSecret(s) => {
+                state.ingress.tls_secrets.insert(s.id.clone(), s);
+            }
         }
     }
 }

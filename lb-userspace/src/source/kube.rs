@@ -10,6 +10,9 @@
 //!   of other proxies too and `translate::handles` drops them, as it does for
 //!   the directory source. The Node is watched with the field selector
 //!   `metadata.name=<node>`.
+//! - **Ingress.** With the L7 proxy on (`watch_ingress`), Ingresses and
+//!   IngressClasses are watched too, and Secrets with the field selector
+//!   `type=kubernetes.io/tls` (no other Secret is ever read).
 //! - **Complete snapshots only.** Nothing is published before every watcher
 //!   finished its first list. A relist (after 410 Gone, a compacted history or
 //!   a restart of the watcher) fills a side buffer that replaces the store only
@@ -44,8 +47,9 @@ use std::{
 
 use futures::StreamExt;
 use k8s_openapi::api::{
-    core::v1::{Node as K8sNode, Service as K8sService},
+    core::v1::{Node as K8sNode, Secret as K8sSecret, Service as K8sService},
     discovery::v1::EndpointSlice as K8sSlice,
+    networking::v1::{Ingress as K8sIngress, IngressClass as K8sIngressClass},
 };
 use kube::{
     api::Api,
@@ -66,6 +70,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     convert::{self, FieldError},
+    convert_ingress::{self, TLS_SECRET_TYPE},
     duration::GoDuration,
     StateRx,
 };
@@ -84,6 +89,8 @@ pub struct KubeOptions {
     pub min_sync_period: Duration,
     /// 0 disables the periodic re-publish.
     pub config_sync_period: Duration,
+    /// Also watch Ingresses, IngressClasses and kubernetes.io/tls Secrets (the L7 proxy is on).
+    pub watch_ingress: bool,
 }
 
 pub const DEFAULT_MIN_SYNC_PERIOD: Duration = Duration::from_secs(1);
@@ -96,6 +103,7 @@ impl Default for KubeOptions {
             master: None,
             min_sync_period: DEFAULT_MIN_SYNC_PERIOD,
             config_sync_period: DEFAULT_CONFIG_SYNC_PERIOD,
+            watch_ingress: false,
         }
     }
 }
@@ -161,6 +169,8 @@ pub struct KubeSourceConfig {
     /// Retry delays after watch errors: from `backoff_min`, doubling up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Also watch Ingresses, IngressClasses and kubernetes.io/tls Secrets.
+    pub watch_ingress: bool,
 }
 
 impl KubeSourceConfig {
@@ -172,6 +182,7 @@ impl KubeSourceConfig {
             // kube-runtime's default backoff: 800 ms doubling to 30 s.
             backoff_min: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
+            watch_ingress: false,
         }
     }
 }
@@ -249,6 +260,7 @@ pub async fn start(options: &KubeOptions, node_name: &str) -> Result<StateRx, Ku
     let mut cfg = KubeSourceConfig::new(node_name);
     cfg.min_sync_period = options.min_sync_period;
     cfg.config_sync_period = options.config_sync_period;
+    cfg.watch_ingress = options.watch_ingress;
     info!(
         node = node_name,
         min_sync_period = %GoDuration(cfg.min_sync_period),
@@ -294,11 +306,14 @@ pub async fn run(
     let nodes = start_watch(
         &mut watchers,
         Kind::Node,
-        Api::<K8sNode>::all(client),
+        Api::<K8sNode>::all(client.clone()),
         watcher::Config::default().fields(&format!("metadata.name={}", cfg.node_name)),
         &cfg,
-        notices,
+        notices.clone(),
     );
+    let ingress = cfg
+        .watch_ingress
+        .then(|| IngressStores::start(&mut watchers, client, &cfg, notices));
     let mut builder = Builder {
         services,
         slices,
@@ -306,9 +321,14 @@ pub async fn run(
         service_cache: Cache::default(),
         slice_cache: Cache::default(),
         node_cache: Cache::default(),
+        ingress,
     };
 
-    let mut listed = [false; 3];
+    // Kinds not watched count as listed.
+    let mut listed = [false; KINDS];
+    for kind in [Kind::Ingress, Kind::IngressClass, Kind::Secret] {
+        listed[kind as usize] = !cfg.watch_ingress;
+    }
     let mut dirty = false;
     let mut last: Option<(Instant, Arc<ClusterState>)> = None;
     let mut resync = (!cfg.config_sync_period.is_zero()).then(|| {
@@ -383,7 +403,12 @@ enum Kind {
     Service = 0,
     EndpointSlice = 1,
     Node = 2,
+    Ingress = 3,
+    IngressClass = 4,
+    Secret = 5,
 }
+
+const KINDS: usize = 6;
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -391,6 +416,9 @@ impl fmt::Display for Kind {
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Node => "Node",
+            Kind::Ingress => "Ingress",
+            Kind::IngressClass => "IngressClass",
+            Kind::Secret => "Secret",
         })
     }
 }
@@ -562,7 +590,7 @@ impl<T: Clone> Cache<T> {
 
 fn display_ref(kind: Kind, key: &ObjectRef) -> String {
     match kind {
-        Kind::Node => key.name.clone(),
+        Kind::Node | Kind::IngressClass => key.name.clone(),
         _ => key.to_string(),
     }
 }
@@ -574,6 +602,83 @@ struct Builder {
     service_cache: Cache<crate::model::Service>,
     slice_cache: Cache<crate::model::EndpointSlice>,
     node_cache: Cache<crate::model::Node>,
+    ingress: Option<IngressStores>,
+}
+
+/// The watches of the L7 proxy's objects: Ingresses, IngressClasses, and
+/// Secrets of type kubernetes.io/tls (field selector), nothing else.
+struct IngressStores {
+    ingresses: Store<K8sIngress>,
+    classes: Store<K8sIngressClass>,
+    secrets: Store<K8sSecret>,
+    ingress_cache: Cache<crate::model::Ingress>,
+    class_cache: Cache<crate::model::IngressClass>,
+    secret_cache: Cache<crate::model::TlsSecret>,
+}
+
+impl IngressStores {
+    fn start(
+        watchers: &mut JoinSet<()>,
+        client: Client,
+        cfg: &KubeSourceConfig,
+        notices: mpsc::UnboundedSender<Notice>,
+    ) -> Self {
+        Self {
+            ingresses: start_watch(
+                watchers,
+                Kind::Ingress,
+                Api::<K8sIngress>::all(client.clone()),
+                watcher::Config::default(),
+                cfg,
+                notices.clone(),
+            ),
+            classes: start_watch(
+                watchers,
+                Kind::IngressClass,
+                Api::<K8sIngressClass>::all(client.clone()),
+                watcher::Config::default(),
+                cfg,
+                notices.clone(),
+            ),
+            secrets: start_watch(
+                watchers,
+                Kind::Secret,
+                Api::<K8sSecret>::all(client),
+                watcher::Config::default().fields(&format!("type={TLS_SECRET_TYPE}")),
+                cfg,
+                notices,
+            ),
+            ingress_cache: Cache::default(),
+            class_cache: Cache::default(),
+            secret_cache: Cache::default(),
+        }
+    }
+
+    fn build(&mut self, state: &mut ClusterState) {
+        for ing in self
+            .ingress_cache
+            .refresh(Kind::Ingress, &self.ingresses.state(), |i| {
+                convert_ingress::ingress(i).map(Some)
+            })
+        {
+            state.ingress.ingresses.insert(ing.id.clone(), ing);
+        }
+        for class in self
+            .class_cache
+            .refresh(Kind::IngressClass, &self.classes.state(), |c| {
+                convert_ingress::ingress_class(c).map(Some)
+            })
+        {
+            state.ingress.classes.insert(class.name.clone(), class);
+        }
+        for secret in self.secret_cache.refresh(
+            Kind::Secret,
+            &self.secrets.state(),
+            convert_ingress::tls_secret,
+        ) {
+            state.ingress.tls_secrets.insert(secret.id.clone(), secret);
+        }
+    }
 }
 
 impl Builder {
@@ -601,6 +706,9 @@ impl Builder {
             })
         {
             state.nodes.insert(node.name.clone(), node);
+        }
+        if let Some(ingress) = &mut self.ingress {
+            ingress.build(&mut state);
         }
         state
     }

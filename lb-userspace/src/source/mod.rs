@@ -3,8 +3,10 @@
 //! snapshots on a watch channel; the agent syncs the datapath to the latest.
 pub mod config;
 pub mod convert;
+pub mod convert_ingress;
 pub mod dir;
 pub mod duration;
+pub mod ingress_status;
 pub mod kube;
 pub mod parse;
 

@@ -5,7 +5,8 @@ use std::fmt;
 use serde::Deserialize;
 
 use super::convert::{self, FieldError};
-use crate::model::{EndpointSlice, Node, Service};
+use super::convert_ingress;
+use crate::model::{EndpointSlice, Ingress, IngressClass, Node, Service, TlsSecret};
 
 /// An object Weir understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub enum Object {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Node(Node),
+    Ingress(Ingress),
+    IngressClass(IngressClass),
+    TlsSecret(TlsSecret),
 }
 
 /// Why one document was skipped, with enough context to find it.
@@ -105,6 +109,9 @@ fn parse_value(value: serde_yaml::Value) -> Result<Option<Object>, ParseError> {
                 convert::node(&node).map_err(with_label)?,
             )))
         }
+        ("networking.k8s.io/v1", "Ingress" | "IngressClass") | ("v1", "Secret") => {
+            parse_ingress_object(&kind, value).map_err(with_label)
+        }
         ("", _) | (_, "") => Err((
             label,
             FieldError {
@@ -119,6 +126,25 @@ fn parse_value(value: serde_yaml::Value) -> Result<Option<Object>, ParseError> {
         )),
         _ => Ok(None),
     }
+}
+
+/// The objects of the L7 proxy: Ingress, IngressClass, kubernetes.io/tls Secret.
+fn parse_ingress_object(
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Result<Option<Object>, FieldError> {
+    use k8s_openapi::api::{core::v1::Secret, networking::v1 as net};
+    Ok(match kind {
+        "Ingress" => Some(Object::Ingress(convert_ingress::ingress(&typed::<
+            net::Ingress,
+        >(
+            value
+        )?)?)),
+        "IngressClass" => Some(Object::IngressClass(convert_ingress::ingress_class(
+            &typed::<net::IngressClass>(value)?,
+        )?)),
+        _ => convert_ingress::tls_secret(&typed::<Secret>(value)?)?.map(Object::TlsSecret),
+    })
 }
 
 /// Deserialises into a k8s-openapi type, keeping the path of the failing field.
@@ -140,7 +166,7 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, 
 fn describe(kind: &str, value: &serde_yaml::Value) -> Option<String> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    if kind == "Node" {
+    if kind == "Node" || kind == "IngressClass" {
         return Some(format!("{kind} {name}"));
     }
     let ns = meta

@@ -1,0 +1,139 @@
+//! The ingress hand-off: loads the sk_lookup program and attaches it to the
+//! agent's network namespace (the node's), puts the proxy's listening
+//! sockets into its socket map, and keeps its address map equal to the
+//! ingress addresses. The link and maps belong to this agent process: when it
+//! exits they go (its sockets are gone anyway) and the next agent attaches
+//! anew, so a stale program never steers to nothing.
+use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsRawFd};
+
+use aya::{
+    maps::{HashMap, MapData, SockMap},
+    programs::SkLookup,
+};
+use lb_common::ingress::{
+    IngressKey, MAP_INGRESS_ADDRS, MAP_INGRESS_SOCKETS, PROG_INGRESS_LOOKUP, SOCKET_HTTP,
+    SOCKET_HTTPS,
+};
+
+use super::Dataplane;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngressError {
+    #[error("program {PROG_INGRESS_LOOKUP}: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("opening this network namespace: {0}")]
+    Netns(std::io::Error),
+}
+
+/// The attached hand-off and the destinations it takes over.
+pub struct IngressHandoff {
+    addrs: HashMap<MapData, IngressKey, u32>,
+    sockets: SockMap<MapData>,
+    current: BTreeSet<IngressKey>,
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> IngressError {
+    move |source| IngressError::Map { name, source }
+}
+
+impl IngressHandoff {
+    /// Loads and attaches the program to the current network namespace.
+    pub fn attach(dataplane: &mut Dataplane) -> Result<Self, IngressError> {
+        let ebpf = &mut dataplane.ebpf;
+        let prog: &mut SkLookup = ebpf
+            .program_mut(PROG_INGRESS_LOOKUP)
+            .ok_or(aya::programs::ProgramError::NotLoaded)?
+            .try_into()?;
+        prog.load()?;
+        let netns = std::fs::File::open("/proc/self/ns/net").map_err(IngressError::Netns)?;
+        // The link stays with the program in `ebpf`, which lives as long as the agent.
+        prog.attach(&netns)?;
+        let addrs = ebpf
+            .take_map(MAP_INGRESS_ADDRS)
+            .ok_or(IngressError::MissingMap(MAP_INGRESS_ADDRS))?;
+        let sockets = ebpf
+            .take_map(MAP_INGRESS_SOCKETS)
+            .ok_or(IngressError::MissingMap(MAP_INGRESS_SOCKETS))?;
+        Ok(Self {
+            addrs: HashMap::try_from(addrs).map_err(map_err(MAP_INGRESS_ADDRS))?,
+            sockets: SockMap::try_from(sockets).map_err(map_err(MAP_INGRESS_SOCKETS))?,
+            current: BTreeSet::new(),
+        })
+    }
+
+    /// The listening sockets connections are handed to.
+    pub fn set_sockets(
+        &mut self,
+        http: &impl AsRawFd,
+        https: &impl AsRawFd,
+    ) -> Result<(), IngressError> {
+        self.sockets
+            .set(SOCKET_HTTP, http, 0)
+            .map_err(map_err(MAP_INGRESS_SOCKETS))?;
+        self.sockets
+            .set(SOCKET_HTTPS, https, 0)
+            .map_err(map_err(MAP_INGRESS_SOCKETS))
+    }
+
+    /// Takes over exactly `addresses` on the two ports (new ones first, then
+    /// the ones no longer wanted are released).
+    pub fn set_addresses(
+        &mut self,
+        addresses: &BTreeSet<Ipv4Addr>,
+        http_port: u16,
+        https_port: u16,
+    ) -> Result<(), IngressError> {
+        let wanted = keys(addresses, http_port, https_port);
+        for (key, index) in &wanted {
+            if !self.current.contains(key) {
+                self.addrs
+                    .insert(key, index, 0)
+                    .map_err(map_err(MAP_INGRESS_ADDRS))?;
+                self.current.insert(*key);
+            }
+        }
+        let stale: Vec<IngressKey> = self
+            .current
+            .iter()
+            .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
+            .copied()
+            .collect();
+        for key in stale {
+            self.addrs
+                .remove(&key)
+                .map_err(map_err(MAP_INGRESS_ADDRS))?;
+            self.current.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+/// The map entries for `addresses` on both ports.
+pub fn keys(
+    addresses: &BTreeSet<Ipv4Addr>,
+    http_port: u16,
+    https_port: u16,
+) -> Vec<(IngressKey, u32)> {
+    addresses
+        .iter()
+        .flat_map(|a| {
+            [(http_port, SOCKET_HTTP), (https_port, SOCKET_HTTPS)].map(|(port, index)| {
+                (
+                    IngressKey {
+                        addr: a.octets(),
+                        port,
+                        _pad: 0,
+                    },
+                    index,
+                )
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,152 @@
+//! The listeners and the per-connection HTTP server (hyper-util's auto
+//! builder: HTTP/1.1 with keep-alive and upgrades, HTTP/2 by ALPN or prior
+//! knowledge), with the header, idle and size limits.
+use std::{net::SocketAddr, sync::Arc};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info};
+
+use super::{
+    forward::{handle, ConnInfo, Shared},
+    idle::{Activity, IdleIo},
+    tls::server_config,
+    ProxyConfig, ProxyError, SharedTable,
+};
+
+/// The bound listeners, before serving: the hand-off puts these very
+/// sockets into its socket map.
+pub struct Listeners {
+    pub http: std::net::TcpListener,
+    pub https: std::net::TcpListener,
+}
+
+impl Listeners {
+    pub fn bind(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        let bind = |addr: SocketAddr| {
+            let l = std::net::TcpListener::bind(addr)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            l.set_nonblocking(true)
+                .map_err(|source| ProxyError::Bind { addr, source })?;
+            Ok::<_, ProxyError>(l)
+        };
+        Ok(Self {
+            http: bind(cfg.http_bind)?,
+            https: bind(cfg.https_bind)?,
+        })
+    }
+}
+
+/// Serves both listeners on a runtime of its own (`threads` workers), so
+/// that proxying neither waits for nor delays the agent's main loop.
+pub fn start(
+    listeners: Listeners,
+    cfg: ProxyConfig,
+    table: SharedTable,
+    threads: usize,
+) -> Result<(), ProxyError> {
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(
+        table.clone(),
+        cfg.default_cert.clone(),
+    )?));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("weir-proxy")
+        .enable_all()
+        .build()
+        .map_err(ProxyError::Runtime)?;
+    let shared = Arc::new(Shared { table, config: cfg });
+    if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
+        info!(%http, %https, "ingress proxy listening");
+    }
+    let (http, https) = {
+        let _guard = runtime.enter();
+        (
+            TcpListener::from_std(listeners.http).map_err(ProxyError::Runtime)?,
+            TcpListener::from_std(listeners.https).map_err(ProxyError::Runtime)?,
+        )
+    };
+    runtime.spawn(accept_loop(http, shared.clone(), None));
+    runtime.spawn(accept_loop(https, shared, Some(acceptor)));
+    // The runtime lives as long as the process.
+    std::mem::forget(runtime);
+    Ok(())
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>) {
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly.
+                debug!("accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let activity = Activity::new();
+            let io = IdleIo::new(stream, activity.clone());
+            match tls {
+                None => serve(io, client, "http", shared, activity).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(shared.config.timeouts.header, acceptor.accept(io))
+                            .await;
+                    match handshake {
+                        Ok(Ok(tls)) => serve(tls, client, "https", shared, activity).await,
+                        Ok(Err(e)) => debug!(%client, "TLS handshake: {e}"),
+                        Err(_) => debug!(%client, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve<I>(
+    io: I,
+    client: SocketAddr,
+    scheme: &'static str,
+    shared: Arc<Shared>,
+    activity: Activity,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &shared.config;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.timeouts.header)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(None);
+    let info = Arc::new(ConnInfo { client, scheme });
+    let shared2 = shared.clone();
+    let service = service_fn(move |req| handle(req, shared2.clone(), info.clone()));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                debug!(%client, "connection: {e}");
+            }
+        }
+        _ = activity.idle_for(cfg.timeouts.idle) => debug!(%client, "idle timeout"),
+    }
+}

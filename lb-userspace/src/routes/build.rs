@@ -1,0 +1,264 @@
+//! Model -> routing table. Pure: the cluster state in, a table and the list
+//! of what was skipped (each naming its object) out.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{SocketAddr, SocketAddrV4},
+    sync::Arc,
+};
+
+use super::{matching, tls, HostRoutes, PathRoute, RouteTable, Upstream, CONTROLLER};
+use crate::model::{
+    ClusterState, Ingress, IngressBackend, ObjectRef, PathType, Protocol, Service, ServicePortRef,
+};
+
+/// What the table depends on besides the cluster state.
+#[derive(Clone, Debug, Default)]
+pub struct RouteConfig {
+    /// This node's name: Services with internalTrafficPolicy Local use only
+    /// the endpoints on it (the proxy is a client on this node).
+    pub node_name: String,
+}
+
+/// Whether Weir serves `ing`: its class is one whose controller is Weir's,
+/// or it has no class and one of Weir's classes is the default.
+pub fn selected(state: &ClusterState, ing: &Ingress) -> bool {
+    let ours = |c: &&crate::model::IngressClass| c.controller == CONTROLLER;
+    match &ing.class_name {
+        Some(name) => state.ingress.classes.get(name).filter(ours).is_some(),
+        None => state
+            .ingress
+            .classes
+            .values()
+            .filter(ours)
+            .any(|c| c.is_default),
+    }
+}
+
+type UpstreamKey = (ObjectRef, ServicePortRef);
+
+struct Builder<'a> {
+    state: &'a ClusterState,
+    cfg: &'a RouteConfig,
+    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    table: RouteTable,
+}
+
+pub fn build(state: &ClusterState, cfg: &RouteConfig) -> RouteTable {
+    let mut b = Builder {
+        state,
+        cfg,
+        upstreams: HashMap::new(),
+        table: RouteTable::default(),
+    };
+    let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
+    for ing in state.ingress.ingresses.values() {
+        if !selected(state, ing) {
+            continue;
+        }
+        b.default_backend(ing);
+        b.rules(ing, &mut hosts);
+        b.tls(ing);
+    }
+    for (host, mut routes) in hosts {
+        routes.sort();
+        if host.is_empty() {
+            b.table.any_host = Some(routes);
+        } else if let Some(suffix) = matching::wildcard_suffix(&host) {
+            b.table.wildcards.insert(suffix.to_string(), routes);
+        } else {
+            b.table.hosts.insert(host, routes);
+        }
+    }
+    b.table
+}
+
+impl Builder<'_> {
+    fn warn(&mut self, msg: String) {
+        self.table.warnings.push(msg);
+    }
+
+    fn default_backend(&mut self, ing: &Ingress) {
+        let Some(backend) = &ing.default_backend else {
+            return;
+        };
+        match self.upstream(&ing.id.namespace, backend) {
+            Ok(u) => match &self.table.default_backend {
+                None => self.table.default_backend = Some((u, ing.id.clone())),
+                Some((_, first)) => {
+                    let first = first.clone();
+                    self.warn(format!(
+                        "Ingress {}: spec.defaultBackend: Ingress {first} already sets the default backend; ignored",
+                        ing.id
+                    ))
+                }
+            },
+            Err(reason) => self.warn(format!(
+                "Ingress {}: spec.defaultBackend: {reason}; skipped",
+                ing.id
+            )),
+        }
+    }
+
+    fn rules(&mut self, ing: &Ingress, hosts: &mut BTreeMap<String, HostRoutes>) {
+        for (i, rule) in ing.rules.iter().enumerate() {
+            if !rule.host.is_empty() && !matching::valid_host(&rule.host) {
+                self.warn(format!(
+                    "Ingress {}: spec.rules[{i}].host: invalid host {:?}; rule skipped",
+                    ing.id, rule.host
+                ));
+                continue;
+            }
+            for (j, p) in rule.paths.iter().enumerate() {
+                let field = format!("spec.rules[{i}].http.paths[{j}]");
+                if !matching::valid_path(&p.path) {
+                    self.warn(format!(
+                        "Ingress {}: {field}.path: invalid path {:?} (must start with '/'); path skipped",
+                        ing.id, p.path
+                    ));
+                    continue;
+                }
+                let upstream = match self.upstream(&ing.id.namespace, &p.backend) {
+                    Ok(u) => u,
+                    Err(reason) => {
+                        self.warn(format!(
+                            "Ingress {}: {field}.backend: {reason}; path skipped",
+                            ing.id
+                        ));
+                        continue;
+                    }
+                };
+                let key = match p.path_type {
+                    PathType::Prefix => matching::prefix_key(&p.path),
+                    PathType::Exact | PathType::ImplementationSpecific => p.path.clone(),
+                };
+                let routes = hosts.entry(rule.host.clone()).or_default();
+                if let Some(other) = routes
+                    .paths
+                    .iter()
+                    .find(|r| r.path_type == p.path_type && r.key == key)
+                {
+                    let other = other.ingress.clone();
+                    self.warn(format!(
+                        "Ingress {}: {field}: host {:?} path {:?} ({:?}) is already defined by Ingress {other}; skipped",
+                        ing.id, rule.host, p.path, p.path_type
+                    ));
+                    continue;
+                }
+                routes.paths.push(PathRoute {
+                    path_type: p.path_type,
+                    key,
+                    upstream,
+                    ingress: ing.id.clone(),
+                });
+            }
+        }
+    }
+
+    fn tls(&mut self, ing: &Ingress) {
+        for (i, t) in ing.tls.iter().enumerate() {
+            // No secret: these hosts use the default certificate.
+            let Some(secret_name) = &t.secret_name else {
+                continue;
+            };
+            let id = ObjectRef::new(&ing.id.namespace, secret_name);
+            let Some(secret) = self.state.ingress.tls_secrets.get(&id) else {
+                self.warn(format!(
+                    "Ingress {}: spec.tls[{i}]: Secret {id} (kubernetes.io/tls) not found; hosts {:?} get the default certificate",
+                    ing.id, t.hosts
+                ));
+                continue;
+            };
+            let key = match tls::certified_key(&secret.cert_pem, &secret.key_pem) {
+                Ok(k) => k,
+                Err(e) => {
+                    self.warn(format!(
+                        "Ingress {}: spec.tls[{i}]: Secret {id}: {e}; hosts {:?} get the default certificate",
+                        ing.id, t.hosts
+                    ));
+                    continue;
+                }
+            };
+            for host in &t.hosts {
+                self.table
+                    .certs
+                    .entry(host.clone())
+                    .or_insert_with(|| key.clone());
+            }
+        }
+    }
+
+    /// The upstream for a backend of an Ingress in `namespace` (shared
+    /// between rules, so round robin spans all of them).
+    fn upstream(
+        &mut self,
+        namespace: &str,
+        backend: &IngressBackend,
+    ) -> Result<Arc<Upstream>, String> {
+        let id = ObjectRef::new(namespace, &backend.service);
+        let key = (id.clone(), backend.port.clone());
+        if let Some(u) = self.upstreams.get(&key) {
+            return Ok(u.clone());
+        }
+        let svc = self
+            .state
+            .services
+            .get(&id)
+            .ok_or_else(|| format!("Service {id} not found"))?;
+        let port = svc
+            .ports
+            .iter()
+            .filter(|p| p.protocol == Protocol::Tcp)
+            .find(|p| match &backend.port {
+                ServicePortRef::Number(n) => p.port == *n,
+                ServicePortRef::Name(name) => &p.name == name,
+            })
+            .ok_or_else(|| format!("Service {id} has no TCP port {}", backend.port))?;
+        let endpoints = endpoints(self.state, svc, &port.name, &self.cfg.node_name);
+        let u = Arc::new(Upstream::new(id, port.port, endpoints));
+        self.upstreams.insert(key, u.clone());
+        Ok(u)
+    }
+}
+
+/// The endpoints of a Service port for the proxy, by the L4 datapath's rules:
+/// every slice merged and deduplicated, ready endpoints (serving-terminating
+/// ones when none is ready), and with internalTrafficPolicy Local only this
+/// node's.
+pub fn endpoints(
+    state: &ClusterState,
+    svc: &Service,
+    port_name: &str,
+    node_name: &str,
+) -> Vec<SocketAddr> {
+    let mut seen: BTreeMap<SocketAddrV4, (bool, bool)> = BTreeMap::new();
+    for slice in state.slices_of(&svc.id) {
+        let Some(sp) = slice
+            .ports
+            .iter()
+            .find(|p| p.name == port_name && p.protocol == Protocol::Tcp)
+        else {
+            continue;
+        };
+        for ep in &slice.endpoints {
+            if svc.internal_policy_local
+                && (node_name.is_empty() || ep.node_name.as_deref() != Some(node_name))
+            {
+                continue;
+            }
+            seen.entry(SocketAddrV4::new(ep.address, sp.port))
+                .or_insert((ep.ready, ep.serving && ep.terminating));
+        }
+    }
+    let ready: Vec<SocketAddr> = seen
+        .iter()
+        .filter(|(_, (ready, _))| *ready)
+        .map(|(a, _)| SocketAddr::V4(*a))
+        .collect();
+    if !ready.is_empty() {
+        return ready;
+    }
+    seen.iter()
+        .filter(|(_, (_, st))| *st)
+        .map(|(a, _)| SocketAddr::V4(*a))
+        .collect()
+}

@@ -1,0 +1,172 @@
+//! An HTTP backend for ingress tests, run in a pod's namespace: every request
+//! is answered with JSON describing what the backend saw (its name, method,
+//! path, host, HTTP version and headers); `/ws` accepts a WebSocket and
+//! echoes each text message as "NAME: MESSAGE". Dropping it closes the
+//! listener, so new connections are refused (a backend going away).
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    net::{Ipv4Addr, SocketAddr},
+    sync::mpsc,
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context, Result};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http_body_util::Full;
+use hyper::{body::Incoming, header, service::service_fn, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::{
+    tungstenite::{handshake::derive_accept_key, protocol::Role, Message},
+    WebSocketStream,
+};
+
+use crate::netns::enter;
+
+/// The longest a backend lives, whatever the test does.
+const MAX_LIFETIME: Duration = Duration::from_secs(600);
+
+pub struct HttpBackend {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl HttpBackend {
+    /// Starts the backend `name` on 0.0.0.0:`port` in namespace `ns`; returns once it listens.
+    pub fn start(ns: &str, name: &str, port: u16) -> Result<Self> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (ns, name) = (ns.to_string(), name.to_string());
+        let thread = std::thread::spawn(move || {
+            let run = || -> Result<tokio::runtime::Runtime> {
+                enter(&ns)?;
+                Ok(tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?)
+            };
+            let rt = match run() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+                let listener = match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow!("bind {addr}: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                let serve = async {
+                    loop {
+                        let Ok((stream, _)) = listener.accept().await else {
+                            continue;
+                        };
+                        let name = name.clone();
+                        tokio::spawn(async move {
+                            let service = service_fn(move |req| respond(req, name.clone()));
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .with_upgrades()
+                                .await;
+                        });
+                    }
+                };
+                tokio::select! {
+                    _ = serve => {}
+                    _ = stop_rx => {}
+                    _ = tokio::time::sleep(MAX_LIFETIME) => {}
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .context("HTTP backend did not start")??;
+        Ok(Self {
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for HttpBackend {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn respond(
+    mut req: Request<Incoming>,
+    name: String,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/ws" {
+        if let Some(key) = req.headers().get("sec-websocket-key") {
+            let accept = derive_accept_key(key.as_bytes());
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = upgrade.await else { return };
+                let mut ws =
+                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
+                        .await;
+                // Bounded: at most 1000 messages per connection.
+                for _ in 0..1000 {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            let reply = format!("{name}: {}", text.as_str());
+                            if ws.send(Message::text(reply)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                        Some(Ok(_)) => {}
+                    }
+                }
+            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = resp.headers_mut();
+            h.insert(
+                header::UPGRADE,
+                header::HeaderValue::from_static("websocket"),
+            );
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("Upgrade"),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(&accept) {
+                h.insert("sec-websocket-accept", v);
+            }
+            return Ok(resp);
+        }
+    }
+    let headers: BTreeMap<String, String> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = serde_json::json!({
+        "backend": name,
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "host": req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or(""),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
+}
