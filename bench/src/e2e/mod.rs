@@ -444,8 +444,8 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
              transactions. ClusterIP: the service address; NodePort: the node's address \
              198.18.0.1 and the nodePort, from the client pod, and from a client outside \
              the node, in a namespace behind the node's uplink veth (`uplink0`). Weir: the \
-             agent ({agent}) with `--devices=uplink0`, so its hooks sit on the pod devices \
-             and on the uplink (tc today; the uplink gets XDP once `weir_xdp` exists). \
+             agent ({agent}) with `--devices=uplink0`, so it has tc on the pod devices and \
+             `weir_xdp` on the uplink (the from-outside rows). \
              kube-proxy: its rules (bench/src/kubeproxy/) \
              loaded into the node namespace, agent not running. Everything shares the \
              machine's cores: the client, the servers and the kernel's forwarding.",

@@ -1,8 +1,7 @@
 //! An external client: a namespace behind an uplink veth of the node
 //! (node side `uplink0` 198.18.2.1/24, client 198.18.2.2/24), routing to the
 //! node's NodePort address through it. This is the traffic Weir's uplink
-//! hooks handle (tc today; XDP once `weir_xdp` exists, attached by the
-//! agent to `--devices`).
+//! XDP program handles (`weir_xdp`, which the agent attaches to `--devices`).
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result};
