@@ -1,4 +1,5 @@
-//! `cargo xtask`: setup, build, run, demo and test for Weir.
+//! `cargo xtask`: setup, build, run, demo, test and bench for Weir.
+mod bench;
 mod demo;
 mod setup;
 mod util;
@@ -34,6 +35,19 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Benchmarks against kube-proxy's iptables and nftables modes: writes
+    /// bench/RESULTS.md and plots. Not part of `test`.
+    Bench {
+        /// A few minutes (the default).
+        #[arg(long, conflicts_with = "full")]
+        quick: bool,
+        /// The published table: larger counts, longer runs.
+        #[arg(long)]
+        full: bool,
+        /// Only these sections, e.g. `1,3` (1 per packet, 2 end to end, 3 control plane, 4 L7).
+        #[arg(long)]
+        sections: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -59,6 +73,15 @@ fn main() -> Result<()> {
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             test.extend(args.iter().map(String::as_str));
             util::cargo_test(&test)
+        }
+        Command::Bench {
+            quick: _,
+            full,
+            sections,
+        } => {
+            setup::run()?;
+            util::clean_leftovers();
+            bench::run(full, sections.as_deref())
         }
     }
 }

@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     // Ingress tests (curl: HTTP/1.1, HTTP/2, TLS with SNI) and the L7 measurement.
     "curl",
     "wrk",
+    // The benchmark's plots: text drawn with DejaVu Sans.
+    "fonts-dejavu-core",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
