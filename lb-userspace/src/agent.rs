@@ -69,7 +69,11 @@ pub struct AgentConfig {
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    let mut dataplane = Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
+    let (mut dataplane, pin_actions) =
+        Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
+    for action in &pin_actions {
+        warn!(bpffs = %cfg.bpffs.display(), "{action}");
+    }
     dataplane.xdp.policy = cfg.xdp_mode;
     info!(
         bpffs = %cfg.bpffs.display(),

@@ -147,6 +147,11 @@ impl Agent {
         }
     }
 
+    /// Replaces the extra arguments the next start passes (after `stop` or `kill`).
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts the agent again (after `stop` or `kill`) on the same pins.
     pub fn start_again(&mut self) -> Result<()> {
         self.spawn()

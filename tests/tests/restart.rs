@@ -438,3 +438,160 @@ fn closed_and_idle_flows_leave_conntrack_while_open_ones_stay() -> Result<()> {
     );
     Ok(())
 }
+
+/// Bytes of a CT_V1 entry as an older build wrote them: the key, and the
+/// value without the SNAT fields that CT_V2 appended.
+fn ct_v1_entry(key: &lb_common::CtKey, value: &lb_common::CtValue) -> (Vec<u8>, Vec<u8>) {
+    let mut k = Vec::new();
+    k.extend_from_slice(&key.saddr);
+    k.extend_from_slice(&key.daddr);
+    k.extend_from_slice(&key.sport.to_ne_bytes());
+    k.extend_from_slice(&key.dport.to_ne_bytes());
+    k.extend_from_slice(&[key.proto, 0, 0, 0]);
+    let mut v = Vec::new();
+    v.extend_from_slice(&value.backend_id.to_ne_bytes());
+    v.extend_from_slice(&value.service_id.to_ne_bytes());
+    v.extend_from_slice(&value.nat_addr);
+    v.extend_from_slice(&value.nat_port.to_ne_bytes());
+    v.extend_from_slice(&[value.kind, value.flags]);
+    v.extend_from_slice(&value.last_seen_ns.to_ne_bytes());
+    (k, v)
+}
+
+fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn pins_of_another_layout_are_recreated_with_their_entries_and_old_versions_migrated() -> Result<()>
+{
+    let mut s = setup()?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    let ids_before = s.agent.programmed()?;
+    // A live TCP connection whose conntrack entries must survive the resize.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let stream = std::thread::spawn(move || -> Result<(String, String)> {
+        enter(&client)?;
+        let vip = SocketAddr::V4(SocketAddrV4::new(CLUSTER_IP, 80));
+        let mut conn = TcpStream::connect_timeout(&vip, TIMEOUT)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        wait.recv_timeout(MAX_RUN)?;
+        writeln!(conn, "1")?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        Ok((greeting, line))
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ct_len(&s)? < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the connection made no conntrack entries"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ct_pin = s.agent.bpffs.join(lb_common::MAP_CT);
+    let ct_capacity = aya::maps::MapInfo::from_pin(&ct_pin)?.max_entries();
+    s.agent.kill();
+
+    // An older build's conntrack pin with one flow in it.
+    let key = lb_common::CtKey {
+        saddr: [198, 18, 99, 1],
+        daddr: [198, 19, 0, 99],
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let value = lb_common::CtValue {
+        backend_id: 7,
+        service_id: 3,
+        nat_addr: [198, 19, 0, 99],
+        nat_port: 80u16.to_be(),
+        kind: 0,
+        flags: 0,
+        last_seen_ns: 42,
+        snat_addr: [0; 4],
+        snat_port: 0,
+        _pad: 0,
+    };
+    let v1 = s.agent.bpffs.join("CT_V1");
+    let v1_path = v1.to_string_lossy().into_owned();
+    run(
+        "bpftool",
+        &[
+            "map", "create", &v1_path, "type", "lru_hash", "key", "16", "value", "24", "entries",
+            "64", "name", "CT_V1",
+        ],
+    )?;
+    let (k, v) = ct_v1_entry(&key, &value);
+    let mut update = vec!["map", "update", "pinned", &v1_path, "key", "hex"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    update.extend(hex_args(&k));
+    update.extend(["value".into(), "hex".into()]);
+    update.extend(hex_args(&v));
+    run(
+        "bpftool",
+        &update.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+
+    // The next agent is configured with other capacities.
+    s.agent.set_extra(&[
+        "--conntrack-min=300000",
+        "--conntrack-max-per-core=1",
+        "--max-services=1000",
+    ]);
+    let synced_before = s.agent.log_text().matches(" synced").count();
+    s.agent.start_again()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.agent.log_text().matches(" synced").count() <= synced_before {
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not sync after the restart; log:\n{}",
+                s.agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = s.agent.log_text();
+    for expected in [
+        format!("map CT_V2: pinned map differs (capacity {ct_capacity} (want 300000)); recreated"),
+        "map SERVICES_V1: pinned map differs (capacity 131072 (want 2000)); recreated".into(),
+        "map CT_V1: pin of an older layout, not used by this build; removed".into(),
+        "map CT_V2: 1 entries carried over from the old CT_V1 (0 did not fit)".into(),
+    ] {
+        assert!(log.contains(&expected), "no {expected:?} in the log:\n{log}");
+    }
+    assert!(!v1.exists(), "the CT_V1 pin is still there");
+    assert_eq!(
+        aya::maps::MapInfo::from_pin(&ct_pin)?.max_entries(),
+        300_000
+    );
+    let maps = weir::dataplane::maps::Maps::open_pinned(&s.agent.bpffs)?;
+    assert_eq!(maps.ct.get(&key, 0)?, value, "the CT_V1 entry as CT_V2");
+    // Service and backend ids came through the resize, and so did the flow.
+    assert!(
+        s.agent.programmed()?.same_entries(&ids_before),
+        "ids changed across the resize"
+    );
+    go.send(())?;
+    let (greeting, line) = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    let backend = greeting.split_whitespace().next().context("greeting")?;
+    assert_eq!(
+        line.trim(),
+        format!("{backend} 1"),
+        "the live connection broke"
+    );
+    Ok(())
+}
+
+fn ct_len(s: &Scenario) -> Result<usize> {
+    let maps = weir::dataplane::maps::Maps::open_pinned(&s.agent.bpffs)?;
+    Ok(maps.ct.keys().filter_map(Result::ok).count())
+}
