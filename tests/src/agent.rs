@@ -157,6 +157,25 @@ impl Agent {
         self.spawn()
     }
 
+    /// Starts the agent again (after `stop` or `kill`) and waits until it
+    /// synced: returns how long that took from the start.
+    pub fn start_again_synced(&mut self) -> Result<Duration> {
+        let synced_before = self.log_text().matches(" synced").count();
+        let started = Instant::now();
+        self.spawn()?;
+        let deadline = started + Duration::from_secs(15);
+        while self.log_text().matches(" synced").count() <= synced_before {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not sync after a restart; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(started.elapsed())
+    }
+
     /// Stops and starts the agent again on the same pins.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
