@@ -123,14 +123,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
+    let mut ct_full = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => reconcile_devices(&mut dataplane, &selector),
             _ = ct_gc.tick() => {
-                let removed = dataplane.gc_conntrack(&cfg.ct_timeouts);
-                if removed > 0 {
-                    tracing::debug!(removed, "expired conntrack entries removed");
+                let gc = dataplane.gc_conntrack(&cfg.ct_timeouts);
+                if gc.removed > 0 {
+                    tracing::debug!(removed = gc.removed, "expired conntrack entries removed");
+                }
+                if gc.is_full() != ct_full {
+                    ct_full = gc.is_full();
+                    report_conntrack_fill(&gc);
                 }
             }
             changed = states.changed() => {
@@ -171,6 +176,21 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
     Ok(())
+}
+
+/// Says when the conntrack map becomes full and when it has room again.
+fn report_conntrack_fill(gc: &crate::dataplane::ct_gc::CtGc) {
+    let map = lb_common::MAP_CT;
+    let (entries, capacity) = (gc.entries, gc.capacity);
+    if gc.is_full() {
+        warn!(
+            "conntrack map {map} is full ({entries} of {capacity} entries): new flows evict the \
+             least recently used ones, which breaks them; raise --conntrack-min or \
+             --conntrack-max-per-core"
+        );
+    } else {
+        info!("conntrack map {map} has room again ({entries} of {capacity} entries)");
+    }
 }
 
 /// With the ingress proxy on and the Kubernetes source, a writer of the

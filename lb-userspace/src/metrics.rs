@@ -55,6 +55,7 @@ pub struct Metrics {
     pub frontends_skipped: Gauge,
     map_entries: Family<MapLabel, Gauge>,
     map_capacity: Family<MapLabel, Gauge>,
+    map_pressure: Family<MapLabel, Gauge<f64, AtomicU64>>,
     flows: Family<FrontendLabel, Counter>,
     packets: Family<FrontendLabel, Counter>,
     bytes: Family<FrontendLabel, Counter>,
@@ -81,6 +82,7 @@ impl Metrics {
             frontends_skipped: Gauge::default(),
             map_entries: Family::default(),
             map_capacity: Family::default(),
+            map_pressure: Family::default(),
             flows: Family::default(),
             packets: Family::default(),
             bytes: Family::default(),
@@ -110,6 +112,11 @@ impl Metrics {
             "map_capacity",
             "Capacity of each map",
             m.map_capacity.clone(),
+        );
+        registry.register(
+            "map_pressure",
+            "Fill level of each map, entries over capacity (1 is full)",
+            m.map_pressure.clone(),
         );
         registry.register("service_flows", "New flows per frontend", m.flows.clone());
         registry.register(
@@ -181,6 +188,11 @@ impl Metrics {
             self.map_capacity
                 .get_or_create(&label)
                 .set(fill.capacity as i64);
+            if fill.capacity > 0 {
+                self.map_pressure
+                    .get_or_create(&label)
+                    .set(fill.entries as f64 / fill.capacity as f64);
+            }
         }
     }
 

@@ -25,6 +25,25 @@ impl Default for CtTimeouts {
     }
 }
 
+/// What one garbage collection found: entries removed, entries left, capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtGc {
+    pub removed: usize,
+    pub entries: usize,
+    pub capacity: usize,
+}
+
+/// From this fill level (percent) on the conntrack map counts as full. It is
+/// an LRU map: a full map does not refuse new flows, it evicts the least
+/// recently used ones, which breaks them, so the agent must say so early.
+pub const CT_FULL_PERCENT: usize = 90;
+
+impl CtGc {
+    pub fn is_full(&self) -> bool {
+        self.capacity > 0 && self.entries * 100 >= self.capacity * CT_FULL_PERCENT
+    }
+}
+
 /// The key of the other direction of the flow an entry belongs to.
 pub fn partner(key: &CtKey, value: &CtValue) -> CtKey {
     if value.kind == CT_FORWARD {
@@ -74,4 +93,26 @@ pub fn expired(entries: &[(CtKey, CtValue)], now_ns: u64, t: &CtTimeouts) -> Vec
         })
         .map(|(k, _)| *k)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CtGc;
+
+    #[test]
+    fn the_map_is_full_from_ninety_percent() {
+        let gc = |entries| CtGc {
+            removed: 0,
+            entries,
+            capacity: 1000,
+        };
+        assert!(!gc(899).is_full());
+        assert!(gc(900).is_full());
+        assert!(gc(1000).is_full());
+        let no_capacity = CtGc {
+            capacity: 0,
+            ..gc(0)
+        };
+        assert!(!no_capacity.is_full());
+    }
 }

@@ -220,14 +220,19 @@ impl Dataplane {
     }
 
     /// Deletes the conntrack entries whose flows have expired; returns how many.
-    pub fn gc_conntrack(&mut self, timeouts: &super::ct_gc::CtTimeouts) -> usize {
+    pub fn gc_conntrack(&mut self, timeouts: &super::ct_gc::CtTimeouts) -> super::ct_gc::CtGc {
         let entries: Vec<_> = self.maps.ct.iter().filter_map(Result::ok).collect();
         let now = crate::inspect::monotonic_ns();
         let expired = super::ct_gc::expired(&entries, now, timeouts);
-        expired
+        let removed = expired
             .iter()
             .filter(|k| self.maps.ct.remove(k).is_ok())
-            .count()
+            .count();
+        super::ct_gc::CtGc {
+            removed,
+            entries: entries.len() - removed,
+            capacity: self.cfg.max_conntrack as usize,
+        }
     }
 
     /// Brings the maps to `desired`. On a failed write the maps are re-read,
