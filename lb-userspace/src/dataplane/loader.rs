@@ -102,6 +102,8 @@ fn loader(cfg: &PlanConfig) -> Result<EbpfLoader<'_>, LoadError> {
     loader.map_max_entries(lb_common::MAP_BACKENDS, doubled(cfg.max_backends));
     loader.map_max_entries(lb_common::MAP_SLOTS, doubled(cfg.max_slots));
     loader.map_max_entries(lb_common::MAP_CT, cfg.max_conntrack);
+    // Counters by service id: index 0 is unused, ids run 1..=service_ids.
+    loader.map_max_entries(lb_common::MAP_STATS, cfg.service_ids().saturating_add(1));
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
     Ok(loader)
 }
