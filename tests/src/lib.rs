@@ -17,10 +17,12 @@ pub mod ingress;
 pub mod lan;
 pub mod manifests;
 pub mod netns;
+pub mod nginx;
 pub mod node;
 pub mod packets;
 pub mod sandbox;
 pub mod scenario;
+pub mod wrk;
 
 pub use agent::Agent;
 pub use cluster::Cluster;
