@@ -9,6 +9,7 @@
 pub mod control;
 pub mod e2e;
 pub mod kubeproxy;
+pub mod l7;
 pub mod machine;
 pub mod perpacket;
 pub mod plot;

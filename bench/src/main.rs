@@ -41,10 +41,42 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         endpoints: usize,
     },
+    /// Times Weir's `translate` on a generated cluster (median of `runs`).
+    Translate {
+        #[arg(long, default_value_t = 10_000)]
+        services: usize,
+        #[arg(long, default_value_t = 10)]
+        endpoints: usize,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(Command::Translate {
+        services,
+        endpoints,
+        runs,
+    }) = cli.command
+    {
+        let state = Workload::new(services, endpoints).state();
+        let facts = weir_bench::workload::node_facts();
+        let mut ms: Vec<f64> = (0..runs.max(1))
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let desired = weir::translate::translate(&state, &facts);
+                std::hint::black_box(desired);
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        println!(
+            "translate: {services} services x {endpoints} endpoints: median {:.1} ms over {} runs",
+            weir_bench::stats::quantile(&mut ms, 0.5),
+            ms.len()
+        );
+        return Ok(());
+    }
     if let Some(Command::Rules {
         mode,
         services,

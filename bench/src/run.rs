@@ -6,7 +6,7 @@ use anyhow::Result;
 use crate::{
     machine::{compilers_running, load_average, Machine},
     perpacket,
-    report::{Report, Section},
+    report::Report,
     Mode,
 };
 
@@ -32,7 +32,7 @@ pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
             1 => perpacket::run(mode)?,
             2 => crate::e2e::run(mode)?,
             3 => crate::control::run(mode)?,
-            4 => l7_not_yet(),
+            4 => crate::l7::run(mode)?,
             _ => continue,
         };
         report.sections.push(section);
@@ -52,15 +52,4 @@ pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
     report.duration_s = started.elapsed().as_secs_f64();
     report.write(out)?;
     Ok(report)
-}
-
-fn l7_not_yet() -> Section {
-    Section {
-        title: "4. L7: Weir's proxy against nginx".into(),
-        intro: "Not yet: Weir's embedded L7 proxy does not exist yet. Once it does, this \
-                section runs wrk through it and through nginx configured for the same \
-                routes and backends."
-            .into(),
-        ..Default::default()
-    }
 }

@@ -12,16 +12,13 @@
 use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context, Result};
-use lb_common::{
-    Backend, ServiceKey, ALG_RANDOM, BACKEND_LOCAL, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
-};
 use weir::{
     model::{
         ClusterState, Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service,
         ServicePort, ServiceType,
     },
     source::dir::DirSource,
-    translate::{translate, Desired, Frontend, NodeFacts},
+    translate::{translate, Desired, NodeFacts},
 };
 use weir_tests::manifests::{port, service_with, slice, write_atomic};
 
@@ -161,71 +158,6 @@ impl Workload {
             }
         }
         state
-    }
-
-    /// What Weir's `translate` makes of `state()`, built directly: every
-    /// service port's ClusterIP frontend and the target's NodePorts on
-    /// NODE_IP, each with its endpoints. (`translate` finds a service's
-    /// slices by scanning all of them, which takes minutes at 100k services;
-    /// a unit test checks that both agree.)
-    pub fn desired_direct(&self) -> Desired {
-        let mut desired = Desired::default();
-        let state_ports = |i: usize| -> Vec<(String, u16, Protocol, Option<u16>)> {
-            if i == self.target_index() {
-                vec![
-                    ("tcp".into(), TCP_PORT, Protocol::Tcp, Some(TCP_NODE_PORT)),
-                    ("udp".into(), UDP_PORT, Protocol::Udp, Some(UDP_NODE_PORT)),
-                ]
-            } else {
-                vec![("http".into(), cluster_ip(i).1, Protocol::Tcp, None)]
-            }
-        };
-        for i in 0..self.services {
-            let id = ObjectRef::new(NAMESPACE, service_name(i));
-            let slices = self.slices(i);
-            for (name, port, protocol, node_port) in state_ports(i) {
-                let backends: Vec<Backend> = slices
-                    .iter()
-                    .filter_map(|(ports, addrs)| {
-                        let p = ports.iter().find(|p| p.name == name)?;
-                        Some(addrs.iter().map(move |a| Backend {
-                            addr: a.octets(),
-                            port: p.port,
-                            proto: protocol.number(),
-                            // Every endpoint runs on this node (node-a).
-                            state: BACKEND_LOCAL,
-                        }))
-                    })
-                    .flatten()
-                    .collect();
-                let frontend = Frontend {
-                    service: id.clone(),
-                    port_name: name.clone(),
-                    algorithm: ALG_RANDOM,
-                    affinity_timeout: 0,
-                    backends,
-                    flags: 0,
-                    source_ranges: Vec::new(),
-                };
-                let key = |addr: Ipv4Addr, port| ServiceKey {
-                    addr: addr.octets(),
-                    port,
-                    proto: protocol.number(),
-                    scope: SCOPE_EXTERNAL,
-                };
-                if let Some(np) = node_port {
-                    let external = Frontend {
-                        flags: SVC_FLAG_EXTERNAL,
-                        ..frontend.clone()
-                    };
-                    desired.frontends.insert(key(NODE_IP, np), external);
-                }
-                desired
-                    .frontends
-                    .insert(key(cluster_ip(i).0, port), frontend);
-            }
-        }
-        desired
     }
 
     /// The EndpointSlices of service `i`: (ports, addresses) each.
@@ -397,16 +329,6 @@ mod tests {
         let state = load(&dir.path)?;
         assert_eq!(state.services.len(), 5);
         assert_eq!(state, w.state(), "YAML and the in-memory model agree");
-        let mut direct = w.desired_direct();
-        let mut translated = desired(&state);
-        for f in direct
-            .frontends
-            .values_mut()
-            .chain(translated.frontends.values_mut())
-        {
-            f.backends.sort_by_key(|b| (b.addr, b.port));
-        }
-        assert_eq!(direct.frontends, translated.frontends);
         let d = desired(&state);
         // 4 generated services, the target's two ClusterIP ports and two NodePorts.
         assert_eq!(d.frontends.len(), 4 + 2 + 2, "{:?}", d.warnings);

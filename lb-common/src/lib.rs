@@ -163,8 +163,14 @@ pub const PROG_XDP: &str = "weir_xdp";
 pub const PROG_TC_UPLINK: &str = "weir_tc_uplink";
 pub const PROG_XDP_PASS: &str = "weir_xdp_pass";
 
+/// Default capacity of the services map (frontends; `--max-services`).
 pub const MAX_SERVICES: u32 = 65_536;
+/// Default capacity of the backends map (`--max-backends`).
 pub const MAX_BACKENDS: u32 = 65_536;
+/// The largest `--max-services` / `--max-backends` the agent accepts. Ids are
+/// u32 everywhere; this bound keeps a typo from asking the kernel for maps of
+/// billions of preallocated entries.
+pub const MAX_CAPACITY: u32 = 1 << 22;
 pub const MAX_SLOTS: u32 = 262_144;
 pub const MAX_CT: u32 = 262_144;
 pub const MAX_AFFINITY: u32 = 65_536;

@@ -44,7 +44,8 @@ pub fn maglev_m() -> u32 {
     unsafe { core::ptr::read_volatile(&MAGLEV_M) }
 }
 
-/// Per-service counters, by service id (ids run 1..=MAX_SERVICES).
+/// Per-service counters, by service id. Sized at load time to the service id
+/// space (1..=max(MAX_SERVICES, --max-services), plus the unused index 0).
 #[btf_map(name = "STATS_V1")]
 pub static STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize + 1 }> = PerCpuArray::new();
 

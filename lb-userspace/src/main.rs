@@ -103,10 +103,10 @@ struct AgentArgs {
     #[arg(long, default_value_t = weir::dataplane::sync::DEFAULT_MAGLEV_TABLES)]
     maglev_max_services: u32,
     /// Capacity of the services map (frontends); frontends beyond it are not programmed and reported.
-    #[arg(long, default_value_t = lb_common::MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_SERVICES as i64))]
+    #[arg(long, default_value_t = lb_common::MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_CAPACITY as i64))]
     max_services: u32,
     /// Capacity of the backends map.
-    #[arg(long, default_value_t = lb_common::MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_BACKENDS as i64))]
+    #[arg(long, default_value_t = lb_common::MAX_BACKENDS, value_parser = clap::value_parser!(u32).range(1..=lb_common::MAX_CAPACITY as i64))]
     max_backends: u32,
     /// How long a TCP flow that saw FIN or RST stays in conntrack (Go duration).
     #[arg(long, default_value = "10s")]

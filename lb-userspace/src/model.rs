@@ -1,6 +1,10 @@
 //! Cluster state in Weir's own types, independent of k8s-openapi: what the
 //! sources produce and what `translate` consumes.
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    net::Ipv4Addr,
+};
 
 /// Namespace and name of an object.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,7 +168,8 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// The slices that belong to `service`.
+    /// The slices that belong to `service`. This scans every slice: to look
+    /// up many services, build a [`SliceIndex`] once.
     pub fn slices_of<'a>(
         &'a self,
         service: &'a ObjectRef,
@@ -172,6 +177,39 @@ impl ClusterState {
         self.slices
             .values()
             .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
+    }
+}
+
+/// The EndpointSlices of a [`ClusterState`] grouped by the Service they
+/// belong to, in one pass, so that looking up every service's slices costs
+/// O(slices) in all rather than O(services x slices). Each service's slices
+/// come in the order `ClusterState::slices_of` yields them (by slice name).
+#[derive(Debug, Default)]
+pub struct SliceIndex<'a> {
+    /// Namespace, then service name.
+    by_service: HashMap<&'a str, HashMap<&'a str, Vec<&'a EndpointSlice>>>,
+}
+
+impl<'a> SliceIndex<'a> {
+    pub fn new(state: &'a ClusterState) -> Self {
+        let mut by_service: HashMap<&str, HashMap<&str, Vec<_>>> = HashMap::new();
+        for slice in state.slices.values() {
+            by_service
+                .entry(slice.id.namespace.as_str())
+                .or_default()
+                .entry(slice.service_name.as_str())
+                .or_default()
+                .push(slice);
+        }
+        Self { by_service }
+    }
+
+    /// The slices that belong to `service` (none: an empty slice).
+    pub fn of(&self, service: &ObjectRef) -> &[&'a EndpointSlice] {
+        self.by_service
+            .get(service.namespace.as_str())
+            .and_then(|names| names.get(service.name.as_str()))
+            .map_or(&[], Vec::as_slice)
     }
 }
 

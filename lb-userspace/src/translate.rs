@@ -12,7 +12,7 @@ use crate::{
     health::ServiceHealth,
     model::{
         ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
-        ZONE_LABEL,
+        SliceIndex, ZONE_LABEL,
     },
     source::convert::DEFAULT_AFFINITY_TIMEOUT,
 };
@@ -133,6 +133,7 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
     } else {
         node.nodeport_addresses.clone()
     };
+    let index = SliceIndex::new(state);
     for svc in state.services.values() {
         if svc.service_type == ServiceType::ExternalName
             || !handles(svc)
@@ -140,12 +141,12 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
         {
             continue;
         }
-        if let Some(h) = health_check(svc, &slices_of(state, svc), &node.node_name) {
+        let slices = index.of(&svc.id);
+        if let Some(h) = health_check(svc, slices, &node.node_name) {
             desired.health_checks.insert(h.0, h.1);
         }
         let algorithm = algorithm(svc, node, &mut desired.warnings);
         let affinity_timeout = affinity_timeout(svc, &mut desired.warnings);
-        let slices: Vec<&EndpointSlice> = state.slices_of(&svc.id).collect();
         for port in &svc.ports {
             if port.protocol == Protocol::Sctp {
                 desired.warnings.push(format!(
@@ -154,7 +155,7 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                 ));
                 continue;
             }
-            let candidates = candidates(&slices, port, &node.node_name);
+            let candidates = candidates(slices, port, &node.node_name);
             let cluster = apply_topology(svc, zone, pick(candidates.iter()));
             let local: Vec<Backend> = pick(candidates.iter().filter(|c| c.local))
                 .into_iter()
@@ -265,10 +266,6 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
         }
     }
     desired
-}
-
-fn slices_of<'a>(state: &'a ClusterState, svc: &'a Service) -> Vec<&'a EndpointSlice> {
-    state.slices_of(&svc.id).collect()
 }
 
 /// A LoadBalancer service with externalTrafficPolicy Local and a

@@ -962,6 +962,62 @@ fn backend_and_slot_limits_are_enforced_too() {
     );
 }
 
+/// `n` frontends 198.19.x.y:80, each with its own backend 198.18.x.y:8080.
+fn many(n: u32) -> Desired {
+    let addr = |base: [u8; 4], i: u32| (u32::from_be_bytes(base) + i).to_be_bytes();
+    Desired {
+        frontends: (0..n)
+            .map(|i| {
+                let k = ServiceKey {
+                    addr: addr([198, 19, 0, 0], i),
+                    port: 80,
+                    proto: PROTO_TCP,
+                    scope: SCOPE_EXTERNAL,
+                };
+                let b = Backend {
+                    addr: addr([198, 18, 0, 0], i),
+                    ..be(0)
+                };
+                (k, frontend(ALG_RANDOM, &[b]))
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn capacities_above_65536_get_ids_above_65535() {
+    let n = 70_000;
+    let want = many(n);
+    // The default capacity (65,536) leaves the rest out, reported.
+    let p = plan_with(&Programmed::default(), &want, &PlanConfig::default()).expect("plan");
+    assert_eq!(p.next.services.len(), 65_536);
+    assert_eq!(p.skipped, (n - 65_536) as usize);
+    // A larger one programs all of them, with distinct ids past 65,535.
+    let big = PlanConfig {
+        max_services: 100_000,
+        max_backends: 100_000,
+        ..PlanConfig::default()
+    };
+    assert_eq!(big.service_ids(), 100_000);
+    let p = plan_with(&Programmed::default(), &want, &big).expect("plan");
+    assert_eq!((p.next.services.len(), p.skipped), (n as usize, 0));
+    let ids: std::collections::BTreeSet<u32> =
+        p.next.services.values().map(|s| s.value.id).collect();
+    assert_eq!(ids.len(), n as usize);
+    assert_eq!(ids.last(), Some(&n));
+    assert_eq!(p.next.backends.keys().last(), Some(&n));
+    // Every slot names the backend id of its own service's backend.
+    for (k, s) in &p.next.services {
+        let b = p.next.backends[&s.backend_ids[0]];
+        let offset = |a: [u8; 4], base: [u8; 4]| u32::from_be_bytes(a) - u32::from_be_bytes(base);
+        assert_eq!(
+            offset(b.addr, [198, 18, 0, 0]),
+            offset(k.addr, [198, 19, 0, 0])
+        );
+    }
+}
+
 /// A frontend that admits only `ranges`.
 fn guarded(ranges: &[(std::net::Ipv4Addr, u8)]) -> Frontend {
     Frontend {

@@ -535,3 +535,70 @@ fn translate_is_deterministic() {
     let b = run(services, slices);
     assert_eq!(a, b);
 }
+
+#[test]
+fn slices_of_many_services_go_to_their_own_services() {
+    // 200 services in each of two namespaces, with the same names in both.
+    // Service i has i % 3 + 1 slices, named so that they do not sort with
+    // their services (and one namespace's slices come before the other's),
+    // each slice with its own endpoint and its own target port. Every
+    // frontend must get exactly its own slices' endpoints, in slice order.
+    let n = 200u32;
+    let ip = |base: [u8; 4], i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::from(base)) + i);
+    let mut services = Vec::new();
+    let mut slices = Vec::new();
+    let mut expected = BTreeMap::new();
+    for (ns_i, ns) in ["alpha", "beta"].into_iter().enumerate() {
+        for i in 0..n {
+            let name = format!("svc-{i}");
+            let vip = ip([198, 19, ns_i as u8, 0], i);
+            services.push(svc(ns, &name, vip).port("http", 80, Protocol::Tcp));
+            let mut want = Vec::new();
+            for s in 0..i % 3 + 1 {
+                let addr = ip([198, 18, 10 + ns_i as u8 * 4, 0], i * 3 + s);
+                let port = 8000 + s as u16;
+                let mut sl = slice(ns, &format!("{:03}-{s}-{name}", n - i), &name).port(
+                    "http",
+                    port,
+                    Protocol::Tcp,
+                );
+                sl.endpoints.push(Endpoint {
+                    address: addr,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: None,
+                    zone: None,
+                    hint_zones: None,
+                });
+                want.push((
+                    sl.id.name.clone(),
+                    Backend {
+                        addr: addr.octets(),
+                        port,
+                        proto: PROTO_TCP,
+                        state: BACKEND_ACTIVE,
+                    },
+                ));
+                slices.push(sl);
+            }
+            // Slice order is name order.
+            want.sort_by(|a, b| a.0.cmp(&b.0));
+            expected.insert(
+                key(vip, 80, PROTO_TCP),
+                want.into_iter().map(|(_, b)| b).collect::<Vec<_>>(),
+            );
+        }
+    }
+    // A slice for a service that does not exist changes nothing.
+    slices.push(
+        slice("alpha", "stray", "svc-9999")
+            .port("http", 1, Protocol::Tcp)
+            .ready(1),
+    );
+    let d = run(services, slices);
+    assert_eq!(d.frontends.len(), expected.len());
+    for (k, want) in &expected {
+        assert_eq!(&backends_of(&d, *k), want, "{k:?}");
+    }
+}

@@ -18,10 +18,12 @@ pub mod lan;
 pub mod load;
 pub mod manifests;
 pub mod netns;
+pub mod nginx;
 pub mod node;
 pub mod packets;
 pub mod sandbox;
 pub mod scenario;
+pub mod wrk;
 
 pub use agent::Agent;
 pub use cluster::Cluster;

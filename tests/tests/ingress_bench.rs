@@ -1,137 +1,30 @@
 //! A quick L7 measurement, not a test (ignored by default; no timing is
 //! asserted): requests per second and p99 latency with wrk through Weir's
 //! ingress proxy and through nginx configured for the same route and
-//! backends, in the same run and sandbox.
+//! backends, in the same run and sandbox. `cargo xtask bench --sections 4`
+//! measures more (routes, concurrency, new connections) for RESULTS.md.
 //!
 //! Run: `WEIR_BIN=target/release/weir cargo test -p weir-tests --test ingress_bench -- --ignored --nocapture`
-//! (needs root, wrk and nginx: `cargo xtask setup`, then `apt-get install nginx-light`).
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+//! (needs root, wrk and nginx: `cargo xtask setup --bench`).
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use weir_tests::{
     cmd::ip,
     http_backend::HttpBackend,
     ingress::{backend, curl, ingress, ingress_class, node},
     manifests::{port, service, slice},
-    netns,
+    nginx::{Nginx, Route, Upstream},
     scenario::Scenario,
+    wrk::{self, WrkLoad},
 };
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// nginx listens here in the node namespace (not an ingress address).
 const NGINX_IP: Ipv4Addr = Ipv4Addr::new(198, 19, 2, 1);
-
-struct Nginx {
-    child: std::process::Child,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: the master stops its workers (SIGKILL would orphan them).
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn nginx(node_ns: &str, backends: &[Ipv4Addr]) -> Result<Nginx> {
-    let dir = std::env::temp_dir().join(format!("weir-bench-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let servers: String = backends
-        .iter()
-        .map(|b| format!("    server {b}:8080;\n"))
-        .collect();
-    let conf = format!(
-        r#"worker_processes 2;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-  access_log off;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  upstream app {{
-{servers}    keepalive 64;
-  }}
-  server {{
-    listen {NGINX_IP}:80;
-    server_name bench.example;
-    location / {{
-      proxy_pass http://app;
-      # Upstream keep-alive, as Weir's pool does.
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Forwarded-Host $host;
-    }}
-  }}
-}}
-"#,
-        dir = dir.display()
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, conf)?;
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", netns::path(node_ns).display()))
-        .args(["--", "nginx", "-e", "stderr", "-g", "daemon off;", "-c"])
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting nginx (apt-get install nginx-light)")?;
-    Ok(Nginx { child, dir })
-}
-
-/// (requests/s, p99 latency) from wrk in namespace `ns`.
-fn wrk(ns: &str, url: &str) -> Result<(f64, String, String)> {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", netns::path(ns).display()))
-        .args([
-            "--",
-            "wrk",
-            "-t2",
-            "-c32",
-            "-d10s",
-            "--latency",
-            "-H",
-            "Host: bench.example",
-            url,
-        ])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .with_context(|| format!("no Requests/sec in {text}"))?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .map(|v| v.trim().to_string())
-        .unwrap_or_default();
-    let errors = text
-        .lines()
-        .filter(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
-        .collect::<Vec<_>>()
-        .join("; ");
-    Ok((rps, p99, errors))
-}
 
 #[test]
 #[ignore = "a measurement: run with --ignored --nocapture"]
@@ -173,7 +66,21 @@ fn measure_weir_ingress_against_nginx() -> Result<()> {
             )
         ),
     )?;
-    let _nginx = nginx(&node_ns, &ips)?;
+    let _nginx = Nginx::start(
+        &node_ns,
+        &s.sandbox.tag,
+        NGINX_IP,
+        2,
+        &[Upstream {
+            name: "app".into(),
+            servers: ips.iter().map(|ip| SocketAddrV4::new(*ip, 8080)).collect(),
+        }],
+        &[Route {
+            host: "bench.example".into(),
+            prefix: "/".into(),
+            upstream: "app".into(),
+        }],
+    )?;
     let client = s.sandbox.pod("client").netns.name.clone();
     let ready = |url: &str| -> Result<()> {
         for _ in 0..100 {
@@ -191,13 +98,22 @@ fn measure_weir_ingress_against_nginx() -> Result<()> {
     let nginx_url = format!("http://{NGINX_IP}/");
     ready(&weir_url)?;
     ready(&nginx_url)?;
+    let load = WrkLoad {
+        threads: 2,
+        connections: 32,
+        duration: Duration::from_secs(10),
+        headers: vec!["Host: bench.example".into()],
+    };
     let mut rows = Vec::new();
     // Alternate, twice each, so that neither always runs first.
     for round in 0..2 {
         for (name, url) in [("weir", &weir_url), ("nginx", &nginx_url)] {
-            let (rps, p99, errors) = wrk(&client, url)?;
+            let r = wrk::run(&client, url, &load)?;
             rows.push(format!(
-                "| {name} | {round} | {rps:.0} | {p99} | {errors} |"
+                "| {name} | {round} | {:.0} | {:.2} ms | {} |",
+                r.requests_per_s,
+                r.p99_us / 1e3,
+                r.non_2xx + r.socket_errors
             ));
         }
     }

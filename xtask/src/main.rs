@@ -19,7 +19,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what building and testing need (idempotent; every other command runs it first).
-    Setup,
+    Setup {
+        /// Also what `bench` needs (nginx, never left serving in the root namespace).
+        #[arg(long)]
+        bench: bool,
+    },
     /// Build the agent (release), with the kernel programs inside.
     Build,
     /// Build and run `weir ARGS` (release), e.g. `cargo xtask run -- agent --source dir:manifests/demo`.
@@ -52,7 +56,13 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup => setup::run(),
+        Command::Setup { bench } => {
+            setup::run()?;
+            if bench {
+                setup::bench_packages()?;
+            }
+            Ok(())
+        }
         Command::Build => {
             setup::run()?;
             cargo(&["build", "--release", "-p", "lb-userspace"])
@@ -80,6 +90,7 @@ fn main() -> Result<()> {
             sections,
         } => {
             setup::run()?;
+            setup::bench_packages()?;
             util::clean_leftovers();
             bench::run(full, sections.as_deref())
         }

@@ -1,6 +1,6 @@
 //! `cargo xtask setup`: everything a fresh machine needs, installed only when
 //! missing, so that a second run takes seconds. See ../shared/TOOLCHAIN.md.
-use std::path::PathBuf;
+use std::{os::unix::fs::PermissionsExt, path::PathBuf};
 
 use anyhow::{bail, Context, Result};
 
@@ -24,7 +24,12 @@ const PACKAGES: &[&str] = &[
     // The benchmark's plots: text drawn with DejaVu Sans.
     "fonts-dejavu-core",
 ];
+/// What only the benchmark needs (section 4: the reference proxy).
+const BENCH_PACKAGES: &[&str] = &["nginx"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian's hook that tells maintainer scripts whether they may start
+/// services: 101 means "no". See `bench_packages`.
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
 
 pub fn run() -> Result<()> {
     if output("id", &["-u"]).as_deref().map(str::trim) != Some("0") {
@@ -38,11 +43,61 @@ pub fn run() -> Result<()> {
 }
 
 fn packages() -> Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    install(PACKAGES)
+}
+
+/// `cargo xtask setup --bench` (and `cargo xtask bench`): the benchmark's
+/// extra packages. nginx must not end up serving :80 in the root network
+/// namespace: the benchmark runs its own nginx, with its own configuration
+/// file, inside its namespaces only. So its package is installed with a
+/// policy-rc.d that forbids starting services, and a system nginx that runs
+/// anyway (systemd starts it regardless of policy-rc.d on some setups) is
+/// stopped and disabled.
+pub fn bench_packages() -> Result<()> {
+    let missing = missing(BENCH_PACKAGES);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ours = !std::path::Path::new(POLICY_RC_D).exists();
+    if ours {
+        std::fs::write(
+            POLICY_RC_D,
+            "#!/bin/sh\n# written by cargo xtask setup --bench\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        std::fs::set_permissions(POLICY_RC_D, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = install(&missing);
+    if ours {
+        let _ = std::fs::remove_file(POLICY_RC_D);
+    }
+    installed?;
+    stop_system_nginx();
+    Ok(())
+}
+
+/// Stops and disables the distribution's nginx service if something started it.
+fn stop_system_nginx() {
+    if succeeds("systemctl", &["is-active", "--quiet", "nginx"]) {
+        eprintln!("setup: stopping and disabling the system nginx (the benchmark runs its own)");
+        let _ = status("systemctl", &["disable", "--now", "nginx"]);
+    } else if std::path::Path::new("/run/nginx.pid").exists() {
+        eprintln!("setup: stopping the system nginx (the benchmark runs its own)");
+        let _ = status("nginx", &["-s", "quit"]);
+    }
+}
+
+fn missing<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages
         .iter()
         .copied()
         .filter(|p| !succeeds("dpkg", &["-s", p]))
-        .collect();
+        .collect()
+}
+
+/// apt-get install of what `packages` lacks.
+fn install(packages: &[&str]) -> Result<()> {
+    let missing = missing(packages);
     if missing.is_empty() {
         return Ok(());
     }

@@ -21,23 +21,36 @@ pub enum Test {
     TcpRr,
     /// UDP request and answer (one socket per thread).
     UdpRr,
+    /// UDP datagrams one way, as fast as the threads send them; the rate is
+    /// what the backends receive (counted by the servers), not what was sent.
+    UdpStream,
 }
 
+/// The first byte of a stream datagram: the servers count it and do not answer.
+pub const STREAM_MARK: u8 = b's';
+
 impl Test {
-    pub const ALL: [Test; 3] = [Test::TcpCrr, Test::TcpRr, Test::UdpRr];
+    pub const ALL: [Test; 4] = [Test::TcpCrr, Test::TcpRr, Test::UdpRr, Test::UdpStream];
 
     pub fn name(self) -> &'static str {
         match self {
             Test::TcpCrr => "new TCP connections/s",
             Test::TcpRr => "requests/s, kept-alive TCP",
             Test::UdpRr => "UDP requests/s",
+            Test::UdpStream => "UDP packets/s received, one way",
         }
+    }
+
+    pub fn udp(self) -> bool {
+        matches!(self, Test::UdpRr | Test::UdpStream)
     }
 }
 
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
     pub per_second: f64,
+    /// Transactions (for UdpStream: datagrams sent) per second.
+    pub sent_per_second: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub errors: u64,
@@ -47,14 +60,17 @@ const OP_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most transactions one thread records (bounds memory and time).
 const MAX_OPS: usize = 5_000_000;
 
-/// Runs `test` against `addr` from namespace `ns`.
+/// Runs `test` against `addr` from namespace `ns`. For UdpStream,
+/// `received` counts what the backends got (see server::Servers::received).
 pub fn run(
     ns: &str,
     test: Test,
     addr: SocketAddrV4,
     concurrency: usize,
     duration: Duration,
+    received: &dyn Fn() -> u64,
 ) -> Result<Outcome> {
+    let before = received();
     let threads: Vec<_> = (0..concurrency)
         .map(|_| {
             let ns = ns.to_string();
@@ -71,8 +87,22 @@ pub fn run(
         all.extend(lat);
         errors += err;
     }
+    let sent_per_second = all.len() as f64 / duration.as_secs_f64();
+    if test == Test::UdpStream {
+        // Datagrams still in flight arrive within moments.
+        std::thread::sleep(Duration::from_millis(200));
+        let got = received().saturating_sub(before);
+        return Ok(Outcome {
+            per_second: got as f64 / duration.as_secs_f64(),
+            sent_per_second,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            errors,
+        });
+    }
     Ok(Outcome {
-        per_second: all.len() as f64 / duration.as_secs_f64(),
+        per_second: sent_per_second,
+        sent_per_second,
         p50_us: quantile(&mut all, 0.5),
         p99_us: quantile(&mut all, 0.99),
         errors,
@@ -85,7 +115,8 @@ fn worker(test: Test, addr: SocketAddrV4, duration: Duration) -> (Vec<f64>, u64)
     let mut lat = Vec::new();
     let mut errors = 0u64;
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
-    let udp = (test == Test::UdpRr)
+    let udp = test
+        .udp()
         .then(|| {
             let s = UdpSocket::bind("0.0.0.0:0").ok()?;
             s.connect(addr).ok()?;
@@ -117,6 +148,11 @@ fn worker(test: Test, addr: SocketAddrV4, duration: Duration) -> (Vec<f64>, u64)
             Test::UdpRr => udp
                 .as_ref()
                 .is_some_and(|s| s.send(b"x").is_ok() && s.recv(&mut buf).is_ok()),
+            // A full socket buffer (ENOBUFS) is not an error here: the
+            // receiver's count is what matters.
+            Test::UdpStream => udp
+                .as_ref()
+                .is_some_and(|s| s.send(&[STREAM_MARK; 16]).is_ok()),
         };
         if ok {
             lat.push(t.elapsed().as_secs_f64() * 1e6);

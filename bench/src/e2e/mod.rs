@@ -43,7 +43,8 @@ fn params(mode: Mode) -> Params {
         },
         Mode::Full => Params {
             sizes: vec![1, 1_000, 10_000],
-            duration: Duration::from_secs(10),
+            // 4 tests x 3 frontends x 3 dataplanes x 3 sizes: 108 figures.
+            duration: Duration::from_secs(5),
         },
     }
 }
@@ -91,7 +92,7 @@ impl Frontend {
     }
 
     fn addr(self, w: &Workload, test: Test) -> SocketAddrV4 {
-        let udp = test == Test::UdpRr;
+        let udp = test.udp();
         match (self, udp) {
             (Frontend::ClusterIp, false) => SocketAddrV4::new(w.target_ip(), TCP_PORT),
             (Frontend::ClusterIp, true) => SocketAddrV4::new(w.target_ip(), UDP_PORT),
@@ -132,7 +133,9 @@ pub fn run(mode: Mode) -> Result<Section> {
                         Frontend::NodePortExternal => &run.external,
                         _ => &run.client,
                     };
-                    let outcome = load::run(client, test, addr, CONCURRENCY, p.duration)?;
+                    let received = || run.received();
+                    let outcome =
+                        load::run(client, test, addr, CONCURRENCY, p.duration, &received)?;
                     if outcome.per_second == 0.0 {
                         // Reported as "failed" in the tables; the run goes on.
                         eprintln!(
@@ -172,6 +175,11 @@ struct Programmed {
 }
 
 impl Programmed {
+    /// Stream datagrams all backends received so far.
+    fn received(&self) -> u64 {
+        self._servers.iter().map(server::Servers::received).sum()
+    }
+
     fn start(dataplane: Dataplane, size: usize) -> Result<Self> {
         let sandbox = Sandbox::standard(BACKENDS)?;
         tune_client(&sandbox)?;
@@ -257,12 +265,12 @@ fn tune_client(sandbox: &Sandbox) -> Result<()> {
     sysctl(&sandbox.pod("client").netns.name, CLIENT_SYSCTLS)
 }
 
-const CLIENT_SYSCTLS: &[&str] = &[
+pub(crate) const CLIENT_SYSCTLS: &[&str] = &[
     "net.ipv4.ip_local_port_range=10000 65000",
     "net.ipv4.tcp_tw_reuse=1",
 ];
 
-fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
+pub(crate) fn sysctl(ns: &str, settings: &[&str]) -> Result<()> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", weir_tests::netns::path(ns).display()))
         .args(["--", "sysctl", "-qw"])
@@ -304,16 +312,13 @@ fn direct_baseline(duration: Duration) -> Result<Vec<(Test, Outcome)>> {
     eprintln!("bench: end to end, direct to a pod (no service)");
     let sandbox = Sandbox::standard(1)?;
     tune_client(&sandbox)?;
-    let _servers = backends(&sandbox)?;
+    let servers = backends(&sandbox)?;
+    let received = || servers.iter().map(server::Servers::received).sum();
     let client = sandbox.pod("client").netns.name.clone();
     let be = sandbox.pod("be1").ip;
     let mut out = Vec::new();
     for test in Test::ALL {
-        let port = if test == Test::UdpRr {
-            UDP_TARGET
-        } else {
-            TCP_TARGET
-        };
+        let port = if test.udp() { UDP_TARGET } else { TCP_TARGET };
         out.push((
             test,
             load::run(
@@ -322,6 +327,7 @@ fn direct_baseline(duration: Duration) -> Result<Vec<(Test, Outcome)>> {
                 SocketAddrV4::new(be, port),
                 CONCURRENCY,
                 duration,
+                &received,
             )?,
         ));
     }
@@ -364,6 +370,7 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
         "nftables p50 / p99",
     ]);
     let us = |o: Option<&Outcome>| match o {
+        Some(o) if o.p50_us == 0.0 && o.per_second > 0.0 => "-".into(),
         Some(o) if o.per_second > 0.0 => format!("{:.0} / {:.0} µs", o.p50_us, o.p99_us),
         Some(_) => "failed".into(),
         None => "-".into(),
@@ -377,6 +384,23 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
     let mut errors = 0;
     for f in Frontend::ALL {
         for t in Test::ALL {
+            if t == Test::UdpStream {
+                // One-way: there is no transaction to time.
+                for &size in &p.sizes {
+                    let [w, i, n] = Dataplane::ALL.map(|d| find(cells, d, size, f, t));
+                    rate.row(vec![
+                        f.name().into(),
+                        t.name().into(),
+                        thousands(size as f64),
+                        rate_text(w),
+                        rate_text(i),
+                        rate_text(n),
+                        ratio(per_s(w), per_s(i)),
+                        ratio(per_s(w), per_s(n)),
+                    ]);
+                }
+                continue;
+            }
             for &size in &p.sizes {
                 let [w, i, n] = Dataplane::ALL.map(|d| find(cells, d, size, f, t));
                 let (rw, ri, rn) = (per_s(w), per_s(i), per_s(n));
@@ -406,11 +430,12 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
     }
     let mut base = Table::new(&["test", "rate", "p50 / p99"]);
     for (t, o) in direct {
-        base.row(vec![
-            t.name().into(),
-            thousands(o.per_second),
-            format!("{:.0} / {:.0} µs", o.p50_us, o.p99_us),
-        ]);
+        let latency = if *t == Test::UdpStream {
+            "-".to_string()
+        } else {
+            format!("{:.0} / {:.0} µs", o.p50_us, o.p99_us)
+        };
+        base.row(vec![t.name().into(), thousands(o.per_second), latency]);
     }
     let series = |f: Frontend, t: Test| {
         Dataplane::ALL
@@ -428,9 +453,9 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
     let mut crr = series(Frontend::ClusterIp, Test::TcpCrr);
     crr.extend(series(Frontend::NodePort, Test::TcpCrr));
     crr.extend(series(Frontend::NodePortExternal, Test::TcpCrr));
-    let mut udp = series(Frontend::ClusterIp, Test::UdpRr);
-    udp.extend(series(Frontend::NodePort, Test::UdpRr));
-    udp.extend(series(Frontend::NodePortExternal, Test::UdpRr));
+    let mut udp = series(Frontend::ClusterIp, Test::UdpStream);
+    udp.extend(series(Frontend::NodePort, Test::UdpStream));
+    udp.extend(series(Frontend::NodePortExternal, Test::UdpStream));
     Section {
         title: "2. End to end in network namespaces".into(),
         intro: format!(
@@ -440,8 +465,11 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
              servers (a fixed pool of threads each). The client runs {CONCURRENCY} threads for \
              {secs} s per figure: *new TCP connections/s* (connect, one request, answer, \
              close), *requests/s on kept-alive TCP* (one connection per thread), *UDP \
-             requests/s* (request and answer), and the p50/p99 latency of those \
-             transactions. ClusterIP: the service address; NodePort: the node's address \
+             requests/s* (request and answer: two packets through the load balancer), \
+             *UDP packets/s received, one way* (each thread sends 16-byte datagrams on one \
+             flow as fast as it can; the figure is what the backends' servers counted, so \
+             packets dropped anywhere on the way do not count), and the p50/p99 latency of \
+             the transactions. ClusterIP: the service address; NodePort: the node's address \
              198.18.0.1 and the nodePort, from the client pod, and from a client outside \
              the node, in a namespace behind the node's uplink veth (`uplink0`). Weir: the \
              agent ({agent}) with `--devices=uplink0`, so it has tc on the pod devices and \
@@ -473,9 +501,9 @@ fn section(p: &Params, cells: &[Cell], direct: &[(Test, Outcome)]) -> Section {
             },
             Plot {
                 file: "e2e-udp.png".into(),
-                title: "UDP requests/s against services programmed".into(),
+                title: "UDP packets/s received (one way) against services programmed".into(),
                 x_label: "services".into(),
-                y_label: "requests/s".into(),
+                y_label: "packets/s".into(),
                 log_x: true,
                 series: udp,
             },

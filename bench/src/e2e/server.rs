@@ -1,7 +1,8 @@
 //! Backend servers for the end-to-end benchmark, inside a pod's namespace:
 //! TCP on one port answers each line with "ok\n" until the client closes
 //! (one request per connection or many on a kept-alive one); UDP on another
-//! port answers each datagram with "ok". A fixed pool of threads (no thread
+//! port answers each datagram with "ok", except one-way stream datagrams,
+//! which it counts. A fixed pool of threads (no thread
 //! per connection, whose cost would blur the dataplanes' differences), all
 //! stopped on drop; nothing lives longer than MAX_LIFETIME.
 use std::{
@@ -9,7 +10,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, UdpSocket},
     os::fd::AsRawFd,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc, Arc,
     },
     thread::JoinHandle,
@@ -25,14 +26,17 @@ const POLL: Duration = Duration::from_millis(50);
 pub struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// One-way stream datagrams received (load::STREAM_MARK).
+    received: Arc<AtomicU64>,
 }
 
 impl Servers {
     /// `tcp_workers` TCP threads on `tcp_port` and two UDP threads on `udp_port`, in namespace `ns`.
     pub fn start(ns: &str, tcp_port: u16, udp_port: u16, tcp_workers: usize) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel();
-        let (ns2, stop2) = (ns.to_string(), stop.clone());
+        let (ns2, stop2, received2) = (ns.to_string(), stop.clone(), received.clone());
         // One thread binds both sockets in the namespace, then starts the workers.
         let binder = std::thread::spawn(move || {
             let bound = (|| -> Result<(TcpListener, UdpSocket)> {
@@ -59,9 +63,9 @@ impl Servers {
                 }
             }
             for _ in 0..2 {
-                let (s, stop) = (udp.try_clone(), stop2.clone());
+                let (s, stop, count) = (udp.try_clone(), stop2.clone(), received2.clone());
                 if let Ok(s) = s {
-                    workers.push(std::thread::spawn(move || udp_worker(&s, &stop)));
+                    workers.push(std::thread::spawn(move || udp_worker(&s, &stop, &count)));
                 }
             }
             let _ = tx.send(Ok(()));
@@ -72,7 +76,16 @@ impl Servers {
         let threads = binder
             .join()
             .map_err(|_| anyhow!("bench server thread panicked"))?;
-        Ok(Self { stop, threads })
+        Ok(Self {
+            stop,
+            threads,
+            received,
+        })
+    }
+
+    /// Stream datagrams received so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 }
 
@@ -141,12 +154,16 @@ fn tcp_worker(listener: &TcpListener, stop: &AtomicBool) {
     }
 }
 
-fn udp_worker(socket: &UdpSocket, stop: &AtomicBool) {
+fn udp_worker(socket: &UdpSocket, stop: &AtomicBool, received: &AtomicU64) {
     let start = Instant::now();
     let mut buf = [0u8; 1500];
     while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_LIFETIME {
-        if let Ok((_, peer)) = socket.recv_from(&mut buf) {
-            let _ = socket.send_to(b"ok", peer);
+        if let Ok((n, peer)) = socket.recv_from(&mut buf) {
+            if n > 0 && buf[0] == super::load::STREAM_MARK {
+                received.fetch_add(1, Ordering::Relaxed);
+            } else {
+                let _ = socket.send_to(b"ok", peer);
+            }
         }
     }
 }

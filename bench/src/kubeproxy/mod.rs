@@ -67,6 +67,7 @@ impl SvcPort {
 /// model's order (namespace, name), with its endpoints.
 pub fn service_ports(state: &ClusterState) -> Vec<SvcPort> {
     let mut out = Vec::new();
+    let index = weir::model::SliceIndex::new(state);
     for svc in state.services.values() {
         if !matches!(
             svc.service_type,
@@ -78,12 +79,12 @@ pub fn service_ports(state: &ClusterState) -> Vec<SvcPort> {
         let Some(cluster_ip) = svc.cluster_ips.first() else {
             continue;
         };
-        let slices: Vec<_> = state.slices_of(&svc.id).collect();
+        let slices = index.of(&svc.id);
         for port in &svc.ports {
             if port.protocol == Protocol::Sctp {
                 continue;
             }
-            let endpoints = backends(&slices, port)
+            let endpoints = backends(slices, port)
                 .iter()
                 .map(|b| (Ipv4Addr::from(b.addr), b.port))
                 .collect();

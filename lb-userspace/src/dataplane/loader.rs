@@ -108,6 +108,8 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
         (lb_common::MAP_BACKENDS, doubled(cfg.max_backends)),
         (lb_common::MAP_SLOTS, doubled(cfg.max_slots)),
         (lb_common::MAP_CT, cfg.max_conntrack),
+        // Counters by service id: index 0 is unused, ids run 1..=service_ids.
+        (lb_common::MAP_STATS, cfg.service_ids().saturating_add(1)),
     ]))
 }
 

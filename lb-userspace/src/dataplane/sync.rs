@@ -124,6 +124,21 @@ pub struct PlanConfig {
 
 pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
 
+impl PlanConfig {
+    /// Service ids run 1..=this: the services map's capacity, and never fewer
+    /// than the default's 65,536, so that ids programmed under the default
+    /// stay valid after a restart with a smaller `--max-services`. The
+    /// per-service counters (STATS, an array indexed by id) are sized by it.
+    pub fn service_ids(&self) -> u32 {
+        self.max_services.max(MAX_SERVICES)
+    }
+
+    /// Backend ids run 1..=this (as for services).
+    pub fn backend_ids(&self) -> u32 {
+        self.max_backends.max(MAX_BACKENDS)
+    }
+}
+
 impl Default for PlanConfig {
     fn default() -> Self {
         Self {
@@ -255,7 +270,7 @@ pub fn plan_with(
         let id = match existing.get(&addr) {
             Some(id) => *id,
             None => {
-                let id = allocate(&used, last, MAX_BACKENDS.max(cfg.max_backends), "backend")?;
+                let id = allocate(&used, last, cfg.backend_ids(), "backend")?;
                 used.insert(id);
                 last = id;
                 id
@@ -280,7 +295,7 @@ pub fn plan_with(
         let id = match old {
             Some(s) => s.value.id,
             None => {
-                let id = allocate(&used, last, MAX_SERVICES, "service")?;
+                let id = allocate(&used, last, cfg.service_ids(), "service")?;
                 used.insert(id);
                 last = id;
                 id
