@@ -161,9 +161,43 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// Ingresses, IngressClasses and TLS Secrets, for the L7 proxy.
     pub ingress: IngressState,
+    /// When each EndpointSlice's current content was triggered: its
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotation (the
+    /// directory source falls back to the file's modification time). The
+    /// start of `weir_network_programming_duration_seconds`.
+    pub slice_change_times: BTreeMap<ObjectRef, std::time::SystemTime>,
+}
+
+/// The objects that differ between two states (added, changed or removed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub services: Vec<ObjectRef>,
+    pub slices: Vec<ObjectRef>,
+}
+
+/// The keys whose values differ between `a` and `b` (in either only, or in both with other values).
+fn differing<K: Ord + Clone, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<K> {
+    let mut out: Vec<K> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    out.sort();
+    out
 }
 
 impl ClusterState {
+    /// The Services and EndpointSlices that differ from `before` (kube-proxy
+    /// counts changes per watch event; a source that coalesces events counts
+    /// each object once per state).
+    pub fn changes_since(&self, before: &ClusterState) -> Changes {
+        Changes {
+            services: differing(&before.services, &self.services),
+            slices: differing(&before.slices, &self.slices),
+        }
+    }
+
     /// The slices that belong to `service`.
     pub fn slices_of<'a>(
         &'a self,

@@ -19,6 +19,7 @@ pub mod manifests;
 pub mod netns;
 pub mod node;
 pub mod packets;
+pub mod prom;
 pub mod sandbox;
 pub mod scenario;
 

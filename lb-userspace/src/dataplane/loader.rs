@@ -74,8 +74,13 @@ pub struct Dataplane {
     cfg: PlanConfig,
 }
 
-/// A loader with the Maglev map sized and its table size set.
-fn loader(cfg: &PlanConfig) -> Result<EbpfLoader<'_>, LoadError> {
+/// aya-log levels of the kernel programs: none, or all (`--bpf-log`).
+const BPF_LOG_OFF: u8 = 0;
+const BPF_LOG_ALL: u8 = 5;
+
+/// A loader with the Maglev map sized and its table size set, and the
+/// kernel programs' log messages on or off.
+fn loader(cfg: &PlanConfig, bpf_log: bool) -> Result<EbpfLoader<'_>, LoadError> {
     if !crate::maglev::is_prime(cfg.maglev_m) {
         return Err(LoadError::Config(format!(
             "Maglev table size {} is not a prime",
@@ -103,6 +108,9 @@ fn loader(cfg: &PlanConfig) -> Result<EbpfLoader<'_>, LoadError> {
     loader.map_max_entries(lb_common::MAP_SLOTS, doubled(cfg.max_slots));
     loader.map_max_entries(lb_common::MAP_CT, cfg.max_conntrack);
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
+    // Read-only data: with 0 the verifier removes the log code from the programs.
+    let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
+    loader.override_global(aya_log::LEVEL, level, true);
     Ok(loader)
 }
 
@@ -120,6 +128,12 @@ impl Dataplane {
     /// Loads the object, pinning (or reusing) the maps under `bpffs`, and
     /// restores what the maps already hold.
     pub fn load(bpffs: &Path, cfg: PlanConfig) -> Result<Self, LoadError> {
+        Self::load_with_log(bpffs, cfg, false)
+    }
+
+    /// As `load`, with the kernel programs' aya-log messages on (`bpf_log`;
+    /// `bpf_log::start` prints them) or off.
+    pub fn load_with_log(bpffs: &Path, cfg: PlanConfig, bpf_log: bool) -> Result<Self, LoadError> {
         std::fs::create_dir_all(bpffs).map_err(|source| LoadError::PinDir {
             path: bpffs.into(),
             source,
@@ -132,7 +146,7 @@ impl Dataplane {
             return Err(LoadError::NotBpffs { path: bpffs.into() });
         }
         let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-        let mut loader = loader(&cfg)?;
+        let mut loader = loader(&cfg, bpf_log)?;
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
@@ -150,7 +164,7 @@ impl Dataplane {
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
     pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
-        let ebpf = loader(&cfg)?.load(crate::EBPF_OBJECT)?;
+        let ebpf = loader(&cfg, false)?.load(crate::EBPF_OBJECT)?;
         Self::finish(ebpf, cfg)
     }
 
