@@ -398,3 +398,44 @@ fn sync_error(e: &crate::dataplane::LoadError, desired: &Desired) -> String {
     }
     e.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{
+        maps::{MapsError, WriteFailure},
+        LoadError,
+    };
+
+    #[test]
+    fn a_failed_frontend_write_names_its_service() {
+        let key = lb_common::ServiceKey {
+            addr: [198, 19, 0, 10],
+            port: 80,
+            proto: lb_common::PROTO_TCP,
+            scope: lb_common::SCOPE_EXTERNAL,
+        };
+        let mut desired = Desired::default();
+        desired.frontends.insert(
+            key,
+            crate::translate::Frontend {
+                service: ObjectRef::new("ns", "web"),
+                ..Default::default()
+            },
+        );
+        let failure = |frontend| {
+            LoadError::Maps(MapsError::Write(Box::new(WriteFailure {
+                name: lb_common::MAP_SERVICES,
+                what: "writing frontend 198.19.0.10:80/TCP".into(),
+                frontend,
+                source: aya::maps::MapError::KeyNotFound,
+            })))
+        };
+        let e = sync_error(&failure(Some(key)), &desired);
+        assert!(
+            e.starts_with("Service ns/web: map SERVICES_V1: writing frontend 198.19.0.10:80/TCP: "),
+            "{e}"
+        );
+        assert!(sync_error(&failure(None), &desired).starts_with("map SERVICES_V1: "));
+    }
+}

@@ -148,7 +148,12 @@ impl Ingress {
                     info!(addresses = ?addresses, "ingress addresses");
                     self.last_addresses = Some(addresses);
                 }
-                Err(e) => warn!("ingress addresses: {e}"),
+                Err(e) => warn!(
+                    addresses = ?addresses,
+                    "ingress addresses (ports {} and {}): {e}; retried with the next state",
+                    self.cfg.http_port,
+                    self.cfg.https_port
+                ),
             }
         }
         new

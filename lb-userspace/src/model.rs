@@ -312,3 +312,63 @@ impl fmt::Debug for TlsSecret {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, addr: [u8; 4]) -> EndpointSlice {
+        EndpointSlice {
+            id: ObjectRef::new("ns", name),
+            service_name: "svc".into(),
+            ports: Vec::new(),
+            endpoints: vec![Endpoint {
+                address: addr.into(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: None,
+                zone: None,
+                hint_zones: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn changes_name_added_changed_and_removed_objects() {
+        let svc = |name: &str| Service {
+            id: ObjectRef::new("ns", name),
+            ..Default::default()
+        };
+        let mut before = ClusterState::default();
+        for s in [svc("kept"), svc("removed")] {
+            before.services.insert(s.id.clone(), s);
+        }
+        for s in [
+            slice("same", [198, 18, 0, 1]),
+            slice("moved", [198, 18, 0, 2]),
+        ] {
+            before.slices.insert(s.id.clone(), s);
+        }
+        let mut after = before.clone();
+        after.services.remove(&ObjectRef::new("ns", "removed"));
+        let added = svc("added");
+        after.services.insert(added.id.clone(), added);
+        let moved = slice("moved", [198, 18, 0, 3]);
+        after.slices.insert(moved.id.clone(), moved);
+        // A new trigger time alone is no change of the slice.
+        after
+            .slice_change_times
+            .insert(ObjectRef::new("ns", "same"), std::time::SystemTime::now());
+        let c = after.changes_since(&before);
+        assert_eq!(
+            c.services,
+            [
+                ObjectRef::new("ns", "added"),
+                ObjectRef::new("ns", "removed")
+            ]
+        );
+        assert_eq!(c.slices, [ObjectRef::new("ns", "moved")]);
+        assert_eq!(after.changes_since(&after), Changes::default());
+    }
+}

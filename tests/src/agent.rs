@@ -168,15 +168,16 @@ impl Agent {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Runs `weir ARGS --bpffs=PINS --agent-socket=SOCKET` (this agent's) and returns its stdout.
+    /// Runs `weir ARGS --bpffs=PINS` for this agent (and `--agent-socket` for
+    /// the commands that ask the agent) and returns its stdout.
     pub fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(weir_bin()?)
-            .args(args)
-            .arg(format!("--bpffs={}", self.bpffs.display()))
-            .arg(format!("--agent-socket={}", self.socket.display()))
-            .stdin(Stdio::null())
-            .output()
-            .context("running weir")?;
+        let mut cmd = Command::new(weir_bin()?);
+        cmd.args(args)
+            .arg(format!("--bpffs={}", self.bpffs.display()));
+        if matches!(args.first(), Some(&"status" | &"ingress")) {
+            cmd.arg(format!("--agent-socket={}", self.socket.display()));
+        }
+        let out = cmd.stdin(Stdio::null()).output().context("running weir")?;
         if !out.status.success() {
             bail!(
                 "weir {} failed: {}",

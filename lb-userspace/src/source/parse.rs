@@ -195,3 +195,34 @@ fn describe(kind: &str, value: &serde_yaml::Value) -> Option<String> {
         .unwrap_or("default");
     Some(format!("{kind} {ns}/{name}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_carry_their_trigger_time_annotation() {
+        let slice = |name: &str, annotation: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: ns\n  labels: {{kubernetes.io/service-name: svc}}\n{annotation}addressType: IPv4\nendpoints: []\n"
+            )
+        };
+        let text = [
+            slice(
+                "timed",
+                "  annotations: {endpoints.kubernetes.io/last-change-trigger-time: \"2026-01-02T03:04:05.250Z\"}\n",
+            ),
+            slice("plain", ""),
+            slice(
+                "garbled",
+                "  annotations: {endpoints.kubernetes.io/last-change-trigger-time: yesterday}\n",
+            ),
+        ]
+        .join("---\n");
+        let (objects, errors, times) = parse_documents_timed("f.yaml", &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(objects.len(), 3);
+        let expected = humantime::parse_rfc3339("2026-01-02T03:04:05.250Z").unwrap();
+        assert_eq!(times, [(ObjectRef::new("ns", "timed"), expected)]);
+    }
+}
