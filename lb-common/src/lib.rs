@@ -97,6 +97,11 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_NODE_ADDRS,
 ];
 
+/// Pins of older layouts whose entries a new agent carries over: (old pin,
+/// new map). Each new layout only appended fields whose zero means "absent",
+/// so an old entry is copied with its value zero-extended.
+pub const MAP_MIGRATIONS: [(&str, &str); 1] = [("CT_V1", MAP_CT)];
+
 /// CONFIG_V1 index 0: runtime flags the kernel reads.
 pub const CONFIG_FLAGS: u32 = 0;
 /// Flag: report every new flow to MONITOR_V1 (`weir monitor --flows`).

@@ -120,8 +120,11 @@ impl PendingTriggers {
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let started_at = SystemTime::now();
-    let mut dataplane = Dataplane::load_with_log(&cfg.bpffs, cfg.plan, cfg.bpf_log)
+    let (mut dataplane, pin_actions) = Dataplane::load_with_log(&cfg.bpffs, cfg.plan, cfg.bpf_log)
         .context("loading the datapath")?;
+    for action in &pin_actions {
+        warn!(bpffs = %cfg.bpffs.display(), "{action}");
+    }
     dataplane.xdp.policy = cfg.xdp_mode;
     if cfg.bpf_log {
         match crate::dataplane::bpf_log::start(&mut dataplane.ebpf) {

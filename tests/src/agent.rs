@@ -152,9 +152,33 @@ impl Agent {
         }
     }
 
+    /// Replaces the extra arguments the next start passes (after `stop` or `kill`).
+    pub fn set_extra(&mut self, extra: &[&str]) {
+        self.extra = extra.iter().map(|s| s.to_string()).collect();
+    }
+
     /// Starts the agent again (after `stop` or `kill`) on the same pins.
     pub fn start_again(&mut self) -> Result<()> {
         self.spawn()
+    }
+
+    /// Starts the agent again (after `stop` or `kill`) and waits until it
+    /// synced: returns how long that took from the start.
+    pub fn start_again_synced(&mut self) -> Result<Duration> {
+        let synced_before = self.log_text().matches(" synced").count();
+        let started = Instant::now();
+        self.spawn()?;
+        let deadline = started + Duration::from_secs(15);
+        while self.log_text().matches(" synced").count() <= synced_before {
+            if Instant::now() > deadline {
+                bail!(
+                    "the agent did not sync after a restart; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(started.elapsed())
     }
 
     /// Stops and starts the agent again on the same pins.

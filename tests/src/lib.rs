@@ -15,6 +15,7 @@ pub mod http;
 pub mod http_backend;
 pub mod ingress;
 pub mod lan;
+pub mod load;
 pub mod manifests;
 pub mod netns;
 pub mod node;

@@ -2,29 +2,30 @@
 //! restarted (links and maps are pinned; a new agent takes over the links and
 //! restores ids from the maps), and `weir uninstall` removes everything.
 use std::{
+    collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 use weir_tests::{
     agent::weir_bin,
+    cluster::node_ip,
     cmd::run,
     echo::{requests, Proto},
-    manifests::{port, service, slice},
+    load::{Load, MAX_RUN},
+    manifests::{port, service, service_with, slice, slice_eps},
     netns::enter,
     scenario::{Scenario, CLUSTER_IP, TIMEOUT},
+    Cluster,
 };
 
 const NS: &str = "restart";
-/// No load loop runs longer than this, whatever happens.
-const MAX_RUN: Duration = Duration::from_secs(90);
 
 fn setup() -> Result<Scenario> {
     let mut s = Scenario::start(3, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
@@ -42,168 +43,32 @@ fn setup() -> Result<Scenario> {
     Ok(s)
 }
 
-#[derive(Debug, Default)]
-struct Tally {
-    ok: u64,
-    failed: u64,
-    first_error: Option<String>,
-}
-
-impl Tally {
-    fn record(&mut self, r: Result<()>) {
-        match r {
-            Ok(()) => self.ok += 1,
-            Err(e) => {
-                self.failed += 1;
-                self.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
-    }
-}
-
-/// Runs `step` every 20 ms inside namespace `ns` until `stop` (or MAX_RUN).
-fn load(
-    ns: &str,
-    stop: &Arc<AtomicBool>,
-    mut step: impl FnMut() -> Result<()> + Send + 'static,
-) -> JoinHandle<Result<Tally>> {
-    let (ns, stop) = (ns.to_string(), stop.clone());
-    std::thread::spawn(move || {
-        enter(&ns)?;
-        let start = Instant::now();
-        let mut tally = Tally::default();
-        while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
-            tally.record(step());
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(tally)
-    })
-}
-
 #[test]
 fn connections_survive_five_sigkills_of_the_agent() -> Result<()> {
     let mut s = setup()?;
     let client = s.sandbox.pod("client").netns.name.clone();
-    let vip_tcp = SocketAddrV4::new(CLUSTER_IP, 80);
-    let vip_udp = SocketAddrV4::new(CLUSTER_IP, 53);
     let ids_before = s.agent.programmed()?;
-    let stop = Arc::new(AtomicBool::new(false));
-
-    // A long-lived TCP stream: every line must come back from the same backend.
-    let stream = {
-        let (ns, stop) = (client.clone(), stop.clone());
-        std::thread::spawn(move || -> Result<(Tally, String)> {
-            enter(&ns)?;
-            let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(vip_tcp), TIMEOUT)?;
-            conn.set_read_timeout(Some(TIMEOUT))?;
-            let mut reader = BufReader::new(conn.try_clone()?);
-            let mut greeting = String::new();
-            reader.read_line(&mut greeting)?;
-            let backend = greeting
-                .split_whitespace()
-                .next()
-                .context("greeting")?
-                .to_string();
-            let (start, mut tally, mut n) = (Instant::now(), Tally::default(), 0u64);
-            while !stop.load(Ordering::Relaxed) && start.elapsed() < MAX_RUN {
-                n += 1;
-                let mut line = String::new();
-                let r = writeln!(conn, "{n}")
-                    .map_err(anyhow::Error::from)
-                    .and_then(|_| {
-                        reader.read_line(&mut line)?;
-                        if line.trim() != format!("{backend} {n}") {
-                            bail!("line {n}: got {line:?}");
-                        }
-                        Ok(())
-                    });
-                let broken = r.is_err();
-                tally.record(r);
-                if broken {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Ok((tally, backend))
-        })
-    };
-    // A loop of new connections, and one UDP socket sending over and over.
-    let connections = load(&client, &stop, move || {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::V4(vip_tcp), TIMEOUT)?;
-        conn.set_read_timeout(Some(TIMEOUT))?;
-        conn.shutdown(std::net::Shutdown::Write)?;
-        let mut reply = String::new();
-        std::io::Read::read_to_string(&mut conn, &mut reply)?;
-        if reply.is_empty() {
-            bail!("empty reply");
-        }
-        Ok(())
-    });
-    let datagrams = {
-        let socket: Arc<std::sync::Mutex<Option<UdpSocket>>> = Arc::default();
-        load(&client, &stop, move || {
-            let mut guard = socket.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-            if guard.is_none() {
-                let s = UdpSocket::bind("0.0.0.0:0")?;
-                s.connect(vip_udp)?;
-                s.set_read_timeout(Some(TIMEOUT))?;
-                *guard = Some(s);
-            }
-            let s = guard.as_ref().expect("just set");
-            s.send(b"ping")?;
-            let mut buf = [0u8; 256];
-            s.recv(&mut buf)?;
-            Ok(())
-        })
-    };
-
+    let load = Load::start(
+        &client,
+        SocketAddrV4::new(CLUSTER_IP, 80),
+        SocketAddrV4::new(CLUSTER_IP, 53),
+    );
     let mut ready_after = Vec::new();
-    for round in 0..5 {
+    for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(400));
         s.agent.kill();
         std::thread::sleep(Duration::from_millis(300));
-        let synced_before = s.agent.log_text().matches(" synced").count();
-        let started = Instant::now();
-        s.agent.start_again()?;
-        let deadline = started + Duration::from_secs(15);
-        while s.agent.log_text().matches(" synced").count() <= synced_before {
-            if Instant::now() > deadline {
-                bail!(
-                    "round {round}: the agent did not sync after a restart; log:\n{}",
-                    s.agent.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        ready_after.push(started.elapsed());
+        ready_after.push(s.agent.start_again_synced()?);
     }
     std::thread::sleep(Duration::from_millis(400));
-    stop.store(true, Ordering::Relaxed);
-    let (stream_tally, _) = stream
-        .join()
-        .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
-    let conn_tally = connections
-        .join()
-        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-    let udp_tally = datagrams
-        .join()
-        .map_err(|_| anyhow::anyhow!("load thread panicked"))??;
-    println!(
-        "restart: stream {stream_tally:?}, connections {conn_tally:?}, datagrams {udp_tally:?}, ready after {ready_after:?}"
-    );
+    let tally = load.finish()?;
+    println!("restart: {tally:?}, ready after {ready_after:?}");
     assert_eq!(
-        stream_tally.failed, 0,
-        "the long-lived stream broke: {stream_tally:?}"
+        tally.failed(),
+        0,
+        "requests failed across restarts: {tally:?}"
     );
-    assert_eq!(
-        conn_tally.failed, 0,
-        "new connections failed: {conn_tally:?}"
-    );
-    assert_eq!(udp_tally.failed, 0, "datagrams were lost: {udp_tally:?}");
-    assert!(
-        stream_tally.ok > 50 && conn_tally.ok > 50 && udp_tally.ok > 50,
-        "too little load ran"
-    );
+    assert!(tally.least_ok() > 50, "too little load ran: {tally:?}");
 
     // Ids came back from the maps: the same services and backends, the same ids.
     let ids_after = s.agent.programmed()?;
@@ -215,6 +80,100 @@ fn connections_survive_five_sigkills_of_the_agent() -> Result<()> {
         s.agent.log_text().contains("took over the pinned link"),
         "a restarted agent attached anew"
     );
+    Ok(())
+}
+
+/// Each pinned link under `bpffs/links`, with its link id and the id of the
+/// program it runs.
+fn link_programs(bpffs: &std::path::Path) -> Result<BTreeMap<String, (u64, u64)>> {
+    let mut links = BTreeMap::new();
+    for entry in std::fs::read_dir(bpffs.join("links"))? {
+        let path = entry?.path();
+        let out = run(
+            "bpftool",
+            &["-j", "link", "show", "pinned", &path.to_string_lossy()],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        let id = |field: &str| {
+            v[field]
+                .as_u64()
+                .with_context(|| format!("{field} of {out}"))
+        };
+        let name = path.file_name().context("name")?.to_string_lossy();
+        links.insert(name.into_owned(), (id("id")?, id("prog_id")?));
+    }
+    Ok(links)
+}
+
+/// NodePort from outside the cluster (XDP on the uplink, SNAT to a remote
+/// backend) while node-1's agent is killed and restarted five times. Each
+/// new agent loads its programs anew and swaps them into the pinned links
+/// (bpf_link_update), which is exactly how an upgrade replaces a running
+/// build: the links stay, the programs change, and no flow notices.
+#[test]
+fn node_port_flows_from_outside_survive_five_sigkills_and_program_swaps() -> Result<()> {
+    let mut c = Cluster::new(2)?;
+    c.add_pod(1, "be1")?;
+    c.add_pod(2, "be2")?;
+    for be in ["be1", "be2"] {
+        c.serve(be, &[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
+    }
+    let ports = [
+        port("http", 80, "TCP", 8080).node_port(30080),
+        port("dns", 53, "UDP", 5353).node_port(30053),
+    ];
+    c.manifests.write(
+        "svc.yaml",
+        &service_with(NS, "np", CLUSTER_IP, &ports, "  type: NodePort\n", &[]),
+    )?;
+    c.manifests.write(
+        "slice.yaml",
+        &slice_eps(NS, "np-1", "np", &ports, &c.ready_eps(&["be1", "be2"])),
+    )?;
+    c.start_agents(&[])?;
+    let node = node_ip(1);
+    c.agent(1).wait_frontend(&format!("{node}:30080/TCP"), 2)?;
+    c.agent(1).wait_frontend(&format!("{node}:30053/UDP"), 2)?;
+    let links_before = link_programs(&c.agent(1).bpffs)?;
+    assert!(
+        links_before.keys().any(|l| l.starts_with("xdp_")),
+        "no XDP link on the uplink: {links_before:?}"
+    );
+
+    let load = Load::start(
+        c.ext_ns(),
+        SocketAddrV4::new(node, 30080),
+        SocketAddrV4::new(node, 30053),
+    );
+    let mut ready_after = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(400));
+        c.agent(1).kill();
+        std::thread::sleep(Duration::from_millis(300));
+        ready_after.push(c.agent(1).start_again_synced()?);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    let tally = load.finish()?;
+    println!("node port restarts: {tally:?}, ready after {ready_after:?}");
+    assert_eq!(
+        tally.failed(),
+        0,
+        "requests failed across restarts: {tally:?}\n{}",
+        c.agent_logs()
+    );
+    assert!(tally.least_ok() > 50, "too little load ran: {tally:?}");
+
+    // The same links, each running a program loaded by the last agent.
+    let links_after = link_programs(&c.agent(1).bpffs)?;
+    assert_eq!(
+        links_after.keys().collect::<Vec<_>>(),
+        links_before.keys().collect::<Vec<_>>()
+    );
+    for (name, (link, prog)) in &links_before {
+        let (link_after, prog_after) = links_after[name];
+        assert_eq!(link_after, *link, "{name} is a new link");
+        assert_ne!(prog_after, *prog, "{name} still runs the first program");
+    }
     Ok(())
 }
 
@@ -437,4 +396,164 @@ fn closed_and_idle_flows_leave_conntrack_while_open_ones_stay() -> Result<()> {
         "{left:?}"
     );
     Ok(())
+}
+
+/// Bytes of a CT_V1 entry as an older build wrote them: the key, and the
+/// value without the SNAT fields that CT_V2 appended.
+fn ct_v1_entry(key: &lb_common::CtKey, value: &lb_common::CtValue) -> (Vec<u8>, Vec<u8>) {
+    let mut k = Vec::new();
+    k.extend_from_slice(&key.saddr);
+    k.extend_from_slice(&key.daddr);
+    k.extend_from_slice(&key.sport.to_ne_bytes());
+    k.extend_from_slice(&key.dport.to_ne_bytes());
+    k.extend_from_slice(&[key.proto, 0, 0, 0]);
+    let mut v = Vec::new();
+    v.extend_from_slice(&value.backend_id.to_ne_bytes());
+    v.extend_from_slice(&value.service_id.to_ne_bytes());
+    v.extend_from_slice(&value.nat_addr);
+    v.extend_from_slice(&value.nat_port.to_ne_bytes());
+    v.extend_from_slice(&[value.kind, value.flags]);
+    v.extend_from_slice(&value.last_seen_ns.to_ne_bytes());
+    (k, v)
+}
+
+fn hex_args(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn pins_of_another_layout_are_recreated_with_their_entries_and_old_versions_migrated() -> Result<()>
+{
+    let mut s = setup()?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    let ids_before = s.agent.programmed()?;
+    // A live TCP connection whose conntrack entries must survive the resize.
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let stream = std::thread::spawn(move || -> Result<(String, String)> {
+        enter(&client)?;
+        let vip = SocketAddr::V4(SocketAddrV4::new(CLUSTER_IP, 80));
+        let mut conn = TcpStream::connect_timeout(&vip, TIMEOUT)?;
+        conn.set_read_timeout(Some(TIMEOUT))?;
+        let mut reader = BufReader::new(conn.try_clone()?);
+        let mut greeting = String::new();
+        reader.read_line(&mut greeting)?;
+        wait.recv_timeout(MAX_RUN)?;
+        writeln!(conn, "1")?;
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        Ok((greeting, line))
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ct_len(&s)? < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the connection made no conntrack entries"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ct_pin = s.agent.bpffs.join(lb_common::MAP_CT);
+    let ct_capacity = aya::maps::MapInfo::from_pin(&ct_pin)?.max_entries();
+    s.agent.kill();
+
+    // An older build's conntrack pin with one flow in it.
+    let key = lb_common::CtKey {
+        saddr: [198, 18, 99, 1],
+        daddr: [198, 19, 0, 99],
+        sport: 40000u16.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let value = lb_common::CtValue {
+        backend_id: 7,
+        service_id: 3,
+        nat_addr: [198, 19, 0, 99],
+        nat_port: 80u16.to_be(),
+        kind: 0,
+        flags: 0,
+        last_seen_ns: 42,
+        snat_addr: [0; 4],
+        snat_port: 0,
+        _pad: 0,
+    };
+    let v1 = s.agent.bpffs.join("CT_V1");
+    let v1_path = v1.to_string_lossy().into_owned();
+    run(
+        "bpftool",
+        &[
+            "map", "create", &v1_path, "type", "lru_hash", "key", "16", "value", "24", "entries",
+            "64", "name", "CT_V1",
+        ],
+    )?;
+    let (k, v) = ct_v1_entry(&key, &value);
+    let mut update = vec!["map", "update", "pinned", &v1_path, "key", "hex"]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>();
+    update.extend(hex_args(&k));
+    update.extend(["value".into(), "hex".into()]);
+    update.extend(hex_args(&v));
+    run(
+        "bpftool",
+        &update.iter().map(String::as_str).collect::<Vec<_>>(),
+    )?;
+
+    // The next agent is configured with other capacities.
+    s.agent.set_extra(&[
+        "--conntrack-min=300000",
+        "--conntrack-max-per-core=1",
+        "--max-services=1000",
+    ]);
+    let synced_before = s.agent.log_text().matches(" synced").count();
+    s.agent.start_again()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.agent.log_text().matches(" synced").count() <= synced_before {
+        if Instant::now() > deadline {
+            bail!(
+                "the agent did not sync after the restart; log:\n{}",
+                s.agent.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = s.agent.log_text();
+    for expected in [
+        format!("map CT_V2: pinned map differs (capacity {ct_capacity} (want 300000)); recreated"),
+        "map SERVICES_V1: pinned map differs (capacity 131072 (want 2000)); recreated".into(),
+        "map CT_V1: pin of an older layout, not used by this build; removed".into(),
+        "map CT_V2: 1 entries carried over from the old CT_V1 (0 did not fit)".into(),
+    ] {
+        assert!(
+            log.contains(&expected),
+            "no {expected:?} in the log:\n{log}"
+        );
+    }
+    assert!(!v1.exists(), "the CT_V1 pin is still there");
+    assert_eq!(
+        aya::maps::MapInfo::from_pin(&ct_pin)?.max_entries(),
+        300_000
+    );
+    let maps = weir::dataplane::maps::Maps::open_pinned(&s.agent.bpffs)?;
+    assert_eq!(maps.ct.get(&key, 0)?, value, "the CT_V1 entry as CT_V2");
+    // Service and backend ids came through the resize, and so did the flow.
+    assert!(
+        s.agent.programmed()?.same_entries(&ids_before),
+        "ids changed across the resize"
+    );
+    go.send(())?;
+    let (greeting, line) = stream
+        .join()
+        .map_err(|_| anyhow::anyhow!("stream thread panicked"))??;
+    let backend = greeting.split_whitespace().next().context("greeting")?;
+    assert_eq!(
+        line.trim(),
+        format!("{backend} 1"),
+        "the live connection broke"
+    );
+    Ok(())
+}
+
+fn ct_len(s: &Scenario) -> Result<usize> {
+    let maps = weir::dataplane::maps::Maps::open_pinned(&s.agent.bpffs)?;
+    Ok(maps.ct.keys().filter_map(Result::ok).count())
 }

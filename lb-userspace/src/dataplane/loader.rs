@@ -1,6 +1,9 @@
 //! Loads the kernel object with its maps pinned under the bpffs directory
 //! (reusing existing pins, so state survives an agent restart).
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
     programs::{SchedClassifier, Xdp},
@@ -11,6 +14,7 @@ use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS, PROG_TC_
 use super::{
     attach::Attachments,
     maps::{Maps, MapsError},
+    pins::{self, PinAction},
     sync::{plan_with, PlanConfig, Programmed},
 };
 use crate::translate::Desired;
@@ -35,6 +39,8 @@ pub enum LoadError {
     Maps(#[from] MapsError),
     #[error("configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
     #[error("planning map updates: {0}")]
     Plan(#[from] super::sync::PlanError),
 }
@@ -74,13 +80,8 @@ pub struct Dataplane {
     cfg: PlanConfig,
 }
 
-/// aya-log levels of the kernel programs: none, or all (`--bpf-log`).
-const BPF_LOG_OFF: u8 = 0;
-const BPF_LOG_ALL: u8 = 5;
-
-/// A loader with the Maglev map sized and its table size set, and the
-/// kernel programs' log messages on or off.
-fn loader(cfg: &PlanConfig, bpf_log: bool) -> Result<EbpfLoader<'_>, LoadError> {
+/// The capacities the loader gives the maps, by map name.
+fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError> {
     if !crate::maglev::is_prime(cfg.maglev_m) {
         return Err(LoadError::Config(format!(
             "Maglev table size {} is not a prime",
@@ -96,22 +97,40 @@ fn loader(cfg: &PlanConfig, bpf_log: bool) -> Result<EbpfLoader<'_>, LoadError> 
                 cfg.maglev_tables, cfg.maglev_m
             ))
         })?;
-    let mut loader = EbpfLoader::new();
-    loader.map_max_entries(MAP_MAGLEV, entries);
     // A sync writes new entries before it removes old ones (so readers never
     // see a half-written service), so at its peak a map holds the old and the
     // new state together: twice the capacity the planner fills (sync::fit).
     let doubled = |n: u32| n.saturating_mul(2);
-    loader.map_max_entries(lb_common::MAP_SERVICES, doubled(cfg.max_services));
-    loader.map_max_entries(lb_common::MAP_REVNAT, doubled(cfg.max_services));
-    loader.map_max_entries(lb_common::MAP_BACKENDS, doubled(cfg.max_backends));
-    loader.map_max_entries(lb_common::MAP_SLOTS, doubled(cfg.max_slots));
-    loader.map_max_entries(lb_common::MAP_CT, cfg.max_conntrack);
+    Ok(HashMap::from([
+        (MAP_MAGLEV, entries),
+        (lb_common::MAP_SERVICES, doubled(cfg.max_services)),
+        (lb_common::MAP_REVNAT, doubled(cfg.max_services)),
+        (lb_common::MAP_BACKENDS, doubled(cfg.max_backends)),
+        (lb_common::MAP_SLOTS, doubled(cfg.max_slots)),
+        (lb_common::MAP_CT, cfg.max_conntrack),
+    ]))
+}
+
+/// aya-log levels of the kernel programs: none, or all (`--bpf-log`).
+const BPF_LOG_OFF: u8 = 0;
+const BPF_LOG_ALL: u8 = 5;
+
+/// A loader with the maps sized and the Maglev table size set, and the
+/// kernel programs' log messages on or off.
+fn loader<'a>(
+    cfg: &'a PlanConfig,
+    capacities: &HashMap<&'static str, u32>,
+    bpf_log: bool,
+) -> EbpfLoader<'a> {
+    let mut loader = EbpfLoader::new();
+    for (name, entries) in capacities {
+        loader.map_max_entries(name, *entries);
+    }
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
     // Read-only data: with 0 the verifier removes the log code from the programs.
     let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
     loader.override_global(aya_log::LEVEL, level, true);
-    Ok(loader)
+    loader
 }
 
 /// Result of one sync: how many map operations were applied.
@@ -126,14 +145,20 @@ pub struct SyncStats {
 
 impl Dataplane {
     /// Loads the object, pinning (or reusing) the maps under `bpffs`, and
-    /// restores what the maps already hold.
-    pub fn load(bpffs: &Path, cfg: PlanConfig) -> Result<Self, LoadError> {
+    /// restores what the maps already hold. Pins whose layout differs from
+    /// this build's are recreated (their entries carried over where the
+    /// layout allows it), and each such action is returned for the log.
+    pub fn load(bpffs: &Path, cfg: PlanConfig) -> Result<(Self, Vec<PinAction>), LoadError> {
         Self::load_with_log(bpffs, cfg, false)
     }
 
     /// As `load`, with the kernel programs' aya-log messages on (`bpf_log`;
     /// `bpf_log::start` prints them) or off.
-    pub fn load_with_log(bpffs: &Path, cfg: PlanConfig, bpf_log: bool) -> Result<Self, LoadError> {
+    pub fn load_with_log(
+        bpffs: &Path,
+        cfg: PlanConfig,
+        bpf_log: bool,
+    ) -> Result<(Self, Vec<PinAction>), LoadError> {
         std::fs::create_dir_all(bpffs).map_err(|source| LoadError::PinDir {
             path: bpffs.into(),
             source,
@@ -145,13 +170,17 @@ impl Dataplane {
         if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
             return Err(LoadError::NotBpffs { path: bpffs.into() });
         }
-        let pins: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-        let mut loader = loader(&cfg, bpf_log)?;
-        for (name, path) in &pins {
+        let capacities = capacities(&cfg)?;
+        let wanted = pins::wanted_specs(crate::EBPF_OBJECT, &capacities)?;
+        let (mut actions, pending) = pins::prepare(bpffs, &wanted)?;
+        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
+        let mut loader = loader(&cfg, &capacities, bpf_log);
+        for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(crate::EBPF_OBJECT)?;
         drop(loader);
+        actions.extend(pins::migrate(bpffs, pending)?);
         let links = bpffs.join("links");
         std::fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
             path: links.clone(),
@@ -159,12 +188,12 @@ impl Dataplane {
         })?;
         let mut dataplane = Self::finish(ebpf, cfg)?;
         dataplane.attachments = Attachments::pinned(links);
-        Ok(dataplane)
+        Ok((dataplane, actions))
     }
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
     pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
-        let ebpf = loader(&cfg, false)?.load(crate::EBPF_OBJECT)?;
+        let ebpf = loader(&cfg, &capacities(&cfg)?, false).load(crate::EBPF_OBJECT)?;
         Self::finish(ebpf, cfg)
     }
 

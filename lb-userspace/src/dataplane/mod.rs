@@ -7,6 +7,7 @@ pub mod ingress;
 pub mod loader;
 pub mod maps;
 pub mod monitor;
+pub mod pins;
 pub mod sync;
 pub mod xdp;
 
