@@ -468,10 +468,35 @@ fn bpf_lines(agent: &Agent) -> Vec<String> {
         .collect()
 }
 
+/// The translated size (bytes_xlated) of the tc program the agent attached
+/// to the client pod's device, read through its pinned link with bpftool.
+fn client_tc_program_size(agent: &Agent) -> Result<u64> {
+    let link = std::fs::read_dir(agent.bpffs.join("links"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("tc_lxcclient_"))
+        })
+        .context("no pinned tc link for lxcclient")?;
+    let bpftool = |args: &[&str]| -> Result<Value> {
+        let out = std::process::Command::new("bpftool")
+            .arg("-j")
+            .args(args)
+            .output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let link = bpftool(&["link", "show", "pinned", &link.to_string_lossy()])?;
+    let id = link["prog_id"].as_u64().context("prog_id")?;
+    let prog = bpftool(&["prog", "show", "id", &id.to_string()])?;
+    prog["bytes_xlated"].as_u64().context("bytes_xlated")
+}
+
 #[test]
 fn bpf_log_prints_a_drop_with_its_reason_only_with_the_flag() -> Result<()> {
     let empty = Ipv4Addr::new(198, 19, 0, 11);
     let ports = [port("http", 80, "TCP", 8080)];
+    let mut sizes = Vec::new();
     for flag in [true, false] {
         let args: &[&str] = if flag { &["--bpf-log"] } else { &[] };
         let mut s = Scenario::start_with(1, &[(Proto::Tcp, 8080)], args)?;
@@ -485,6 +510,7 @@ fn bpf_log_prints_a_drop_with_its_reason_only_with_the_flag() -> Result<()> {
             Ok(maps.drops(lb_common::DROP_NO_ENDPOINT))
         };
         wait("the drop counted", 10, || Ok((drops()? >= 1).then_some(())))?;
+        sizes.push(client_tc_program_size(&s.agent)?);
         let expected = "drop no_endpoint: 198.18.1.2:";
         if flag {
             let line = wait("the drop's log line", 10, || {
@@ -503,5 +529,11 @@ fn bpf_log_prints_a_drop_with_its_reason_only_with_the_flag() -> Result<()> {
             assert!(lines.is_empty(), "{lines:?}");
         }
     }
+    // Off, the log level is 0 in read-only data and the verifier removes
+    // the log code: the program that runs is smaller.
+    assert!(
+        sizes[1] < sizes[0],
+        "xlated bytes with and without --bpf-log: {sizes:?}"
+    );
     Ok(())
 }
