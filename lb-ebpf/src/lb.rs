@@ -7,6 +7,8 @@ use lb_common::{
     SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 
+use aya_log_ebpf::{debug, info};
+
 use crate::{
     conntrack::{self, Nat},
     maps::{self, BACKENDS, SERVICES},
@@ -67,19 +69,48 @@ fn event(
     }
 }
 
-/// Counts and reports a drop (or reject) of `flow` for `reason`.
+/// A drop reason's name, for log messages (the names of DROP_REASON_NAMES;
+/// a match, since a table of string pointers cannot be relocated in BPF).
+#[inline(always)]
+fn reason_name(reason: u32) -> &'static str {
+    match reason {
+        DROP_NO_ENDPOINT => "no_endpoint",
+        DROP_REWRITE_FAILED => "rewrite_failed",
+        DROP_SOURCE_RANGE => "source_range",
+        DROP_NO_LOCAL_ENDPOINT => "no_local_endpoint",
+        DROP_SNAT_FAILED => "snat_failed",
+        _ => "other",
+    }
+}
+
+/// Counts and reports a drop (or reject) of `flow` for `reason`, and logs it
+/// when the agent loaded the programs with `--bpf-log` (otherwise the log
+/// level is 0 in read-only data, and the verifier removes the log code).
 #[inline(always)]
 fn dropped(flow: &Flow, service_id: u32, reason: u32) {
     maps::count_drop(reason);
     maps::report(event(flow, EVENT_DROP, reason as u8, service_id, [0; 4], 0));
+    // aya-log-ebpf 0.2 evaluates its context argument and nothing more.
+    info!(
+        &(),
+        "drop {}: {:i}:{} -> {:i}:{} proto {} service {}",
+        reason_name(reason),
+        flow.saddr,
+        flow.sport,
+        flow.daddr,
+        flow.dport,
+        flow.proto,
+        service_id
+    );
 }
 
 #[inline(always)]
 pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
     match decide(p, hook) {
         Ok(v) => v,
-        Err(_) => {
+        Err(e) => {
             maps::count_drop(DROP_REWRITE_FAILED);
+            info!(&(), "rewrite failed (helper returned {}); packet passed", e);
             Verdict::Pass
         }
     }
@@ -185,6 +216,18 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     }
     conntrack::create(&flow, svc.id, &nat, claimed);
     maps::count(svc.id, p.len(), true);
+    debug!(
+        &(),
+        "new flow {:i}:{} -> {:i}:{} proto {}: backend {:i}:{} (service {})",
+        flow.saddr,
+        flow.sport,
+        flow.daddr,
+        flow.dport,
+        flow.proto,
+        backend.addr,
+        backend.port,
+        svc.id
+    );
     if maps::trace_flows() {
         maps::report(event(
             &flow,

@@ -30,9 +30,11 @@ pub fn backend_id(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
             // SAFETY: helper without preconditions.
             unsafe { bpf_get_prandom_u32() }
         };
+        // checked: no panic path (a BPF program cannot end in one), even
+        // where the compiler loses that count > 0.
         let slot = SlotKey {
             service_id: svc.id,
-            slot: r % svc.count + 1,
+            slot: r.checked_rem(svc.count)? + 1,
         };
         // SAFETY: the value is copied out at once.
         unsafe { SLOTS.get(slot).copied() }?
@@ -51,7 +53,10 @@ fn maglev(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
         return None;
     }
     let h = flow_hash(flow.saddr, flow.daddr, flow.sport, flow.dport, flow.proto);
-    let index = svc.maglev_table.checked_mul(m)?.checked_add(h % m)?;
+    let index = svc
+        .maglev_table
+        .checked_mul(m)?
+        .checked_add(h.checked_rem(m)?)?;
     MAGLEV.get(index).copied()
 }
 

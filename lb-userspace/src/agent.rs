@@ -3,6 +3,7 @@
 //! kept when the source cannot be read: a broken source never flushes the
 //! datapath.
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
@@ -12,6 +13,7 @@ use anyhow::{Context, Result};
 use tracing::{info, warn};
 
 use crate::{
+    control::{ControlSocket, ControlState, SyncReport},
     dataplane::{
         attach::{list_links, DeviceSelector},
         ct_gc::CtTimeouts,
@@ -20,10 +22,11 @@ use crate::{
     },
     health::{self, HealthState, ServiceHealthServers},
     metrics::{Metrics, ResultLabel},
-    model::ClusterState,
+    model::{ClusterState, ObjectRef},
     source::{
         dir::{self, DirSource},
         kube::{self as kube_source, KubeOptions},
+        status::{rfc3339, StatusHandle},
     },
     translate::{translate, Desired, NodeFacts},
 };
@@ -66,15 +69,85 @@ pub struct AgentConfig {
     pub xdp_mode: crate::dataplane::xdp::XdpPolicy,
     /// The embedded L7 ingress proxy; None turns it off.
     pub ingress: Option<crate::ingress::IngressConfig>,
+    /// The control socket for `weir status` and `weir ingress routes`; None turns it off.
+    pub control_socket: Option<PathBuf>,
+    /// Load the kernel programs with their aya-log messages on, and print them.
+    pub bpf_log: bool,
+}
+
+/// The source's kind and where it reads, for `weir status`.
+fn source_status(source: &SourceSpec) -> StatusHandle {
+    match source {
+        SourceSpec::Dir(dir) => StatusHandle::new("dir", &dir.display().to_string()),
+        SourceSpec::Kube(o) => {
+            let location = match (&o.master, &o.kubeconfig) {
+                (Some(master), _) => master.clone(),
+                (None, Some(kc)) => format!("kubeconfig {}", kc.display()),
+                (None, None) => "in-cluster or default kubeconfig".into(),
+            };
+            StatusHandle::new("kube", &location)
+        }
+    }
+}
+
+/// EndpointSlice changes whose trigger time is known and whose maps are not
+/// written yet: the start of network programming latency. As kube-proxy
+/// does, only changes triggered after the agent started count.
+#[derive(Default)]
+struct PendingTriggers {
+    since: BTreeMap<ObjectRef, SystemTime>,
+}
+
+impl PendingTriggers {
+    fn add(&mut self, state: &ClusterState, changed: &[ObjectRef], started: SystemTime) {
+        for id in changed {
+            if let Some(t) = state.slice_change_times.get(id).filter(|t| **t >= started) {
+                let earliest = self.since.entry(id.clone()).or_insert(*t);
+                *earliest = (*earliest).min(*t);
+            }
+        }
+    }
+
+    /// The maps are written: observe each pending change.
+    fn programmed(&mut self, metrics: &Metrics) {
+        let now = SystemTime::now();
+        for t in std::mem::take(&mut self.since).into_values() {
+            let latency = now.duration_since(t).unwrap_or_default();
+            metrics.network_programming.observe(latency.as_secs_f64());
+        }
+    }
 }
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
-    let (mut dataplane, pin_actions) =
-        Dataplane::load(&cfg.bpffs, cfg.plan).context("loading the datapath")?;
+    let started_at = SystemTime::now();
+    let (mut dataplane, pin_actions) = Dataplane::load_with_log(&cfg.bpffs, cfg.plan, cfg.bpf_log)
+        .context("loading the datapath")?;
     for action in &pin_actions {
         warn!(bpffs = %cfg.bpffs.display(), "{action}");
     }
     dataplane.xdp.policy = cfg.xdp_mode;
+    if cfg.bpf_log {
+        match crate::dataplane::bpf_log::start(&mut dataplane.ebpf) {
+            Ok(()) => info!("printing the kernel programs' aya-log messages (--bpf-log)"),
+            Err(e) => warn!("--bpf-log: {e}; kernel log messages are not printed"),
+        }
+    }
+    let source_status = source_status(&cfg.source);
+    let control = Arc::new(ControlState::new(&cfg.bpffs, source_status.clone()));
+    // Removed again when this function returns (a clean exit).
+    let _control_socket = match &cfg.control_socket {
+        Some(path) => match ControlSocket::start(path, control.clone()) {
+            Ok(socket) => {
+                info!(path = %path.display(), "control socket (weir status, weir ingress routes)");
+                Some(socket)
+            }
+            Err(e) => {
+                warn!("--agent-socket: {e}; weir status and weir ingress routes cannot reach this agent");
+                None
+            }
+        },
+        None => None,
+    };
     info!(
         bpffs = %cfg.bpffs.display(),
         restored = dataplane.programmed().services.len(),
@@ -104,22 +177,27 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let mut ingress = match cfg.ingress.clone() {
         Some(ic) => Some(
-            crate::ingress::Ingress::start(ic, &mut dataplane)
+            crate::ingress::Ingress::start(ic, &mut dataplane, metrics.proxy.clone())
                 .context("starting the ingress proxy")?,
         ),
         None => None,
     };
+    if let Some(ingress) = &ingress {
+        control.set_routes(ingress.table());
+    }
     let mut health_servers = ServiceHealthServers::default();
     let mut states = match &cfg.source {
-        SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval),
+        SourceSpec::Dir(dir) => dir::spawn(DirSource::new(dir), cfg.poll_interval, source_status),
         SourceSpec::Kube(options) => {
             let options = KubeOptions {
                 watch_ingress: cfg.ingress.is_some(),
                 ..options.clone()
             };
-            kube_source::start(&options, &cfg.node.node_name).await?
+            kube_source::start(&options, &cfg.node.node_name, source_status).await?
         }
     };
+    let mut previous = ClusterState::default();
+    let mut pending = PendingTriggers::default();
     let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
@@ -144,6 +222,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 }
                 let state = states.borrow_and_update().clone();
                 if let Some(state) = state {
+                    let changes = state.changes_since(&previous);
+                    metrics.service_changes.inc_by(changes.services.len() as u64);
+                    metrics.endpoint_changes.inc_by(changes.slices.len() as u64);
+                    pending.add(&state, &changes.slices, started_at);
                     if let Some(ingress) = ingress.as_mut() {
                         let problems = ingress.apply(&state, &cfg.node.node_name);
                         if let Some(writer) = &status_writer {
@@ -159,7 +241,10 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     // Attach first, so that a pod device that appeared with its
                     // endpoints serves traffic as soon as the maps do.
                     reconcile_devices(&mut dataplane, &selector);
-                    if let Some(desired) = sync(&mut dataplane, &state, &cfg.node, &metrics) {
+                    let desired = sync(&mut dataplane, &state, &cfg.node, &metrics, &control, &changes);
+                    previous = (*state).clone();
+                    if let Some(desired) = desired {
+                        pending.programmed(&metrics);
                         health.update_proxy(|h| {
                             h.last_updated = Some(SystemTime::now());
                             h.queued_since = None;
@@ -246,69 +331,134 @@ fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
     }
 }
 
-/// Translates and syncs; returns what was programmed, or None if the sync failed.
+/// Translates and syncs; returns what was programmed, or None if the sync
+/// failed. Logs one line either way, and records the sync for the metrics
+/// and `weir status`.
 fn sync(
     dataplane: &mut Dataplane,
     state: &ClusterState,
     node: &NodeFacts,
     metrics: &Metrics,
+    control: &ControlState,
+    changes: &crate::model::Changes,
 ) -> Option<Desired> {
     let started = Instant::now();
     let desired = translate(state, node);
-    let result = sync_maps(dataplane, desired, started, metrics);
-    metrics
-        .sync_duration
-        .observe(started.elapsed().as_secs_f64());
-    let label = if result.is_some() {
-        "success"
-    } else {
-        "failure"
+    for w in &desired.warnings {
+        warn!("{w}");
+    }
+    let result = dataplane.sync(&desired);
+    let elapsed = started.elapsed();
+    metrics.sync_duration.observe(elapsed.as_secs_f64());
+    let mut report = SyncReport {
+        time: rfc3339(SystemTime::now()),
+        duration_seconds: elapsed.as_secs_f64(),
+        result: if result.is_ok() { "success" } else { "failure" }.into(),
+        services: state.services.len(),
+        endpoint_slices: state.slices.len(),
+        frontends: dataplane.programmed().services.len(),
+        backends: dataplane.programmed().backends.len(),
+        ..Default::default()
     };
     metrics
         .syncs
         .get_or_create(&ResultLabel {
-            result: label.into(),
+            result: report.result.clone(),
         })
         .inc();
-    if let Some(d) = &result {
-        metrics
-            .frontends
-            .set(d.frontends.len() as i64 - metrics.frontends_skipped.get());
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        metrics.sync_last_timestamp.set(now.as_secs_f64());
-    }
-    result
-}
-
-fn sync_maps(
-    dataplane: &mut Dataplane,
-    desired: Desired,
-    started: Instant,
-    metrics: &Metrics,
-) -> Option<Desired> {
-    for w in &desired.warnings {
-        warn!("{w}");
-    }
-    match dataplane.sync(&desired) {
+    let outcome = match result {
         Ok(stats) => {
             for w in &stats.warnings {
                 warn!("{w}");
             }
             metrics.frontends_skipped.set(stats.skipped as i64);
+            metrics
+                .frontends
+                .set(desired.frontends.len() as i64 - stats.skipped as i64);
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics.sync_last_timestamp.set(now.as_secs_f64());
+            report.skipped_frontends = stats.skipped;
+            report.map_ops = stats.ops;
             info!(
-                frontends = stats.frontends - stats.skipped,
+                services = report.services,
+                slices = report.endpoint_slices,
+                service_changes = changes.services.len(),
+                endpoint_changes = changes.slices.len(),
+                frontends = report.frontends,
+                backends = report.backends,
                 skipped = stats.skipped,
                 map_ops = stats.ops,
-                duration_ms = started.elapsed().as_secs_f64() * 1e3,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
                 "synced"
             );
             Some(desired)
         }
         Err(e) => {
-            warn!("sync failed: {e}");
+            let error = sync_error(&e, &desired);
+            warn!(
+                services = report.services,
+                slices = report.endpoint_slices,
+                duration_ms = elapsed.as_secs_f64() * 1e3,
+                "sync failed: {error}; the maps keep what was written, the next change retries"
+            );
+            report.error = Some(error);
             None
         }
+    };
+    control.synced(report);
+    outcome
+}
+
+/// A sync error, naming the Service when the failed write was one of its frontends.
+fn sync_error(e: &crate::dataplane::LoadError, desired: &Desired) -> String {
+    use crate::dataplane::{maps::MapsError, LoadError};
+    if let LoadError::Maps(MapsError::Write(w)) = e {
+        if let Some(f) = w.frontend.and_then(|key| desired.frontends.get(&key)) {
+            return format!("Service {}: {e}", f.service);
+        }
+    }
+    e.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::{
+        maps::{MapsError, WriteFailure},
+        LoadError,
+    };
+
+    #[test]
+    fn a_failed_frontend_write_names_its_service() {
+        let key = lb_common::ServiceKey {
+            addr: [198, 19, 0, 10],
+            port: 80,
+            proto: lb_common::PROTO_TCP,
+            scope: lb_common::SCOPE_EXTERNAL,
+        };
+        let mut desired = Desired::default();
+        desired.frontends.insert(
+            key,
+            crate::translate::Frontend {
+                service: ObjectRef::new("ns", "web"),
+                ..Default::default()
+            },
+        );
+        let failure = |frontend| {
+            LoadError::Maps(MapsError::Write(Box::new(WriteFailure {
+                name: lb_common::MAP_SERVICES,
+                what: "writing frontend 198.19.0.10:80/TCP".into(),
+                frontend,
+                source: aya::maps::MapError::KeyNotFound,
+            })))
+        };
+        let e = sync_error(&failure(Some(key)), &desired);
+        assert!(
+            e.starts_with("Service ns/web: map SERVICES_V1: writing frontend 198.19.0.10:80/TCP: "),
+            "{e}"
+        );
+        assert!(sync_error(&failure(None), &desired).starts_with("map SERVICES_V1: "));
     }
 }

@@ -113,3 +113,110 @@ pub fn service_table(rows: &[ServiceRow]) -> String {
     }
     out
 }
+
+/// Cuts `s` to `width` characters, marking a cut with '…'.
+pub fn truncate(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+/// A table whose lines fit `max_width` characters: columns as wide as their
+/// widest cell, and while the total is too wide, the widest column shrinks
+/// (never below its header) and its long cells are cut with '…'.
+pub fn fit_table(headers: &[&str], rows: &[Vec<String>], max_width: usize) -> String {
+    let n = headers.len();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let min: Vec<usize> = headers.iter().map(|h| h.chars().count().max(3)).collect();
+    while widths.iter().sum::<usize>() + n.saturating_sub(1) > max_width {
+        let Some((i, _)) = widths
+            .iter()
+            .enumerate()
+            .filter(|(i, w)| **w > min[*i])
+            .max_by_key(|(_, w)| **w)
+        else {
+            break;
+        };
+        widths[i] -= 1;
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            let _ = write!(text, "{:<w$}", truncate(cell, *w), w = *w);
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut out, &mut headers.iter().copied());
+    for row in rows {
+        line(&mut out, &mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The table form of `weir ingress routes`.
+pub fn routes_table(rows: &[crate::routes::rows::RouteRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let default = r.path_type == "DefaultBackend";
+            vec![
+                if r.host.is_empty() { "*" } else { &r.host }.to_string(),
+                if default { "*" } else { &r.path }.to_string(),
+                match r.path_type.as_str() {
+                    "ImplementationSpecific" => "ImplSpec",
+                    "DefaultBackend" => "default",
+                    other => other,
+                }
+                .to_string(),
+                format!("{}:{}", r.service, r.port),
+                r.endpoints.to_string(),
+                r.tls_secret.as_deref().map_or_else(
+                    || "-".to_string(),
+                    |s| s.rsplit('/').next().unwrap_or(s).to_string(),
+                ),
+            ]
+        })
+        .collect();
+    fit_table(
+        &["HOST", "PATH", "TYPE", "BACKEND", "EPS", "TLS"],
+        &cells,
+        80,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fit_table_shrinks_the_widest_columns_to_80() {
+        let long = "a-very-long-host-name.with.many.labels.example.com".to_string();
+        let rows = vec![vec![
+            long.clone(),
+            "/api/v1/some/long/path/prefix".into(),
+            "Prefix".into(),
+            "default/backend-service-with-a-long-name:8080".into(),
+        ]];
+        let t = fit_table(&["HOST", "PATH", "TYPE", "BACKEND"], &rows, 80);
+        for l in t.lines() {
+            assert!(l.chars().count() <= 80, "{l:?}");
+        }
+        assert!(t.contains('…'));
+        assert!(t.lines().nth(1).unwrap().contains("Prefix"));
+        // A table that fits is left alone.
+        let t = fit_table(&["A", "B"], &[vec!["x".into(), "y".into()]], 80);
+        assert_eq!(t, "A B\nx y\n");
+    }
+}

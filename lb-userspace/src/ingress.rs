@@ -48,12 +48,22 @@ pub struct Ingress {
 
 impl Ingress {
     /// Binds the proxy's listeners, attaches the hand-off with them, and starts serving.
-    pub fn start(cfg: IngressConfig, dataplane: &mut Dataplane) -> Result<Self, IngressStartError> {
+    pub fn start(
+        cfg: IngressConfig,
+        dataplane: &mut Dataplane,
+        metrics: crate::metrics::ProxyMetrics,
+    ) -> Result<Self, IngressStartError> {
         let listeners = Listeners::bind(&cfg.proxy)?;
         let mut handoff = IngressHandoff::attach(dataplane)?;
         handoff.set_sockets(&listeners.http, &listeners.https)?;
         let table = proxy::shared_table();
-        proxy::start(listeners, cfg.proxy.clone(), table.clone(), cfg.threads)?;
+        proxy::start(
+            listeners,
+            cfg.proxy.clone(),
+            table.clone(),
+            cfg.threads,
+            metrics,
+        )?;
         info!(
             http_port = cfg.http_port,
             https_port = cfg.https_port,
@@ -67,6 +77,11 @@ impl Ingress {
             reported: BTreeSet::new(),
             last_addresses: None,
         })
+    }
+
+    /// The routing table the proxy serves (for `weir ingress routes`).
+    pub fn table(&self) -> SharedTable {
+        self.table.clone()
     }
 
     /// The node's addresses (its Node object's InternalIP/ExternalIP) and the extra ones.
@@ -133,7 +148,12 @@ impl Ingress {
                     info!(addresses = ?addresses, "ingress addresses");
                     self.last_addresses = Some(addresses);
                 }
-                Err(e) => warn!("ingress addresses: {e}"),
+                Err(e) => warn!(
+                    addresses = ?addresses,
+                    "ingress addresses (ports {} and {}): {e}; retried with the next state",
+                    self.cfg.http_port,
+                    self.cfg.https_port
+                ),
             }
         }
         new

@@ -1,7 +1,12 @@
 //! `weir bpf lb list`, `weir bpf ct list` and `weir status`: what the pinned
 //! maps and links hold, as rows for tables, JSON or YAML. Reading is split
 //! from rendering so that tests compare rows with the maps directly.
-use std::{fmt::Write as _, net::Ipv4Addr, path::Path};
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use aya::maps::{IterableMap, MapData};
 use lb_common::{
@@ -148,7 +153,7 @@ pub struct MapFill {
     pub capacity: u32,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Status {
     pub bpffs: String,
     /// Devices with a pinned tc link (program attached at tc ingress, TCX).
@@ -156,6 +161,10 @@ pub struct Status {
     /// Uplinks with a pinned XDP link, and its mode (native or generic).
     pub xdp: Vec<XdpDevice>,
     pub maps: Vec<MapFill>,
+    /// What the running agent says (last sync, source); None when no agent answered.
+    pub agent: Option<crate::control::AgentStatus>,
+    /// Why no agent answered.
+    pub agent_error: Option<String>,
 }
 
 /// A backend's state as the CLI shows it (the BACKEND_LOCAL bit aside).
@@ -236,6 +245,8 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Status {
     xdp.sort_by(|a, b| a.device.cmp(&b.device));
     let m = &maps;
     Status {
+        agent: None,
+        agent_error: None,
         bpffs: bpffs.display().to_string(),
         devices,
         xdp,
@@ -375,11 +386,99 @@ pub fn status_table(s: &Status) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<12} {:>8} / {:<8} {:>5.1}%",
+            "  {:<13} {:>8} / {:<8} {:>5.1}%",
             m.map, m.entries, m.capacity, pct
         );
     }
+    let lines = match (&s.agent, &s.agent_error) {
+        (Some(a), _) => agent_lines(a, SystemTime::now()),
+        (None, e) => vec![format!(
+            "Agent:    not reachable ({}); the maps above are all there is",
+            e.as_deref().unwrap_or("no answer")
+        )],
+    };
+    for l in lines {
+        let _ = writeln!(out, "{}", crate::cli::truncate(&l, 80));
+    }
     out
+}
+
+/// "12s ago" for an RFC 3339 time, or the time itself if it cannot be read.
+fn ago(time: &str, now: SystemTime) -> String {
+    match humantime::parse_rfc3339_weak(time) {
+        Ok(t) => match now.duration_since(t) {
+            Ok(d) => format!(
+                "{} ago",
+                humantime::format_duration(Duration::from_secs(d.as_secs()))
+            ),
+            Err(_) => "just now".into(),
+        },
+        Err(_) => time.to_string(),
+    }
+}
+
+/// The agent's part of `weir status`, one item per line (cut to 80 columns by the caller).
+pub fn agent_lines(a: &crate::control::AgentStatus, now: SystemTime) -> Vec<String> {
+    let mut l = vec![format!(
+        "Agent:    pid {}, version {}, up since {} ({})",
+        a.pid,
+        a.version,
+        a.started,
+        ago(&a.started, now)
+    )];
+    let src = &a.source;
+    l.push(format!("Source:   {} {}", src.kind, src.location));
+    l.push(format!(
+        "          {}, last update {}{}",
+        src.state,
+        src.last_update
+            .as_deref()
+            .map_or_else(|| "never".to_string(), |t| ago(t, now)),
+        if src.skipped_objects > 0 {
+            format!(", {} invalid objects skipped", src.skipped_objects)
+        } else {
+            String::new()
+        }
+    ));
+    if let Some(e) = &src.last_error {
+        l.push(format!(
+            "          last error {}: {}",
+            ago(&e.time, now),
+            e.error
+        ));
+    }
+    match &a.last_sync {
+        Some(sync) => {
+            l.push(format!(
+                "Sync:     {} {}, took {:.1} ms ({} syncs, {} failed)",
+                sync.result,
+                ago(&sync.time, now),
+                sync.duration_seconds * 1e3,
+                a.syncs,
+                a.sync_failures
+            ));
+            l.push(format!(
+                "          {} services, {} slices -> {} frontends, {} backends",
+                sync.services, sync.endpoint_slices, sync.frontends, sync.backends
+            ));
+            l.push(format!(
+                "          {} map writes, {} frontends skipped (maps full)",
+                sync.map_ops, sync.skipped_frontends
+            ));
+        }
+        None => l.push("Sync:     none yet".into()),
+    }
+    if let Some(e) = &a.last_sync_error {
+        l.push(format!(
+            "          last failure {}: {}",
+            ago(&e.time, now),
+            e.error
+        ));
+    }
+    if a.ingress {
+        l.push("Ingress:  proxy running (weir ingress routes)".into());
+    }
+    l
 }
 
 /// One `weir monitor` line.

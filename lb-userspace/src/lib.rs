@@ -4,6 +4,7 @@
 //! Only `dataplane` writes maps; only `source` reads files.
 pub mod agent;
 pub mod cli;
+pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod ingress;

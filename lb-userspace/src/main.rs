@@ -39,12 +39,20 @@ enum Command {
         #[command(subcommand)]
         command: BpfCommand,
     },
-    /// Attached devices and map fill levels.
+    /// Attached devices, map fill levels, and from the running agent: the last sync, the source and its health.
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
         output: Output,
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
+        /// The agent's control socket.
+        #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
+    },
+    /// The embedded ingress proxy (from the running agent).
+    Ingress {
+        #[command(subcommand)]
+        command: IngressCommand,
     },
     /// Stream datapath events live: drops with their reason, and with --flows every new flow.
     Monitor {
@@ -125,6 +133,12 @@ struct AgentArgs {
     xdp_mode: XdpModeArg,
     #[command(flatten)]
     ingress: Box<IngressFlags>,
+    /// The control socket `weir status` and `weir ingress routes` ask ("" turns it off).
+    #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
+    agent_socket: PathBuf,
+    /// Print the kernel programs' log messages (drops with their reason, new flows); off by default, as they cost a little per packet.
+    #[arg(long)]
+    bpf_log: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -227,6 +241,21 @@ impl IngressFlags {
 }
 
 #[derive(Subcommand)]
+enum IngressCommand {
+    /// The proxy's routing table: host, path, backend, ready endpoints, TLS Secret.
+    Routes {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        /// The agent must be the one serving these pins.
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        /// The agent's control socket.
+        #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum ServiceCommand {
     /// List every frontend with its backends.
     List {
@@ -307,6 +336,26 @@ fn open_maps(bpffs: &std::path::Path) -> Result<Maps> {
     })
 }
 
+/// The status of the agent on `socket`, which must serve the pins under `bpffs`.
+fn agent_for(
+    socket: &std::path::Path,
+    bpffs: &std::path::Path,
+) -> Result<weir::control::AgentStatus> {
+    let agent = weir::control::status(socket)?;
+    let same = |a: &std::path::Path, b: &std::path::Path| {
+        a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+    };
+    anyhow::ensure!(
+        same(std::path::Path::new(&agent.bpffs), bpffs),
+        "the agent on {} (pid {}) serves {}, not {} (pass its --agent-socket)",
+        socket.display(),
+        agent.pid,
+        agent.bpffs,
+        bpffs.display()
+    );
+    Ok(agent)
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -370,9 +419,29 @@ fn main() -> Result<()> {
             timeout_secs.map(Duration::from_secs),
             output,
         ),
-        Command::Status { output, bpffs } => {
-            let status = inspect::status(&bpffs, &open_maps(&bpffs)?);
+        Command::Status {
+            output,
+            bpffs,
+            agent_socket,
+        } => {
+            let mut status = inspect::status(&bpffs, &open_maps(&bpffs)?);
+            match agent_for(&agent_socket, &bpffs) {
+                Ok(agent) => status.agent = Some(agent),
+                Err(e) => status.agent_error = Some(format!("{e:#}")),
+            }
             print(output, &status, || inspect::status_table(&status))
+        }
+        Command::Ingress {
+            command:
+                IngressCommand::Routes {
+                    output,
+                    bpffs,
+                    agent_socket,
+                },
+        } => {
+            agent_for(&agent_socket, &bpffs)?;
+            let rows = weir::control::routes(&agent_socket)?;
+            print(output, &rows, || cli::routes_table(&rows))
         }
     }
 }
@@ -508,6 +577,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     let ingress = args.ingress.config()?;
     let cfg = AgentConfig {
         ingress,
+        control_socket: (!args.agent_socket.as_os_str().is_empty()).then_some(args.agent_socket),
+        bpf_log: args.bpf_log,
         ct_timeouts,
         ct_gc_interval: args.conntrack_gc_interval.0.max(Duration::from_millis(10)),
         healthz_bind,

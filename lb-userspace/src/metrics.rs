@@ -1,8 +1,10 @@
 //! Prometheus metrics on --metrics-bind-address (default 127.0.0.1:10249),
 //! named like kube-proxy's with the `weir_` prefix: sync duration (kube-proxy's
-//! buckets: 1 ms x 2, 15 buckets), last sync time, sync counts, and, read from
-//! the pinned maps at scrape time, per-frontend flows/packets/bytes, drops by
-//! reason, and map fill levels.
+//! buckets: 1 ms x 2, 15 buckets), network programming latency (kube-proxy's
+//! buckets, 0.25 s to 5 min), last sync time, sync counts, Service and
+//! EndpointSlice changes, the ingress proxy's requests and latency by route,
+//! and, read from the pinned maps at scrape time, per-frontend
+//! flows/packets/bytes, drops by reason, and map fill levels.
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddr},
@@ -46,9 +48,80 @@ pub struct MapLabel {
     pub map: String,
 }
 
+/// A route of the ingress proxy: the rule host and path (both empty for the
+/// default backend, `service` empty too when no rule matched) and its backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub host: String,
+    pub path: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub host: String,
+    pub path: String,
+    pub service: String,
+    pub code: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The ingress proxy's metrics; cloning shares them.
+#[derive(Clone)]
+pub struct ProxyMetrics {
+    pub requests: Family<RequestLabel, Counter>,
+    pub duration: HistogramFamily<RouteLabel>,
+}
+
+impl Default for ProxyMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(|| {
+                // Prometheus' default buckets, 5 ms to 10 s.
+                Histogram::new([
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ])
+            }),
+        }
+    }
+}
+
+impl ProxyMetrics {
+    /// Records one request: its route, the status it got and how long the
+    /// response head took.
+    pub fn observe(&self, route: RouteLabel, code: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabel {
+                host: route.host.clone(),
+                path: route.path.clone(),
+                service: route.service.clone(),
+                code,
+            })
+            .inc();
+        self.duration.get_or_create(&route).observe(seconds);
+    }
+}
+
+/// kube-proxy's buckets for network programming latency: 0.25 s, 0.5 s,
+/// 1..59 s, 60..115 s by 5 s, 2..5 min by 30 s.
+pub fn network_programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    b
+}
+
 pub struct Metrics {
     registry: Registry,
     pub sync_duration: Histogram,
+    /// From the change that triggered an EndpointSlice's content to the maps written.
+    pub network_programming: Histogram,
+    pub service_changes: Counter,
+    pub endpoint_changes: Counter,
+    pub proxy: ProxyMetrics,
     pub sync_last_timestamp: Gauge<f64, AtomicU64>,
     pub syncs: Family<ResultLabel, Counter>,
     pub frontends: Gauge,
@@ -76,6 +149,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("weir");
         let m = Self {
             sync_duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            network_programming: Histogram::new(network_programming_buckets()),
+            service_changes: Counter::default(),
+            endpoint_changes: Counter::default(),
+            proxy: ProxyMetrics::default(),
             sync_last_timestamp: Gauge::default(),
             syncs: Family::default(),
             frontends: Gauge::default(),
@@ -101,6 +178,31 @@ impl Metrics {
             m.sync_last_timestamp.clone(),
         );
         registry.register("syncs", "Syncs by result", m.syncs.clone());
+        registry.register(
+            "network_programming_duration_seconds",
+            "From the change that triggered an EndpointSlice's content (its endpoints.kubernetes.io/last-change-trigger-time) to the maps written",
+            m.network_programming.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_service_changes",
+            "Services added, changed or removed",
+            m.service_changes.clone(),
+        );
+        registry.register(
+            "sync_proxy_rules_endpoint_changes",
+            "EndpointSlices added, changed or removed",
+            m.endpoint_changes.clone(),
+        );
+        registry.register(
+            "ingress_requests",
+            "Requests the ingress proxy answered, by route and status code",
+            m.proxy.requests.clone(),
+        );
+        registry.register(
+            "ingress_request_duration_seconds",
+            "Time from a request to its response head, by route",
+            m.proxy.duration.clone(),
+        );
         registry.register("frontends", "Frontends programmed", m.frontends.clone());
         registry.register(
             "frontends_skipped",

@@ -165,9 +165,71 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// Ingresses, IngressClasses and TLS Secrets, for the L7 proxy.
     pub ingress: IngressState,
+    /// When each EndpointSlice's current content was triggered: its
+    /// `endpoints.kubernetes.io/last-change-trigger-time` annotation (the
+    /// directory source falls back to the file's modification time). The
+    /// start of `weir_network_programming_duration_seconds`.
+    pub slice_change_times: ChangeTimes,
+}
+
+/// Trigger times by EndpointSlice. Metadata about the state, not part of it:
+/// two states with the same objects are equal whatever their trigger times
+/// (so a source does not publish, nor a test tell apart, states that differ
+/// only in when they were written).
+#[derive(Clone, Debug, Default)]
+pub struct ChangeTimes(pub BTreeMap<ObjectRef, std::time::SystemTime>);
+
+impl PartialEq for ChangeTimes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ChangeTimes {}
+
+impl std::ops::Deref for ChangeTimes {
+    type Target = BTreeMap<ObjectRef, std::time::SystemTime>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ChangeTimes {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+/// The objects that differ between two states (added, changed or removed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub services: Vec<ObjectRef>,
+    pub slices: Vec<ObjectRef>,
+}
+
+/// The keys whose values differ between `a` and `b` (in either only, or in both with other values).
+fn differing<K: Ord + Clone, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<K> {
+    let mut out: Vec<K> = a
+        .iter()
+        .filter(|(k, v)| b.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    out.sort();
+    out
 }
 
 impl ClusterState {
+    /// The Services and EndpointSlices that differ from `before` (kube-proxy
+    /// counts changes per watch event; a source that coalesces events counts
+    /// each object once per state).
+    pub fn changes_since(&self, before: &ClusterState) -> Changes {
+        Changes {
+            services: differing(&before.services, &self.services),
+            slices: differing(&before.slices, &self.slices),
+        }
+    }
+
     /// The slices that belong to `service`. This scans every slice: to look
     /// up many services, build a [`SliceIndex`] once.
     pub fn slices_of<'a>(
@@ -314,5 +376,73 @@ impl fmt::Debug for TlsSecret {
             .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
             .field("key_pem", &"<redacted>")
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slice(name: &str, addr: [u8; 4]) -> EndpointSlice {
+        EndpointSlice {
+            id: ObjectRef::new("ns", name),
+            service_name: "svc".into(),
+            ports: Vec::new(),
+            endpoints: vec![Endpoint {
+                address: addr.into(),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: None,
+                zone: None,
+                hint_zones: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn changes_name_added_changed_and_removed_objects() {
+        let svc = |name: &str| Service {
+            id: ObjectRef::new("ns", name),
+            ..Default::default()
+        };
+        let mut before = ClusterState::default();
+        for s in [svc("kept"), svc("removed")] {
+            before.services.insert(s.id.clone(), s);
+        }
+        for s in [
+            slice("same", [198, 18, 0, 1]),
+            slice("moved", [198, 18, 0, 2]),
+        ] {
+            before.slices.insert(s.id.clone(), s);
+        }
+        let mut after = before.clone();
+        after.services.remove(&ObjectRef::new("ns", "removed"));
+        let added = svc("added");
+        after.services.insert(added.id.clone(), added);
+        let moved = slice("moved", [198, 18, 0, 3]);
+        after.slices.insert(moved.id.clone(), moved);
+        // A new trigger time alone is no change of the slice.
+        after
+            .slice_change_times
+            .insert(ObjectRef::new("ns", "same"), std::time::SystemTime::now());
+        let c = after.changes_since(&before);
+        assert_eq!(
+            c.services,
+            [
+                ObjectRef::new("ns", "added"),
+                ObjectRef::new("ns", "removed")
+            ]
+        );
+        assert_eq!(c.slices, [ObjectRef::new("ns", "moved")]);
+        assert_eq!(after.changes_since(&after), Changes::default());
+        // Trigger times are not part of the state's identity.
+        assert_eq!(after.slice_change_times.len(), 1);
+        after.slice_change_times.clear();
+        let mut other = after.clone();
+        other
+            .slice_change_times
+            .insert(ObjectRef::new("ns", "moved"), std::time::SystemTime::now());
+        assert_eq!(after, other);
     }
 }

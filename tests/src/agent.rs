@@ -40,6 +40,9 @@ pub struct Agent {
     pub node_ns: String,
     pub bpffs: PathBuf,
     pub log: PathBuf,
+    /// The agent's control socket (`--agent-socket`), one per agent so that
+    /// agents of parallel tests do not meet.
+    pub socket: PathBuf,
     /// The --source value: dir:PATH or kube.
     source: String,
     /// The --hostname-override value: the node whose endpoints are local.
@@ -68,6 +71,7 @@ impl Agent {
             node_ns: node_ns.to_string(),
             bpffs: PathBuf::from(format!("{TEST_BPFFS_PREFIX}{tag}")),
             log: std::env::temp_dir().join(format!("weir-test-{tag}.log")),
+            socket: std::env::temp_dir().join(format!("weir-test-{tag}.sock")),
             source: source.to_string(),
             hostname: DEFAULT_NODE_NAME.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -109,6 +113,7 @@ impl Agent {
             .arg("agent")
             .arg(format!("--source={}", self.source))
             .arg(format!("--bpffs={}", self.bpffs.display()))
+            .arg(format!("--agent-socket={}", self.socket.display()))
             .arg(format!("--hostname-override={}", self.hostname))
             .args(["--pod-devices=lxc*", "--poll-interval-ms=100"])
             .args(&self.extra)
@@ -180,6 +185,39 @@ impl Agent {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.spawn()
+    }
+
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs `weir ARGS --bpffs=PINS` for this agent (and `--agent-socket` for
+    /// the commands that ask the agent) and returns its stdout.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new(weir_bin()?);
+        cmd.args(args)
+            .arg(format!("--bpffs={}", self.bpffs.display()));
+        if matches!(args.first(), Some(&"status" | &"ingress")) {
+            cmd.arg(format!("--agent-socket={}", self.socket.display()));
+        }
+        let out = cmd.stdin(Stdio::null()).output().context("running weir")?;
+        if !out.status.success() {
+            bail!(
+                "weir {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// `weir ARGS -o json` for this agent, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut full = args.to_vec();
+        full.extend(["-o", "json"]);
+        let text = self.cli(&full)?;
+        serde_json::from_str(&text).with_context(|| format!("weir {args:?}: not JSON: {text}"))
     }
 
     pub fn log_text(&self) -> String {
@@ -276,6 +314,8 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.bpffs);
+        // Left behind only by a killed agent.
+        let _ = std::fs::remove_file(&self.socket);
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }

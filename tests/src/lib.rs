@@ -21,6 +21,7 @@ pub mod netns;
 pub mod nginx;
 pub mod node;
 pub mod packets;
+pub mod prom;
 pub mod sandbox;
 pub mod scenario;
 pub mod wrk;

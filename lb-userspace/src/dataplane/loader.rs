@@ -113,13 +113,25 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
     ]))
 }
 
-/// A loader with the maps sized and the Maglev table size set.
-fn loader<'a>(cfg: &'a PlanConfig, capacities: &HashMap<&'static str, u32>) -> EbpfLoader<'a> {
+/// aya-log levels of the kernel programs: none, or all (`--bpf-log`).
+const BPF_LOG_OFF: u8 = 0;
+const BPF_LOG_ALL: u8 = 5;
+
+/// A loader with the maps sized and the Maglev table size set, and the
+/// kernel programs' log messages on or off.
+fn loader<'a>(
+    cfg: &'a PlanConfig,
+    capacities: &HashMap<&'static str, u32>,
+    bpf_log: bool,
+) -> EbpfLoader<'a> {
     let mut loader = EbpfLoader::new();
     for (name, entries) in capacities {
         loader.map_max_entries(name, *entries);
     }
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
+    // Read-only data: with 0 the verifier removes the log code from the programs.
+    let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
+    loader.override_global(aya_log::LEVEL, level, true);
     loader
 }
 
@@ -139,6 +151,16 @@ impl Dataplane {
     /// this build's are recreated (their entries carried over where the
     /// layout allows it), and each such action is returned for the log.
     pub fn load(bpffs: &Path, cfg: PlanConfig) -> Result<(Self, Vec<PinAction>), LoadError> {
+        Self::load_with_log(bpffs, cfg, false)
+    }
+
+    /// As `load`, with the kernel programs' aya-log messages on (`bpf_log`;
+    /// `bpf_log::start` prints them) or off.
+    pub fn load_with_log(
+        bpffs: &Path,
+        cfg: PlanConfig,
+        bpf_log: bool,
+    ) -> Result<(Self, Vec<PinAction>), LoadError> {
         std::fs::create_dir_all(bpffs).map_err(|source| LoadError::PinDir {
             path: bpffs.into(),
             source,
@@ -154,7 +176,7 @@ impl Dataplane {
         let wanted = pins::wanted_specs(crate::EBPF_OBJECT, &capacities)?;
         let (mut actions, pending) = pins::prepare(bpffs, &wanted)?;
         let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-        let mut loader = loader(&cfg, &capacities);
+        let mut loader = loader(&cfg, &capacities, bpf_log);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -173,7 +195,7 @@ impl Dataplane {
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
     pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
-        let ebpf = loader(&cfg, &capacities(&cfg)?).load(crate::EBPF_OBJECT)?;
+        let ebpf = loader(&cfg, &capacities(&cfg)?, false).load(crate::EBPF_OBJECT)?;
         Self::finish(ebpf, cfg)
     }
 

@@ -23,6 +23,61 @@ pub enum MapsError {
         name: &'static str,
         source: MapError,
     },
+    /// A planned write failed.
+    #[error("map {}: {}: {}", .0.name, .0.what, .0.source)]
+    Write(Box<WriteFailure>),
+}
+
+/// A failed map write, naming the entry.
+#[derive(Debug)]
+pub struct WriteFailure {
+    pub name: &'static str,
+    /// E.g. "writing frontend 198.19.0.10:80/TCP".
+    pub what: String,
+    /// The frontend written, when the entry is one (to name its Service).
+    pub frontend: Option<ServiceKey>,
+    pub source: MapError,
+}
+
+/// What an operation writes, for error messages.
+fn describe(op: &Op) -> (String, Option<ServiceKey>) {
+    let addr = |a: [u8; 4]| std::net::Ipv4Addr::from(a);
+    let frontend = |k: &ServiceKey| {
+        format!(
+            "frontend {}:{}/{}",
+            addr(k.addr),
+            k.port,
+            crate::model::Protocol::name_of(k.proto)
+        )
+    };
+    match op {
+        Op::PutMaglev(t, _) => (format!("writing Maglev table {t}"), None),
+        Op::PutBackend(id, b) => (
+            format!("writing backend {id} ({}:{})", addr(b.addr), b.port),
+            None,
+        ),
+        Op::PutSlot(k, _) => (
+            format!("writing slot {} of service id {}", k.slot, k.service_id),
+            None,
+        ),
+        Op::PutRevNat(id, _) => (format!("writing reverse NAT of service id {id}"), None),
+        Op::PutService(k, _) => (format!("writing {}", frontend(k)), Some(*k)),
+        Op::PutSourceRange(id, a, p) => (
+            format!("writing source range {}/{p} of service id {id}", addr(*a)),
+            None,
+        ),
+        Op::DelService(k) => (format!("removing {}", frontend(k)), Some(*k)),
+        Op::DelSourceRange(id, a, p) => (
+            format!("removing source range {}/{p} of service id {id}", addr(*a)),
+            None,
+        ),
+        Op::DelSlot(k) => (
+            format!("removing slot {} of service id {}", k.slot, k.service_id),
+            None,
+        ),
+        Op::DelRevNat(id) => (format!("removing reverse NAT of service id {id}"), None),
+        Op::DelBackend(id) => (format!("removing backend {id}"), None),
+    }
 }
 
 pub struct Maps {
@@ -159,7 +214,17 @@ impl Maps {
 
     /// Applies one planned operation; `maglev_m` is the Maglev table size.
     pub fn apply(&mut self, op: &Op, maglev_m: u32) -> Result<(), MapsError> {
-        let e = |name: &'static str| move |source| MapsError::Map { name, source };
+        let e = |name: &'static str| {
+            move |source| {
+                let (what, frontend) = describe(op);
+                MapsError::Write(Box::new(WriteFailure {
+                    name,
+                    what,
+                    frontend,
+                    source,
+                }))
+            }
+        };
         match *op {
             Op::PutMaglev(table, ref entries) => {
                 let base = table * maglev_m;

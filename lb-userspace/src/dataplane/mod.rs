@@ -1,6 +1,7 @@
 //! The only module that touches the kernel: loading and pinning the programs
 //! and maps, attaching to devices, and writing planned map updates.
 pub mod attach;
+pub mod bpf_log;
 pub mod ct_gc;
 pub mod ingress;
 pub mod loader;

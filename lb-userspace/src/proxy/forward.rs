@@ -13,7 +13,10 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::{headers, ProxyConfig, SharedTable};
-use crate::routes::{matching::normalize_host, Upstream};
+use crate::{
+    metrics::RouteLabel,
+    routes::{matching::normalize_host, Matched, Upstream},
+};
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
@@ -32,6 +35,7 @@ pub struct Shared {
     pub config: ProxyConfig,
     /// Idle upstream connections for reuse.
     pub pool: super::pool::Pool,
+    pub metrics: crate::metrics::ProxyMetrics,
 }
 
 fn full(bytes: Bytes) -> ProxyBody {
@@ -63,23 +67,64 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         })
 }
 
+/// The metrics label of the route a request matched.
+fn route_label(route: Option<(&Arc<Upstream>, Matched)>) -> RouteLabel {
+    match route {
+        Some((upstream, Matched::Path { host, path, .. })) => RouteLabel {
+            host,
+            path: if path.is_empty() { "/".into() } else { path },
+            service: upstream.service.to_string(),
+        },
+        Some((upstream, Matched::DefaultBackend)) => RouteLabel {
+            host: String::new(),
+            path: String::new(),
+            service: upstream.service.to_string(),
+        },
+        None => RouteLabel {
+            host: String::new(),
+            path: String::new(),
+            service: String::new(),
+        },
+    }
+}
+
+/// One request, counted and timed by the route it matched.
 pub async fn handle(
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = std::time::Instant::now();
     let authority = request_host(&req);
     let host = authority.as_deref().and_then(normalize_host);
     // One table for the whole request, whatever is swapped in meanwhile.
     let table = shared.table.load_full();
-    let Some((upstream, _matched)) = table.route(host.as_deref(), req.uri().path()) else {
-        return Ok(local(StatusCode::NOT_FOUND, "no Ingress rule matches"));
+    let route = table.route(host.as_deref(), req.uri().path());
+    let label = route_label(route.clone());
+    let resp = match route {
+        None => local(StatusCode::NOT_FOUND, "no Ingress rule matches"),
+        Some((upstream, _)) => forward(req, &shared, &conn, authority, upstream).await,
     };
+    shared.metrics.observe(
+        label,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    Ok(resp)
+}
+
+async fn forward(
+    mut req: Request<Incoming>,
+    shared: &Shared,
+    conn: &ConnInfo,
+    authority: Option<String>,
+    upstream: &Upstream,
+) -> Response<ProxyBody> {
     if upstream.endpoints.is_empty() {
-        return Ok(local(
+        return local(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("Service {} has no ready endpoints", upstream.service),
-        ));
+        );
     }
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -93,7 +138,7 @@ pub async fn handle(
         .to_string();
     *req.uri_mut() = match Uri::try_from(path) {
         Ok(u) => u,
-        Err(_) => return Ok(local(StatusCode::BAD_REQUEST, "invalid request target")),
+        Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target"),
     };
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
@@ -109,21 +154,17 @@ pub async fn handle(
     headers::add_forwarded(h, conn.client.ip(), conn.scheme, authority.as_deref());
 
     let timeouts = shared.config.timeouts;
-    let mut resp = match tokio::time::timeout(
-        timeouts.upstream,
-        send(&shared, upstream, req, upgrade),
-    )
-    .await
-    {
-        Ok(Ok(resp)) => resp,
-        Ok(Err(local_response)) => return Ok(local_response),
-        Err(_) => {
-            return Ok(local(
-                StatusCode::GATEWAY_TIMEOUT,
-                "the upstream did not answer in time",
-            ))
-        }
-    };
+    let mut resp =
+        match tokio::time::timeout(timeouts.upstream, send(shared, upstream, req, upgrade)).await {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(local_response)) => return local_response,
+            Err(_) => {
+                return local(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the upstream did not answer in time",
+                )
+            }
+        };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
@@ -137,11 +178,11 @@ pub async fn handle(
                     Err(e) => debug!("upgrade failed: {e}"),
                 }
             });
-            return Ok(resp.map(|_| full(Bytes::new())));
+            return resp.map(|_| full(Bytes::new()));
         }
     }
     headers::strip_hop_by_hop(resp.headers_mut(), false);
-    Ok(resp.map(|b| b.boxed()))
+    resp.map(|b| b.boxed())
 }
 
 /// Sends `req` to an endpoint of `upstream`: on a pooled connection when one

@@ -52,6 +52,7 @@ pub fn start(
     cfg: ProxyConfig,
     table: SharedTable,
     threads: usize,
+    metrics: crate::metrics::ProxyMetrics,
 ) -> Result<(), ProxyError> {
     let acceptor = TlsAcceptor::from(Arc::new(server_config(
         table.clone(),
@@ -67,6 +68,7 @@ pub fn start(
         table,
         config: cfg,
         pool: Default::default(),
+        metrics,
     });
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
         info!(%http, %https, "ingress proxy listening");

@@ -191,10 +191,10 @@ impl Builder<'_> {
                 }
             };
             for host in &t.hosts {
-                self.table
-                    .certs
-                    .entry(host.clone())
-                    .or_insert_with(|| key.clone());
+                if !self.table.certs.contains_key(host) {
+                    self.table.certs.insert(host.clone(), key.clone());
+                    self.table.cert_secrets.insert(host.clone(), id.clone());
+                }
             }
         }
     }

@@ -20,6 +20,7 @@
 //!   namespace/name order wins and the other is reported.
 pub mod build;
 pub mod matching;
+pub mod rows;
 pub mod tls;
 
 use std::{
@@ -154,6 +155,8 @@ pub struct RouteTable {
     pub default_backend: Option<(Arc<Upstream>, ObjectRef)>,
     /// Certificates by exact host or wildcard (`*.foo.com`).
     pub certs: HashMap<String, Arc<CertifiedKey>>,
+    /// The Secret each of `certs` came from (for `weir ingress routes`).
+    pub cert_secrets: HashMap<String, ObjectRef>,
     /// What was skipped and why, each naming its object.
     pub warnings: Vec<String>,
     /// The same, by Ingress (for Events on the object): (Ingress, what and why).
@@ -198,9 +201,18 @@ impl RouteTable {
 
     /// The certificate for a TLS server name: exact host, then a wildcard for it.
     pub fn cert(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
-        let name = server_name.to_ascii_lowercase();
-        self.certs
-            .get(&name)
-            .or_else(|| matching::parent_of(&name).and_then(|p| self.certs.get(&format!("*.{p}"))))
+        by_server_name(&self.certs, server_name)
     }
+
+    /// The Secret whose certificate `cert` serves for `server_name`.
+    pub fn cert_secret(&self, server_name: &str) -> Option<&ObjectRef> {
+        by_server_name(&self.cert_secrets, server_name)
+    }
+}
+
+/// The entry for a TLS server name: exact host, then a wildcard for it.
+fn by_server_name<'a, T>(map: &'a HashMap<String, T>, server_name: &str) -> Option<&'a T> {
+    let name = server_name.to_ascii_lowercase();
+    map.get(&name)
+        .or_else(|| matching::parent_of(&name).and_then(|p| map.get(&format!("*.{p}"))))
 }

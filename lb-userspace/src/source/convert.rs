@@ -250,6 +250,20 @@ fn source_ranges(
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
+/// When the change that produced an EndpointSlice's content happened, as the
+/// EndpointSlice controller records it (RFC 3339); the start of kube-proxy's
+/// network programming latency.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The trigger-time annotation of an object, if present and valid (an invalid
+/// one is ignored, as kube-proxy does).
+pub fn trigger_time(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<std::time::SystemTime> {
+    let value = meta.annotations.as_ref()?.get(TRIGGER_TIME_ANNOTATION)?;
+    humantime::parse_rfc3339_weak(value.trim()).ok()
+}
+
 /// Converts an EndpointSlice. Slices of another address type than IPv4 are
 /// `Ok(None)`: valid, but not for this datapath.
 pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldError> {

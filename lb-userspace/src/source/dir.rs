@@ -11,7 +11,8 @@ use std::{sync::Arc, time::Duration};
 use tracing::{info, warn};
 
 use super::{
-    parse::{parse_documents, DocumentError, Object},
+    parse::{parse_documents_timed, DocumentError, Object},
+    status::StatusHandle,
     StateRx,
 };
 use crate::model::ClusterState;
@@ -90,8 +91,16 @@ impl DirSource {
             let file = path.display().to_string();
             match fs::read_to_string(&path) {
                 Ok(text) => {
-                    let (objects, errors) = parse_documents(&file, &text);
+                    let (objects, errors, times) = parse_documents_timed(&file, &text);
                     loaded.errors.extend(errors);
+                    // A slice without the trigger-time annotation changed when its file did.
+                    let modified = fs::metadata(&path).and_then(|m| m.modified()).ok();
+                    for object in &objects {
+                        if let (Object::EndpointSlice(s), Some(t)) = (object, modified) {
+                            loaded.state.slice_change_times.insert(s.id.clone(), t);
+                        }
+                    }
+                    loaded.state.slice_change_times.extend(times);
                     insert_all(&mut loaded.state, objects);
                 }
                 Err(e) => loaded.errors.push(DocumentError {
@@ -135,8 +144,9 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
 
 /// Polls `source` every `interval` and publishes a new state whenever the
 /// directory changed. A directory that cannot be read publishes nothing, so
-/// the agent keeps the last state (a broken source never flushes the datapath).
-pub fn spawn(source: DirSource, interval: Duration) -> StateRx {
+/// the agent keeps the last state (a broken source never flushes the datapath);
+/// `status` says so.
+pub fn spawn(source: DirSource, interval: Duration, status: StatusHandle) -> StateRx {
     let (tx, rx) = tokio::sync::watch::channel(None);
     tokio::spawn(async move {
         let mut last: Option<Fingerprint> = None;
@@ -144,10 +154,14 @@ pub fn spawn(source: DirSource, interval: Duration) -> StateRx {
         loop {
             tick.tick().await;
             let fingerprint = match source.fingerprint() {
-                Ok(fp) if last.as_ref() == Some(&fp) => continue,
+                Ok(fp) if last.as_ref() == Some(&fp) => {
+                    status.recovered("");
+                    continue;
+                }
                 Ok(fp) => fp,
                 Err(e) => {
                     warn!("{e}; keeping the last state");
+                    status.failed("", &e.to_string());
                     continue;
                 }
             };
@@ -164,11 +178,16 @@ pub fn spawn(source: DirSource, interval: Duration) -> StateRx {
                         "source read"
                     );
                     last = Some(fingerprint);
+                    status.recovered("");
+                    status.published(loaded.errors.len());
                     if tx.send(Some(Arc::new(loaded.state))).is_err() {
                         return;
                     }
                 }
-                Err(e) => warn!("{e}; keeping the last state"),
+                Err(e) => {
+                    warn!("{e}; keeping the last state");
+                    status.failed("", &e.to_string());
+                }
             }
         }
     });

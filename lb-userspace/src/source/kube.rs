@@ -72,6 +72,7 @@ use super::{
     convert::{self, FieldError},
     convert_ingress::{self, TLS_SECRET_TYPE},
     duration::GoDuration,
+    status::StatusHandle,
     StateRx,
 };
 use crate::{
@@ -171,6 +172,8 @@ pub struct KubeSourceConfig {
     pub backoff_max: Duration,
     /// Also watch Ingresses, IngressClasses and kubernetes.io/tls Secrets.
     pub watch_ingress: bool,
+    /// Where the source reports its health (for `weir status`).
+    pub status: StatusHandle,
 }
 
 impl KubeSourceConfig {
@@ -183,6 +186,7 @@ impl KubeSourceConfig {
             backoff_min: Duration::from_millis(800),
             backoff_max: Duration::from_secs(30),
             watch_ingress: false,
+            status: StatusHandle::default(),
         }
     }
 }
@@ -254,10 +258,16 @@ pub async fn client(kubeconfig: Option<&Path>, master: Option<&str>) -> Result<C
     Client::try_from(config).map_err(KubeError::Client)
 }
 
-/// Connects with `options` and spawns the source for node `node_name`.
-pub async fn start(options: &KubeOptions, node_name: &str) -> Result<StateRx, KubeError> {
+/// Connects with `options` and spawns the source for node `node_name`,
+/// reporting its health to `status`.
+pub async fn start(
+    options: &KubeOptions,
+    node_name: &str,
+    status: StatusHandle,
+) -> Result<StateRx, KubeError> {
     let client = client(options.kubeconfig.as_deref(), options.master.as_deref()).await?;
     let mut cfg = KubeSourceConfig::new(node_name);
+    cfg.status = status;
     cfg.min_sync_period = options.min_sync_period;
     cfg.config_sync_period = options.config_sync_period;
     cfg.watch_ingress = options.watch_ingress;
@@ -378,9 +388,11 @@ pub async fn run(
             services = state.services.len(),
             slices = state.slices.len(),
             nodes = state.nodes.len(),
+            skipped_objects = builder.skipped(),
             periodic = force,
             "publishing the cluster state"
         );
+        cfg.status.published(builder.skipped());
         if !publish(state.clone()) {
             return;
         }
@@ -445,7 +457,15 @@ where
     let writer = Writer::<K>::default();
     let store = writer.as_reader();
     let backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
-    set.spawn(watch(kind, api, wc, writer, backoff, notices));
+    set.spawn(watch(
+        kind,
+        api,
+        wc,
+        writer,
+        backoff,
+        notices,
+        cfg.status.clone(),
+    ));
     store
 }
 
@@ -458,15 +478,27 @@ async fn watch<K>(
     mut writer: Writer<K>,
     mut backoff: Backoff,
     notices: mpsc::UnboundedSender<Notice>,
+    status: StatusHandle,
 ) where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
+    let part = format!("{kind} watch");
+    // A watch that starts again after an error emits nothing until something
+    // changes; a one-item list with the watch's selectors tells that the kind
+    // is reachable again (for `weir status`).
+    let probe = kube::api::ListParams {
+        label_selector: wc.label_selector.clone(),
+        field_selector: wc.field_selector.clone(),
+        limit: Some(1),
+        ..Default::default()
+    };
     loop {
         let mut events = pin!(watcher(api.clone(), wc.clone()));
         while let Some(item) = events.next().await {
             let notice = match item {
                 Ok(event) => {
+                    status.recovered(&part);
                     writer.apply_watcher_event(&event);
                     match event {
                         watcher::Event::Init => {
@@ -481,6 +513,7 @@ async fn watch<K>(
                     }
                 }
                 Err(e) => {
+                    status.failed(&part, &e.to_string());
                     let delay = backoff.next_delay();
                     warn!(
                         kind = %kind,
@@ -489,6 +522,9 @@ async fn watch<K>(
                     );
                     let gone = http_gone(&e);
                     sleep(delay).await;
+                    if api.list(&probe).await.is_ok() {
+                        status.recovered(&part);
+                    }
                     if gone {
                         info!(kind = %kind, "resourceVersion expired (410 Gone); relisting");
                         break;
@@ -540,13 +576,17 @@ impl Backoff {
 /// Converted objects by namespace/name, with the resourceVersion they were
 /// converted at: unchanged objects are not converted (nor warned about) again.
 struct Cache<T> {
-    entries: HashMap<ObjectRef, (String, Option<T>)>,
+    /// resourceVersion, the converted object, and whether conversion failed.
+    entries: HashMap<ObjectRef, (String, Option<T>, bool)>,
+    /// Objects of the last refresh that failed to convert.
+    failed: usize,
 }
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
         Self {
             entries: HashMap::new(),
+            failed: 0,
         }
     }
 }
@@ -563,10 +603,12 @@ impl<T: Clone> Cache<T> {
         for obj in objects {
             let key = ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any());
             let version = obj.resource_version().unwrap_or_default();
-            let converted = match self.entries.remove(&key) {
-                Some((v, converted)) if v == version && !version.is_empty() => converted,
+            let (converted, bad) = match self.entries.remove(&key) {
+                Some((v, converted, bad)) if v == version && !version.is_empty() => {
+                    (converted, bad)
+                }
                 _ => match convert(obj) {
-                    Ok(converted) => converted,
+                    Ok(converted) => (converted, false),
                     Err(e) => {
                         warn!(
                             kind = %kind,
@@ -574,15 +616,16 @@ impl<T: Clone> Cache<T> {
                             "skipping {kind} {}: {e}",
                             display_ref(kind, &key)
                         );
-                        None
+                        (None, true)
                     }
                 },
             };
             if let Some(c) = &converted {
                 out.push(c.clone());
             }
-            fresh.insert(key, (version, converted));
+            fresh.insert(key, (version, converted, bad));
         }
+        self.failed = fresh.values().filter(|(_, _, bad)| *bad).count();
         self.entries = fresh;
         out
     }
@@ -692,12 +735,20 @@ impl Builder {
         {
             state.services.insert(svc.id.clone(), svc);
         }
-        for slice in self.slice_cache.refresh(
-            Kind::EndpointSlice,
-            &self.slices.state(),
-            convert::endpoint_slice,
-        ) {
+        let slices = self.slices.state();
+        for slice in self
+            .slice_cache
+            .refresh(Kind::EndpointSlice, &slices, convert::endpoint_slice)
+        {
             state.slices.insert(slice.id.clone(), slice);
+        }
+        for obj in &slices {
+            let key = ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any());
+            if let Some(t) = convert::trigger_time(&obj.metadata) {
+                if state.slices.contains_key(&key) {
+                    state.slice_change_times.insert(key, t);
+                }
+            }
         }
         for node in self
             .node_cache
@@ -711,6 +762,14 @@ impl Builder {
             ingress.build(&mut state);
         }
         state
+    }
+
+    /// Objects left out of the last state because they failed to convert.
+    fn skipped(&self) -> usize {
+        let ingress = self.ingress.as_ref().map_or(0, |i| {
+            i.ingress_cache.failed + i.class_cache.failed + i.secret_cache.failed
+        });
+        self.service_cache.failed + self.slice_cache.failed + self.node_cache.failed + ingress
     }
 }
 

@@ -9,6 +9,7 @@ pub mod duration;
 pub mod ingress_status;
 pub mod kube;
 pub mod parse;
+pub mod status;
 
 use std::sync::Arc;
 

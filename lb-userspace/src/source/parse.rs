@@ -1,12 +1,12 @@
 //! Multi-document Kubernetes YAML -> model objects. Pure: text in, objects
 //! and per-document errors out. A bad document never hides the good ones.
-use std::fmt;
+use std::{fmt, time::SystemTime};
 
 use serde::Deserialize;
 
 use super::convert::{self, FieldError};
 use super::convert_ingress;
-use crate::model::{EndpointSlice, Ingress, IngressClass, Node, Service, TlsSecret};
+use crate::model::{EndpointSlice, Ingress, IngressClass, Node, ObjectRef, Service, TlsSecret};
 
 /// An object Weir understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +46,23 @@ impl fmt::Display for DocumentError {
 
 /// Parses every document of `text`. Documents of kinds Weir does not use are skipped silently.
 pub fn parse_documents(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentError>) {
+    let (objects, errors, _) = parse_documents_timed(file, text);
+    (objects, errors)
+}
+
+/// As `parse_documents`, plus the EndpointSlices' last-change trigger times
+/// (the `endpoints.kubernetes.io/last-change-trigger-time` annotation).
+pub fn parse_documents_timed(
+    file: &str,
+    text: &str,
+) -> (
+    Vec<Object>,
+    Vec<DocumentError>,
+    Vec<(ObjectRef, SystemTime)>,
+) {
     let mut objects = Vec::new();
     let mut errors = Vec::new();
+    let mut times = Vec::new();
     for (index, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let error = |object: Option<String>, field: Option<String>, reason: String| DocumentError {
             file: file.to_string(),
@@ -65,18 +80,21 @@ pub fn parse_documents(file: &str, text: &str) -> (Vec<Object>, Vec<DocumentErro
                 break;
             }
         };
-        match parse_value(value) {
+        match parse_value(value, &mut times) {
             Ok(Some(obj)) => objects.push(obj),
             Ok(None) => {}
             Err((object, e)) => errors.push(error(object, Some(e.field), e.reason)),
         }
     }
-    (objects, errors)
+    (objects, errors, times)
 }
 
 type ParseError = (Option<String>, FieldError);
 
-fn parse_value(value: serde_yaml::Value) -> Result<Option<Object>, ParseError> {
+fn parse_value(
+    value: serde_yaml::Value,
+    times: &mut Vec<(ObjectRef, SystemTime)>,
+) -> Result<Option<Object>, ParseError> {
     let api_version = value
         .get("apiVersion")
         .and_then(|v| v.as_str())
@@ -99,9 +117,11 @@ fn parse_value(value: serde_yaml::Value) -> Result<Option<Object>, ParseError> {
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             let slice = typed::<k8s_openapi::api::discovery::v1::EndpointSlice>(value)
                 .map_err(with_label)?;
-            Ok(convert::endpoint_slice(&slice)
-                .map_err(with_label)?
-                .map(Object::EndpointSlice))
+            let converted = convert::endpoint_slice(&slice).map_err(with_label)?;
+            if let (Some(s), Some(t)) = (&converted, convert::trigger_time(&slice.metadata)) {
+                times.push((s.id.clone(), t));
+            }
+            Ok(converted.map(Object::EndpointSlice))
         }
         ("v1", "Node") => {
             let node = typed::<k8s_openapi::api::core::v1::Node>(value).map_err(with_label)?;
@@ -174,4 +194,35 @@ fn describe(kind: &str, value: &serde_yaml::Value) -> Option<String> {
         .and_then(|n| n.as_str())
         .unwrap_or("default");
     Some(format!("{kind} {ns}/{name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_carry_their_trigger_time_annotation() {
+        let slice = |name: &str, annotation: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: ns\n  labels: {{kubernetes.io/service-name: svc}}\n{annotation}addressType: IPv4\nendpoints: []\n"
+            )
+        };
+        let text = [
+            slice(
+                "timed",
+                "  annotations: {endpoints.kubernetes.io/last-change-trigger-time: \"2026-01-02T03:04:05.250Z\"}\n",
+            ),
+            slice("plain", ""),
+            slice(
+                "garbled",
+                "  annotations: {endpoints.kubernetes.io/last-change-trigger-time: yesterday}\n",
+            ),
+        ]
+        .join("---\n");
+        let (objects, errors, times) = parse_documents_timed("f.yaml", &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(objects.len(), 3);
+        let expected = humantime::parse_rfc3339("2026-01-02T03:04:05.250Z").unwrap();
+        assert_eq!(times, [(ObjectRef::new("ns", "timed"), expected)]);
+    }
 }
