@@ -8,6 +8,8 @@ use lb_common::{
 
 const TCP_FIN: u8 = 0x01;
 const TCP_RST: u8 = 0x04;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
 
 use crate::{maps::CT, parse::Flow};
 
@@ -43,6 +45,17 @@ fn closing(flow: &Flow) -> u8 {
     } else {
         0
     }
+}
+
+/// A SYN on a flow that already closed: the client reuses the port for a new
+/// connection, which gets a new backend and a fresh entry (nf_conntrack does
+/// the same). Otherwise it would inherit the closing mark and be expired
+/// while in use.
+#[inline(always)]
+pub fn reopens(ct: &CtValue, flow: &Flow) -> bool {
+    ct.kind == CT_FORWARD
+        && ct.flags & CT_FLAG_CLOSING != 0
+        && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Refreshes an entry for a packet of `flow`, marking it closing on FIN/RST.

@@ -131,7 +131,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
         return Ok(Verdict::Pass);
     };
     let ct_key = conntrack::key(&flow);
-    let existing = conntrack::lookup(&ct_key);
+    let existing = conntrack::lookup(&ct_key).filter(|ct| !conntrack::reopens(ct, &flow));
     if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
             let snat = ct.snat_addr != [0; 4];

@@ -3,7 +3,7 @@
 //! packets built independently by etherparse (checksums included).
 use std::net::Ipv4Addr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     flow_hash, AffinityKey, AffinityValue, Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
@@ -445,6 +445,48 @@ fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
     assert_eq!(
         dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING,
         lb_common::CT_FLAG_CLOSING
+    );
+    Ok(())
+}
+
+/// A client that reuses the port of a closed connection opens a new flow: a
+/// SYN on a closing entry is a new flow (counted, backend chosen anew) whose
+/// entry is no longer closing, so it is not expired while in use.
+#[test]
+fn a_syn_on_a_closed_flow_starts_a_new_one() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let syn = Pkt::tcp(CLIENT, 47001, VIP, 80).build();
+    run(&mut dp, &syn)?;
+    let mut fin = Vec::new();
+    etherparse::PacketBuilder::ethernet2(
+        weir_tests::packets::MAC_POD,
+        weir_tests::packets::MAC_NODE,
+    )
+    .ipv4(CLIENT, VIP, 64)
+    .tcp(47001, 80, 1001, 64240)
+    .fin()
+    .ack(1)
+    .write(&mut fin, &[])?;
+    run(&mut dp, &fin)?;
+    let key = ct_key(CLIENT, 47001, VIP, 80, PROTO_TCP);
+    let closing = |dp: &Dataplane| -> Result<u8> {
+        Ok(dp.maps.ct.get(&key, 0)?.flags & lb_common::CT_FLAG_CLOSING)
+    };
+    assert_eq!(closing(&dp)?, lb_common::CT_FLAG_CLOSING);
+    let id = dp.maps.services.iter().next().context("service")??.1.id;
+    assert_eq!(dp.maps.service_stats(id).flows, 1);
+
+    let (_, out) = run(&mut dp, &syn)?;
+    assert_eq!(&out[30..34], &B1, "the new SYN is translated");
+    assert_eq!(
+        closing(&dp)?,
+        0,
+        "the reopened flow is still marked closing"
+    );
+    assert_eq!(
+        dp.maps.service_stats(id).flows,
+        2,
+        "the SYN was not a new flow"
     );
     Ok(())
 }
