@@ -190,7 +190,7 @@ struct IngressFlags {
     /// How long a client may take to send a request's headers (Go duration).
     #[arg(long, default_value = "10s")]
     ingress_header_timeout: weir::source::duration::GoDuration,
-    /// A client connection silent this long is closed (Go duration).
+    /// A client connection silent this long, with no request waiting for its upstream, is closed (Go duration).
     #[arg(long, default_value = "2m")]
     ingress_idle_timeout: weir::source::duration::GoDuration,
     /// How long an upstream may take to send its response headers; 504 after (Go duration).

@@ -566,3 +566,231 @@ endpoints:
         vec!["198.18.1.41:8080".parse::<SocketAddr>().unwrap()]
     );
 }
+
+/// One path rule line for `paths:` (path, type, service).
+fn path_rule(path: &str, path_type: &str, svc: &str) -> String {
+    format!(
+        "          - {{path: {path}, pathType: {path_type}, backend: {}}}\n",
+        backend(svc)
+    )
+}
+
+/// An Ingress of class weir with rules for host `prec.example`.
+fn host_ingress(name: &str, paths: &[(&str, &str, &str)]) -> String {
+    let mut spec =
+        "  ingressClassName: weir\n  rules:\n    - host: prec.example\n      http:\n        paths:\n"
+            .to_string();
+    for (path, path_type, svc) in paths {
+        spec.push_str(&path_rule(path, path_type, svc));
+    }
+    ingress(name, &spec)
+}
+
+/// Asserts where each (path, service) pair is routed on prec.example (None: 404).
+fn assert_routes(t: &RouteTable, cases: &[(&str, Option<&str>)]) {
+    for (path, want) in cases {
+        assert_eq!(
+            served(t, "prec.example", path).as_deref(),
+            *want,
+            "prec.example{path}"
+        );
+    }
+}
+
+#[test]
+fn overlapping_prefixes_pick_the_longest_by_whole_elements() {
+    let t = table(&host_ingress(
+        "overlap",
+        &[("/app", "Prefix", "a"), ("/app/v2", "Prefix", "b")],
+    ));
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_routes(
+        &t,
+        &[
+            ("/app/v2/x", Some("b")),
+            ("/app/v2", Some("b")),
+            ("/app/v2/", Some("b")),
+            ("/app/v3", Some("a")),
+            // /app/v2 matches whole elements only: /app/v20 is /app's.
+            ("/app/v20", Some("a")),
+            ("/app", Some("a")),
+            ("/app/", Some("a")),
+            ("/apps", None),
+            ("/", None),
+        ],
+    );
+}
+
+#[test]
+fn exact_beats_prefix_for_the_same_path_only() {
+    let t = table(&host_ingress(
+        "exact",
+        // The Prefix rule is listed first: order in the object does not matter.
+        &[("/app", "Prefix", "a"), ("/app", "Exact", "c")],
+    ));
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    assert_routes(
+        &t,
+        &[
+            ("/app", Some("c")),
+            ("/app/", Some("a")),
+            ("/app/x", Some("a")),
+            ("/APP", None),
+        ],
+    );
+}
+
+#[test]
+fn overlapping_rules_of_two_ingresses_for_one_host_merge_by_precedence() {
+    // The same four rules split over two Ingresses, either way round, route
+    // as one Ingress with all of them would: longest path first, Exact
+    // before Prefix, whichever Ingress defines them.
+    let one = [("/app", "Prefix", "a"), ("/app/v2", "Exact", "d")];
+    let two = [("/app/v2", "Prefix", "b"), ("/app", "Exact", "c")];
+    let cases = [
+        ("/app/v2/x", Some("b")),
+        ("/app/v2", Some("d")),
+        ("/app/v2/", Some("b")),
+        ("/app/v3", Some("a")),
+        ("/app", Some("c")),
+        ("/app/x", Some("a")),
+        ("/other", None),
+    ];
+    for (first, second) in [(&one, &two), (&two, &one)] {
+        let t = table(&format!(
+            "{}\n---\n{}",
+            host_ingress("first", first),
+            host_ingress("second", second)
+        ));
+        assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+        assert_routes(&t, &cases);
+    }
+    let all: Vec<_> = one.iter().chain(&two).copied().collect();
+    assert_routes(&table(&host_ingress("all", &all)), &cases);
+    // Each route names the Ingress that defined it.
+    let t = table(&format!(
+        "{}\n---\n{}",
+        host_ingress("first", &one),
+        host_ingress("second", &two)
+    ));
+    let by = |path: &str| {
+        let (_, routes) = t.host_routes(Some("prec.example")).unwrap();
+        routes.route(path).unwrap().ingress.name.clone()
+    };
+    assert_eq!(by("/app/v2/x"), "second");
+    assert_eq!(by("/app/v3"), "first");
+}
+
+#[test]
+fn only_the_default_class_annotation_set_to_true_selects_classless_ingresses() {
+    let classless = ingress(
+        "classless",
+        &format!("  defaultBackend: {}\n", backend("a")),
+    );
+    let weir_class = |annotation: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: weir\n{annotation}spec: {{controller: weir.dev/ingress-controller}}\n"
+        )
+    };
+    let default = |v: &str| {
+        format!("  annotations: {{ingressclass.kubernetes.io/is-default-class: \"{v}\"}}\n")
+    };
+    for (annotation, served_) in [
+        (String::new(), false),
+        (default("false"), false),
+        (default("true"), true),
+    ] {
+        let t = table(&format!("{classless}\n---\n{}", weir_class(&annotation)));
+        assert_eq!(
+            served(&t, "x", "/").is_some(),
+            served_,
+            "annotation {annotation:?}"
+        );
+    }
+    // Another controller's default class does not make Weir serve them.
+    let other_default = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: other\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: example.com/other}\n";
+    let t = table(&format!("{classless}\n---\n{other_default}"));
+    assert_eq!(served(&t, "x", "/"), None);
+}
+
+#[test]
+fn the_class_field_beats_the_legacy_annotation_which_beats_the_default() {
+    let with = |name: &str, annotation: &str, class: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: {name}\n  namespace: web\n  annotations: {{kubernetes.io/ingress.class: {annotation}}}\nspec:\n{class}  rules:\n    - host: {name}.example\n      http: {{paths: [{{path: /, pathType: Prefix, backend: {}}}]}}\n",
+            backend("a")
+        )
+    };
+    let default_class = "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: weir\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: weir.dev/ingress-controller}\n";
+    let t = table(
+        &[
+            // The annotation names another class: not Weir's, although Weir's is the default.
+            with("legacy-other", "other", ""),
+            // spec.ingressClassName wins over the annotation, either way.
+            with("field-weir", "other", "  ingressClassName: weir\n"),
+            with("field-other", "weir", "  ingressClassName: other\n"),
+            default_class.to_string(),
+        ]
+        .join("\n---\n"),
+    );
+    assert_eq!(served(&t, "legacy-other.example", "/"), None);
+    assert_eq!(served(&t, "field-weir.example", "/").as_deref(), Some("a"));
+    assert_eq!(served(&t, "field-other.example", "/"), None);
+}
+
+/// Service `cond` with one slice of these endpoints: (last octet, ready, serving, terminating).
+fn conditions_table(endpoints: &[(u8, bool, bool, bool)]) -> RouteTable {
+    let mut s = state(&ingress(
+        "cond",
+        "  ingressClassName: weir\n  defaultBackend: {service: {name: cond, port: {number: 80}}}\n",
+    ));
+    let mut y = "apiVersion: v1\nkind: Service\nmetadata: {name: cond, namespace: web}\nspec: {clusterIP: 198.19.0.80, ports: [{port: 80, targetPort: 8080}]}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: cond-1, namespace: web, labels: {kubernetes.io/service-name: cond}}\naddressType: IPv4\nports: [{port: 8080}]\nendpoints:\n".to_string();
+    for (last, ready, serving, terminating) in endpoints {
+        y.push_str(&format!(
+            "  - {{addresses: [\"198.18.1.{last}\"], conditions: {{ready: {ready}, serving: {serving}, terminating: {terminating}}}}}\n"
+        ));
+    }
+    y.push_str("---\n");
+    let (objects, errors) = parse_documents("cond.yaml", &y);
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut s, objects);
+    build(&s, &RouteConfig::default())
+}
+
+fn endpoints_of(t: &RouteTable) -> Vec<String> {
+    let (u, _) = t.route(None, "/").expect("default backend");
+    u.endpoints.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn terminating_endpoints_serve_only_when_none_is_ready() {
+    const READY: (bool, bool, bool) = (true, true, false);
+    const NOT_READY: (bool, bool, bool) = (false, false, false);
+    const SERVING_TERMINATING: (bool, bool, bool) = (false, true, true);
+    const TERMINATING: (bool, bool, bool) = (false, false, true);
+    let t = |eps: &[(u8, (bool, bool, bool))]| {
+        conditions_table(
+            &eps.iter()
+                .map(|(n, (r, s, te))| (*n, *r, *s, *te))
+                .collect::<Vec<_>>(),
+        )
+    };
+    // A ready endpoint: the others are never used.
+    let all = t(&[
+        (51, READY),
+        (52, NOT_READY),
+        (53, SERVING_TERMINATING),
+        (54, TERMINATING),
+    ]);
+    assert_eq!(endpoints_of(&all), ["198.18.1.51:8080"]);
+    // None ready: the serving-and-terminating one, not the one that stopped serving.
+    let fallback = t(&[
+        (52, NOT_READY),
+        (53, SERVING_TERMINATING),
+        (54, TERMINATING),
+    ]);
+    assert_eq!(endpoints_of(&fallback), ["198.18.1.53:8080"]);
+    // Nothing usable: no endpoints (the proxy answers 503).
+    let none = t(&[(52, NOT_READY), (54, TERMINATING)]);
+    assert!(endpoints_of(&none).is_empty());
+}

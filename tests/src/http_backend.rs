@@ -2,8 +2,10 @@
 //! is answered with JSON describing what the backend saw (its name, method,
 //! path, host, HTTP version and headers); `/ws` accepts a WebSocket and
 //! echoes each text message as "NAME: MESSAGE". `connection` numbers the
-//! TCP connection a request came on (1, 2, ... per backend). Dropping it closes the
-//! listener, so new connections are refused (a backend going away).
+//! TCP connection a request came on (1, 2, ... per backend). A query
+//! parameter `delay_ms=N` holds the answer back N ms (at most `MAX_DELAY`), to
+//! test timeouts. Dropping it closes the listener, so new connections are
+//! refused (a backend going away).
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -28,6 +30,17 @@ use crate::netns::enter;
 
 /// The longest a backend lives, whatever the test does.
 const MAX_LIFETIME: Duration = Duration::from_secs(600);
+/// The longest `delay_ms` honoured.
+const MAX_DELAY: Duration = Duration::from_secs(30);
+
+/// The `delay_ms` query parameter of a request target, if any.
+fn delay(uri: &hyper::Uri) -> Option<Duration> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("delay_ms="))
+        .and_then(|v| v.parse().ok())
+        .map(|ms| Duration::from_millis(ms).min(MAX_DELAY))
+}
 
 pub struct HttpBackend {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -155,6 +168,9 @@ async fn respond(
             }
             return Ok(resp);
         }
+    }
+    if let Some(d) = delay(req.uri()) {
+        tokio::time::sleep(d).await;
     }
     let headers: BTreeMap<String, String> = req
         .headers()

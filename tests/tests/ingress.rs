@@ -6,7 +6,7 @@
 //! ingress-controller-conformance features (default_backend, host_rules,
 //! path_rules, ingress_class, load_balancing).
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     sync::{
@@ -21,7 +21,7 @@ use weir_tests::{
     cmd::ip,
     http_backend::HttpBackend,
     ingress::{backend, curl, ingress, ingress_class, node, tls_secret, Curl},
-    manifests::{port, service, slice},
+    manifests::{port, service, slice, slice_eps, Ep},
     netns::in_netns,
     scenario::Scenario,
 };
@@ -76,6 +76,35 @@ impl Setup {
                 "{}\n---\n{}",
                 service(NS, name, Ipv4Addr::new(198, 19, 0, ip_last), &ports),
                 slice(NS, &format!("{name}-1"), name, &ports, &eps)
+            ),
+        )
+    }
+
+    /// Service `name` (port 80 -> 8080) with endpoints of `pods` in the given
+    /// conditions: (pod, ready, serving, terminating).
+    fn service_conditions(
+        &self,
+        name: &str,
+        ip_last: u8,
+        pods: &[(&str, bool, bool, bool)],
+    ) -> Result<()> {
+        let ports = [port("http", 80, "TCP", 8080)];
+        let eps: Vec<Ep> = pods
+            .iter()
+            .map(|(p, ready, serving, terminating)| Ep {
+                addr: self.s.backend_ip(p),
+                ready: *ready,
+                serving: *serving,
+                terminating: *terminating,
+                node: "node-a",
+            })
+            .collect();
+        self.s.manifests.write(
+            &format!("svc-{name}.yaml"),
+            &format!(
+                "{}\n---\n{}",
+                service(NS, name, Ipv4Addr::new(198, 19, 0, ip_last), &ports),
+                slice_eps(NS, &format!("{name}-1"), name, &ports, &eps)
             ),
         )
     }
@@ -235,7 +264,14 @@ fn routes_hosts_and_paths_through_the_sk_lookup_handoff() -> Result<()> {
 }
 
 fn self_signed(host: &str) -> Result<(String, String)> {
-    let c = rcgen::generate_simple_self_signed(vec![host.to_string()])?;
+    self_signed_for(&[host])
+}
+
+/// A self-signed certificate (PEM) for these names, and its key.
+fn self_signed_for(hosts: &[&str]) -> Result<(String, String)> {
+    let c = rcgen::generate_simple_self_signed(
+        hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+    )?;
     Ok((c.cert.pem(), c.signing_key.serialize_pem()))
 }
 
@@ -261,8 +297,13 @@ impl Drop for TempFile {
 
 /// GET https://HOST/ through the node address, trusting only `ca`.
 fn get_tls(s: &Setup, host: &str, ca: &TempFile, extra: &[&str]) -> Result<Curl> {
-    let resolve = format!("{host}:443:{NODE_IP}");
-    let url = format!("https://{host}/");
+    get_tls_port(s, host, 443, ca, extra)
+}
+
+/// GET https://HOST:PORT/ through the node address, trusting only `ca`.
+fn get_tls_port(s: &Setup, host: &str, port: u16, ca: &TempFile, extra: &[&str]) -> Result<Curl> {
+    let resolve = format!("{host}:{port}:{NODE_IP}");
+    let url = format!("https://{host}:{port}/");
     let mut args = vec!["--resolve", &resolve, "--cacert", ca.path()];
     args.extend_from_slice(extra);
     args.push(&url);
@@ -453,9 +494,14 @@ fn a_backend_going_away_mid_test_fails_no_request() -> Result<()> {
     Ok(())
 }
 
-/// Sends one HTTP/1.1 request over `conn` and reads the response (status, body).
+/// Sends one HTTP/1.1 request for `/` over `conn` and reads the response (status, body).
 fn keepalive_request(conn: &mut TcpStream, host: &str) -> Result<(u16, String)> {
-    write!(conn, "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    keepalive_get(conn, host, "/")
+}
+
+/// Sends one HTTP/1.1 GET for `path` over `conn` and reads the response (status, body).
+fn keepalive_get(conn: &mut TcpStream, host: &str, path: &str) -> Result<(u16, String)> {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let (head_end, length) = loop {
@@ -786,5 +832,448 @@ fn reuses_upstream_connections_and_closes_slow_clients_without_stalling_others()
         n == 0 || answer.starts_with("HTTP/1.1 408"),
         "the slow client got {answer:?} instead of a close"
     );
+    Ok(())
+}
+
+/// An Ingress of class weir for host `host` with these (path, pathType, service) rules.
+fn path_ingress(name: &str, host: &str, paths: &[(&str, &str, &str)]) -> String {
+    let mut spec = format!(
+        "  ingressClassName: weir\n  rules:\n    - host: {host}\n      http:\n        paths:\n"
+    );
+    for (path, path_type, svc) in paths {
+        spec.push_str(&format!(
+            "          - {{path: {path}, pathType: {path_type}, backend: {}}}\n",
+            backend(svc, 80)
+        ));
+    }
+    ingress(NS, name, &spec)
+}
+
+#[test]
+fn overlapping_paths_of_two_ingresses_route_longest_first_and_exact_before_prefix() -> Result<()> {
+    let s = Setup::start(3, &[])?;
+    s.service("app", 10, &["be1"])?;
+    s.service("v2", 11, &["be2"])?;
+    s.service("exact", 12, &["be3"])?;
+    let m = &s.s.manifests;
+    m.write(
+        "app.yaml",
+        &path_ingress(
+            "app",
+            "prec.example",
+            &[("/app", "Prefix", "app"), ("/app", "Exact", "exact")],
+        ),
+    )?;
+    m.write(
+        "v2.yaml",
+        &path_ingress("v2", "prec.example", &[("/app/v2", "Prefix", "v2")]),
+    )?;
+    s.wait_served("prec.example", "/app/v2/x", "be2")?;
+    s.wait_served("prec.example", "/app/x", "be1")?;
+    for (path, want) in [
+        ("/app/v2/x", "be2"),
+        ("/app/v2", "be2"),
+        ("/app/v2/", "be2"),
+        ("/app/v3", "be1"),
+        ("/app/v20", "be1"),
+        ("/app", "be3"),
+        ("/app/", "be1"),
+        ("/app/x", "be1"),
+        ("/apps", "status 404"),
+    ] {
+        let r = s.get(NODE_IP, "prec.example", path)?;
+        assert_eq!(served_by(&r), want, "prec.example{path}");
+    }
+    let log = s.s.agent.log_text();
+    assert!(
+        !log.contains("already defined"),
+        "overlapping rules are not conflicts:\n{log}"
+    );
+    Ok(())
+}
+
+#[test]
+fn classless_ingresses_are_served_only_while_weirs_class_is_the_default() -> Result<()> {
+    let s = Setup::start(2, &[])?;
+    s.service("a", 10, &["be1"])?;
+    s.service("b", 11, &["be2"])?;
+    let m = &s.s.manifests;
+    let rule = |host: &str, svc: &str| {
+        format!(
+            "  rules:\n    - host: {host}\n      http: {{paths: [{{path: /, pathType: Prefix, backend: {}}}]}}\n",
+            backend(svc, 80)
+        )
+    };
+    m.write(
+        "classed.yaml",
+        &ingress(
+            NS,
+            "classed",
+            &format!("  ingressClassName: weir\n{}", rule("classed.example", "a")),
+        ),
+    )?;
+    m.write(
+        "classless.yaml",
+        &ingress(NS, "classless", &rule("none.example", "b")),
+    )?;
+    m.write(
+        "legacy.yaml",
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: legacy\n  namespace: {NS}\n  annotations: {{kubernetes.io/ingress.class: weir}}\nspec:\n{}",
+            rule("legacy.example", "b")
+        ),
+    )?;
+    // Setup's IngressClass "weir" has no default annotation.
+    s.wait_served("classed.example", "/", "be1")?;
+    assert_eq!(served_by(&s.get(NODE_IP, "legacy.example", "/")?), "be2");
+    assert_eq!(s.get(NODE_IP, "none.example", "/")?.status, 404);
+
+    // Weir's class becomes the default: the classless Ingress is served.
+    m.write("class.yaml", &ingress_class("weir", true))?;
+    s.wait_served("none.example", "/", "be2")?;
+    // ...and stops being served once the annotation says "false".
+    m.write(
+        "class.yaml",
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: weir\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"false\"}\nspec:\n  controller: weir.dev/ingress-controller\n",
+    )?;
+    s.wait("none.example no longer served", || {
+        Ok(s.get(NODE_IP, "none.example", "/")?.status == 404)
+    })?;
+    assert_eq!(served_by(&s.get(NODE_IP, "classed.example", "/")?), "be1");
+    assert_eq!(served_by(&s.get(NODE_IP, "legacy.example", "/")?), "be2");
+    Ok(())
+}
+
+#[test]
+fn malformed_certificates_are_reported_and_their_hosts_get_the_default_certificate() -> Result<()> {
+    // The default certificate names the hosts whose Secrets are broken, so
+    // that curl, trusting only it, proves which certificate was served.
+    let (default_crt, default_key) =
+        self_signed_for(&["default.example", "g.example", "m.example"])?;
+    let default_ca = TempFile::new("fallback-default.crt", &default_crt)?;
+    let default_key_file = TempFile::new("fallback-default.key", &default_key)?;
+    let cert_flag = format!("--ingress-default-cert={}", default_ca.path());
+    let key_flag = format!("--ingress-default-key={}", default_key_file.path());
+    let s = Setup::start(2, &[&cert_flag, &key_flag])?;
+    s.service("a", 10, &["be1"])?;
+    s.service("b", 11, &["be2"])?;
+    let (a_crt, a_key) = self_signed("a.example")?;
+    let (c_crt, c_key) = self_signed("c.example")?;
+    let (m_crt, _) = self_signed("m.example")?;
+    let a_ca = TempFile::new("fallback-a.crt", &a_crt)?;
+    let c_ca = TempFile::new("fallback-c.crt", &c_crt)?;
+    let m_ca = TempFile::new("fallback-m.crt", &m_crt)?;
+    let m = &s.s.manifests;
+    m.write("a-tls.yaml", &tls_secret(NS, "a-tls", &a_crt, &a_key))?;
+    m.write("c-tls.yaml", &tls_secret(NS, "c-tls", &c_crt, &c_key))?;
+    m.write(
+        "garbage-tls.yaml",
+        &tls_secret(
+            NS,
+            "garbage-tls",
+            "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
+            "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+        ),
+    )?;
+    // m.example's certificate with a.example's key.
+    m.write(
+        "mismatch-tls.yaml",
+        &tls_secret(NS, "mismatch-tls", &m_crt, &a_key),
+    )?;
+    let host_rule = |host: &str, svc: &str| {
+        format!(
+            "    - host: {host}\n      http: {{paths: [{{path: /, pathType: Prefix, backend: {}}}]}}\n",
+            backend(svc, 80)
+        )
+    };
+    m.write(
+        "good.yaml",
+        &ingress(
+            NS,
+            "good",
+            &format!(
+                "  ingressClassName: weir\n  tls:\n    - {{hosts: [a.example], secretName: a-tls}}\n  rules:\n{}",
+                host_rule("a.example", "a")
+            ),
+        ),
+    )?;
+    m.write(
+        "bad.yaml",
+        &ingress(
+            NS,
+            "bad",
+            &format!(
+                "  ingressClassName: weir\n  tls:\n    - {{hosts: [g.example], secretName: garbage-tls}}\n    - {{hosts: [m.example], secretName: mismatch-tls}}\n    - {{hosts: [c.example], secretName: c-tls}}\n  rules:\n{}{}{}",
+                host_rule("g.example", "b"),
+                host_rule("m.example", "b"),
+                host_rule("c.example", "b")
+            ),
+        ),
+    )?;
+    // bad.yaml is written last: once c.example is served, so are the others.
+    s.wait("c.example over TLS", || {
+        Ok(get_tls(&s, "c.example", &c_ca, &[])?.status == 200)
+    })?;
+
+    // Hosts with good Secrets keep their certificates, in either Ingress.
+    assert_eq!(get_tls(&s, "a.example", &a_ca, &[])?.backend()?, "be1");
+    assert_eq!(get_tls(&s, "c.example", &c_ca, &[])?.backend()?, "be2");
+    // The hosts of broken Secrets get the default certificate and are still routed.
+    for host in ["g.example", "m.example"] {
+        let r = get_tls(&s, host, &default_ca, &[])?;
+        assert_eq!((r.status, r.backend()?.as_str()), (200, "be2"), "{host}");
+    }
+    assert!(
+        get_tls(&s, "m.example", &m_ca, &[]).is_err(),
+        "the certificate of a mismatched pair must not be served"
+    );
+    let log = s.s.agent.log_text();
+    for needle in [
+        "Ingress e2e/bad: spec.tls[0]: Secret e2e/garbage-tls: tls.crt: not an X.509 certificate",
+        "hosts [\"g.example\"] get the default certificate",
+        "Ingress e2e/bad: spec.tls[1]: Secret e2e/mismatch-tls: tls.key does not belong to the certificate in tls.crt; hosts [\"m.example\"] get the default certificate",
+    ] {
+        assert!(log.contains(needle), "log lacks {needle:?}:\n{log}");
+    }
+    assert!(
+        !log.contains("Secret e2e/c-tls") && !log.contains("Secret e2e/a-tls"),
+        "good Secrets reported:\n{log}"
+    );
+
+    // Repairing the Secret gives its host its own certificate again.
+    let (g_crt, g_key) = self_signed("g.example")?;
+    let g_ca = TempFile::new("fallback-g.crt", &g_crt)?;
+    m.write(
+        "garbage-tls.yaml",
+        &tls_secret(NS, "garbage-tls", &g_crt, &g_key),
+    )?;
+    s.wait("the repaired certificate", || {
+        Ok(get_tls(&s, "g.example", &g_ca, &[]).is_ok_and(|r| r.status == 200))
+    })?;
+    Ok(())
+}
+
+/// Default-backend Ingress "app" for Service app.
+fn default_backend_ingress() -> String {
+    ingress(
+        NS,
+        "app",
+        &format!(
+            "  ingressClassName: weir\n  defaultBackend: {}\n",
+            backend("app", 80)
+        ),
+    )
+}
+
+#[test]
+fn a_slow_upstream_gets_504_after_the_upstream_timeout() -> Result<()> {
+    let s = Setup::start(1, &["--ingress-upstream-timeout=1s"])?;
+    s.service("app", 10, &["be1"])?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
+    s.wait_served("slow.example", "/", "be1")?;
+    // The backend would answer after 5 s: the proxy gives up after 1 s.
+    let started = Instant::now();
+    let r = s.get(NODE_IP, "slow.example", "/?delay_ms=5000")?;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(4),
+        "504 after {took:?}"
+    );
+    // An answer within the limit is passed on, and later requests are served.
+    let r = s.get(NODE_IP, "slow.example", "/?delay_ms=300")?;
+    assert_eq!((r.status, served_by(&r)), (200, "be1".to_string()));
+    for i in 0..5 {
+        let r = s.get(NODE_IP, "slow.example", "/")?;
+        assert_eq!(r.status, 200, "request {i} after the timeout");
+    }
+    Ok(())
+}
+
+#[test]
+fn idle_client_connections_close_after_the_idle_timeout_while_busy_ones_are_served() -> Result<()> {
+    let s = Setup::start(1, &["--ingress-idle-timeout=1s"])?;
+    s.service("app", 10, &["be1"])?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
+    s.wait_served("idle.example", "/", "be1")?;
+    let connect = || -> Result<TcpStream> {
+        let conn =
+            TcpStream::connect_timeout(&SocketAddr::from((NODE_IP, 80)), Duration::from_secs(2))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(conn)
+    };
+
+    // A busy client: requests 400 ms apart, then one whose answer takes 2.5 s
+    // (longer than the idle timeout: waiting for the upstream is not idle),
+    // then one more, all on one connection.
+    let ns = s.client().to_string();
+    let busy = std::thread::spawn(move || {
+        in_netns(&ns, move || -> Result<Vec<u16>> {
+            let mut conn = connect()?;
+            let mut statuses = Vec::new();
+            for i in 0..6 {
+                let (status, _) = keepalive_get(&mut conn, "idle.example", "/")
+                    .with_context(|| format!("request {i}"))?;
+                statuses.push(status);
+                std::thread::sleep(Duration::from_millis(400));
+            }
+            for path in ["/?delay_ms=2500", "/"] {
+                let (status, body) = keepalive_get(&mut conn, "idle.example", path)
+                    .with_context(|| format!("request for {path}"))?;
+                anyhow::ensure!(body.contains("\"be1\""), "{path}: {body}");
+                statuses.push(status);
+            }
+            Ok(statuses)
+        })
+    });
+
+    // Meanwhile an idle client: one request, then silence until the proxy closes.
+    let closed_after = in_netns(s.client(), move || -> Result<Duration> {
+        let mut conn = connect()?;
+        let (status, _) = keepalive_get(&mut conn, "idle.example", "/")?;
+        anyhow::ensure!(status == 200, "status {status}");
+        let answered = Instant::now();
+        let mut buf = [0u8; 256];
+        match conn.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => bail!(
+                "unexpected bytes on the idle connection: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                bail!("the idle connection is still open after 10 s")
+            }
+            // Reset: closed too.
+            Err(_) => {}
+        }
+        Ok(answered.elapsed())
+    })??;
+    let statuses = busy
+        .join()
+        .map_err(|_| anyhow::anyhow!("busy client panicked"))???;
+    // Closed by the idle timeout, not before (a little slack for the clock
+    // starting at the proxy's last write, just before `answered`).
+    assert!(
+        closed_after >= Duration::from_millis(800) && closed_after < Duration::from_secs(5),
+        "idle connection closed after {closed_after:?}"
+    );
+    assert_eq!(statuses, [200; 8]);
+    Ok(())
+}
+
+#[test]
+fn not_ready_endpoints_get_no_requests_and_terminating_ones_only_without_a_ready_one() -> Result<()>
+{
+    let s = Setup::start(3, &[])?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
+    // Every backend's server runs: only the conditions decide.
+    const READY: (bool, bool, bool) = (true, true, false);
+    const NOT_READY: (bool, bool, bool) = (false, false, false);
+    const SERVING_TERMINATING: (bool, bool, bool) = (false, true, true);
+    const TERMINATING: (bool, bool, bool) = (false, false, true);
+    let set = |eps: &[(&str, (bool, bool, bool))]| {
+        let eps: Vec<(&str, bool, bool, bool)> = eps
+            .iter()
+            .map(|(p, (r, sv, t))| (*p, *r, *sv, *t))
+            .collect();
+        s.service_conditions("app", 10, &eps)
+    };
+    let count = |n: usize| -> Result<BTreeMap<String, usize>> {
+        let mut by = BTreeMap::new();
+        for _ in 0..n {
+            *by.entry(served_by(&s.get(NODE_IP, "ep.example", "/")?))
+                .or_insert(0) += 1;
+        }
+        Ok(by)
+    };
+    let only = |backend: &str, n: usize| BTreeMap::from([(backend.to_string(), n)]);
+
+    set(&[
+        ("be1", READY),
+        ("be2", NOT_READY),
+        ("be3", SERVING_TERMINATING),
+    ])?;
+    s.wait_served("ep.example", "/", "be1")?;
+    assert_eq!(count(30)?, only("be1", 30));
+
+    // No ready endpoint: the serving-and-terminating one, never the not-ready one.
+    set(&[("be2", NOT_READY), ("be3", SERVING_TERMINATING)])?;
+    s.wait_served("ep.example", "/", "be3")?;
+    assert_eq!(count(30)?, only("be3", 30));
+
+    // A ready endpoint again: the terminating one gets nothing.
+    set(&[
+        ("be1", READY),
+        ("be2", NOT_READY),
+        ("be3", SERVING_TERMINATING),
+    ])?;
+    s.wait_served("ep.example", "/", "be1")?;
+    assert_eq!(count(30)?, only("be1", 30));
+
+    // Terminating and no longer serving, or not ready: nothing to use, 503.
+    set(&[("be2", NOT_READY), ("be3", TERMINATING)])?;
+    s.wait("503 without usable endpoints", || {
+        Ok(s.get(NODE_IP, "ep.example", "/")?.status == 503)
+    })?;
+    Ok(())
+}
+
+#[test]
+fn non_default_ports_are_handed_off_and_80_and_443_are_left_alone() -> Result<()> {
+    let s = Setup::start(
+        1,
+        &["--ingress-http-port=8081", "--ingress-https-port=8444"],
+    )?;
+    s.service("app", 10, &["be1"])?;
+    let (crt, key) = self_signed("p.example")?;
+    let ca = TempFile::new("ports.crt", &crt)?;
+    let m = &s.s.manifests;
+    m.write("p-tls.yaml", &tls_secret(NS, "p-tls", &crt, &key))?;
+    m.write(
+        "app.yaml",
+        &ingress(
+            NS,
+            "app",
+            &format!(
+                "  ingressClassName: weir\n  tls:\n    - {{hosts: [p.example], secretName: p-tls}}\n  defaultBackend: {}\n",
+                backend("app", 80)
+            ),
+        ),
+    )?;
+    let get = |addr: Ipv4Addr, port: u16| {
+        curl(
+            s.client(),
+            &["-H", "Host: p.example", &format!("http://{addr}:{port}/")],
+        )
+    };
+    s.wait("plain HTTP on :8081", || {
+        Ok(get(NODE_IP, 8081)?.status == 200)
+    })?;
+    assert_eq!(served_by(&get(NODE_IP, 8081)?), "be1");
+    assert_eq!(served_by(&get(EXTRA_IP, 8081)?), "be1");
+    s.wait("HTTPS on :8444", || {
+        Ok(get_tls_port(&s, "p.example", 8444, &ca, &[])?.status == 200)
+    })?;
+    assert_eq!(
+        get_tls_port(&s, "p.example", 8444, &ca, &[])?.backend()?,
+        "be1"
+    );
+    // The default ports are not taken over (nothing listens there).
+    let plain = get(NODE_IP, 80);
+    assert!(plain.is_err(), ":80 answered: {plain:?}");
+    let tls = get_tls_port(&s, "p.example", 443, &ca, &[]);
+    assert!(tls.is_err(), ":443 answered: {tls:?}");
+    // Without --ingress-default-cert, a name with no certificate is refused
+    // in the handshake (-k: not for want of trust).
+    let refused = get_tls_port(&s, "nocert.example", 8444, &ca, &["-k"]);
+    assert!(refused.is_err(), "no certificate, yet: {refused:?}");
     Ok(())
 }

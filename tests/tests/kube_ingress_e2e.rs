@@ -2,7 +2,8 @@
 //! agent (`--source kube --ingress`) against the fake apiserver in the node
 //! namespace. An Ingress is served through the sk_lookup hand-off, the node
 //! address lands in its status.loadBalancer, and a rule pointing at a
-//! missing Service becomes a Warning Event on it. Needs root.
+//! missing Service, and a TLS entry whose Secret is garbage, become Warning
+//! Events on it. Needs root.
 use std::{
     net::Ipv4Addr,
     time::{Duration, Instant},
@@ -50,9 +51,17 @@ fn serves_ingresses_from_the_api_and_reports_status_and_events() -> Result<()> {
         json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
         "metadata": {"name": "weir"}, "spec": {"controller": "weir.dev/ingress-controller"}}),
     )?;
+    // A kubernetes.io/tls Secret of garbage ("not a certificate", "not a key").
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": "bad-tls", "namespace": "e2e"},
+        "data": {"tls.crt": "bm90IGEgY2VydGlmaWNhdGU=", "tls.key": "bm90IGEga2V5"}}),
+    )?;
     api.apply(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": "shop", "namespace": "e2e"},
-        "spec": {"ingressClassName": "weir", "rules": [{"host": "shop.example", "http": {"paths": [
+        "spec": {"ingressClassName": "weir",
+        "tls": [{"hosts": ["shop.example"], "secretName": "bad-tls"}],
+        "rules": [{"host": "shop.example", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"name": "http"}}}},
             {"path": "/gone", "pathType": "Prefix", "backend": {"service": {"name": "nope", "port": {"number": 80}}}}
         ]}}]}}))?;
@@ -98,5 +107,18 @@ fn serves_ingresses_from_the_api_and_reports_status_and_events() -> Result<()> {
                     .is_some_and(|m| m.contains("Service e2e/nope not found"))
         })
     })?;
+    wait("a Warning Event for the malformed Secret", &agent, || {
+        api.events().iter().any(|e| {
+            e["involvedObject"]["name"] == "shop"
+                && e["type"] == "Warning"
+                && e["message"].as_str().is_some_and(|m| {
+                    m.starts_with(
+                        "spec.tls[0]: Secret e2e/bad-tls: tls.crt holds no PEM certificate",
+                    ) && m.ends_with("get the default certificate")
+                })
+        })
+    })?;
+    // The host is still served over plain HTTP.
+    assert_eq!(get("/")?.backend()?, "be1");
     Ok(())
 }

@@ -39,7 +39,8 @@ pub enum ProxyError {
 pub struct Timeouts {
     /// A client must send a request's headers within this time.
     pub header: Duration,
-    /// A client connection with no bytes in either direction for this long is closed.
+    /// A client connection with no bytes in either direction for this long,
+    /// and no request waiting for its response headers, is closed.
     pub idle: Duration,
     /// Connecting to one endpoint.
     pub connect: Duration,

@@ -145,7 +145,18 @@ async fn serve<I>(
         .keep_alive_interval(None);
     let info = Arc::new(ConnInfo { client, scheme });
     let shared2 = shared.clone();
-    let service = service_fn(move |req| handle(req, shared2.clone(), info.clone()));
+    let waiting = activity.clone();
+    let service = service_fn(move |req| {
+        // Not idle until the response head is back (or the upstream timeout
+        // answered 504); the body's bytes count as activity of their own.
+        let guard = waiting.waiting();
+        let response = handle(req, shared2.clone(), info.clone());
+        async move {
+            let r = response.await;
+            drop(guard);
+            r
+        }
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::select! {
         r = conn => {
