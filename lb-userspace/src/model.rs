@@ -137,6 +137,21 @@ pub struct Endpoint {
     pub hint_zones: Option<Vec<String>>,
 }
 
+impl Endpoint {
+    /// A ready endpoint with no node, zone or hints.
+    pub fn ready(address: Ipv4Addr) -> Self {
+        Self {
+            address,
+            ready: true,
+            serving: true,
+            terminating: false,
+            node_name: None,
+            zone: None,
+            hint_zones: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EndpointSlice {
     pub id: ObjectRef,
@@ -388,15 +403,7 @@ mod tests {
             id: ObjectRef::new("ns", name),
             service_name: "svc".into(),
             ports: Vec::new(),
-            endpoints: vec![Endpoint {
-                address: addr.into(),
-                ready: true,
-                serving: true,
-                terminating: false,
-                node_name: None,
-                zone: None,
-                hint_zones: None,
-            }],
+            endpoints: vec![Endpoint::ready(addr.into())],
         }
     }
 

@@ -562,15 +562,7 @@ fn slices_of_many_services_go_to_their_own_services() {
                     port,
                     Protocol::Tcp,
                 );
-                sl.endpoints.push(Endpoint {
-                    address: addr,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    node_name: None,
-                    zone: None,
-                    hint_zones: None,
-                });
+                sl.endpoints.push(Endpoint::ready(addr));
                 want.push((
                     sl.id.name.clone(),
                     Backend {

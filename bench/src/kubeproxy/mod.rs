@@ -179,18 +179,7 @@ pub(crate) mod fixture {
                         port: target,
                         protocol: proto,
                     }],
-                    endpoints: eps
-                        .iter()
-                        .map(|a| Endpoint {
-                            address: (*a).into(),
-                            ready: true,
-                            serving: true,
-                            terminating: false,
-                            node_name: None,
-                            zone: None,
-                            hint_zones: None,
-                        })
-                        .collect(),
+                    endpoints: eps.iter().map(|a| Endpoint::ready((*a).into())).collect(),
                 },
             );
         };
