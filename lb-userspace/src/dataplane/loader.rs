@@ -174,22 +174,42 @@ impl Dataplane {
         }
         let capacities = capacities(&cfg)?;
         let wanted = pins::wanted_specs(crate::EBPF_OBJECT, &capacities)?;
-        let (mut actions, pending) = pins::prepare(bpffs, &wanted)?;
-        let paths: Vec<(&str, PathBuf)> = ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-        let mut loader = loader(&cfg, &capacities, bpf_log);
-        for (name, path) in &paths {
-            loader.map_pin_path(name, path.as_path());
+        let (mut actions, mut pending) = pins::prepare(bpffs, &wanted)?;
+        let loaded = (|| {
+            let paths: Vec<(&str, PathBuf)> =
+                ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
+            let mut loader = loader(&cfg, &capacities, bpf_log);
+            for (name, path) in &paths {
+                loader.map_pin_path(name, path.as_path());
+            }
+            let ebpf = loader.load(crate::EBPF_OBJECT)?;
+            drop(loader);
+            let migrated = pins::migrate(bpffs, &mut pending)?;
+            let links = bpffs.join("links");
+            std::fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
+                path: links.clone(),
+                source,
+            })?;
+            let mut dataplane = Self::finish(ebpf, cfg)?;
+            dataplane.attachments = Attachments::pinned(links);
+            Ok::<_, LoadError>((dataplane, migrated))
+        })();
+        let (mut dataplane, migrated) = match loaded {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                pending.restore();
+                return Err(e);
+            }
+        };
+        pending.commit();
+        actions.extend(migrated);
+        if actions
+            .iter()
+            .any(|a| matches!(a, PinAction::Recreated { name, .. } if *name == MAP_MAGLEV))
+        {
+            // The tables are gone: every Maglev service gets a new one.
+            dataplane.programmed.forget_maglev_tables();
         }
-        let ebpf = loader.load(crate::EBPF_OBJECT)?;
-        drop(loader);
-        actions.extend(pins::migrate(bpffs, pending)?);
-        let links = bpffs.join("links");
-        std::fs::create_dir_all(&links).map_err(|source| LoadError::PinDir {
-            path: links.clone(),
-            source,
-        })?;
-        let mut dataplane = Self::finish(ebpf, cfg)?;
-        dataplane.attachments = Attachments::pinned(links);
         Ok((dataplane, actions))
     }
 

@@ -205,9 +205,65 @@ impl fmt::Display for PinAction {
     }
 }
 
-/// Old maps kept open (their pins are gone) until their entries are copied.
+/// Old maps kept open until their entries are copied, and their pins, moved
+/// aside to `NAME_OLD` until the new agent has loaded: a start that fails
+/// puts them back ([`Pending::restore`]), so no state is lost with it.
 pub struct Pending {
     moves: Vec<(String, &'static str, MapData)>,
+    aside: Vec<PathBuf>,
+}
+
+impl Pending {
+    /// The load failed: removes the new pins and puts the old ones back.
+    pub fn restore(self) {
+        for path in &self.aside {
+            let _ = std::fs::remove_file(path);
+            let _ = std::fs::rename(aside_path(path), path);
+        }
+    }
+
+    /// The load succeeded: the old pins go (their maps live on only while
+    /// the old programs, still attached, hold them).
+    pub fn commit(self) {
+        for path in &self.aside {
+            let _ = std::fs::remove_file(aside_path(path));
+        }
+    }
+}
+
+fn aside_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    // bpffs refuses names with a dot.
+    name.push("_OLD");
+    PathBuf::from(name)
+}
+
+/// Moves a pin aside (see [`Pending`]).
+fn move_aside(path: &Path) -> Result<(), PinError> {
+    std::fs::rename(path, aside_path(path)).map_err(|source| PinError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// Pins left aside by an agent that stopped between moving them and
+/// finishing its start: back in place when nothing replaced them, else gone.
+fn recover_aside(bpffs: &Path, names: &[&str]) -> Result<(), PinError> {
+    for name in names {
+        let path = bpffs.join(name);
+        let old = aside_path(&path);
+        if old.exists() {
+            if path.exists() {
+                remove(&old)?;
+            } else {
+                std::fs::rename(&old, &path).map_err(|source| PinError::Io {
+                    path: old.clone(),
+                    source,
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Run before the loader: removes every pin under `bpffs` that must not be
@@ -218,6 +274,12 @@ pub fn prepare(
 ) -> Result<(Vec<PinAction>, Pending), PinError> {
     let mut actions = Vec::new();
     let mut moves = Vec::new();
+    let mut aside = Vec::new();
+    let mut names: Vec<&str> = ALL_MAPS.to_vec();
+    names.extend(MAP_MIGRATIONS.iter().map(|(old, _)| *old));
+    recover_aside(bpffs, &names)?;
+    // Decide everything before touching any pin.
+    let mut recreate = Vec::new();
     for (&name, spec) in wanted {
         let path = bpffs.join(name);
         if !path.exists() {
@@ -234,17 +296,33 @@ pub fn prepare(
         let same_layout = pinned.map_type == spec.map_type
             && pinned.key_size == spec.key_size
             && pinned.value_size == spec.value_size;
-        if same_layout && spec.copyable() {
-            moves.push((name.to_string(), name, open(&path)?));
-        }
-        remove(&path)?;
-        actions.push(PinAction::Recreated { name, why });
+        let old = (same_layout && spec.copyable())
+            .then(|| open(&path))
+            .transpose()?;
+        recreate.push((name, path, why, old));
     }
+    let mut migrations = Vec::new();
     for (old, new) in MAP_MIGRATIONS {
         let path = bpffs.join(old);
         if path.exists() {
-            moves.push((old.to_string(), new, open(&path)?));
+            migrations.push((old, new, path.clone(), open(&path)?));
         }
+    }
+    for (name, path, why, old) in recreate {
+        move_aside(&path)?;
+        aside.push(path);
+        if let Some(old) = old {
+            moves.push((name.to_string(), name, old));
+        }
+        actions.push(PinAction::Recreated { name, why });
+    }
+    for (old, new, path, map) in migrations {
+        move_aside(&path)?;
+        aside.push(path);
+        moves.push((old.to_string(), new, map));
+        actions.push(PinAction::RemovedStale {
+            name: old.to_string(),
+        });
     }
     for entry in std::fs::read_dir(bpffs).map_err(|source| PinError::Io {
         path: bpffs.into(),
@@ -260,14 +338,14 @@ pub fn prepare(
             actions.push(PinAction::RemovedStale { name });
         }
     }
-    Ok((actions, Pending { moves }))
+    Ok((actions, Pending { moves, aside }))
 }
 
 /// Run after the loader created and pinned the new maps: copies the entries
 /// of the old maps [`prepare`] kept open.
-pub fn migrate(bpffs: &Path, pending: Pending) -> Result<Vec<PinAction>, PinError> {
+pub fn migrate(bpffs: &Path, pending: &mut Pending) -> Result<Vec<PinAction>, PinError> {
     let mut actions = Vec::new();
-    for (from, to, old) in pending.moves {
+    for (from, to, old) in std::mem::take(&mut pending.moves) {
         let new = open(&bpffs.join(to))?;
         let copied = match to {
             MAP_SERVICES => copy::<ServiceKey, ServiceValue, _>(old, new, Some),
@@ -381,6 +459,39 @@ mod tests {
             max_entries: 1024,
             flags: 0,
         }
+    }
+
+    #[test]
+    fn pins_moved_aside_come_back_when_the_start_fails_and_go_when_it_succeeds() {
+        let dir = std::env::temp_dir().join(format!("weir-pins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let pin = dir.join("CT_V2");
+        std::fs::write(&pin, "old").expect("pin");
+        move_aside(&pin).expect("aside");
+        std::fs::write(&pin, "new").expect("new pin");
+        Pending {
+            moves: Vec::new(),
+            aside: vec![pin.clone()],
+        }
+        .restore();
+        assert_eq!(std::fs::read_to_string(&pin).expect("read"), "old");
+        assert!(!aside_path(&pin).exists());
+
+        move_aside(&pin).expect("aside");
+        std::fs::write(&pin, "new").expect("new pin");
+        Pending {
+            moves: Vec::new(),
+            aside: vec![pin.clone()],
+        }
+        .commit();
+        assert_eq!(std::fs::read_to_string(&pin).expect("read"), "new");
+        assert!(!aside_path(&pin).exists());
+
+        // A start that died in between: the pin comes back if nothing replaced it.
+        move_aside(&pin).expect("aside");
+        recover_aside(&dir, &["CT_V2"]).expect("recover");
+        assert_eq!(std::fs::read_to_string(&pin).expect("read"), "new");
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]

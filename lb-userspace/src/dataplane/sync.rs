@@ -57,6 +57,14 @@ pub fn network(addr: std::net::Ipv4Addr, prefix: u8) -> [u8; 4] {
 }
 
 impl Programmed {
+    /// The Maglev map was recreated empty: no service has a table any more,
+    /// so the next plan builds them all again.
+    pub fn forget_maglev_tables(&mut self) {
+        for s in self.services.values_mut() {
+            s.value.maglev_table = NO_MAGLEV_TABLE;
+        }
+    }
+
     /// Whether both hold the same map entries (allocation cursors aside).
     pub fn same_entries(&self, other: &Programmed) -> bool {
         self.services == other.services
@@ -339,7 +347,7 @@ pub fn plan_with(
         if algorithm == ALG_MAGLEV && !backend_ids.is_empty() {
             let reusable = old.filter(|s| {
                 s.value.algorithm == ALG_MAGLEV
-                    && s.value.maglev_table != NO_MAGLEV_TABLE
+                    && s.value.maglev_table < cfg.maglev_tables
                     && s.backend_ids == backend_ids
             });
             if let Some(s) = reusable {
