@@ -454,17 +454,8 @@ fn websocket_upgrades_are_tunnelled_to_the_backend() -> Result<()> {
 fn a_backend_going_away_mid_test_fails_no_request() -> Result<()> {
     let mut s = Setup::start(2, &[])?;
     s.service("app", 10, &["be1", "be2"])?;
-    s.s.manifests.write(
-        "app.yaml",
-        &ingress(
-            NS,
-            "app",
-            &format!(
-                "  ingressClassName: weir\n  defaultBackend: {}\n",
-                backend("app", 80)
-            ),
-        ),
-    )?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
     s.wait_served("any.example", "/", "be1")?;
     s.wait_served("any.example", "/", "be2")?;
     // be1's server stops: its endpoint is still listed, connections to it are
@@ -724,17 +715,8 @@ fn bad_input_is_reported_and_skipped_and_bad_requests_get_400_and_431() -> Resul
 fn serves_h2c_and_keeps_serving_after_an_agent_restart() -> Result<()> {
     let mut s = Setup::start(1, &[])?;
     s.service("app", 10, &["be1"])?;
-    s.s.manifests.write(
-        "app.yaml",
-        &ingress(
-            NS,
-            "app",
-            &format!(
-                "  ingressClassName: weir\n  defaultBackend: {}\n",
-                backend("app", 80)
-            ),
-        ),
-    )?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
     s.wait_served("h.example", "/", "be1")?;
     // HTTP/2 with prior knowledge on the plain port.
     let r = curl(
@@ -779,17 +761,8 @@ fn serves_h2c_and_keeps_serving_after_an_agent_restart() -> Result<()> {
 fn reuses_upstream_connections_and_closes_slow_clients_without_stalling_others() -> Result<()> {
     let s = Setup::start(1, &["--ingress-header-timeout=1s"])?;
     s.service("app", 10, &["be1"])?;
-    s.s.manifests.write(
-        "app.yaml",
-        &ingress(
-            NS,
-            "app",
-            &format!(
-                "  ingressClassName: weir\n  defaultBackend: {}\n",
-                backend("app", 80)
-            ),
-        ),
-    )?;
+    s.s.manifests
+        .write("app.yaml", &default_backend_ingress())?;
     s.wait_served("r.example", "/", "be1")?;
 
     // A client that never finishes its headers (slowloris) holds one connection...
