@@ -13,6 +13,13 @@ fn main() -> Result<()> {
     for dir in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
+    if let Err(missing) = toolchain_ready() {
+        // One line, no backtrace: cargo shows this under the build script's stderr.
+        eprintln!(
+            "error: {missing}: run `cargo xtask setup` first (it installs the eBPF toolchain)"
+        );
+        std::process::exit(1);
+    }
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
     cmd.args([
@@ -58,5 +65,28 @@ fn main() -> Result<()> {
     let built = target_dir.join("bpfel-unknown-none/release/lb-ebpf");
     fs::copy(&built, out_dir.join("lb-ebpf.o"))
         .with_context(|| format!("copying {}", built.display()))?;
+    Ok(())
+}
+
+/// What building the kernel crate needs and `cargo xtask setup` installs:
+/// the nightly toolchain with rust-src (for -Z build-std) and bpf-linker.
+fn toolchain_ready() -> Result<(), String> {
+    let sysroot = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--print", "sysroot"])
+        .env_remove("RUSTC")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .ok_or("the nightly Rust toolchain is missing")?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        return Err("rust-src is not installed for nightly".into());
+    }
+    let on_path = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).any(|d| d.join("bpf-linker").is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        return Err("bpf-linker is not installed (not found on PATH)".into());
+    }
     Ok(())
 }

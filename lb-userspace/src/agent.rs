@@ -203,9 +203,24 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
     let mut ct_full = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // This node's own addresses (NodePorts and ingress without a Node object), refreshed each tick.
+    let mut node = cfg.node.clone();
+    node.local = crate::dataplane::xdp::local_addresses(&cfg.devices);
+    let mut current: Option<Arc<ClusterState>> = None;
+    let mut missing = std::collections::BTreeSet::new();
+    let mut node_ports_on: Option<crate::node_addrs::Chosen> = None;
     loop {
+        let mut apply: Option<Arc<ClusterState>> = None;
         tokio::select! {
-            _ = tick.tick() => reconcile_devices(&mut dataplane, &selector),
+            _ = tick.tick() => {
+                reconcile_devices(&mut dataplane, &selector, &mut missing, &control);
+                let local = crate::dataplane::xdp::local_addresses(&cfg.devices);
+                if local != node.local {
+                    info!(uplinks = ?local.uplinks, all = ?local.all, "node addresses changed");
+                    node.local = local;
+                    apply = current.clone();
+                }
+            }
             _ = ct_gc.tick() => {
                 let gc = dataplane.gc_conntrack(&cfg.ct_timeouts);
                 if gc.removed > 0 {
@@ -220,47 +235,76 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 if changed.is_err() {
                     anyhow::bail!("the source stopped");
                 }
-                let state = states.borrow_and_update().clone();
-                if let Some(state) = state {
-                    let changes = state.changes_since(&previous);
-                    metrics.service_changes.inc_by(changes.services.len() as u64);
-                    metrics.endpoint_changes.inc_by(changes.slices.len() as u64);
-                    pending.add(&state, &changes.slices, started_at);
-                    if let Some(ingress) = ingress.as_mut() {
-                        let problems = ingress.apply(&state, &cfg.node.node_name);
-                        if let Some(writer) = &status_writer {
-                            writer.publish(ingress.statuses(&state, &cfg.node.node_name));
-                            for (object, message) in problems {
-                                writer.report(object, message);
-                            }
-                        }
-                    }
-                    health.update_proxy(|h| {
-                        h.queued_since.get_or_insert_with(Instant::now);
-                    });
-                    // Attach first, so that a pod device that appeared with its
-                    // endpoints serves traffic as soon as the maps do.
-                    reconcile_devices(&mut dataplane, &selector);
-                    let desired = sync(&mut dataplane, &state, &cfg.node, &metrics, &control, &changes);
-                    previous = (*state).clone();
-                    if let Some(desired) = desired {
-                        pending.programmed(&metrics);
-                        health.update_proxy(|h| {
-                            h.last_updated = Some(SystemTime::now());
-                            h.queued_since = None;
-                            h.source = format!("{:?}: synced", cfg.source);
-                        });
-                        health.services.store(Arc::new(desired.health_checks));
-                        health_servers.reconcile(&health).await;
-                    }
+                apply = states.borrow_and_update().clone();
+                if apply.is_some() {
+                    current = apply.clone();
                 }
             }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
+        let Some(state) = apply else { continue };
+        let changes = state.changes_since(&previous);
+        metrics
+            .service_changes
+            .inc_by(changes.services.len() as u64);
+        metrics.endpoint_changes.inc_by(changes.slices.len() as u64);
+        pending.add(&state, &changes.slices, started_at);
+        if let Some(ingress) = ingress.as_mut() {
+            let problems = ingress.apply(&state, &node);
+            if let Some(writer) = &status_writer {
+                writer.publish(ingress.statuses(&state, &node));
+                for (object, message) in problems {
+                    writer.report(object, message);
+                }
+            }
+        }
+        health.update_proxy(|h| {
+            h.queued_since.get_or_insert_with(Instant::now);
+        });
+        // Attach first, so that a pod device that appeared with its
+        // endpoints serves traffic as soon as the maps do.
+        reconcile_devices(&mut dataplane, &selector, &mut missing, &control);
+        let desired = sync(&mut dataplane, &state, &node, &metrics, &control, &changes);
+        previous = (*state).clone();
+        if let Some(desired) = desired {
+            report_node_port_addresses(&desired, &mut node_ports_on);
+            pending.programmed(&metrics);
+            health.update_proxy(|h| {
+                h.last_updated = Some(SystemTime::now());
+                h.queued_since = None;
+                h.source = format!("{:?}: synced", cfg.source);
+            });
+            health.services.store(Arc::new(desired.health_checks));
+            health_servers.reconcile(&health).await;
+        }
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
     Ok(())
+}
+
+/// Says which addresses NodePorts are served on whenever that changes, and
+/// once, as a warning, when there is none while some Service has a NodePort.
+fn report_node_port_addresses(desired: &Desired, last: &mut Option<crate::node_addrs::Chosen>) {
+    let chosen = &desired.node_ports_on;
+    if last.as_ref() == Some(chosen) {
+        return;
+    }
+    if chosen.addresses.is_empty() {
+        if desired.node_ports == 0 {
+            return;
+        }
+        warn!(
+            node_ports = desired.node_ports,
+            "no address to serve NodePorts on: {} gives none; NodePorts are not served until \
+             this node has one (give the uplinks an IPv4 address with --devices, a Node object \
+             with an InternalIP, or --nodeport-addresses)",
+            chosen.source
+        );
+    } else {
+        info!(addresses = ?chosen.addresses, "NodePorts served on {}", chosen.source);
+    }
+    *last = Some(chosen.clone());
 }
 
 /// Says when the conntrack map becomes full and when it has room again.
@@ -296,39 +340,70 @@ async fn ingress_status_writer(
     }
 }
 
-fn reconcile_devices(dataplane: &mut Dataplane, selector: &DeviceSelector) {
-    match list_links() {
-        Ok(links) => {
-            let report =
-                dataplane.reconcile_devices(&selector.select(&links), &selector.uplinks(&links));
-            for name in &report.attached {
-                info!(device = %name, "attached tc ingress");
-            }
-            for name in &report.adopted {
-                info!(device = %name, "attached tc ingress (took over the pinned link)");
-            }
-            for name in &report.detached {
-                info!(device = %name, "device gone; detached");
-            }
-            for (name, e) in &report.failed {
-                warn!(device = %name, "attach failed: {e}");
-            }
-            let xdp = dataplane.reconcile_xdp(&selector.uplinks(&links));
-            for (name, e) in &xdp.fell_back {
-                warn!(device = %name, "native XDP is not available ({e}); using generic XDP");
-            }
-            for (name, mode, how) in &xdp.attached {
-                info!(device = %name, mode, "XDP {how}");
-            }
-            for name in &xdp.detached {
-                info!(device = %name, "XDP detached");
-            }
-            for (name, e) in &xdp.failed {
-                warn!(device = %name, "XDP attach failed: {e}; external clients to remote backends are not served");
-            }
+/// Attaches tc and XDP to the devices there are now, and logs what changed.
+/// A `--devices` uplink that is not there is named once and attached when it
+/// appears; the rest keeps serving meanwhile.
+fn reconcile_devices(
+    dataplane: &mut Dataplane,
+    selector: &DeviceSelector,
+    missing: &mut std::collections::BTreeSet<String>,
+    control: &ControlState,
+) {
+    let links = match list_links() {
+        Ok(links) => links,
+        Err(e) => {
+            warn!("listing links: {e}");
+            return;
         }
-        Err(e) => warn!("listing links: {e}"),
+    };
+    let report = dataplane.reconcile_devices(&selector.select(&links), &selector.uplinks(&links));
+    for name in &report.attached {
+        info!(device = %name, "attached tc ingress");
     }
+    for name in &report.adopted {
+        info!(device = %name, "attached tc ingress (took over the pinned link)");
+    }
+    for name in &report.detached {
+        info!(device = %name, "device gone; detached");
+    }
+    for (name, e) in &report.failed {
+        warn!(device = %name, "attach failed: {e}");
+    }
+    let uplinks = selector.uplinks(&links);
+    let xdp = dataplane.reconcile_xdp(&uplinks);
+    for (name, e) in &xdp.fell_back {
+        warn!(device = %name, "native XDP is not available ({e}); using generic XDP");
+    }
+    for (name, w) in &xdp.warnings {
+        warn!(device = %name, "{w}");
+    }
+    for (name, why) in &xdp.tc_only {
+        info!(device = %name, "no XDP: {why}");
+    }
+    for (name, mode, how, why) in &xdp.attached {
+        info!(device = %name, mode, "XDP {how} ({why})");
+    }
+    for name in &xdp.detached {
+        info!(device = %name, "XDP detached");
+    }
+    for (name, e) in &xdp.failed {
+        warn!(device = %name, "XDP attach failed: {e}; tc on the uplink serves external clients");
+    }
+    for device in &selector.devices {
+        let present = links.iter().any(|(n, _)| n == device);
+        if !present && missing.insert(device.clone()) {
+            warn!(device = %device, "uplink named in --devices does not exist; attached when it appears, the rest keeps serving");
+        } else if present && missing.remove(device) {
+            info!(device = %device, "uplink appeared");
+        }
+    }
+    let mut status = dataplane.uplink_modes(&uplinks);
+    status.extend(missing.iter().map(|d| crate::control::UplinkStatus {
+        device: d.clone(),
+        mode: "missing".into(),
+        reason: "named in --devices, not present; waiting for it".into(),
+    }));
+    control.set_uplinks(status);
 }
 
 /// Translates and syncs; returns what was programmed, or None if the sync

@@ -113,6 +113,18 @@ pub struct AgentStatus {
     pub sync_failures: u64,
     /// Whether the ingress proxy runs (`weir ingress routes` has a table).
     pub ingress: bool,
+    /// What serves external clients on each uplink, and why.
+    #[serde(default)]
+    pub uplinks: Vec<UplinkStatus>,
+}
+
+/// One uplink's datapath for external clients.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkStatus {
+    pub device: String,
+    /// "xdp-native", "xdp-generic", "tc", or "missing" (named in --devices, not there).
+    pub mode: String,
+    pub reason: String,
 }
 
 /// The agent's side: what it has to tell, updated as it runs.
@@ -144,6 +156,14 @@ impl ControlState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .ingress = true;
+    }
+
+    /// Records what serves each uplink.
+    pub fn set_uplinks(&self, uplinks: Vec<UplinkStatus>) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .uplinks = uplinks;
     }
 
     /// Records a sync.

@@ -11,9 +11,11 @@ use crate::{
         Dataplane,
     },
     model::{ClusterState, ObjectRef},
+    node_addrs::{primary, Chosen},
     proxy::{self, Listeners, ProxyConfig, ProxyError, SharedTable},
     routes::{build, build::selected, RouteConfig},
     source::ingress_status::Statuses,
+    translate::NodeFacts,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -84,21 +86,29 @@ impl Ingress {
         self.table.clone()
     }
 
-    /// The node's addresses (its Node object's InternalIP/ExternalIP) and the extra ones.
-    pub fn addresses(&self, state: &ClusterState, node_name: &str) -> BTreeSet<Ipv4Addr> {
+    /// The node's primary addresses (its Node object's InternalIP/ExternalIP,
+    /// else its uplinks') and the extra ones.
+    pub fn addresses(&self, state: &ClusterState, node: &NodeFacts) -> BTreeSet<Ipv4Addr> {
         let mut set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
-        if let Some(node) = state.nodes.get(node_name) {
-            set.extend(node.addresses.iter().copied());
-        }
+        set.extend(self.primary(state, node).addresses);
         set
+    }
+
+    fn primary(&self, state: &ClusterState, node: &NodeFacts) -> Chosen {
+        let object = state.nodes.get(&node.node_name);
+        primary(
+            &node.node_name,
+            object.map(|n| n.addresses.as_slice()),
+            &node.local,
+        )
     }
 
     /// What each served Ingress's status.loadBalancer should list:
     /// --ingress-addresses when given (the same on every node, so agents on
     /// several nodes agree), otherwise this node's ingress addresses.
-    pub fn statuses(&self, state: &ClusterState, node_name: &str) -> Statuses {
+    pub fn statuses(&self, state: &ClusterState, node: &NodeFacts) -> Statuses {
         let addresses: Vec<Ipv4Addr> = if self.cfg.extra_addresses.is_empty() {
-            self.addresses(state, node_name).into_iter().collect()
+            self.addresses(state, node).into_iter().collect()
         } else {
             let set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
             set.into_iter().collect()
@@ -114,11 +124,11 @@ impl Ingress {
 
     /// Applies a new cluster state: a new routing table, and the ingress
     /// addresses. Returns the problems that are new since the last state.
-    pub fn apply(&mut self, state: &ClusterState, node_name: &str) -> Vec<(ObjectRef, String)> {
+    pub fn apply(&mut self, state: &ClusterState, node: &NodeFacts) -> Vec<(ObjectRef, String)> {
         let table = build(
             state,
             &RouteConfig {
-                node_name: node_name.to_string(),
+                node_name: node.node_name.clone(),
             },
         );
         if table.warnings != self.last_warnings {
@@ -138,7 +148,14 @@ impl Ingress {
         let new: Vec<(ObjectRef, String)> = problems.difference(&self.reported).cloned().collect();
         self.reported = problems;
         self.table.store(Arc::new(table));
-        let addresses = self.addresses(state, node_name);
+        let addresses = self.addresses(state, node);
+        if self.last_addresses.as_ref() != Some(&addresses) && addresses.is_empty() {
+            warn!(
+                "ingress: no address to serve on: {} gives none and --ingress-addresses is \
+                 empty; nothing is handed to the proxy until there is one",
+                self.primary(state, node).source
+            );
+        }
         if self.last_addresses.as_ref() != Some(&addresses) {
             match self
                 .handoff

@@ -403,6 +403,24 @@ pub fn status_table(s: &Status) -> String {
     out
 }
 
+/// `text` in lines of at most `width` characters, broken at spaces.
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("never empty");
+        if !last.is_empty() && last.len() + 1 + word.len() > width {
+            lines.push(word.to_string());
+        } else {
+            if !last.is_empty() {
+                last.push(' ');
+            }
+            last.push_str(word);
+        }
+    }
+    lines.retain(|l| !l.is_empty());
+    lines
+}
+
 /// "12s ago" for an RFC 3339 time, or the time itself if it cannot be read.
 fn ago(time: &str, now: SystemTime) -> String {
     match humantime::parse_rfc3339_weak(time) {
@@ -426,6 +444,15 @@ pub fn agent_lines(a: &crate::control::AgentStatus, now: SystemTime) -> Vec<Stri
         a.started,
         ago(&a.started, now)
     )];
+    for (i, u) in a.uplinks.iter().enumerate() {
+        let label = if i == 0 { "Uplinks:" } else { "" };
+        l.push(format!("{label:<9} {} {}", u.device, u.mode));
+        l.extend(
+            wrap(&u.reason, 68)
+                .into_iter()
+                .map(|r| format!("            {r}")),
+        );
+    }
     let src = &a.source;
     l.push(format!("Source:   {} {}", src.kind, src.location));
     l.push(format!(

@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
+pub mod node_addrs;
 pub mod proxy;
 pub mod routes;
 pub mod source;

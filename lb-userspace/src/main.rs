@@ -548,19 +548,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
     };
     let healthz_bind = proxy.config.healthz_bind_address;
     let metrics_bind = proxy.config.metrics_bind_address;
-    let nodeport_cidrs = proxy
-        .config
-        .node_port_addresses
-        .iter()
-        .filter_map(|a| match a {
-            weir::source::config::NodePortAddress::Cidr(c) => match c.addr {
-                std::net::IpAddr::V4(v4) => Some((v4, c.prefix)),
-                std::net::IpAddr::V6(_) => None,
-            },
-            // "primary": every node address for now (the node has one per family here).
-            weir::source::config::NodePortAddress::Primary => None,
-        })
-        .collect();
+    let nodeport_selection = proxy.config.node_port_addresses.clone();
     let mut source = args.source;
     if let SourceSpec::Kube(options) = &mut source {
         proxy.config.apply_to(options);
@@ -590,7 +578,8 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             node_name,
             default_algorithm,
             nodeport_addresses: Vec::new(),
-            nodeport_cidrs,
+            nodeport_selection,
+            local: Default::default(),
             nodeport_range: args.service_node_port_range,
         },
         xdp_mode: match args.xdp_mode {

@@ -14,6 +14,7 @@ use crate::{
         ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
         SliceIndex, ZONE_LABEL,
     },
+    node_addrs::{node_port_addresses, Chosen, LocalAddresses, NodePortAddress},
     source::convert::DEFAULT_AFFINITY_TIMEOUT,
 };
 
@@ -28,12 +29,14 @@ pub const PROXY_NAME: &str = "weir";
 pub struct NodeFacts {
     pub node_name: String,
     pub default_algorithm: u8,
-    /// Addresses NodePorts are served on; empty means the node's own
-    /// addresses from its Node object (filtered by `nodeport_cidrs`).
+    /// Addresses NodePorts are served on, given outright; empty means they
+    /// are chosen by `nodeport_selection` (see node_addrs).
     pub nodeport_addresses: Vec<Ipv4Addr>,
-    /// nodePortAddresses as CIDRs: only node addresses inside one of them
-    /// serve NodePorts (empty: all).
-    pub nodeport_cidrs: Vec<(Ipv4Addr, u8)>,
+    /// nodePortAddresses: `primary`, `all` and CIDRs (empty: primary).
+    pub nodeport_selection: Vec<NodePortAddress>,
+    /// This node's own addresses (uplinks and every device), for NodePorts
+    /// and the ingress hand-off when there is no Node object.
+    pub local: LocalAddresses,
     /// The apiserver's --service-node-port-range: NodePorts outside it are
     /// not served (the apiserver would have rejected them).
     pub nodeport_range: (u16, u16),
@@ -47,7 +50,8 @@ impl Default for NodeFacts {
             node_name: String::new(),
             default_algorithm: ALG_RANDOM,
             nodeport_addresses: Vec::new(),
-            nodeport_cidrs: Vec::new(),
+            nodeport_selection: Vec::new(),
+            local: LocalAddresses::default(),
             nodeport_range: DEFAULT_NODEPORT_RANGE,
         }
     }
@@ -75,6 +79,11 @@ pub struct Desired {
     /// healthCheckNodePort -> what it reports (LoadBalancer, externalTrafficPolicy Local).
     pub health_checks: BTreeMap<u16, ServiceHealth>,
     pub warnings: Vec<String>,
+    /// The addresses NodePorts are served on and where they came from.
+    pub node_ports_on: Chosen,
+    /// Service ports with a nodePort, to tell whether an empty
+    /// `node_ports_on` leaves anything unserved.
+    pub node_ports: usize,
 }
 
 /// Parses an algorithm name as used by the annotation and the `--lb-algorithm` flag.
@@ -117,22 +126,20 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
     let zone = this_node
         .and_then(|n| n.labels.get(ZONE_LABEL))
         .map(String::as_str);
-    let in_cidrs = |ip: &Ipv4Addr| {
-        node.nodeport_cidrs.is_empty()
-            || node.nodeport_cidrs.iter().any(|(net, prefix)| {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from((*prefix).min(32)))
-                    .unwrap_or(0);
-                u32::from(*ip) & mask == u32::from(*net) & mask
-            })
-    };
-    let node_ips: Vec<Ipv4Addr> = if node.nodeport_addresses.is_empty() {
-        this_node.map_or(Vec::new(), |n| {
-            n.addresses.iter().copied().filter(in_cidrs).collect()
-        })
+    desired.node_ports_on = if node.nodeport_addresses.is_empty() {
+        node_port_addresses(
+            &node.nodeport_selection,
+            &node.node_name,
+            this_node.map(|n| n.addresses.as_slice()),
+            &node.local,
+        )
     } else {
-        node.nodeport_addresses.clone()
+        Chosen {
+            addresses: node.nodeport_addresses.clone(),
+            source: "the given addresses".into(),
+        }
     };
+    let node_ips = desired.node_ports_on.addresses.clone();
     let index = SliceIndex::new(state);
     for svc in state.services.values() {
         if svc.service_type == ServiceType::ExternalName
@@ -178,6 +185,7 @@ pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
                 svc.service_type,
                 ServiceType::NodePort | ServiceType::LoadBalancer
             ) {
+                desired.node_ports += usize::from(port.node_port.is_some());
                 match port.node_port {
                     Some(np) if np < node.nodeport_range.0 || np > node.nodeport_range.1 => {
                         desired.warnings.push(format!(

@@ -12,7 +12,8 @@
 //! their uplink addresses, as a flat-network CNI does. One agent per node
 //! (`--hostname-override=node-i --devices=eth0 --pod-devices=lxc*`, its own
 //! pins) reads one shared manifest directory, which holds a Node object per
-//! node with its uplink address (the address NodePorts are served on).
+//! node with its uplink address (the address NodePorts are served on), unless
+//! built without. The bridge ports are bare unless asked (`lan::FarSide`).
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::{bail, Context, Result};
@@ -21,7 +22,7 @@ use crate::{
     agent::Agent,
     cmd::ip,
     echo::{requests, EchoReply, EchoServer, Proto},
-    lan::{Lan, UPLINK},
+    lan::{FarSide, Lan, UPLINK},
     manifests::{self, Ep, ManifestDir},
     netns::{unique_tag, Netns},
     node::{add_pod, make_router, Pod},
@@ -82,12 +83,19 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` nodes (node-1..), the external client and the lan, with no
     /// pods and no agents; the manifest directory holds the Node objects.
+    /// The uplinks' far sides are bare bridge ports, as in kind.
     pub fn new(nodes: u8) -> Result<Self> {
+        Self::build(nodes, FarSide::Bare, true)
+    }
+
+    /// As `new`, with `far_side` on every bridge port, and Node objects
+    /// only when `node_objects` (the directory source often has none).
+    pub fn build(nodes: u8, far_side: FarSide, node_objects: bool) -> Result<Self> {
         if !(1..=MAX_NODES).contains(&nodes) {
             bail!("a cluster has 1 to {MAX_NODES} nodes, not {nodes}");
         }
         let tag = unique_tag();
-        let lan = Lan::create(&format!("{tag}-lan"))?;
+        let lan = Lan::create(&format!("{tag}-lan"), far_side)?;
         let ext = Netns::create(&format!("{tag}-ext"))?;
         lan.attach(&ext.name, "ext", EXT_IP, LAN_PREFIX)?;
         let mut members = Vec::new();
@@ -122,7 +130,7 @@ impl Cluster {
             }
         }
         let manifests = ManifestDir::new(&tag)?;
-        for node in &members {
+        for node in members.iter().filter(|_| node_objects) {
             manifests.write(
                 &format!("{}.yaml", node.name),
                 &manifests::node(&node.name, node.ip),

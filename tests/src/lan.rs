@@ -12,7 +12,20 @@ const BRIDGE: &str = "br0";
 /// The name of the uplink in every attached namespace.
 pub const UPLINK: &str = "eth0";
 
+/// What is on the far side of each uplink: the bridge port, its veth peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FarSide {
+    /// Nothing: how kind, k3d and other Docker-based clusters wire nodes.
+    /// A native-XDP uplink's XDP_TX and redirected frames are dropped here.
+    #[default]
+    Bare,
+    /// An XDP pass program on the bridge port, as Cilium's kind CI attaches:
+    /// the agent sees it and `--xdp-mode auto` picks native XDP.
+    XdpPass,
+}
+
 pub struct Lan {
+    far_side: FarSide,
     /// XDP pass programs on the bridge ports, detached when dropped (before the namespace goes).
     passes: std::sync::Mutex<Vec<weir::dataplane::xdp::PeerPass>>,
     pub netns: Netns,
@@ -21,8 +34,9 @@ pub struct Lan {
 impl Lan {
     /// Namespace `name` with a bridge that forwards at once: no STP, so no
     /// listening/learning delay before a new port passes traffic.
-    pub fn create(name: &str) -> Result<Self> {
+    pub fn create(name: &str, far_side: FarSide) -> Result<Self> {
         let lan = Self {
+            far_side,
             passes: Default::default(),
             netns: Netns::create(name)?,
         };
@@ -62,8 +76,9 @@ impl Lan {
             ip(step).with_context(|| format!("attaching {ns} to the lan as {port}"))?;
         }
         crate::cmd::full_checksums(ns, UPLINK)?;
-        // The node's XDP program sends frames back out of eth0 (XDP_TX):
-        // the veth delivers them only if this side runs an XDP program too.
+        if self.far_side == FarSide::Bare {
+            return Ok(());
+        }
         let device = port.to_string();
         let pass = self
             .netns

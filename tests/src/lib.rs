@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod cmd;
+pub mod demo;
 pub mod echo;
 pub mod fake_apiserver;
 pub mod http;
@@ -24,6 +25,7 @@ pub mod packets;
 pub mod prom;
 pub mod sandbox;
 pub mod scenario;
+pub mod tag;
 pub mod wrk;
 
 pub use agent::Agent;

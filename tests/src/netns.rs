@@ -10,8 +10,7 @@ use nix::sched::{setns, CloneFlags};
 
 use crate::cmd::ip;
 
-/// Prefix of every namespace the harness creates; `cargo xtask test` removes leftovers.
-pub const PREFIX: &str = "wr";
+pub use crate::tag::PREFIX;
 
 /// A short name unique to this process and call, e.g. "wr4711x3".
 pub fn unique_tag() -> String {

@@ -115,8 +115,19 @@ fn link_programs(bpffs: &std::path::Path) -> Result<BTreeMap<String, (u64, u64)>
 /// new agent loads its programs anew and swaps them into the pinned links
 /// (bpf_link_update), which is exactly how an upgrade replaces a running
 /// build: the links stay, the programs change, and no flow notices.
+/// The uplinks hang on bare bridge ports (as in kind): generic XDP there,
+/// and tc for `--xdp-mode auto` (which will not use native XDP on them).
 #[test]
 fn node_port_flows_from_outside_survive_five_sigkills_and_program_swaps() -> Result<()> {
+    node_port_flows_survive_restarts("generic", true)
+}
+
+#[test]
+fn node_port_flows_from_outside_survive_restarts_with_the_uplink_on_tc() -> Result<()> {
+    node_port_flows_survive_restarts("auto", false)
+}
+
+fn node_port_flows_survive_restarts(xdp_mode: &str, xdp: bool) -> Result<()> {
     let mut c = Cluster::new(2)?;
     c.add_pod(1, "be1")?;
     c.add_pod(2, "be2")?;
@@ -135,14 +146,19 @@ fn node_port_flows_from_outside_survive_five_sigkills_and_program_swaps() -> Res
         "slice.yaml",
         &slice_eps(NS, "np-1", "np", &ports, &c.ready_eps(&["be1", "be2"])),
     )?;
-    c.start_agents(&[])?;
+    c.start_agents(&[&format!("--xdp-mode={xdp_mode}")])?;
     let node = node_ip(1);
     c.agent(1).wait_frontend(&format!("{node}:30080/TCP"), 2)?;
     c.agent(1).wait_frontend(&format!("{node}:30053/UDP"), 2)?;
     let links_before = link_programs(&c.agent(1).bpffs)?;
-    assert!(
+    assert_eq!(
         links_before.keys().any(|l| l.starts_with("xdp_")),
-        "no XDP link on the uplink: {links_before:?}"
+        xdp,
+        "XDP link on the uplink with --xdp-mode={xdp_mode}: {links_before:?}"
+    );
+    assert!(
+        links_before.keys().any(|l| l.starts_with("tc_eth0")),
+        "no tc link on the uplink: {links_before:?}"
     );
 
     let load = Load::start(
@@ -159,7 +175,7 @@ fn node_port_flows_from_outside_survive_five_sigkills_and_program_swaps() -> Res
     }
     std::thread::sleep(Duration::from_millis(400));
     let tally = load.finish()?;
-    println!("node port restarts: {tally:?}, ready after {ready_after:?}");
+    println!("node port restarts (--xdp-mode={xdp_mode}): {tally:?}, ready after {ready_after:?}");
     assert_eq!(
         tally.failed(),
         0,
@@ -192,7 +208,11 @@ fn node_port_flows_from_outside_survive_five_sigkills_and_program_swaps() -> Res
         let v: serde_json::Value = serde_json::from_str(&out)?;
         Ok(v[0]["xdp"].as_array().map_or(0, Vec::len))
     };
-    assert_eq!(xdp_on_devices()?, 1, "XDP on the uplink before uninstall");
+    assert_eq!(
+        xdp_on_devices()?,
+        usize::from(xdp),
+        "XDP on the uplink before uninstall"
+    );
     c.agent(1).stop();
     let bpffs = c.agent(1).bpffs.clone();
     run(

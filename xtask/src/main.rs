@@ -1,7 +1,8 @@
 //! `cargo xtask`: setup, build, run, demo, test and bench for Weir.
 mod bench;
-mod demo;
 mod setup;
+#[path = "../../tests/src/tag.rs"]
+mod tag;
 mod util;
 
 use anyhow::Result;
@@ -74,7 +75,8 @@ fn main() -> Result<()> {
         }
         Command::Demo => {
             setup::run()?;
-            demo::run()
+            cargo(&["build", "-p", "lb-userspace"])?;
+            cargo(&["run", "--quiet", "-p", "weir-tests", "--bin", "weir-demo"])
         }
         Command::Test { args } => {
             setup::run()?;

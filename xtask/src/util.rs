@@ -106,7 +106,7 @@ pub fn exec(program: &Path, args: &[String]) -> Result<()> {
 pub fn clean_leftovers() {
     if let Some(list) = output("ip", &["netns", "list"]) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if is_stale_test_tag(name) {
+            if crate::tag::is_stale_tag(name) {
                 let _ = status("ip", &["netns", "del", name]);
             }
         }
@@ -116,28 +116,10 @@ pub fn clean_leftovers() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name
                 .strip_prefix("weir-test-")
-                .is_some_and(is_stale_test_tag)
+                .is_some_and(crate::tag::is_stale_tag)
             {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
-}
-
-/// Test namespaces are named "wr<pid>x<n>-<role>" and pins "weir-test-wr<pid>x<n>..."
-/// (weir_tests::netns::unique_tag). Stale: the test process that made it is gone
-/// (a suite running in parallel, e.g. in another worktree, keeps its own).
-fn is_stale_test_tag(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix(weir_tests::netns::PREFIX) else {
-        return false;
-    };
-    let tag = rest.split_once('-').map_or(rest, |(tag, _role)| tag);
-    let Some((pid, n)) = tag.split_once('x') else {
-        return false;
-    };
-    let n = n.trim_end_matches(|c: char| !c.is_ascii_digit());
-    !pid.is_empty()
-        && !n.is_empty()
-        && pid.bytes().all(|b| b.is_ascii_digit())
-        && !std::path::Path::new("/proc").join(pid).exists()
 }

@@ -9,6 +9,7 @@ pub mod maps;
 pub mod monitor;
 pub mod pins;
 pub mod sync;
+pub mod veth_peer;
 pub mod xdp;
 
 pub use loader::{Dataplane, LoadError};

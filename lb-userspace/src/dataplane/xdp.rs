@@ -16,12 +16,12 @@ use aya::programs::{
     Xdp, XdpMode,
 };
 
-use super::Dataplane;
+use super::{veth_peer::PeerDelivery, Dataplane};
 
 /// Which XDP modes the agent may use (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum XdpPolicy {
-    /// Native, falling back to generic.
+    /// Native where frames it sends are delivered, generic otherwise.
     #[default]
     Auto,
     Native,
@@ -29,14 +29,50 @@ pub enum XdpPolicy {
     Off,
 }
 
-impl XdpPolicy {
-    fn modes(self) -> &'static [XdpMode] {
-        match self {
-            XdpPolicy::Auto => &[XdpMode::Driver, XdpMode::Skb],
-            XdpPolicy::Native => &[XdpMode::Driver],
-            XdpPolicy::Generic => &[XdpMode::Skb],
-            XdpPolicy::Off => &[],
+/// The modes to try on one uplink, in order, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModeChoice {
+    pub modes: &'static [XdpMode],
+    pub reason: String,
+    /// Said once when the choice may lose traffic (native forced on a veth
+    /// whose peer may drop what it is sent).
+    pub warning: Option<String>,
+}
+
+/// Picks the XDP modes for an uplink from the policy and what its far side
+/// does with frames native XDP sends (veth_peer). Pure.
+pub fn choose_modes(policy: XdpPolicy, peer: &PeerDelivery) -> ModeChoice {
+    let choice = |modes, reason: &str| ModeChoice {
+        modes,
+        reason: reason.to_string(),
+        warning: None,
+    };
+    match (policy, peer) {
+        (XdpPolicy::Off, _) => choice(&[], "--xdp-mode off: tc serves external clients"),
+        (XdpPolicy::Generic, _) => choice(&[XdpMode::Skb], "--xdp-mode generic"),
+        (XdpPolicy::Native, PeerDelivery::MayDrop(why)) => ModeChoice {
+            modes: &[XdpMode::Driver],
+            reason: "--xdp-mode native".into(),
+            warning: Some(format!(
+                "native XDP as asked, but {why}: NodePort replies, rejects and traffic to remote \
+                 backends may be lost (--xdp-mode auto would leave this uplink to tc)"
+            )),
+        },
+        (XdpPolicy::Native, _) => choice(&[XdpMode::Driver], "--xdp-mode native"),
+        (XdpPolicy::Auto, PeerDelivery::NotVeth) => choice(
+            &[XdpMode::Driver, XdpMode::Skb],
+            "native where the driver has it",
+        ),
+        (XdpPolicy::Auto, PeerDelivery::Delivers(why)) => {
+            choice(&[XdpMode::Driver, XdpMode::Skb], &format!("native: {why}"))
         }
+        // Generic XDP on a veth gains nothing over tc (the skb exists
+        // already), and tc's checksum helpers also handle the partial
+        // checksums that veths carry.
+        (XdpPolicy::Auto, PeerDelivery::MayDrop(why)) => choice(
+            &[],
+            &format!("tc, not native XDP: {why} (generic XDP would gain nothing over tc here)"),
+        ),
     }
 }
 
@@ -65,6 +101,8 @@ pub fn parse_pin_name(name: &str) -> Option<(&str, &str)> {
 pub struct XdpAttachment {
     pub ifindex: u32,
     pub mode: &'static str,
+    /// Why this mode (for the log and `weir status`).
+    pub reason: String,
     _link: XdpLink,
 }
 
@@ -72,13 +110,19 @@ pub struct XdpAttachment {
 pub struct XdpAttachments {
     pub policy: XdpPolicy,
     pub links: BTreeMap<String, XdpAttachment>,
+    /// Uplinks left to tc, with why.
+    pub tc_only: BTreeMap<String, String>,
 }
 
 /// What an XDP reconcile did, for logging.
 #[derive(Debug, Default)]
 pub struct XdpReport {
-    /// (device, mode, how): how is "attached" or "took over the pinned link".
-    pub attached: Vec<(String, &'static str, &'static str)>,
+    /// (device, mode, how, why): how is "attached" or "took over the pinned link".
+    pub attached: Vec<(String, &'static str, &'static str, String)>,
+    /// Choices that may lose traffic: (device, warning).
+    pub warnings: Vec<(String, String)>,
+    /// Uplinks newly left to tc (no XDP): (device, why).
+    pub tc_only: Vec<(String, String)>,
     /// Devices where native XDP failed and generic was used: (device, native error).
     pub fell_back: Vec<(String, String)>,
     pub failed: Vec<(String, String)>,
@@ -118,28 +162,60 @@ fn existing_pin(dir: &Path, device: &str, ifindex: u32) -> Option<(PathBuf, &'st
     })
 }
 
+/// Every IPv4 address of the network namespace: (device, address), in the kernel's order.
+fn ipv4_addrs() -> Vec<(String, Ipv4Addr)> {
+    nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter_map(|ifa| {
+            let sin = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+            Some((ifa.interface_name, sin))
+        })
+        .collect()
+}
+
 /// The first IPv4 address of each device, by name.
 pub fn device_addrs() -> BTreeMap<String, Ipv4Addr> {
     let mut out = BTreeMap::new();
-    for ifa in nix::ifaddrs::getifaddrs().into_iter().flatten() {
-        if let Some(sin) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-            out.entry(ifa.interface_name.clone()).or_insert(sin.ip());
-        }
+    for (name, addr) in ipv4_addrs() {
+        out.entry(name).or_insert(addr);
     }
     out
 }
 
+/// This node's addresses: those of the uplinks `devices` (in their order)
+/// and every non-loopback one.
+pub fn local_addresses(devices: &[String]) -> crate::node_addrs::LocalAddresses {
+    let addrs = ipv4_addrs();
+    let mut local = crate::node_addrs::LocalAddresses::default();
+    for device in devices {
+        for (_, addr) in addrs.iter().filter(|(name, _)| name == device) {
+            if !local.uplinks.contains(addr) {
+                local.uplinks.push(*addr);
+            }
+        }
+    }
+    for (_, addr) in addrs.iter().filter(|(_, a)| !a.is_loopback()) {
+        if !local.all.contains(addr) {
+            local.all.push(*addr);
+        }
+    }
+    local
+}
+
 impl Dataplane {
     /// Attaches XDP to every wanted uplink (name, ifindex) not yet attached,
-    /// adopting pinned links, detaches the rest, and refreshes NODE_ADDRS_V1.
-    pub fn reconcile_xdp(&mut self, wanted: &[(String, u32)]) -> XdpReport {
+    /// in the mode `choose_modes` picks for it, adopting pinned links of that
+    /// mode; detaches the rest; and writes each uplink's address into
+    /// NODE_ADDRS_V1 (the SNAT source, for XDP and for tc alike).
+    pub fn reconcile_xdp(&mut self, uplinks: &[(String, u32)]) -> XdpReport {
         let mut report = XdpReport::default();
         let dir = self.attachments.pin_dir().map(Path::to_path_buf);
         let policy = self.xdp.policy;
         let wanted: Vec<&(String, u32)> = if policy == XdpPolicy::Off {
             Vec::new()
         } else {
-            wanted.iter().collect()
+            uplinks.iter().collect()
         };
         let gone: Vec<String> = self
             .xdp
@@ -153,26 +229,71 @@ impl Dataplane {
                 if let Some(dir) = &dir {
                     let _ = std::fs::remove_file(dir.join(pin_name(a.mode, &name, a.ifindex)));
                 }
-                let _ = self.maps.node_addrs.remove(&a.ifindex);
             }
             report.detached.push(name);
+        }
+        if policy == XdpPolicy::Off {
+            // Links an agent with XDP left pinned.
+            if let Some(dir) = &dir {
+                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    if let Some((_, device)) = parse_pin_name(&name) {
+                        let _ = std::fs::remove_file(entry.path());
+                        report.detached.push(device.to_string());
+                    }
+                }
+            }
+        }
+        self.xdp
+            .tc_only
+            .retain(|name, _| uplinks.iter().any(|(n, _)| n == name));
+        if policy == XdpPolicy::Off {
+            for (name, _) in uplinks {
+                let why = choose_modes(policy, &PeerDelivery::NotVeth).reason;
+                if self.xdp.tc_only.get(name) != Some(&why) {
+                    report.tc_only.push((name.clone(), why.clone()));
+                    self.xdp.tc_only.insert(name.clone(), why);
+                }
+            }
         }
         let prog = super::loader::xdp_program(&mut self.ebpf);
         for (name, ifindex) in wanted {
             if self.xdp.links.contains_key(name) {
                 continue;
             }
+            let choice = choose_modes(policy, &super::veth_peer::probe(*ifindex));
+            if choice.modes.is_empty() {
+                if self.xdp.tc_only.get(name) != Some(&choice.reason) {
+                    report.tc_only.push((name.clone(), choice.reason.clone()));
+                    self.xdp.tc_only.insert(name.clone(), choice.reason);
+                }
+                if let Some((path, _)) =
+                    dir.as_deref().and_then(|d| existing_pin(d, name, *ifindex))
+                {
+                    // An earlier agent's XDP link in a mode no longer chosen.
+                    let _ = std::fs::remove_file(path);
+                }
+                continue;
+            }
+            self.xdp.tc_only.remove(name);
+            if let Some(w) = &choice.warning {
+                report.warnings.push((name.clone(), w.clone()));
+            }
+            let allowed: Vec<&str> = choice.modes.iter().map(|m| mode_name(*m)).collect();
             let pinned = dir.as_deref().and_then(|d| existing_pin(d, name, *ifindex));
             let mut result = Err(String::from("no XDP mode allowed"));
             if let Some((path, mode)) = pinned {
-                result = adopt(prog, &path).map(|link| (link, mode, "took over the pinned link"));
+                if allowed.contains(&mode) {
+                    result =
+                        adopt(prog, &path).map(|link| (link, mode, "took over the pinned link"));
+                }
                 if result.is_err() {
-                    // A pin we cannot use: replace it.
+                    // A pin we cannot use, or of a mode no longer chosen: replace it.
                     let _ = std::fs::remove_file(&path);
                 }
             }
             let mut native_error = None;
-            for mode in policy.modes() {
+            for mode in choice.modes {
                 if result.is_ok() {
                     break;
                 }
@@ -184,15 +305,20 @@ impl Dataplane {
             }
             match result {
                 Ok((link, mode, how)) => {
+                    let mut reason = choice.reason.clone();
                     if let (Some(e), "generic") = (native_error, mode) {
-                        report.fell_back.push((name.clone(), e));
+                        report.fell_back.push((name.clone(), e.clone()));
+                        reason = format!("generic: native XDP failed ({e})");
                     }
-                    report.attached.push((name.clone(), mode, how));
+                    report
+                        .attached
+                        .push((name.clone(), mode, how, reason.clone()));
                     self.xdp.links.insert(
                         name.clone(),
                         XdpAttachment {
                             ifindex: *ifindex,
                             mode,
+                            reason,
                             _link: link,
                         },
                     );
@@ -201,14 +327,53 @@ impl Dataplane {
             }
         }
         let addrs = device_addrs();
-        for (name, a) in &self.xdp.links {
-            if let Some(addr) = addrs.get(name) {
-                if self.maps.node_addrs.get(&a.ifindex, 0).ok() != Some(addr.octets()) {
-                    let _ = self.maps.node_addrs.insert(a.ifindex, addr.octets(), 0);
+        for (name, ifindex) in uplinks {
+            match addrs.get(name) {
+                Some(addr) => {
+                    if self.maps.node_addrs.get(ifindex, 0).ok() != Some(addr.octets()) {
+                        let _ = self.maps.node_addrs.insert(*ifindex, addr.octets(), 0);
+                    }
+                }
+                None => {
+                    let _ = self.maps.node_addrs.remove(ifindex);
                 }
             }
         }
+        let stale: Vec<u32> = self
+            .maps
+            .node_addrs
+            .keys()
+            .flatten()
+            .filter(|i| !uplinks.iter().any(|(_, u)| u == i))
+            .collect();
+        for ifindex in stale {
+            let _ = self.maps.node_addrs.remove(&ifindex);
+        }
         report
+    }
+
+    /// Each uplink's datapath for external clients and why, for `weir status`.
+    pub fn uplink_modes(&self, uplinks: &[(String, u32)]) -> Vec<crate::control::UplinkStatus> {
+        uplinks
+            .iter()
+            .map(|(name, _)| match self.xdp.links.get(name) {
+                Some(a) => crate::control::UplinkStatus {
+                    device: name.clone(),
+                    mode: format!("xdp-{}", a.mode),
+                    reason: a.reason.clone(),
+                },
+                None => crate::control::UplinkStatus {
+                    device: name.clone(),
+                    mode: "tc".into(),
+                    reason: self
+                        .xdp
+                        .tc_only
+                        .get(name)
+                        .cloned()
+                        .unwrap_or_else(|| "XDP could not be attached".into()),
+                },
+            })
+            .collect()
     }
 }
 
@@ -241,4 +406,61 @@ pub fn attach_peer_pass(device: &str) -> Result<PeerPass, super::LoadError> {
     prog.attach(device, XdpMode::Driver)
         .map_err(program_error)?;
     Ok(PeerPass { _ebpf: ebpf })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_uses_native_only_where_the_frames_it_sends_are_delivered() {
+        let drops =
+            PeerDelivery::MayDrop("its veth peer p1 is in another network namespace".into());
+        let delivers = PeerDelivery::Delivers("its veth peer p1 runs an XDP program".into());
+        let auto = |peer| choose_modes(XdpPolicy::Auto, peer);
+        assert_eq!(
+            auto(&PeerDelivery::NotVeth).modes,
+            &[XdpMode::Driver, XdpMode::Skb]
+        );
+        assert_eq!(auto(&delivers).modes, &[XdpMode::Driver, XdpMode::Skb]);
+        assert_eq!(
+            auto(&delivers).reason,
+            "native: its veth peer p1 runs an XDP program"
+        );
+        let bridged = auto(&drops);
+        assert!(bridged.modes.is_empty());
+        assert!(
+            bridged
+                .reason
+                .starts_with("tc, not native XDP: its veth peer p1"),
+            "{}",
+            bridged.reason
+        );
+        assert_eq!(bridged.warning, None);
+    }
+
+    #[test]
+    fn explicit_modes_keep_their_meaning_and_native_warns_where_it_may_lose_frames() {
+        let drops = PeerDelivery::MayDrop("its veth peer p1 has neither".into());
+        let native = choose_modes(XdpPolicy::Native, &drops);
+        assert_eq!(native.modes, &[XdpMode::Driver]);
+        let w = native.warning.expect("a warning");
+        assert!(
+            w.contains("its veth peer p1 has neither") && w.contains("may be lost"),
+            "{w}"
+        );
+        assert_eq!(
+            choose_modes(XdpPolicy::Native, &PeerDelivery::NotVeth).warning,
+            None
+        );
+        assert_eq!(
+            choose_modes(XdpPolicy::Generic, &drops).modes,
+            &[XdpMode::Skb]
+        );
+        let off = choose_modes(XdpPolicy::Off, &PeerDelivery::NotVeth);
+        assert!(
+            off.modes.is_empty() && off.reason.contains("off"),
+            "{off:?}"
+        );
+    }
 }

@@ -132,20 +132,36 @@ impl fmt::Display for Cidr {
     }
 }
 
-/// One entry of nodePortAddresses: a CIDR, or "primary" (the node's primary IPs).
+/// One entry of nodePortAddresses: a CIDR, or the keywords "primary" (the
+/// node's primary IPs) and "all" (every address of the node). What each
+/// selects is decided in `node_addrs`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodePortAddress {
     Primary,
+    All,
     Cidr(Cidr),
 }
 
 impl FromStr for NodePortAddress {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.trim() == "primary" {
-            Ok(NodePortAddress::Primary)
-        } else {
-            s.parse().map(NodePortAddress::Cidr)
+        match s.trim() {
+            "primary" => Ok(NodePortAddress::Primary),
+            "all" => Ok(NodePortAddress::All),
+            other if !other.contains('/') => Err(format!(
+                "invalid entry {other:?}: expected primary, all or a CIDR"
+            )),
+            other => other.parse().map(NodePortAddress::Cidr),
+        }
+    }
+}
+
+impl fmt::Display for NodePortAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodePortAddress::Primary => f.write_str("primary"),
+            NodePortAddress::All => f.write_str("all"),
+            NodePortAddress::Cidr(c) => c.fmt(f),
         }
     }
 }
@@ -375,7 +391,7 @@ pub struct ConfigFlags {
     /// The pods' CIDR range(s), comma-separated.
     #[arg(long)]
     pub cluster_cidr: Option<String>,
-    /// Where NodePorts are served: comma-separated CIDRs or "primary" (default: every node address).
+    /// Where NodePorts are served: comma-separated CIDRs and the keywords "primary" (the Node object's addresses, else the --devices uplinks') and "all" (default: primary).
     #[arg(long)]
     pub nodeport_addresses: Option<String>,
     /// IP:PORT of /healthz and /livez (default 0.0.0.0:10256; empty disables).

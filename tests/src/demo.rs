@@ -4,25 +4,23 @@
 //! non-zero if any request failed. Everything is torn down at the end.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
-use anyhow::{bail, Result};
-use weir_tests::{
+use crate::{
     agent::weir_bin,
+    cmd::run as output,
     echo::{requests, Proto},
     scenario::{CLUSTER_IP, TIMEOUT},
     Agent, Sandbox,
 };
-
-use crate::util::{cargo, output, root};
+use anyhow::{bail, Result};
 
 const REQUESTS: usize = 30;
 
 pub fn run() -> Result<()> {
-    cargo(&["build", "-p", "lb-userspace"])?;
     let bin = weir_bin()?;
     println!("Sandbox: node namespace, client 198.18.1.2, backends be1..be3 198.18.1.11-13");
     let sandbox = Sandbox::standard(3)?;
     let _servers = sandbox.start_echo_servers(&[(Proto::Tcp, 8080), (Proto::Udp, 5353)])?;
-    let manifests = root().join("manifests/demo");
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/demo");
     let mut agent = Agent::start(
         &sandbox.node.name,
         &manifests,
@@ -69,14 +67,14 @@ pub fn run() -> Result<()> {
             &bin.to_string_lossy(),
             &["service", "list", "--bpffs", &bpffs]
         )
-        .unwrap_or_default()
+        .unwrap_or_else(|e| format!("{e:#}\n"))
     );
     let services = format!("{bpffs}/{}", lb_common::MAP_SERVICES);
     println!("\n$ bpftool map dump pinned {services}");
     print!(
         "{}",
         output("bpftool", &["map", "dump", "pinned", &services])
-            .unwrap_or_else(|| "(bpftool failed)\n".into())
+            .unwrap_or_else(|e| format!("{e:#}\n"))
     );
 
     drop(agent);
