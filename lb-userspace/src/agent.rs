@@ -269,6 +269,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         previous = (*state).clone();
         if let Some(desired) = desired {
             report_node_port_addresses(&desired, &mut node_ports_on);
+            metrics.set_services(&desired);
             pending.programmed(&metrics);
             health.update_proxy(|h| {
                 h.last_updated = Some(SystemTime::now());

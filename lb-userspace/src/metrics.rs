@@ -33,9 +33,15 @@ pub struct ResultLabel {
     pub result: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A frontend ("addr:port/PROTO", " (internal)" for the internal view) and
+/// the Service port it serves: namespace, name and port name (empty for a
+/// frontend restored from the pins before the first sync).
+#[derive(Clone, Debug, Default, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FrontendLabel {
     pub frontend: String,
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -136,6 +142,8 @@ pub struct Metrics {
     /// Kernel counters are cumulative per service id: the last values seen,
     /// so that each scrape adds only the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
+    /// Each programmed frontend's Service and port name, from the last sync.
+    services: Mutex<HashMap<lb_common::ServiceKey, (crate::model::ObjectRef, String)>>,
 }
 
 impl Default for Metrics {
@@ -165,6 +173,7 @@ impl Metrics {
             bytes: Family::default(),
             drops: Family::default(),
             last: Mutex::default(),
+            services: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -239,22 +248,30 @@ impl Metrics {
         Self { registry, ..m }
     }
 
+    /// Records which Service port each frontend serves (after a sync).
+    pub fn set_services(&self, desired: &crate::translate::Desired) {
+        let names = desired
+            .frontends
+            .iter()
+            .map(|(key, f)| (*key, (f.service.clone(), f.port_name.clone())))
+            .collect();
+        *self.services.lock().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
     fn add(
         &self,
         family: &Family<FrontendLabel, Counter>,
-        frontend: &str,
+        label: &FrontendLabel,
         what: &'static str,
         now: u64,
     ) {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let prev = last.insert((frontend.to_string(), what), now).unwrap_or(0);
+        let prev = last
+            .insert((label.frontend.clone(), what), now)
+            .unwrap_or(0);
         // A smaller value means the service was recreated with fresh counters.
         let delta = if now >= prev { now - prev } else { now };
-        family
-            .get_or_create(&FrontendLabel {
-                frontend: frontend.to_string(),
-            })
-            .inc_by(delta);
+        family.get_or_create(label).inc_by(delta);
     }
 
     /// Brings the map-derived metrics up to date.
@@ -266,11 +283,24 @@ impl Metrics {
             } else {
                 ""
             };
-            let frontend = format!("{}:{}/{proto}{scope}", Ipv4Addr::from(key.addr), key.port);
+            let mut label = FrontendLabel {
+                frontend: format!("{}:{}/{proto}{scope}", Ipv4Addr::from(key.addr), key.port),
+                ..Default::default()
+            };
+            if let Some((svc, port)) = self
+                .services
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&key)
+            {
+                label.namespace = svc.namespace.clone();
+                label.name = svc.name.clone();
+                label.port_name = port.clone();
+            }
             let stats = maps.service_stats(value.id);
-            self.add(&self.flows, &frontend, "flows", stats.flows);
-            self.add(&self.packets, &frontend, "packets", stats.packets);
-            self.add(&self.bytes, &frontend, "bytes", stats.bytes);
+            self.add(&self.flows, &label, "flows", stats.flows);
+            self.add(&self.packets, &label, "packets", stats.packets);
+            self.add(&self.bytes, &label, "bytes", stats.bytes);
         }
         for (i, name) in DROP_REASON_NAMES.iter().enumerate() {
             let now = maps.drops(i as u32);

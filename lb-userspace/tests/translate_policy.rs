@@ -528,10 +528,50 @@ fn nodeport_addresses_replace_the_node_addresses() {
 }
 
 #[test]
-fn node_port_without_a_node_object_has_only_the_cluster_ip() {
+fn node_port_without_a_node_object_or_uplink_address_has_only_the_cluster_ip() {
     let state = cluster(vec![echo_node_port()], vec![two_node_slice()], vec![]);
     let d = translate(&state, &facts());
     assert_eq!(keys(&d), set([ext(CLUSTER_IP, 80)]));
+    // Nothing to serve the NodePort on: the agent warns about it.
+    assert!(d.node_ports_on.addresses.is_empty());
+    assert_eq!(d.node_ports, 1);
+    assert!(
+        d.node_ports_on.source.contains("no Node object"),
+        "{}",
+        d.node_ports_on.source
+    );
+}
+
+#[test]
+fn node_port_without_a_node_object_is_served_on_the_uplink_addresses() {
+    let uplink = Ipv4Addr::new(198, 18, 100, 21);
+    let node_facts = NodeFacts {
+        local: weir::node_addrs::LocalAddresses {
+            uplinks: vec![uplink],
+            all: vec![uplink, Ipv4Addr::new(198, 19, 9, 1)],
+        },
+        ..facts()
+    };
+    let state = cluster(vec![echo_node_port()], vec![two_node_slice()], vec![]);
+    let d = translate(&state, &node_facts);
+    assert_eq!(keys(&d), set([ext(CLUSTER_IP, 80), ext(uplink, NODE_PORT)]));
+    // With a Node object, its addresses win (nftables mode's "primary").
+    let d = translate(
+        &cluster(
+            vec![echo_node_port()],
+            vec![two_node_slice()],
+            default_nodes(),
+        ),
+        &node_facts,
+    );
+    assert!(!keys(&d).contains(&ext(uplink, NODE_PORT)));
+    // "all" serves every address of the node.
+    let all = NodeFacts {
+        nodeport_selection: vec![weir::node_addrs::NodePortAddress::All],
+        ..node_facts
+    };
+    let d = translate(&state, &all);
+    assert!(keys(&d).contains(&ext(Ipv4Addr::new(198, 19, 9, 1), NODE_PORT)));
 }
 
 #[test]

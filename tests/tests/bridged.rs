@@ -234,3 +234,65 @@ fn auto_picks_native_xdp_where_the_bridge_ports_run_an_xdp_program() -> Result<(
     }
     Ok(())
 }
+
+#[test]
+fn ingress_without_a_node_object_is_served_on_the_uplink_address_from_outside() -> Result<()> {
+    use weir_tests::{
+        http_backend::HttpBackend,
+        ingress::{curl, ingress, ingress_class},
+    };
+    let mut c = Cluster::build(2, FarSide::Bare, false)?;
+    c.add_pod(1, "be1")?;
+    c.add_pod(2, "be2")?;
+    let _web: Vec<HttpBackend> = ["be1", "be2"]
+        .iter()
+        .map(|be| HttpBackend::start(&c.pod(be).netns.name, be, 8081))
+        .collect::<Result<_>>()?;
+    let ports = [port("http", 80, "TCP", 8081)];
+    let rule = "  ingressClassName: weir\n  rules:\n  - host: web.example\n    http:\n      paths:\n      - path: /app\n        pathType: Prefix\n        backend: {service: {name: web, port: {number: 80}}}\n";
+    c.manifests.write(
+        "web.yaml",
+        &format!(
+            "{}\n---\n{}\n---\n{}\n---\n{}",
+            service_with(NS, "web", CLUSTER_IP, &ports, "", &[]),
+            slice_eps(NS, "web-1", "web", &ports, &c.ready_eps(&["be1", "be2"])),
+            ingress_class("weir", false),
+            ingress(NS, "web", rule)
+        ),
+    )?;
+    c.start_agents(&["--ingress"])?;
+    c.wait_frontend(&format!("{CLUSTER_IP}:80/TCP"), 2)?;
+    for node in [1, 2] {
+        let url = format!("http://{}/app/x", node_ip(node));
+        let get = || curl(c.ext_ns(), &["-H", "Host: web.example", &url]);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !get().is_ok_and(|r| r.status == 200) {
+            assert!(Instant::now() < deadline, "{}", c.agent_logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let r = get()?;
+            assert_eq!(r.status, 200, "{r:?}");
+            assert_eq!(r.json()?["path"], "/app/x", "{r:?}");
+            seen.insert(r.backend()?);
+        }
+        assert_eq!(seen, names(&["be1", "be2"]), "node-{node}");
+        // Another path has no route: the proxy's 404, not a dead port.
+        let other = curl(
+            c.ext_ns(),
+            &[
+                "-H",
+                "Host: web.example",
+                &format!("http://{}/other", node_ip(node)),
+            ],
+        )?;
+        assert_eq!(other.status, 404);
+    }
+    let log = c.agent(1).log_text();
+    assert!(
+        log.contains("ingress addresses addresses={198.18.100.11}"),
+        "{log}"
+    );
+    Ok(())
+}

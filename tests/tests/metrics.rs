@@ -71,16 +71,16 @@ fn counters_follow_known_traffic() -> Result<()> {
     assert!(rejected.iter().all(Result::is_err));
 
     let after = metrics()?;
-    let flows = r#"weir_service_flows_total{frontend="198.19.0.10:80/TCP"}"#;
+    // The frontend, and the Service port it serves.
+    let labels = format!(
+        r#"frontend="198.19.0.10:80/TCP",namespace="{NS}",name="counted",port_name="http""#
+    );
+    let flows = format!("weir_service_flows_total{{{labels}}}");
+    let flows = flows.as_str();
     assert_eq!(sample(&after, flows), Some(10.0), "{after}");
     // Each connection: SYN, ACK, FIN, ACK at least, all from the client.
     assert!(
-        sample(
-            &after,
-            r#"weir_service_packets_total{frontend="198.19.0.10:80/TCP"}"#
-        )
-        .unwrap_or(0.0)
-            >= 40.0
+        sample(&after, &format!("weir_service_packets_total{{{labels}}}")).unwrap_or(0.0) >= 40.0
     );
     assert_eq!(
         sample(&after, r#"weir_drops_total{reason="no_endpoint"}"#),
