@@ -296,3 +296,76 @@ fn ingress_without_a_node_object_is_served_on_the_uplink_address_from_outside() 
     );
     Ok(())
 }
+
+#[test]
+fn a_missing_uplink_is_named_attached_when_it_appears_and_the_rest_keeps_serving() -> Result<()> {
+    use weir_tests::cmd::ip;
+    let mut c = bridged(FarSide::Bare, &["--devices=up9"])?;
+    let wait_log = |c: &mut Cluster, needle: &str| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !c.agent(1).log_text().contains(needle) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "no {needle:?} in\n{}",
+                c.agent_logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    wait_log(&mut c, "uplink named in --devices does not exist")?;
+    let status = c.agent(1).cli_json(&["status"])?;
+    let missing = &status["agent"]["uplinks"][1];
+    assert_eq!(
+        (&missing["device"], &missing["mode"]),
+        (&"up9".into(), &"missing".into()),
+        "{status}"
+    );
+    assert_served_from_outside(&mut c)?;
+
+    // It appears (a veth whose peer stays in the node's namespace): attached.
+    let node = c.node(1).netns.name.clone();
+    ip(&[
+        "-n", &node, "link", "add", "up9", "type", "veth", "peer", "name", "up9p",
+    ])?;
+    ip(&["-n", &node, "addr", "add", "198.18.101.1/24", "dev", "up9"])?;
+    ip(&["-n", &node, "link", "set", "up9", "up"])?;
+    ip(&["-n", &node, "link", "set", "up9p", "up"])?;
+    wait_log(&mut c, "uplink appeared")?;
+    wait_log(&mut c, "device=up9")?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = c.agent(1).cli_json(&["status"])?;
+        let up9 = status["agent"]["uplinks"]
+            .as_array()
+            .and_then(|u| u.iter().find(|u| u["device"] == "up9").cloned());
+        let mode = up9.as_ref().map(|u| u["mode"].clone());
+        if mode == Some("tc".into()) {
+            let reason = up9.map(|u| u["reason"].to_string()).unwrap_or_default();
+            assert!(
+                reason.contains("its veth peer up9p runs no XDP program"),
+                "{reason}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its address serves the NodePort too (no Node object: the uplinks' addresses).
+    c.agent(1).wait_frontend("198.18.101.1:30080/TCP", 2)?;
+
+    // It vanishes: named again, and eth0 keeps serving.
+    ip(&["-n", &node, "link", "del", "up9"])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while c
+        .agent(1)
+        .log_text()
+        .matches("uplink named in --devices does not exist")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "{}", c.agent_logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_served_from_outside(&mut c)
+}
