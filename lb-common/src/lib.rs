@@ -81,7 +81,7 @@ pub const MAP_MONITOR: &str = "MONITOR_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_SOURCE_RANGES: &str = "SRC_RANGES_V1";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS_V1";
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -95,6 +95,8 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_CONFIG,
     MAP_SOURCE_RANGES,
     MAP_NODE_ADDRS,
+    sock::MAP_SOCK_REVNAT,
+    sock::MAP_SOCK_STATS,
 ];
 
 /// Pins of older layouts whose entries a new agent carries over: (old pin,
@@ -411,4 +413,70 @@ pub mod ingress {
     #[cfg(feature = "user")]
     // SAFETY: repr(C), padding-free (size asserted above), plain integers.
     unsafe impl aya::Pod for IngressKey {}
+}
+
+/// Socket-level load balancing: cgroup v2 sock_addr programs translate a
+/// service address to a backend at connect() and sendmsg(), and restore the
+/// service address at recvmsg() and getpeername() from SOCK_REVNAT_V1, keyed
+/// by the socket's cookie and the backend it was sent to.
+pub mod sock {
+    /// LRU: {socket cookie, backend} -> the service address the socket asked for.
+    pub const MAP_SOCK_REVNAT: &str = "SOCK_REVNAT_V1";
+    /// Per-CPU counters: SOCK_STAT_TRANSLATED, SOCK_STAT_REFUSED.
+    pub const MAP_SOCK_STATS: &str = "SOCK_STATS_V1";
+    pub const MAX_SOCK_REVNAT: u32 = 65_536;
+    pub const SOCK_STAT_TRANSLATED: u32 = 0;
+    pub const SOCK_STAT_REFUSED: u32 = 1;
+    pub const SOCK_STATS: u32 = 2;
+
+    pub const PROG_SOCK_CONNECT4: &str = "weir_sock_connect4";
+    pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
+    pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
+    pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
+    /// Every socket program, in attach order (translation before restoring).
+    pub const PROGRAMS: [&str; 4] = [
+        PROG_SOCK_CONNECT4,
+        PROG_SOCK_SENDMSG4,
+        PROG_SOCK_RECVMSG4,
+        PROG_SOCK_GETPEERNAME4,
+    ];
+
+    /// Load-time global: which sockets are translated (SOCK_LB_*).
+    pub const GLOBAL_SOCK_LB_MODE: &str = "SOCK_LB_MODE";
+    /// Load-time global: the host network namespace's cookie (host-only mode).
+    pub const GLOBAL_HOST_NETNS_COOKIE: &str = "HOST_NETNS_COOKIE";
+    pub const SOCK_LB_ALL: u32 = 1;
+    pub const SOCK_LB_HOST_ONLY: u32 = 2;
+
+    /// A translated socket and the backend it was sent to (ports host order).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SockRevKey {
+        pub cookie: u64,
+        pub backend_addr: [u8; 4],
+        pub backend_port: u16,
+        pub _pad: u16,
+    }
+
+    /// The service address the socket asked for.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockRevValue {
+        pub addr: [u8; 4],
+        pub port: u16,
+        pub _pad: u16,
+        pub service_id: u32,
+    }
+
+    const _: () = {
+        assert!(core::mem::size_of::<SockRevKey>() == 16);
+        assert!(core::mem::size_of::<SockRevValue>() == 12);
+    };
+
+    #[cfg(feature = "user")]
+    mod pod {
+        // SAFETY: repr(C), padding-free (sizes asserted above), plain integers.
+        unsafe impl aya::Pod for super::SockRevKey {}
+        unsafe impl aya::Pod for super::SockRevValue {}
+    }
 }

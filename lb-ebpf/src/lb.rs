@@ -249,7 +249,7 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
 /// The frontend `flow` is addressed to. Pods (tc) look up the internal scope
 /// first; external clients (XDP) see the external view of external frontends.
 #[inline(always)]
-fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
+pub fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
     let mut key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,

@@ -12,6 +12,7 @@ mod packet;
 mod parse;
 mod reject;
 mod select;
+mod sock;
 
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
@@ -96,6 +97,31 @@ pub fn weir_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// cgroup connect4: socket-level load balancing of TCP connects and
+/// connected UDP sockets (sock.rs).
+#[aya_ebpf::macros::cgroup_sock_addr(connect4)]
+pub fn weir_sock_connect4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// cgroup sendmsg4: unconnected UDP sends to a frontend.
+#[aya_ebpf::macros::cgroup_sock_addr(sendmsg4)]
+pub fn weir_sock_sendmsg4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::translate(&ctx)
+}
+
+/// cgroup recvmsg4: UDP replies show the service address they were sent to.
+#[aya_ebpf::macros::cgroup_sock_addr(recvmsg4)]
+pub fn weir_sock_recvmsg4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::restore(&ctx)
+}
+
+/// cgroup getpeername4: a translated socket's peer is the service address.
+#[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
+pub fn weir_sock_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::restore(&ctx)
 }
 
 /// sk_lookup in the node's network namespace: the ingress hand-off to the

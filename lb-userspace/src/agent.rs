@@ -73,6 +73,10 @@ pub struct AgentConfig {
     pub control_socket: Option<PathBuf>,
     /// Load the kernel programs with their aya-log messages on, and print them.
     pub bpf_log: bool,
+    /// Socket-level load balancing (`--socket-lb`).
+    pub socket_lb: crate::dataplane::socket_lb::SocketLbMode,
+    /// Where the socket programs attach (`--cgroup-root`); None: the host's cgroup2 mount.
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// The source's kind and where it reads, for `weir status`.
@@ -120,8 +124,26 @@ impl PendingTriggers {
 
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let started_at = SystemTime::now();
-    let (mut dataplane, pin_actions) = Dataplane::load_with_log(&cfg.bpffs, cfg.plan, cfg.bpf_log)
-        .context("loading the datapath")?;
+    use crate::dataplane::socket_lb::{self, SocketLbMode};
+    // A cgroup root that cannot be used is an error at start, before anything is loaded.
+    let cgroup_root = match (cfg.socket_lb, &cfg.cgroup_root) {
+        (SocketLbMode::Off, _) => None,
+        (_, Some(path)) => Some(path.clone()),
+        (_, None) => Some(socket_lb::default_cgroup_root()?),
+    };
+    if let Some(root) = &cgroup_root {
+        socket_lb::check_cgroup_root(root)?;
+    }
+    let options = crate::dataplane::loader::LoadOptions {
+        bpf_log: cfg.bpf_log,
+        socket_lb: cfg.socket_lb,
+        host_netns_cookie: match cfg.socket_lb {
+            SocketLbMode::HostOnly => socket_lb::netns_cookie()?,
+            _ => 0,
+        },
+    };
+    let (mut dataplane, pin_actions) =
+        Dataplane::load_with(&cfg.bpffs, cfg.plan, &options).context("loading the datapath")?;
     for action in &pin_actions {
         warn!(bpffs = %cfg.bpffs.display(), "{action}");
     }
@@ -152,6 +174,12 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         bpffs = %cfg.bpffs.display(),
         restored = dataplane.programmed().services.len(),
         "datapath loaded"
+    );
+    let _socket_lb = start_socket_lb(
+        &mut dataplane,
+        cfg.socket_lb,
+        cgroup_root.as_deref(),
+        &control,
     );
     let selector = DeviceSelector::new(&cfg.devices, &cfg.pod_devices).context("--pod-devices")?;
     let health = Arc::new(HealthState::default());
@@ -282,6 +310,69 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     info!("stopping; maps stay pinned under {}", cfg.bpffs.display());
     Ok(())
+}
+
+/// Attaches the socket programs (or, with `--socket-lb=off`, removes those an
+/// earlier agent left). A kernel without the hooks falls back to the packet
+/// path, with a warning.
+fn start_socket_lb(
+    dataplane: &mut Dataplane,
+    mode: crate::dataplane::socket_lb::SocketLbMode,
+    cgroup: Option<&std::path::Path>,
+    control: &ControlState,
+) -> Option<crate::dataplane::socket_lb::SocketLb> {
+    let status = |cgroup: String, state: String| crate::control::SocketLbStatus {
+        mode: mode.name().into(),
+        cgroup,
+        state,
+    };
+    let Some(cgroup) = cgroup else {
+        for pin in dataplane.detach_socket_lb() {
+            info!(
+                pin,
+                "socket LB is off: removed the socket link an earlier agent pinned"
+            );
+        }
+        control.set_socket_lb(status(String::new(), "off".into()));
+        return None;
+    };
+    match dataplane.attach_socket_lb(cgroup) {
+        Ok((lb, report)) => {
+            for pin in &report.removed {
+                info!(pin, "removed a socket link pinned for another cgroup");
+            }
+            info!(
+                mode = mode.name(),
+                cgroup = %cgroup.display(),
+                attached = ?report.attached,
+                taken_over = ?report.taken_over,
+                "socket LB attached: connect/sendmsg to a service go straight to a backend"
+            );
+            control.set_socket_lb(status(cgroup.display().to_string(), "attached".into()));
+            Some(lb)
+        }
+        Err(e) => {
+            let e = error_chain(&e);
+            warn!(
+                cgroup = %cgroup.display(),
+                "socket LB is not available: {e}; the packet path (tc) serves service traffic, \
+                 but processes of this network namespace do not reach services"
+            );
+            control.set_socket_lb(status(cgroup.display().to_string(), format!("failed: {e}")));
+            None
+        }
+    }
+}
+
+/// An error with its sources, "a: b: c".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Says which addresses NodePorts are served on whenever that changes, and

@@ -116,6 +116,20 @@ pub struct AgentStatus {
     /// What serves external clients on each uplink, and why.
     #[serde(default)]
     pub uplinks: Vec<UplinkStatus>,
+    /// Socket-level load balancing.
+    #[serde(default)]
+    pub socket_lb: SocketLbStatus,
+}
+
+/// `--socket-lb` and where its programs are attached.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketLbStatus {
+    /// "all", "host-only" or "off".
+    pub mode: String,
+    /// The cgroup v2 directory the programs are attached to.
+    pub cgroup: String,
+    /// "attached", "off", or "failed: why".
+    pub state: String,
 }
 
 /// One uplink's datapath for external clients.
@@ -156,6 +170,14 @@ impl ControlState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .ingress = true;
+    }
+
+    /// Records the socket LB state.
+    pub fn set_socket_lb(&self, socket_lb: SocketLbStatus) {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .socket_lb = socket_lb;
     }
 
     /// Records what serves each uplink.

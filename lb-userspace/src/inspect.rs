@@ -444,6 +444,13 @@ pub fn agent_lines(a: &crate::control::AgentStatus, now: SystemTime) -> Vec<Stri
         a.started,
         ago(&a.started, now)
     )];
+    if !a.socket_lb.mode.is_empty() {
+        let lb = &a.socket_lb;
+        l.push(match lb.state.as_str() {
+            "attached" => format!("Sock LB:  {} on {}", lb.mode, lb.cgroup),
+            state => format!("Sock LB:  {} ({state})", lb.mode),
+        });
+    }
     for (i, u) in a.uplinks.iter().enumerate() {
         let label = if i == 0 { "Uplinks:" } else { "" };
         l.push(format!("{label:<9} {} {}", u.device, u.mode));

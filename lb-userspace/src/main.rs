@@ -131,6 +131,12 @@ struct AgentArgs {
     /// XDP on the uplinks for external clients: auto (native, else generic), native, generic, or off.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     xdp_mode: XdpModeArg,
+    /// Socket-level load balancing at connect()/sendmsg(): all sockets under --cgroup-root, only the host network namespace's (host-only), or off.
+    #[arg(long, value_enum, default_value_t = SocketLbArg::All)]
+    socket_lb: SocketLbArg,
+    /// The cgroup v2 directory the socket programs attach to (default: the host's cgroup2 mount from /proc/mounts).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
     #[command(flatten)]
     ingress: Box<IngressFlags>,
     /// The control socket `weir status` and `weir ingress routes` ask ("" turns it off).
@@ -146,6 +152,13 @@ enum XdpModeArg {
     Auto,
     Native,
     Generic,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum SocketLbArg {
+    All,
+    HostOnly,
     Off,
 }
 
@@ -582,6 +595,12 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             local: Default::default(),
             nodeport_range: args.service_node_port_range,
         },
+        socket_lb: match args.socket_lb {
+            SocketLbArg::All => weir::dataplane::socket_lb::SocketLbMode::All,
+            SocketLbArg::HostOnly => weir::dataplane::socket_lb::SocketLbMode::HostOnly,
+            SocketLbArg::Off => weir::dataplane::socket_lb::SocketLbMode::Off,
+        },
+        cgroup_root: args.cgroup_root,
         xdp_mode: match args.xdp_mode {
             XdpModeArg::Auto => weir::dataplane::xdp::XdpPolicy::Auto,
             XdpModeArg::Native => weir::dataplane::xdp::XdpPolicy::Native,

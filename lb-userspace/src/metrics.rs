@@ -139,6 +139,9 @@ pub struct Metrics {
     packets: Family<FrontendLabel, Counter>,
     bytes: Family<FrontendLabel, Counter>,
     drops: Family<ReasonLabel, Counter>,
+    /// Socket-level translations (connect/sendmsg to a frontend) and refusals (no endpoint).
+    socket_translations: Counter,
+    socket_refusals: Counter,
     /// Kernel counters are cumulative per service id: the last values seen,
     /// so that each scrape adds only the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
@@ -172,6 +175,8 @@ impl Metrics {
             packets: Family::default(),
             bytes: Family::default(),
             drops: Family::default(),
+            socket_translations: Counter::default(),
+            socket_refusals: Counter::default(),
             last: Mutex::default(),
             services: Mutex::default(),
             registry: Registry::default(),
@@ -245,6 +250,16 @@ impl Metrics {
             "Packets dropped or rejected, by reason",
             m.drops.clone(),
         );
+        registry.register(
+            "socket_lb_translations",
+            "connect() and sendmsg() calls sent to a backend by socket LB",
+            m.socket_translations.clone(),
+        );
+        registry.register(
+            "socket_lb_refusals",
+            "connect() and sendmsg() calls to a frontend without endpoints, refused with ECONNREFUSED",
+            m.socket_refusals.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -311,6 +326,23 @@ impl Metrics {
                     reason: name.to_string(),
                 })
                 .inc_by(now.saturating_sub(prev));
+        }
+        for (stat, counter, key) in [
+            (
+                lb_common::sock::SOCK_STAT_TRANSLATED,
+                &self.socket_translations,
+                "socket_translations",
+            ),
+            (
+                lb_common::sock::SOCK_STAT_REFUSED,
+                &self.socket_refusals,
+                "socket_refusals",
+            ),
+        ] {
+            let now = maps.sock_stat(stat);
+            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = last.insert((key.to_string(), "sock"), now).unwrap_or(0);
+            counter.inc_by(now.saturating_sub(prev));
         }
         for fill in inspect::status(bpffs, maps).maps {
             let label = MapLabel { map: fill.map };

@@ -116,6 +116,12 @@ impl Agent {
             .arg(format!("--agent-socket={}", self.socket.display()))
             .arg(format!("--hostname-override={}", self.hostname))
             .args(["--pod-devices=lxc*", "--poll-interval-ms=100"])
+            // Socket LB attaches to a cgroup: only where a test gives its own
+            // child cgroup, never the host's cgroup2 root.
+            .args(
+                (!self.extra.iter().any(|a| a.starts_with("--socket-lb")))
+                    .then_some("--socket-lb=off"),
+            )
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

@@ -7,6 +7,7 @@
 //! deletes (also on panic, through Drop); addresses come from 198.18.0.0/15;
 //! every loop is bounded in count and time.
 pub mod agent;
+pub mod cgroup;
 pub mod cluster;
 pub mod cmd;
 pub mod demo;

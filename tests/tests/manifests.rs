@@ -169,7 +169,8 @@ fn the_daemonset_runs_on_every_node_in_the_host_network() -> Result<()> {
         .and_then(|s| s.template.spec.as_ref())
         .context("pod spec")?;
     assert_eq!(pod.host_network, Some(true));
-    assert_eq!(pod.dns_policy.as_deref(), Some("ClusterFirstWithHostNet"));
+    // The agent's own DNS must not depend on the kube-dns ClusterIP.
+    assert_eq!(pod.dns_policy.as_deref(), Some("Default"));
     assert_eq!(
         pod.priority_class_name.as_deref(),
         Some("system-node-critical")
@@ -224,6 +225,85 @@ fn the_daemonset_runs_on_every_node_in_the_host_network() -> Result<()> {
         .collect();
     for cap in ["NET_ADMIN", "BPF", "PERFMON", "SYS_RESOURCE"] {
         assert!(caps.contains(cap), "missing capability {cap}");
+    }
+    Ok(())
+}
+
+/// Without kube-proxy: socket LB on the host's cgroup2 (mounted by an init
+/// container in the host's mount and cgroup namespaces), and the apiserver
+/// reachable without the `kubernetes` ClusterIP through ConfigMap values.
+#[test]
+fn the_daemonset_runs_without_kube_proxy() -> Result<()> {
+    let m = load()?;
+    let ds = daemon_set(&m)?;
+    let pod = ds
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("pod spec")?;
+    let agent = agent_container(ds)?;
+    let args: Vec<&str> = agent.args.iter().flatten().map(String::as_str).collect();
+    assert!(args.contains(&"--socket-lb=all"), "{args:?}");
+    let root = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--cgroup-root="))
+        .context("--cgroup-root")?;
+    let mount = agent
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|v| v.mount_path == root)
+        .context("the cgroup root is not mounted in the agent")?;
+    assert_eq!(mount.mount_propagation.as_deref(), Some("HostToContainer"));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .context("cgroup2 volume")?;
+    assert_eq!(
+        volume.host_path.as_ref().map(|h| h.path.as_str()),
+        Some(root)
+    );
+    let init = pod
+        .init_containers
+        .iter()
+        .flatten()
+        .find(|c| c.name == "mount-cgroup2")
+        .context("no init container mounting cgroup2")?;
+    let command = init
+        .command
+        .iter()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    for part in [
+        "--cgroup=/hostproc/1/ns/cgroup",
+        "--mount=/hostproc/1/ns/mnt",
+        &format!("mount -t cgroup2 none {root}"),
+    ] {
+        assert!(command.contains(part), "{command}");
+    }
+    for (var, key) in [
+        ("KUBERNETES_SERVICE_HOST", "k8s-service-host"),
+        ("KUBERNETES_SERVICE_PORT", "k8s-service-port"),
+    ] {
+        let env = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .with_context(|| format!("env {var}"))?;
+        let r = env
+            .value_from
+            .as_ref()
+            .and_then(|v| v.config_map_key_ref.as_ref())
+            .with_context(|| format!("{var} from the ConfigMap"))?;
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str(), r.optional),
+            ("weir-config", key, Some(true))
+        );
     }
     Ok(())
 }

@@ -111,6 +111,22 @@ pub fn clean_leftovers() {
             }
         }
     }
+    // Test cgroups (weir_tests::cgroup), below the cgroup2 mount.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for dir in mounts.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+    }) {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name
+                .strip_prefix("weir-test-")
+                .is_some_and(crate::tag::is_stale_tag)
+            {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+    }
     if let Ok(entries) = std::fs::read_dir("/sys/fs/bpf") {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -117,13 +117,25 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
 const BPF_LOG_OFF: u8 = 0;
 const BPF_LOG_ALL: u8 = 5;
 
-/// A loader with the maps sized and the Maglev table size set, and the
-/// kernel programs' log messages on or off.
+/// What the kernel programs are loaded with, besides the map capacities.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// The programs' aya-log messages on (`--bpf-log`).
+    pub bpf_log: bool,
+    /// Which sockets the socket programs translate.
+    pub socket_lb: super::socket_lb::SocketLbMode,
+    /// The host network namespace's cookie (for host-only socket LB).
+    pub host_netns_cookie: u64,
+}
+
+/// A loader with the maps sized and the Maglev table size set, the kernel
+/// programs' log messages on or off, and the socket LB mode.
 fn loader<'a>(
     cfg: &'a PlanConfig,
     capacities: &HashMap<&'static str, u32>,
-    bpf_log: bool,
+    options: &'a LoadOptions,
 ) -> EbpfLoader<'a> {
+    let bpf_log = options.bpf_log;
     let mut loader = EbpfLoader::new();
     for (name, entries) in capacities {
         loader.map_max_entries(name, *entries);
@@ -132,6 +144,19 @@ fn loader<'a>(
     // Read-only data: with 0 the verifier removes the log code from the programs.
     let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
     loader.override_global(aya_log::LEVEL, level, true);
+    loader.override_global(
+        lb_common::sock::GLOBAL_SOCK_LB_MODE,
+        match options.socket_lb {
+            super::socket_lb::SocketLbMode::HostOnly => &lb_common::sock::SOCK_LB_HOST_ONLY,
+            _ => &lb_common::sock::SOCK_LB_ALL,
+        },
+        true,
+    );
+    loader.override_global(
+        lb_common::sock::GLOBAL_HOST_NETNS_COOKIE,
+        &options.host_netns_cookie,
+        true,
+    );
     loader
 }
 
@@ -161,6 +186,19 @@ impl Dataplane {
         cfg: PlanConfig,
         bpf_log: bool,
     ) -> Result<(Self, Vec<PinAction>), LoadError> {
+        let options = LoadOptions {
+            bpf_log,
+            ..Default::default()
+        };
+        Self::load_with(bpffs, cfg, &options)
+    }
+
+    /// As `load`, with `options`.
+    pub fn load_with(
+        bpffs: &Path,
+        cfg: PlanConfig,
+        options: &LoadOptions,
+    ) -> Result<(Self, Vec<PinAction>), LoadError> {
         std::fs::create_dir_all(bpffs).map_err(|source| LoadError::PinDir {
             path: bpffs.into(),
             source,
@@ -178,7 +216,7 @@ impl Dataplane {
         let loaded = (|| {
             let paths: Vec<(&str, PathBuf)> =
                 ALL_MAPS.iter().map(|n| (*n, bpffs.join(n))).collect();
-            let mut loader = loader(&cfg, &capacities, bpf_log);
+            let mut loader = loader(&cfg, &capacities, options);
             for (name, path) in &paths {
                 loader.map_pin_path(name, path.as_path());
             }
@@ -215,7 +253,8 @@ impl Dataplane {
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
     pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
-        let ebpf = loader(&cfg, &capacities(&cfg)?, false).load(crate::EBPF_OBJECT)?;
+        let ebpf =
+            loader(&cfg, &capacities(&cfg)?, &LoadOptions::default()).load(crate::EBPF_OBJECT)?;
         Self::finish(ebpf, cfg)
     }
 

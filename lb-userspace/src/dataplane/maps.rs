@@ -7,9 +7,10 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV,
-    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
+    sock::MAP_SOCK_STATS, AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey,
+    ServiceStats, ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT,
+    MAP_DROPS, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
+    MAP_STATS,
 };
 
 use super::sync::{restore, Op, Programmed};
@@ -92,6 +93,8 @@ pub struct Maps {
     pub drops: PerCpuArray<MapData, u64>,
     pub src_ranges: LpmTrie<MapData, SourceRange, u8>,
     pub node_addrs: HashMap<MapData, u32, [u8; 4]>,
+    /// Socket-level translations and refusals (lb_common::sock::SOCK_STAT_*).
+    pub sock_stats: PerCpuArray<MapData, u64>,
 }
 
 fn lpm(name: &'static str, map: Map) -> Result<LpmTrie<MapData, SourceRange, u8>, MapsError> {
@@ -149,6 +152,14 @@ impl Maps {
             .unwrap_or(0)
     }
 
+    /// A socket-level counter (lb_common::sock::SOCK_STAT_*), summed over CPUs.
+    pub fn sock_stat(&self, stat: u32) -> u64 {
+        self.sock_stats
+            .get(&stat, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
@@ -164,6 +175,7 @@ impl Maps {
             drops: per_cpu(MAP_DROPS, take(MAP_DROPS)?)?,
             src_ranges: lpm(MAP_SOURCE_RANGES, take(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
+            sock_stats: per_cpu(MAP_SOCK_STATS, take(MAP_SOCK_STATS)?)?,
         })
     }
 
@@ -186,6 +198,7 @@ impl Maps {
             drops: per_cpu(MAP_DROPS, open(MAP_DROPS)?)?,
             src_ranges: lpm(MAP_SOURCE_RANGES, open(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,
+            sock_stats: per_cpu(MAP_SOCK_STATS, open(MAP_SOCK_STATS)?)?,
         })
     }
 

@@ -1,0 +1,281 @@
+//! Socket-level load balancing end to end: the agent's cgroup sock_addr
+//! programs on a cgroup the test makes (a child of the host's cgroup2 mount,
+//! never its root), and client processes put into that cgroup by
+//! weir-sock-client. What the application sees is asserted: the backend's
+//! answer, getpeername and the UDP reply's source showing the service
+//! address, ECONNREFUSED at once without endpoints.
+use std::{path::Path, time::Duration};
+
+use anyhow::Result;
+use weir_tests::{
+    cgroup::{sock_client, TestCgroup},
+    echo::Proto,
+    manifests::{port, service, slice},
+    netns::unique_tag,
+    scenario::{Scenario, CLUSTER_IP},
+};
+
+const NS: &str = "sock";
+const EMPTY_IP: &str = "198.19.0.11";
+
+fn client_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_weir-sock-client"))
+}
+
+/// A sandbox with 3 backends behind CLUSTER_IP (TCP 80, UDP 53), a Service
+/// without endpoints at EMPTY_IP, and the agent with `args` (its socket
+/// programs on `cgroup`).
+fn setup(cgroup: &TestCgroup, mode: &str) -> Result<Scenario> {
+    let root = format!("--cgroup-root={}", cgroup.path().display());
+    let mode = format!("--socket-lb={mode}");
+    let mut s = Scenario::start_with(
+        3,
+        &[(Proto::Tcp, 8080), (Proto::Udp, 5353)],
+        &[&mode, &root],
+    )?;
+    let ports = [port("tcp", 80, "TCP", 8080), port("udp", 53, "UDP", 5353)];
+    let eps: Vec<_> = ["be1", "be2", "be3"]
+        .iter()
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    s.manifests.write(
+        "svc.yaml",
+        &format!(
+            "{}\n---\n{}\n---\n{}",
+            service(NS, "echo", CLUSTER_IP, &ports,),
+            slice(NS, "echo-1", "echo", &ports, &eps),
+            service(NS, "empty", EMPTY_IP.parse()?, &ports)
+        ),
+    )?;
+    s.agent.wait_frontend(&format!("{CLUSTER_IP}:80/TCP"), 3)?;
+    s.agent.wait_frontend(&format!("{CLUSTER_IP}:53/UDP"), 3)?;
+    s.agent.wait_frontend(&format!("{EMPTY_IP}:80/TCP"), 0)?;
+    Ok(s)
+}
+
+fn backend_of(v: &serde_json::Value) -> String {
+    v["reply"]
+        .as_str()
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every request ok, answered by more than one backend, each showing `field` == `shown`.
+fn assert_served(replies: &[serde_json::Value], field: &str, shown: &str) {
+    assert!(!replies.is_empty());
+    let mut backends = std::collections::BTreeSet::new();
+    for r in replies {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r[field], shown, "{r}");
+        backends.insert(backend_of(r));
+    }
+    assert!(
+        backends.len() > 1,
+        "one backend answered everything: {backends:?}"
+    );
+    assert!(backends.iter().all(|b| b.starts_with("be")), "{backends:?}");
+}
+
+fn assert_refused_at_once(replies: &[serde_json::Value]) {
+    for r in replies {
+        assert_eq!(r["ok"], false, "{r}");
+        assert_eq!(r["kind"], "ConnectionRefused", "{r}");
+        let micros = r["micros"].as_u64().unwrap_or(u64::MAX);
+        assert!(micros < 100_000, "refused after {micros} µs: {r}");
+    }
+}
+
+#[test]
+fn host_processes_reach_cluster_ips_over_tcp_and_udp_and_see_the_service_address() -> Result<()> {
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let s = setup(&cgroup, "all")?;
+    s.agent.clear_conntrack()?;
+    let node = s.sandbox.node.name.clone();
+    let bin = client_bin();
+    let cg = Some(cgroup.path());
+    let tcp = sock_client(bin, cg, &node, "tcp", &format!("{CLUSTER_IP}:80"), 12)?;
+    assert_served(&tcp, "peer", &format!("{CLUSTER_IP}:80"));
+    let udp = sock_client(bin, cg, &node, "udp", &format!("{CLUSTER_IP}:53"), 12)?;
+    assert_served(&udp, "peer", &format!("{CLUSTER_IP}:53"));
+    let sendto = sock_client(
+        bin,
+        cg,
+        &node,
+        "udp-sendto",
+        &format!("{CLUSTER_IP}:53"),
+        12,
+    )?;
+    assert_served(&sendto, "from", &format!("{CLUSTER_IP}:53"));
+
+    // No endpoints: refused at connect (TCP and connected UDP) and at send.
+    for mode in ["tcp", "udp", "udp-sendto"] {
+        let port = if mode == "tcp" { 80 } else { 53 };
+        let r = sock_client(bin, cg, &node, mode, &format!("{EMPTY_IP}:{port}"), 3)?;
+        assert_refused_at_once(&r);
+    }
+
+    // The same client outside the cgroup has no socket LB: the node
+    // namespace has no route to the service range, so nothing reaches it.
+    let outside = sock_client(bin, None, &node, "tcp", &format!("{CLUSTER_IP}:80"), 1)?;
+    assert_eq!(outside[0]["ok"], false, "{}", outside[0]);
+
+    // Socket-level flows leave no conntrack entry: the packets carry the
+    // backend's address from the start, so tc never translates them again.
+    let ct = s.agent.cli_json(&["bpf", "ct", "list"])?;
+    assert_eq!(ct, serde_json::json!([]), "socket-level flows in conntrack");
+
+    // 36 translations and 9 refusals, on /metrics.
+    let metrics = weir_tests::http::get(
+        &node,
+        std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 10249),
+        "/metrics",
+    )?;
+    let value = |name: &str| {
+        weir_tests::prom::samples(&metrics.body, name)
+            .first()
+            .map(|s| s.1)
+    };
+    assert_eq!(
+        value("weir_socket_lb_translations_total"),
+        Some(36.0),
+        "{}",
+        metrics.body
+    );
+    assert_eq!(
+        value("weir_socket_lb_refusals_total"),
+        Some(9.0),
+        "{}",
+        metrics.body
+    );
+    let status = s.agent.cli_json(&["status"])?;
+    assert_eq!(status["agent"]["socket_lb"]["mode"], "all", "{status}");
+    assert_eq!(
+        status["agent"]["socket_lb"]["cgroup"],
+        cgroup.path().display().to_string(),
+        "{status}"
+    );
+    let text = s.agent.cli(&["status"])?;
+    assert!(
+        text.contains(&format!("Sock LB:  all on {}", cgroup.path().display())),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[test]
+fn host_only_leaves_pods_to_tc_and_all_translates_their_sockets_at_connect() -> Result<()> {
+    for (mode, pod_flows_in_conntrack) in [("host-only", true), ("all", false)] {
+        let cgroup = TestCgroup::create(&unique_tag())?;
+        let s = setup(&cgroup, mode)?;
+        s.agent.clear_conntrack()?;
+        let client = s.sandbox.pod("client").netns.name.clone();
+        let cg = Some(cgroup.path());
+        let r = sock_client(
+            client_bin(),
+            cg,
+            &client,
+            "tcp",
+            &format!("{CLUSTER_IP}:80"),
+            12,
+        )?;
+        assert_served(&r, "peer", &format!("{CLUSTER_IP}:80"));
+        let ct = s.agent.cli_json(&["bpf", "ct", "list"])?;
+        let entries = ct.as_array().map_or(0, Vec::len);
+        assert_eq!(
+            entries > 0,
+            pod_flows_in_conntrack,
+            "--socket-lb={mode}: conntrack after pod connects: {ct}"
+        );
+        // The host namespace is translated in both modes.
+        let node = s.sandbox.node.name.clone();
+        let r = sock_client(
+            client_bin(),
+            cg,
+            &node,
+            "tcp",
+            &format!("{CLUSTER_IP}:80"),
+            12,
+        )?;
+        assert_served(&r, "peer", &format!("{CLUSTER_IP}:80"));
+    }
+    Ok(())
+}
+
+#[test]
+fn socket_links_survive_restarts_and_uninstall_leaves_no_cgroup_attachment() -> Result<()> {
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let mut s = setup(&cgroup, "all")?;
+    let node = s.sandbox.node.name.clone();
+    let cg = Some(cgroup.path());
+    let addr = format!("{CLUSTER_IP}:80");
+    let attached = |path: &Path| -> Result<usize> {
+        let out = weir_tests::cmd::run(
+            "bpftool",
+            &["-j", "cgroup", "show", &path.display().to_string()],
+        )?;
+        let v: serde_json::Value =
+            serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
+        Ok(v.as_array().map_or(0, Vec::len))
+    };
+    assert_eq!(attached(cgroup.path())?, 4, "{}", s.agent.log_text());
+    for _ in 0..2 {
+        s.agent.kill();
+        // While no agent runs, the pinned links keep translating.
+        let r = sock_client(client_bin(), cg, &node, "tcp", &addr, 3)?;
+        assert_served_or_one(&r, &addr);
+        s.agent.start_again_synced()?;
+        assert_eq!(attached(cgroup.path())?, 4, "{}", s.agent.log_text());
+    }
+    assert!(s
+        .agent
+        .log_text()
+        .contains("taken_over=[\"weir_sock_connect4\""));
+    let r = sock_client(client_bin(), cg, &node, "tcp", &addr, 12)?;
+    assert_served(&r, "peer", &addr);
+
+    s.agent.stop();
+    weir_tests::cmd::run(
+        &weir_tests::agent::weir_bin()?.to_string_lossy(),
+        &["uninstall", "--bpffs", &s.agent.bpffs.to_string_lossy()],
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while attached(cgroup.path())? != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "socket programs left on the cgroup"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A few requests: all ok and showing the service address (too few to ask for several backends).
+fn assert_served_or_one(replies: &[serde_json::Value], addr: &str) {
+    for r in replies {
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["peer"], addr, "{r}");
+    }
+}
+
+#[test]
+fn a_cgroup_root_that_is_missing_or_not_cgroup2_stops_the_agent_with_its_path() -> Result<()> {
+    for (root, says) in [
+        (
+            "/nonexistent/weir-cgroup",
+            "--cgroup-root /nonexistent/weir-cgroup: ",
+        ),
+        ("/proc", "not a cgroup v2 directory"),
+    ] {
+        let out = std::process::Command::new(weir_tests::agent::weir_bin()?)
+            .args(["agent", "--source=dir:/nonexistent", "--socket-lb=all"])
+            .arg(format!("--cgroup-root={root}"))
+            .arg("--bpffs=/sys/fs/bpf/weir-test-never-created")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!Path::new("/sys/fs/bpf/weir-test-never-created").exists());
+    }
+    Ok(())
+}
