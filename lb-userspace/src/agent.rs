@@ -293,7 +293,18 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         // Attach first, so that a pod device that appeared with its
         // endpoints serves traffic as soon as the maps do.
         reconcile_devices(&mut dataplane, &selector, &mut missing, &control);
+        let backends_before = dataplane.programmed().backends.clone();
         let desired = sync(&mut dataplane, &state, &node, &metrics, &control, &changes);
+        if _socket_lb.is_some() {
+            match dataplane.end_sockets_of_gone_backends(&backends_before) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    sockets = n,
+                    "ended sockets connected to backends that went away"
+                ),
+                Err(e) => warn!("ending sockets of removed backends: {e}"),
+            }
+        }
         previous = (*state).clone();
         if let Some(desired) = desired {
             report_node_port_addresses(&desired, &mut node_ports_on);

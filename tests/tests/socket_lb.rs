@@ -279,3 +279,89 @@ fn a_cgroup_root_that_is_missing_or_not_cgroup2_stops_the_agent_with_its_path() 
     }
     Ok(())
 }
+
+#[test]
+fn a_connected_udp_socket_moves_to_a_surviving_backend_within_a_second_of_its_removal() -> Result<()>
+{
+    use std::io::BufRead;
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let s = setup(&cgroup, "all")?;
+    let ns = weir_tests::netns::path(&s.sandbox.node.name);
+    // 3 s of sends, every 20 ms, on one connected socket while it works.
+    let mut child = std::process::Command::new(client_bin())
+        .arg(cgroup.path())
+        .arg(ns)
+        .args(["udp-stream", &format!("{CLUSTER_IP}:53"), "150"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Ok(v) = serde_json::from_str(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let next = || rx.recv_timeout(Duration::from_secs(5));
+    let first = next()?;
+    assert_eq!(first["ok"], true, "{first}");
+    let dead = backend_of(&first);
+    // Keep talking to it for a while: the socket stays on its backend.
+    for _ in 0..10 {
+        let v = next()?;
+        assert_eq!(
+            backend_of(&v),
+            dead,
+            "a connected socket changed backend by itself: {v}"
+        );
+    }
+    // Remove that endpoint from the slice; the pod keeps serving, so only
+    // ending the socket can move the client.
+    let ports = [port("tcp", 80, "TCP", 8080), port("udp", 53, "UDP", 5353)];
+    let eps: Vec<_> = ["be1", "be2", "be3"]
+        .iter()
+        .filter(|b| **b != dead)
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    let removed_at = std::time::Instant::now();
+    s.manifests.write(
+        "svc.yaml",
+        &format!(
+            "{}\n---\n{}\n---\n{}",
+            service(NS, "echo", CLUSTER_IP, &ports),
+            slice(NS, "echo-1", "echo", &ports, &eps),
+            service(NS, "empty", EMPTY_IP.parse()?, &ports)
+        ),
+    )?;
+    let moved = loop {
+        let v = next()?;
+        let b = backend_of(&v);
+        if v["ok"] == true && b != dead {
+            break (removed_at.elapsed(), b);
+        }
+        assert!(
+            removed_at.elapsed() < Duration::from_secs(3),
+            "still on {dead}: {v}"
+        );
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    println!(
+        "moved from {dead} to {} {:?} after the slice changed",
+        moved.1, moved.0
+    );
+    assert!(moved.0 < Duration::from_secs(1), "took {:?}", moved.0);
+    assert!(
+        s.agent
+            .log_text()
+            .contains("ended sockets connected to backends that went away"),
+        "{}",
+        s.agent.log_text()
+    );
+    Ok(())
+}

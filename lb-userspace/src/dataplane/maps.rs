@@ -7,10 +7,10 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use lb_common::{
-    sock::MAP_SOCK_STATS, AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey,
-    ServiceStats, ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT,
-    MAP_DROPS, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES,
-    MAP_STATS,
+    sock::{SockRevKey, SockRevValue, MAP_SOCK_REVNAT, MAP_SOCK_STATS},
+    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
+    ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV,
+    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
 use super::sync::{restore, Op, Programmed};
@@ -95,6 +95,8 @@ pub struct Maps {
     pub node_addrs: HashMap<MapData, u32, [u8; 4]>,
     /// Socket-level translations and refusals (lb_common::sock::SOCK_STAT_*).
     pub sock_stats: PerCpuArray<MapData, u64>,
+    /// Socket LB's reverse translations (an LRU hash).
+    pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
 }
 
 fn lpm(name: &'static str, map: Map) -> Result<LpmTrie<MapData, SourceRange, u8>, MapsError> {
@@ -176,6 +178,7 @@ impl Maps {
             src_ranges: lpm(MAP_SOURCE_RANGES, take(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, take(MAP_SOCK_STATS)?)?,
+            sock_revnat: typed(MAP_SOCK_REVNAT, take(MAP_SOCK_REVNAT)?)?,
         })
     }
 
@@ -199,6 +202,7 @@ impl Maps {
             src_ranges: lpm(MAP_SOURCE_RANGES, open(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, open(MAP_SOCK_STATS)?)?,
+            sock_revnat: typed(MAP_SOCK_REVNAT, open(MAP_SOCK_REVNAT)?)?,
         })
     }
 

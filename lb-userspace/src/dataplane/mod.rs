@@ -8,6 +8,7 @@ pub mod loader;
 pub mod maps;
 pub mod monitor;
 pub mod pins;
+pub mod sock_destroy;
 pub mod socket_lb;
 pub mod sync;
 pub mod veth_peer;

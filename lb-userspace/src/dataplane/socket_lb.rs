@@ -292,6 +292,32 @@ impl Dataplane {
         ))
     }
 
+    /// Ends the sockets socket LB sent to backends that `before` had and the
+    /// maps no longer have (see sock_destroy). Returns how many.
+    pub fn end_sockets_of_gone_backends(
+        &self,
+        before: &std::collections::BTreeMap<u32, lb_common::Backend>,
+    ) -> std::io::Result<usize> {
+        let gone = super::sock_destroy::gone(before, &self.programmed().backends);
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let translated = self
+            .maps
+            .sock_revnat
+            .keys()
+            .flatten()
+            .map(|k| {
+                (
+                    k.cookie,
+                    std::net::Ipv4Addr::from(k.backend_addr),
+                    k.backend_port,
+                )
+            })
+            .collect();
+        super::sock_destroy::end_sockets(&gone, &translated)
+    }
+
     /// `--socket-lb=off`: removes the socket links an earlier agent pinned.
     pub fn detach_socket_lb(&mut self) -> Vec<String> {
         match self.attachments.pin_dir() {

@@ -5,7 +5,12 @@
 //! reply, getpeername, the address a UDP reply came from, or the error and
 //! how fast it came).
 //!
-//! Usage: weir-sock-client CGROUP_DIR|- NETNS_PATH tcp|udp|udp-sendto ADDR:PORT COUNT
+//! Usage: weir-sock-client CGROUP_DIR|- NETNS_PATH tcp|udp|udp-sendto|udp-stream ADDR:PORT COUNT
+//!
+//! udp-stream is a DNS stub resolver's way: one connected UDP socket that
+//! sends every 20 ms (COUNT times), printing each answer with the time since
+//! the start, and opens a new socket when the old one fails (for instance
+//! because the agent ended it).
 use std::{
     io::Read,
     net::{Shutdown, SocketAddr, TcpStream, UdpSocket},
@@ -30,6 +35,9 @@ fn main() -> Result<()> {
     nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
     let addr: SocketAddr = addr.parse().context("ADDR:PORT")?;
     let count: usize = count.parse().context("COUNT")?;
+    if mode == "udp-stream" {
+        return udp_stream(addr, count.min(5000));
+    }
     for _ in 0..count.min(1000) {
         let started = Instant::now();
         let line = match request(mode, addr) {
@@ -48,6 +56,40 @@ fn main() -> Result<()> {
         let mut line = line;
         line["micros"] = (started.elapsed().as_micros() as u64).into();
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn udp_stream(addr: SocketAddr, count: usize) -> Result<()> {
+    use std::io::Write;
+    let start = Instant::now();
+    let connect = || -> Result<UdpSocket> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_millis(200)))?;
+        Ok(s)
+    };
+    let mut socket = connect()?;
+    let mut buf = [0u8; 1500];
+    for _ in 0..count {
+        let t_ms = start.elapsed().as_millis() as u64;
+        let answer = socket
+            .send(b"hello")
+            .and_then(|_| socket.recv(&mut buf))
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+        let line = match answer {
+            Ok(reply) => serde_json::json!({"t_ms": t_ms, "ok": true, "reply": reply}),
+            Err(e) => {
+                let line = serde_json::json!({"t_ms": t_ms, "ok": false, "error": e.to_string()});
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    socket = connect()?;
+                }
+                line
+            }
+        };
+        println!("{line}");
+        std::io::stdout().flush()?;
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(())
 }
