@@ -158,16 +158,19 @@ fn rbac_grants_what_the_kube_source_needs_and_no_more() -> Result<()> {
     Ok(())
 }
 
+fn pod_spec(ds: &DaemonSet) -> Result<&k8s_openapi::api::core::v1::PodSpec> {
+    ds.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("pod spec")
+}
+
 #[test]
 fn the_daemonset_runs_on_every_node_in_the_host_network() -> Result<()> {
     let m = load()?;
     let ds = daemon_set(&m)?;
     assert_eq!(ds.metadata.namespace.as_deref(), Some("kube-system"));
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
+    let pod = pod_spec(ds)?;
     assert_eq!(pod.host_network, Some(true));
     // The agent's own DNS must not depend on the kube-dns ClusterIP.
     assert_eq!(pod.dns_policy.as_deref(), Some("Default"));
@@ -236,11 +239,7 @@ fn the_daemonset_runs_on_every_node_in_the_host_network() -> Result<()> {
 fn the_daemonset_runs_without_kube_proxy() -> Result<()> {
     let m = load()?;
     let ds = daemon_set(&m)?;
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
+    let pod = pod_spec(ds)?;
     let agent = agent_container(ds)?;
     let args: Vec<&str> = agent.args.iter().flatten().map(String::as_str).collect();
     assert!(args.contains(&"--socket-lb=all"), "{args:?}");
@@ -312,11 +311,7 @@ fn the_daemonset_runs_without_kube_proxy() -> Result<()> {
 fn bpffs_is_mounted_from_the_host_with_propagation() -> Result<()> {
     let m = load()?;
     let ds = daemon_set(&m)?;
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
+    let pod = pod_spec(ds)?;
     let volume = pod
         .volumes
         .iter()
@@ -412,11 +407,7 @@ fn probes_use_the_health_port_of_the_config() -> Result<()> {
     }
 
     // The config file the agent is pointed at is that ConfigMap's key.
-    let pod = ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("pod spec")?;
+    let pod = pod_spec(ds)?;
     let volume = pod
         .volumes
         .iter()

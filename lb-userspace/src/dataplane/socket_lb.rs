@@ -140,17 +140,7 @@ fn obj_get(path: &Path) -> std::io::Result<std::os::fd::OwnedFd> {
         file_flags: 0,
     };
     // SAFETY: attr points at a NUL-terminated path that outlives the call.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            &attr as *const ObjGetAttr,
-            std::mem::size_of::<ObjGetAttr>(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    let fd = unsafe { bpf(BPF_OBJ_GET, &attr)? };
     // SAFETY: the kernel returned a new fd that nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
@@ -171,19 +161,29 @@ fn link_update(link: &impl AsFd, prog: &impl AsFd) -> std::io::Result<()> {
         flags: 0,
         old_prog_fd: 0,
     };
-    // SAFETY: attr is a valid bpf_attr prefix for this command, sized as passed.
+    // SAFETY: attr is a valid bpf_attr prefix for this command.
+    unsafe { bpf(BPF_LINK_UPDATE, &attr) }.map(drop)
+}
+
+/// The bpf(2) system call with `attr` as its bpf_attr (of attr's size).
+///
+/// # Safety
+/// `attr` must be a valid bpf_attr prefix for `cmd`, and any pointers in it
+/// valid for the call.
+unsafe fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<libc::c_long> {
+    // SAFETY: as the caller promises.
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_LINK_UPDATE,
-            &attr as *const LinkUpdateAttr,
-            std::mem::size_of::<LinkUpdateAttr>(),
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
         )
     };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(())
+    Ok(rc)
 }
 
 /// The attached socket programs: the cgroup and the links held.
