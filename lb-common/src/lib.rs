@@ -113,6 +113,10 @@ pub const MONITOR_BYTES: u32 = 256 * 1024;
 /// MonitorEvent::kind
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_FLOW: u8 = 2;
+/// Socket LB sent a connect()/sendmsg() to a backend (with `--flows`).
+pub const EVENT_SOCK_FLOW: u8 = 3;
+/// Socket LB refused a connect()/sendmsg() (no endpoint: ECONNREFUSED).
+pub const EVENT_SOCK_REFUSED: u8 = 4;
 
 /// One datapath event for `weir monitor`: a drop (with `reason`, an index
 /// into DROP_REASON_NAMES) or a new flow (with the backend in `nat_*`).
@@ -130,7 +134,15 @@ pub struct MonitorEvent {
     pub reason: u8,
     pub _pad: [u8; 3],
     pub service_id: u32,
+    pub _pad2: u32,
+    /// Socket LB events: the network namespace cookie of the calling
+    /// process's socket (0 for packet events).
+    pub netns_cookie: u64,
 }
+
+/// The size of a MonitorEvent before `netns_cookie` was added: events of
+/// that size (from an older agent's programs) are still read.
+pub const MONITOR_EVENT_V1_SIZE: usize = 28;
 
 /// Reasons counted in DROPS_V1 (per-CPU u64 by index).
 pub const DROP_NO_ENDPOINT: u32 = 0;
@@ -356,7 +368,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceValue>() == 20);
     assert!(core::mem::size_of::<AffinityKey>() == 8);
     assert!(core::mem::size_of::<ServiceStats>() == 24);
-    assert!(core::mem::size_of::<MonitorEvent>() == 28);
+    assert!(core::mem::size_of::<MonitorEvent>() == 40);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<SlotKey>() == 8);
     assert!(core::mem::size_of::<Backend>() == 8);

@@ -46,7 +46,7 @@ pub enum Verdict {
 }
 
 #[inline(always)]
-fn event(
+pub fn event(
     flow: &Flow,
     kind: u8,
     reason: u8,
@@ -66,6 +66,8 @@ fn event(
         reason,
         _pad: [0; 3],
         service_id,
+        _pad2: 0,
+        netns_cookie: 0,
     }
 }
 

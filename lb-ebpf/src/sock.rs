@@ -15,7 +15,7 @@ use lb_common::{
         SockRevKey, SockRevValue, MAX_SOCK_REVNAT, SOCK_LB_HOST_ONLY, SOCK_STATS,
         SOCK_STAT_REFUSED, SOCK_STAT_TRANSLATED,
     },
-    DROP_NO_ENDPOINT, PROTO_TCP, PROTO_UDP,
+    DROP_NO_ENDPOINT, EVENT_SOCK_FLOW, EVENT_SOCK_REFUSED, PROTO_TCP, PROTO_UDP,
 };
 
 use crate::{
@@ -64,6 +64,29 @@ fn in_scope(ctx: &SockAddrContext) -> bool {
     unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) == host }
 }
 
+/// Reports a socket-level event to `weir monitor`, with the socket's netns cookie.
+#[inline(always)]
+fn report(
+    ctx: &SockAddrContext,
+    flow: &Flow,
+    kind: u8,
+    service_id: u32,
+    nat_addr: [u8; 4],
+    nat_port: u16,
+) {
+    let reason = if kind == EVENT_SOCK_REFUSED {
+        DROP_NO_ENDPOINT as u8
+    } else {
+        0
+    };
+    let mut e = lb::event(flow, kind, reason, service_id, nat_addr, nat_port);
+    // SAFETY: the helper takes the program's context.
+    e.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
+    // The socket has no source port yet; the cookie stood in for it.
+    e.sport = 0;
+    maps::report(e);
+}
+
 /// connect4 and sendmsg4: the destination, if it is a frontend, becomes a
 /// backend. No usable endpoint: the call fails at once with ECONNREFUSED.
 #[inline(always)]
@@ -95,6 +118,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     if svc.count == 0 {
         maps::count_drop(DROP_NO_ENDPOINT);
         bump(SOCK_STAT_REFUSED);
+        report(ctx, &flow, EVENT_SOCK_REFUSED, svc.id, [0; 4], 0);
         // SAFETY: sets this hook's return value for the system call.
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
@@ -126,6 +150,16 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
     }
     maps::count(svc.id, 0, true);
     bump(SOCK_STAT_TRANSLATED);
+    if maps::trace_flows() {
+        report(
+            ctx,
+            &flow,
+            EVENT_SOCK_FLOW,
+            svc.id,
+            backend.addr,
+            backend.port,
+        );
+    }
     ALLOW
 }
 

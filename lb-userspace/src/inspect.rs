@@ -518,6 +518,8 @@ pub fn agent_lines(a: &crate::control::AgentStatus, now: SystemTime) -> Vec<Stri
 /// One `weir monitor` line.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct EventRow {
+    /// "flow", "drop", "sock-flow" (socket LB sent a connect/sendmsg to a
+    /// backend) or "sock-refused" (socket LB refused it: no endpoint).
     pub event: String,
     /// The drop reason; empty for flows.
     pub reason: String,
@@ -525,12 +527,26 @@ pub struct EventRow {
     /// The backend a new flow went to; empty for drops.
     pub backend: String,
     pub service_id: u32,
+    /// Socket events: the calling socket's network namespace cookie.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns_cookie: Option<u64>,
 }
 
 pub fn event_row(e: &lb_common::MonitorEvent) -> EventRow {
-    let flow = e.kind == lb_common::EVENT_FLOW;
+    let flow = matches!(e.kind, lb_common::EVENT_FLOW | lb_common::EVENT_SOCK_FLOW);
+    let socket = matches!(
+        e.kind,
+        lb_common::EVENT_SOCK_FLOW | lb_common::EVENT_SOCK_REFUSED
+    );
+    let event = match e.kind {
+        lb_common::EVENT_FLOW => "flow",
+        lb_common::EVENT_SOCK_FLOW => "sock-flow",
+        lb_common::EVENT_SOCK_REFUSED => "sock-refused",
+        _ => "drop",
+    };
     EventRow {
-        event: if flow { "flow" } else { "drop" }.into(),
+        netns_cookie: socket.then_some(e.netns_cookie),
+        event: event.into(),
         reason: if flow {
             String::new()
         } else {
@@ -556,10 +572,21 @@ pub fn event_row(e: &lb_common::MonitorEvent) -> EventRow {
 }
 
 pub fn event_line(r: &EventRow) -> String {
+    let netns = r
+        .netns_cookie
+        .map_or_else(String::new, |c| format!(", netns {c}"));
     match r.event.as_str() {
         "flow" => format!(
             "flow  {} => {} (service {})",
             r.tuple, r.backend, r.service_id
+        ),
+        "sock-flow" => format!(
+            "sock  {} => {} (connect/sendmsg, service {}{netns})",
+            r.tuple, r.backend, r.service_id
+        ),
+        "sock-refused" => format!(
+            "sock  {} refused: {} (service {}{netns})",
+            r.tuple, r.reason, r.service_id
         ),
         _ => format!("drop  {} {} (service {})", r.tuple, r.reason, r.service_id),
     }

@@ -365,3 +365,70 @@ fn a_connected_udp_socket_moves_to_a_surviving_backend_within_a_second_of_its_re
     );
     Ok(())
 }
+
+#[test]
+fn weir_monitor_shows_socket_translations_and_refusals_with_the_netns_cookie() -> Result<()> {
+    use std::process::{Command, Stdio};
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let s = setup(&cgroup, "all")?;
+    let node = s.sandbox.node.name.clone();
+    let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
+    // 3 translations and 2 refusals: 5 events.
+    let monitor = Command::new(weir_tests::agent::weir_bin()?)
+        .args(["monitor", "-o", "json", "--flows", "--timeout-secs", "15"])
+        .args(["--count", "5", "--bpffs", &bpffs])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    std::thread::sleep(Duration::from_millis(500));
+    let cg = Some(cgroup.path());
+    sock_client(
+        client_bin(),
+        cg,
+        &node,
+        "tcp",
+        &format!("{CLUSTER_IP}:80"),
+        3,
+    )?;
+    sock_client(client_bin(), cg, &node, "tcp", &format!("{EMPTY_IP}:80"), 2)?;
+    let out = monitor.wait_with_output()?;
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        events.iter().filter(|e| e["event"] == kind).collect()
+    };
+    let (flows, refused) = (of("sock-flow"), of("sock-refused"));
+    assert_eq!((flows.len(), refused.len()), (3, 2), "{events:?}");
+    let cookie = &flows[0]["netns_cookie"];
+    assert!(cookie.as_u64().is_some_and(|c| c > 0), "{events:?}");
+    for e in &flows {
+        assert!(
+            e["tuple"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("-> {CLUSTER_IP}:80/TCP")),
+            "{e}"
+        );
+        assert!(
+            e["backend"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("198.18.1.1"),
+            "{e}"
+        );
+        assert_eq!(&e["netns_cookie"], cookie, "{e}");
+    }
+    for e in &refused {
+        assert_eq!(e["reason"], "no_endpoint", "{e}");
+        assert!(
+            e["tuple"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&format!("-> {EMPTY_IP}:80/TCP")),
+            "{e}"
+        );
+    }
+    Ok(())
+}

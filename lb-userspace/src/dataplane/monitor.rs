@@ -47,10 +47,14 @@ impl Monitor {
     /// The next event, if one is waiting.
     pub fn next_event(&mut self) -> Option<MonitorEvent> {
         let item = self.ring.next()?;
-        if item.len() < size_of::<MonitorEvent>() {
+        if item.len() < lb_common::MONITOR_EVENT_V1_SIZE {
             return None;
         }
-        // SAFETY: the kernel wrote a MonitorEvent (repr(C), Pod) of this size.
-        Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<MonitorEvent>()) })
+        // An older program's event lacks the netns cookie: read it zero-extended.
+        let mut bytes = [0u8; size_of::<MonitorEvent>()];
+        let n = item.len().min(bytes.len());
+        bytes[..n].copy_from_slice(&item[..n]);
+        // SAFETY: MonitorEvent is repr(C) of plain integers (any bytes are valid).
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<MonitorEvent>()) })
     }
 }
