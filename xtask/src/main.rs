@@ -1,5 +1,6 @@
 //! `cargo xtask`: setup, build, run, demo, test and bench for Weir.
 mod bench;
+mod image;
 mod setup;
 #[path = "../../tests/src/tag.rs"]
 mod tag;
@@ -32,6 +33,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the agent's OCI image (release) on a Debian base made here: weir:0.1.0 in podman.
+    Image,
     /// Sandbox demo: three backends, the agent on manifests/demo, TCP and UDP traffic to the ClusterIP.
     Demo,
     /// Run every test: unit, packet (BPF_PROG_TEST_RUN) and end-to-end (network namespaces).
@@ -73,6 +76,11 @@ fn main() -> Result<()> {
             cargo(&["build", "--release", "-p", "lb-userspace"])?;
             util::exec(&root().join("target/release/weir"), &args)
         }
+        Command::Image => {
+            setup::run()?;
+            cargo(&["build", "--release", "-p", "lb-userspace"])?;
+            image::build(&root().join("target/release/weir"), "localhost/weir:0.1.0")
+        }
         Command::Demo => {
             setup::run()?;
             cargo(&["build", "-p", "lb-userspace"])?;
@@ -82,6 +90,8 @@ fn main() -> Result<()> {
             setup::run()?;
             util::clean_leftovers();
             cargo(&["build", "-p", "lb-userspace"])?;
+            // tests/image.rs runs the agent from this image.
+            image::build(&root().join("target/debug/weir"), image::TEST_TAG)?;
             let mut test = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
             test.extend(args.iter().map(String::as_str));
             util::cargo_test(&test)

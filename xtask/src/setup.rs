@@ -23,6 +23,10 @@ const PACKAGES: &[&str] = &[
     "wrk",
     // The benchmark's plots: text drawn with DejaVu Sans.
     "fonts-dejavu-core",
+    // cargo xtask image and the test that runs the agent from it.
+    "podman",
+    "runc",
+    "debootstrap",
 ];
 /// What only the benchmark needs (section 4: the reference proxy).
 const BENCH_PACKAGES: &[&str] = &["nginx"];

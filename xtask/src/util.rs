@@ -111,6 +111,17 @@ pub fn clean_leftovers() {
             }
         }
     }
+    // Containers of the image test (tests/image.rs), named weir-test-<tag>.
+    if let Some(names) = output("podman", &["ps", "-a", "--format", "{{.Names}}"]) {
+        for name in names.lines() {
+            if name
+                .strip_prefix("weir-test-")
+                .is_some_and(crate::tag::is_stale_tag)
+            {
+                let _ = status("podman", &["rm", "--force", name]);
+            }
+        }
+    }
     // Test cgroups (weir_tests::cgroup), below the cgroup2 mount.
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     for dir in mounts.lines().filter_map(|l| {
