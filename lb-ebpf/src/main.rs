@@ -103,13 +103,13 @@ pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
 /// connected UDP sockets (sock.rs).
 #[aya_ebpf::macros::cgroup_sock_addr(connect4)]
 pub fn weir_sock_connect4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate(&ctx, false)
 }
 
 /// cgroup sendmsg4: unconnected UDP sends to a frontend.
 #[aya_ebpf::macros::cgroup_sock_addr(sendmsg4)]
 pub fn weir_sock_sendmsg4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::translate(&ctx)
+    sock::translate(&ctx, true)
 }
 
 /// cgroup recvmsg4: UDP replies show the service address they were sent to.

@@ -15,7 +15,8 @@ use lb_common::{
         SockRevKey, SockRevValue, MAX_SOCK_REVNAT, SOCK_LB_HOST_ONLY, SOCK_STATS,
         SOCK_STAT_REFUSED, SOCK_STAT_TRANSLATED,
     },
-    DROP_NO_ENDPOINT, EVENT_SOCK_FLOW, EVENT_SOCK_REFUSED, PROTO_TCP, PROTO_UDP,
+    ALG_HASH, ALG_RANDOM, DROP_NO_ENDPOINT, EVENT_SOCK_FLOW, EVENT_SOCK_REFUSED, PROTO_TCP,
+    PROTO_UDP, SVC_FLAG_SOURCE_RANGES,
 };
 
 use crate::{
@@ -52,16 +53,20 @@ fn bump(stat: u32) {
     }
 }
 
+/// Whether the socket belongs to the host's network namespace.
 #[inline(always)]
-fn in_scope(ctx: &SockAddrContext) -> bool {
-    // SAFETY: reads of load-time globals; volatile so the loaded values are used.
-    let mode = unsafe { core::ptr::read_volatile(&SOCK_LB_MODE) };
-    if mode != SOCK_LB_HOST_ONLY {
-        return true;
-    }
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    // SAFETY: a read of a load-time global; volatile so the loaded value is used.
     let host = unsafe { core::ptr::read_volatile(&HOST_NETNS_COOKIE) };
     // SAFETY: the helper takes the program's context.
-    unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) == host }
+    host != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) == host }
+}
+
+#[inline(always)]
+fn in_scope(host: bool) -> bool {
+    // SAFETY: a read of a load-time global; volatile so the loaded value is used.
+    let mode = unsafe { core::ptr::read_volatile(&SOCK_LB_MODE) };
+    mode != SOCK_LB_HOST_ONLY || host
 }
 
 /// Reports a socket-level event to `weir monitor`, with the socket's netns cookie.
@@ -87,15 +92,20 @@ fn report(
     maps::report(e);
 }
 
-/// connect4 and sendmsg4: the destination, if it is a frontend, becomes a
-/// backend. No usable endpoint: the call fails at once with ECONNREFUSED.
+/// connect4 and sendmsg4 (`sendmsg`): the destination, if it is a frontend,
+/// becomes a backend. No usable endpoint: the call fails at once with
+/// ECONNREFUSED. Left to the packet path (tc on the pod's device): services
+/// with loadBalancerSourceRanges, which need the client's address, and,
+/// for sockets of pods, services with ClientIP affinity, which is per pod
+/// address (here the address is not known yet; the host is one client).
 #[inline(always)]
-pub fn translate(ctx: &SockAddrContext) -> i32 {
+pub fn translate(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the context is valid for the program's run; these fields are readable.
     let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
     let proto = proto as u8;
-    if (proto != PROTO_TCP && proto != PROTO_UDP) || !in_scope(ctx) {
+    let host = in_host_netns(ctx);
+    if (proto != PROTO_TCP && proto != PROTO_UDP) || !in_scope(host) {
         return ALLOW;
     }
     // SAFETY: the helper takes the program's context.
@@ -112,9 +122,17 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         dport: u16::from_be(port as u16),
         tcp_flags: 0,
     };
-    let Some(svc) = lb::service(&flow, Hook::Pod) else {
+    let Some(mut svc) = lb::service(&flow, Hook::Pod) else {
         return ALLOW;
     };
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 || (svc.affinity_timeout != 0 && !host) {
+        return ALLOW;
+    }
+    if sendmsg && svc.algorithm == ALG_RANDOM {
+        // An unconnected socket's datagrams to one service stay on one
+        // backend (the cookie picks it), as conntrack keeps a UDP flow on one.
+        svc.algorithm = ALG_HASH;
+    }
     if svc.count == 0 {
         maps::count_drop(DROP_NO_ENDPOINT);
         bump(SOCK_STAT_REFUSED);
@@ -148,7 +166,7 @@ pub fn translate(ctx: &SockAddrContext) -> i32 {
         (*sa).user_ip4 = u32::from_ne_bytes(backend.addr);
         (*sa).user_port = u32::from(backend.port.to_be());
     }
-    maps::count(svc.id, 0, true);
+    maps::count(svc.id, 0, !sendmsg);
     bump(SOCK_STAT_TRANSLATED);
     if maps::trace_flows() {
         report(

@@ -126,21 +126,41 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let started_at = SystemTime::now();
     use crate::dataplane::socket_lb::{self, SocketLbMode};
     // A cgroup root that cannot be used is an error at start, before anything is loaded.
-    let cgroup_root = match (cfg.socket_lb, &cfg.cgroup_root) {
+    // A --cgroup-root given but unusable stops the agent; no cgroup2 mount
+    // to default to, or no netns cookie for host-only, falls back to the
+    // packet path with a warning.
+    let mut socket_lb_mode = cfg.socket_lb;
+    let cgroup_root = match (socket_lb_mode, &cfg.cgroup_root) {
         (SocketLbMode::Off, _) => None,
-        (_, Some(path)) => Some(path.clone()),
-        (_, None) => Some(socket_lb::default_cgroup_root()?),
+        (_, Some(path)) => {
+            socket_lb::check_cgroup_root(path)?;
+            Some(path.clone())
+        }
+        (_, None) => match socket_lb::default_cgroup_root() {
+            Ok(root) => Some(root),
+            Err(e) => {
+                warn!("socket LB is off: {e}; processes of this network namespace do not reach services");
+                None
+            }
+        },
     };
-    if let Some(root) = &cgroup_root {
-        socket_lb::check_cgroup_root(root)?;
-    }
+    let host_netns_cookie = match (&cgroup_root, socket_lb::netns_cookie()) {
+        (None, _) => 0,
+        (Some(_), Ok(cookie)) => cookie,
+        (Some(_), Err(e)) if socket_lb_mode == SocketLbMode::HostOnly => {
+            warn!("--socket-lb=host-only needs the host's netns cookie: {e}; socket LB translates every socket");
+            socket_lb_mode = SocketLbMode::All;
+            0
+        }
+        (Some(_), Err(e)) => {
+            warn!("{e}: pods' sockets to services with ClientIP affinity are left to tc, and so are the host's");
+            0
+        }
+    };
     let options = crate::dataplane::loader::LoadOptions {
         bpf_log: cfg.bpf_log,
-        socket_lb: cfg.socket_lb,
-        host_netns_cookie: match cfg.socket_lb {
-            SocketLbMode::HostOnly => socket_lb::netns_cookie()?,
-            _ => 0,
-        },
+        socket_lb: socket_lb_mode,
+        host_netns_cookie,
     };
     let (mut dataplane, pin_actions) =
         Dataplane::load_with(&cfg.bpffs, cfg.plan, &options).context("loading the datapath")?;
@@ -297,11 +317,17 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let desired = sync(&mut dataplane, &state, &node, &metrics, &control, &changes);
         if _socket_lb.is_some() {
             match dataplane.end_sockets_of_gone_backends(&backends_before) {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    sockets = n,
-                    "ended sockets connected to backends that went away"
-                ),
+                Ok((ended, failed)) => {
+                    if ended > 0 {
+                        info!(
+                            sockets = ended,
+                            "ended sockets connected to backends that went away"
+                        );
+                    }
+                    for e in failed {
+                        warn!("ending a socket of a removed backend: {e}; it keeps its dead backend until the application gives up");
+                    }
+                }
                 Err(e) => warn!("ending sockets of removed backends: {e}"),
             }
         }

@@ -241,3 +241,26 @@ pub fn all_ok(replies: Vec<Result<EchoReply>>, what: &str) -> Result<Vec<EchoRep
 pub fn error_kind(e: &anyhow::Error) -> Option<std::io::ErrorKind> {
     e.downcast_ref::<std::io::Error>().map(std::io::Error::kind)
 }
+
+/// One request from namespace `ns` to `addr` that must be refused (a TCP
+/// reset or an ICMP port unreachable) within `bound`, not time out.
+pub fn assert_refused_within(
+    ns: &str,
+    proto: Proto,
+    addr: SocketAddrV4,
+    bound: Duration,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let r = requests(ns, proto, addr, 1, Duration::from_secs(2))?;
+    let elapsed = started.elapsed();
+    let err = r[0].as_ref().expect_err("nothing may answer");
+    anyhow::ensure!(
+        error_kind(err) == Some(std::io::ErrorKind::ConnectionRefused),
+        "{addr}/{proto:?}: not refused: {err:#}"
+    );
+    anyhow::ensure!(
+        elapsed < bound,
+        "{addr}/{proto:?}: the reject took {elapsed:?}"
+    );
+    Ok(())
+}

@@ -118,7 +118,7 @@ fn host_processes_reach_cluster_ips_over_tcp_and_udp_and_see_the_service_address
     // The same client outside the cgroup has no socket LB: the node
     // namespace has no route to the service range, so nothing reaches it.
     let outside = sock_client(bin, None, &node, "tcp", &format!("{CLUSTER_IP}:80"), 1)?;
-    assert_eq!(outside[0]["ok"], false, "{}", outside[0]);
+    assert_eq!(outside[0]["kind"], "NetworkUnreachable", "{}", outside[0]);
 
     // Socket-level flows leave no conntrack entry: the packets carry the
     // backend's address from the start, so tc never translates them again.
@@ -429,6 +429,92 @@ fn weir_monitor_shows_socket_translations_and_refusals_with_the_netns_cookie() -
                 .contains(&format!("-> {EMPTY_IP}:80/TCP")),
             "{e}"
         );
+    }
+    Ok(())
+}
+
+#[test]
+fn pods_sockets_to_services_with_client_ip_affinity_are_left_to_tc() -> Result<()> {
+    use weir_tests::manifests::service_with;
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let s = setup(&cgroup, "all")?;
+    let ports = [port("tcp", 80, "TCP", 8080)];
+    let eps: Vec<_> = ["be1", "be2", "be3"]
+        .iter()
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    let sticky = "198.19.0.12";
+    s.manifests.write(
+        "sticky.yaml",
+        &format!(
+            "{}\n---\n{}",
+            service_with(
+                NS,
+                "sticky",
+                sticky.parse()?,
+                &ports,
+                "  sessionAffinity: ClientIP\n",
+                &[]
+            ),
+            slice(NS, "sticky-1", "sticky", &ports, &eps)
+        ),
+    )?;
+    let mut agent = s.agent;
+    agent.wait_frontend(&format!("{sticky}:80/TCP"), 3)?;
+    agent.clear_conntrack()?;
+    let cg = Some(cgroup.path());
+    let pod = s.sandbox.pod("client").netns.name.clone();
+    let r = sock_client(client_bin(), cg, &pod, "tcp", &format!("{sticky}:80"), 6)?;
+    // Affinity is per pod address: one backend for all, through tc (conntrack).
+    let backends: std::collections::BTreeSet<String> = r.iter().map(backend_of).collect();
+    assert_eq!(backends.len(), 1, "{r:?}");
+    let ct = agent.cli_json(&["bpf", "ct", "list"])?;
+    assert!(ct.as_array().is_some_and(|a| !a.is_empty()), "{ct}");
+    // The host's sockets are translated at connect (the node is one client).
+    agent.clear_conntrack()?;
+    let node = s.sandbox.node.name.clone();
+    let r = sock_client(client_bin(), cg, &node, "tcp", &format!("{sticky}:80"), 6)?;
+    let backends: std::collections::BTreeSet<String> = r.iter().map(backend_of).collect();
+    assert_eq!(backends.len(), 1, "{r:?}");
+    assert_eq!(
+        agent.cli_json(&["bpf", "ct", "list"])?,
+        serde_json::json!([])
+    );
+    Ok(())
+}
+
+#[test]
+fn host_processes_reach_node_ports_and_external_ips_too() -> Result<()> {
+    use weir_tests::manifests::service_with;
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let root = format!("--cgroup-root={}", cgroup.path().display());
+    // No Node object and no --devices: "all" serves NodePorts on the node's
+    // own addresses (198.18.0.1, its side of every pod device).
+    let mut s = Scenario::start_with(
+        2,
+        &[(Proto::Tcp, 8080)],
+        &["--socket-lb=all", &root, "--nodeport-addresses=all"],
+    )?;
+    let ports = [port("tcp", 80, "TCP", 8080).node_port(30080)];
+    let eps: Vec<_> = ["be1", "be2"]
+        .iter()
+        .map(|b| (s.backend_ip(b), true))
+        .collect();
+    let spec = "  type: NodePort\n  externalIPs: [198.19.7.7]\n";
+    s.manifests.write(
+        "np.yaml",
+        &format!(
+            "{}\n---\n{}",
+            service_with(NS, "np", CLUSTER_IP, &ports, spec, &[]),
+            slice(NS, "np-1", "np", &ports, &eps)
+        ),
+    )?;
+    s.agent.wait_frontend("198.18.0.1:30080/TCP", 2)?;
+    s.agent.wait_frontend("198.19.7.7:80/TCP", 2)?;
+    let node = s.sandbox.node.name.clone();
+    for addr in ["198.18.0.1:30080", "198.19.7.7:80"] {
+        let r = sock_client(client_bin(), Some(cgroup.path()), &node, "tcp", addr, 12)?;
+        assert_served(&r, "peer", addr);
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `cargo xtask image`: the agent's OCI image, built on this machine. No
 //! registry image can be pulled here, so the base is made from Debian's
-//! packages: a minbase debootstrap of the release this machine runs, from
+//! packages: a minbase debootstrap of the release these machines run, from
 //! the mirror its apt sources name, imported into podman once and cached
 //! (~/.cache/weir). The agent binary goes on top. manifests/Dockerfile stays
 //! for users who build elsewhere.
@@ -12,7 +12,11 @@ use crate::util::{output, root, status, succeeds};
 
 /// The base image's name in podman's store.
 const BASE: &str = "localhost/weir-base:bookworm";
+/// The Debian release of the base: the one these machines run (the agent
+/// binary is built here, against its glibc).
 const SUITE: &str = "bookworm";
+/// The label of the images this builds, so that pruning touches only them.
+const LABEL: &str = "dev.weir.image=agent";
 /// The tag the image test runs (tests/tests/image.rs), built from the debug agent.
 pub const TEST_TAG: &str = "localhost/weir:test";
 
@@ -40,18 +44,31 @@ fn mirror() -> Result<String> {
             texts.push(std::fs::read_to_string(&p).unwrap_or_default());
         }
     }
-    for text in &texts {
+    if let Some(url) = mirror_in(&texts) {
+        return Ok(url);
+    }
+    bail!("no Debian mirror in /etc/apt/sources.list{{,.d}}: the image's base is built from it")
+}
+
+/// The first non-security Debian mirror in apt source texts.
+fn mirror_in(texts: &[String]) -> Option<String> {
+    for text in texts {
         for line in text.lines().map(str::trim) {
+            // deb822 `URIs: URL`, or `deb [options] URL suite ...`.
             let url = line.strip_prefix("URIs:").map(str::trim).or_else(|| {
-                line.strip_prefix("deb ")
-                    .and_then(|r| r.split_whitespace().next())
+                let rest = line.strip_prefix("deb ")?.trim_start();
+                let rest = match rest.strip_prefix('[') {
+                    Some(r) => r.split_once(']')?.1,
+                    None => rest,
+                };
+                rest.split_whitespace().next()
             });
             if let Some(url) = url.filter(|u| u.starts_with("http") && !u.contains("security")) {
-                return Ok(url.split_whitespace().next().unwrap_or(url).to_string());
+                return Some(url.split_whitespace().next().unwrap_or(url).to_string());
             }
         }
     }
-    bail!("no Debian mirror in /etc/apt/sources.list{{,.d}}: the image's base is built from it")
+    None
 }
 
 /// Imports the base image into podman, making its rootfs tarball first if
@@ -100,7 +117,7 @@ pub fn build(binary: &Path, tag: &str) -> Result<()> {
     std::fs::write(
         ctx.join("Containerfile"),
         format!(
-            "FROM {BASE}\nCOPY weir /usr/local/bin/weir\nENTRYPOINT [\"/usr/local/bin/weir\"]\n"
+            "FROM {BASE}\nLABEL {LABEL}\nCOPY weir /usr/local/bin/weir\nENTRYPOINT [\"/usr/local/bin/weir\"]\n"
         ),
     )?;
     let ctx_s = ctx.to_string_lossy().into_owned();
@@ -109,8 +126,18 @@ pub fn build(binary: &Path, tag: &str) -> Result<()> {
         &["build", "--quiet", "--network", "none", "-t", tag, &ctx_s],
     )
     .context("podman build")?;
-    // The image this tag had before is left untagged: remove such leftovers.
-    let _ = output("podman", &["image", "prune", "--force"]);
+    // The image this tag had before is left untagged: remove such leftovers
+    // of ours (and nothing else on the machine).
+    let _ = output(
+        "podman",
+        &[
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            &format!("label={LABEL}"),
+        ],
+    );
     let size = output(
         "podman",
         &["image", "inspect", "--format", "{{.Size}}", tag],
@@ -121,4 +148,28 @@ pub fn build(binary: &Path, tag: &str) -> Result<()> {
         size.trim().parse::<u64>().unwrap_or(0) / 1_000_000
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_is_read_from_deb822_and_one_line_sources() {
+        let deb822 = "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm\n";
+        let security = "deb http://mirror.example/debian-security bookworm-security main\n";
+        let options =
+            "deb [signed-by=/k.gpg arch=amd64] http://other.example/debian bookworm main\n";
+        let got =
+            |texts: &[&str]| mirror_in(&texts.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            got(&[deb822]).as_deref(),
+            Some("http://mirror.example/debian")
+        );
+        assert_eq!(
+            got(&[security, options]).as_deref(),
+            Some("http://other.example/debian")
+        );
+        assert_eq!(got(&[security]), None);
+    }
 }

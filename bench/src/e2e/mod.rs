@@ -10,6 +10,7 @@
 //! size) gets a fresh topology, so no state carries over.
 pub mod load;
 pub mod server;
+pub mod socket_lb;
 pub mod uplink;
 
 use std::{net::SocketAddrV4, process::Command, time::Duration};
@@ -28,7 +29,7 @@ use crate::{
 use load::{Outcome, Test};
 
 const BACKENDS: u8 = 2;
-const CONCURRENCY: usize = 4;
+pub(crate) const CONCURRENCY: usize = 4;
 
 struct Params {
     sizes: Vec<usize>,
@@ -52,6 +53,8 @@ fn params(mode: Mode) -> Params {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dataplane {
     Weir,
+    /// Weir with `--socket-lb=all` (only in the socket LB rows).
+    WeirSocketLb,
     Iptables,
     Nftables,
 }
@@ -62,6 +65,7 @@ impl Dataplane {
     pub fn name(self) -> &'static str {
         match self {
             Dataplane::Weir => "Weir",
+            Dataplane::WeirSocketLb => "Weir with socket LB",
             Dataplane::Iptables => "kube-proxy iptables",
             Dataplane::Nftables => "kube-proxy nftables",
         }
@@ -158,7 +162,19 @@ pub fn run(mode: Mode) -> Result<Section> {
         }
     }
     let direct = direct_baseline(p.duration)?;
-    Ok(section(&p, &cells, &direct))
+    let sock = socket_lb::run(&p.sizes, p.duration)?;
+    let mut section = section(&p, &cells, &direct);
+    section.tables.insert(
+        2,
+        (
+            "Socket LB (`--socket-lb=all`): through the ClusterIP from a pod and from the \
+             node's own network namespace, beside Weir's tc path (which has no hook for the \
+             host's own sockets: its host rows fail) and kube-proxy (OUTPUT hooks):"
+                .into(),
+            sock,
+        ),
+    );
+    Ok(section)
 }
 
 /// A sandbox with servers and one dataplane programmed; torn down on drop
@@ -171,6 +187,8 @@ struct Programmed {
     _external: weir_tests::netns::Netns,
     client: String,
     external: String,
+    /// The node's network namespace (the host's, for the socket LB rows).
+    node: String,
     workload: Workload,
 }
 
@@ -181,6 +199,15 @@ impl Programmed {
     }
 
     fn start(dataplane: Dataplane, size: usize) -> Result<Self> {
+        Self::start_with(dataplane, size, None)
+    }
+
+    /// As `start`; Weir with socket LB attaches its socket programs to `cgroup`.
+    fn start_with(
+        dataplane: Dataplane,
+        size: usize,
+        cgroup: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let sandbox = Sandbox::standard(BACKENDS)?;
         tune_client(&sandbox)?;
         let external_ns = uplink::external_client(&sandbox.node.name, &sandbox.tag)?;
@@ -199,11 +226,17 @@ impl Programmed {
         let node = sandbox.node.name.clone();
         let mut agent = None;
         match dataplane {
-            Dataplane::Weir => {
+            Dataplane::Weir | Dataplane::WeirSocketLb => {
                 workload.write(&manifests.path)?;
                 let expected = workload::desired(&workload.state()).frontends.len();
                 let devices = format!("--devices={}", uplink::UPLINK);
-                let mut a = Agent::start(&node, &manifests.path, &sandbox.tag, &[&devices])?;
+                let mut args = vec![devices];
+                if let (Dataplane::WeirSocketLb, Some(cgroup)) = (dataplane, cgroup) {
+                    args.push("--socket-lb=all".into());
+                    args.push(format!("--cgroup-root={}", cgroup.display()));
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut a = Agent::start(&node, &manifests.path, &sandbox.tag, &args)?;
                 a.wait_for(
                     &format!("{expected} frontends"),
                     Duration::from_secs(300),
@@ -237,6 +270,7 @@ impl Programmed {
         let client = sandbox.pod("client").netns.name.clone();
         let external = external_ns.name.clone();
         Ok(Self {
+            node,
             _agent: agent,
             _manifests: manifests,
             _servers: servers,

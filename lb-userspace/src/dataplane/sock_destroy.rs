@@ -62,12 +62,14 @@ pub fn gone(before: &BTreeMap<u32, Backend>, after: &BTreeMap<u32, Backend>) -> 
 
 /// Ends the sockets of this network namespace connected to one of `gone`
 /// that socket LB sent there: `translated` holds (cookie, backend address,
-/// port) from SOCK_REVNAT_V1. Returns how many were ended.
+/// port) from SOCK_REVNAT_V1. Returns how many were ended, and why others
+/// could not be (e.g. a kernel without CONFIG_INET_DIAG_DESTROY).
 pub fn end_sockets(
     gone: &[Endpoint],
     translated: &BTreeSet<(u64, Ipv4Addr, u16)>,
-) -> io::Result<usize> {
+) -> io::Result<(usize, Vec<String>)> {
     let mut ended = 0;
+    let mut failed = Vec::new();
     for proto in [PROTO_UDP, PROTO_TCP] {
         if !gone.iter().any(|(_, _, p)| *p == proto) {
             continue;
@@ -79,12 +81,15 @@ pub fn end_sockets(
             let cookie = u64::from_ne_bytes(id.cookie);
             let wanted =
                 gone.contains(&(dst, port, proto)) && translated.contains(&(cookie, dst, port));
-            if wanted && destroy(proto, id).is_ok() {
-                ended += 1;
+            if wanted {
+                match destroy(proto, id) {
+                    Ok(()) => ended += 1,
+                    Err(e) => failed.push(format!("{dst}:{port} (cookie {cookie}): {e}")),
+                }
             }
         }
     }
-    Ok(ended)
+    Ok((ended, failed))
 }
 
 fn socket() -> io::Result<Socket> {
@@ -138,7 +143,9 @@ fn dump(proto: u8) -> io::Result<Vec<SocketId>> {
             offset += len;
         }
     }
-    Ok(out)
+    Err(io::Error::other(
+        "the socket dump did not end after 10,000 reads",
+    ))
 }
 
 /// SOCK_DESTROY of one socket, by its full id (cookie included).

@@ -293,14 +293,15 @@ impl Dataplane {
     }
 
     /// Ends the sockets socket LB sent to backends that `before` had and the
-    /// maps no longer have (see sock_destroy). Returns how many.
+    /// maps no longer have (see sock_destroy). Returns how many, and why
+    /// others could not be ended.
     pub fn end_sockets_of_gone_backends(
         &self,
         before: &std::collections::BTreeMap<u32, lb_common::Backend>,
-    ) -> std::io::Result<usize> {
+    ) -> std::io::Result<(usize, Vec<String>)> {
         let gone = super::sock_destroy::gone(before, &self.programmed().backends);
         if gone.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let translated = self
             .maps

@@ -73,7 +73,7 @@ pub fn probe(ifindex: u32) -> PeerDelivery {
         })
         .unwrap_or_else(|| format!("ifindex {peer}"));
     if has_xdp(&peer_link) {
-        return PeerDelivery::Delivers(format!("its veth peer {name} runs an XDP program"));
+        return PeerDelivery::Delivers(format!("its veth peer {name} runs a native XDP program"));
     }
     let place = if nsid.is_some() {
         " (in another network namespace)"
@@ -81,7 +81,7 @@ pub fn probe(ifindex: u32) -> PeerDelivery {
         ""
     };
     PeerDelivery::MayDrop(format!(
-        "its veth peer {name}{place} runs no XDP program, so it may drop XDP_TX and redirected frames"
+        "its veth peer {name}{place} runs no native XDP program, so it may drop XDP_TX and redirected frames"
     ))
 }
 
@@ -94,11 +94,13 @@ fn is_veth(link: &LinkMessage) -> bool {
     })
 }
 
+/// Whether the link runs a native (driver mode) XDP program: only that
+/// gives a veth NAPI; a generic-mode program does not.
 fn has_xdp(link: &LinkMessage) -> bool {
     link.attributes.iter().any(|a| match a {
         LinkAttribute::Xdp(xdp) => xdp.iter().any(|x| match x {
-            LinkXdp::Attached(state) => *state != XdpAttached::None,
-            LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) => *id != 0,
+            LinkXdp::Attached(state) => *state == XdpAttached::Driver,
+            LinkXdp::DrvProgId(id) => *id != 0,
             _ => false,
         }),
         _ => false,
