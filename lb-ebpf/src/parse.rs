@@ -52,6 +52,14 @@ pub fn parse_ipv4<P: Packet>(ctx: &P) -> Option<Flow> {
     if proto != PROTO_TCP && proto != PROTO_UDP {
         return None;
     }
+    // A total length that cannot hold the headers, or claims more than the
+    // frame has: a bogus packet the stack drops; leave it untouched. (0 is
+    // what BIG TCP puts in a GSO packet over 64 KiB: the length is unknown.)
+    let tot_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2).ok()?) as usize;
+    let l4_min = if proto == PROTO_TCP { 20 } else { 8 };
+    if tot_len != 0 && (tot_len < ihl + l4_min || ETH_HLEN + tot_len > ctx.len() as usize) {
+        return None;
+    }
     let saddr: [u8; 4] = ctx.load(IP_SRC_OFF).ok()?;
     let daddr: [u8; 4] = ctx.load(IP_DST_OFF).ok()?;
     let l4_off = ETH_HLEN + ihl;

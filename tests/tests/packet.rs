@@ -178,6 +178,24 @@ fn traffic_that_is_not_for_a_frontend_passes_unchanged() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn a_total_length_beyond_the_frame_or_short_of_the_headers_is_left_untouched() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let good = Pkt::tcp(CLIENT, 40004, VIP, 80).build();
+    let tot_len = u16::from_be_bytes([good[16], good[17]]);
+    for bogus in [tot_len + 1, 20 + 19, 1] {
+        let mut p = good.clone();
+        p[16..18].copy_from_slice(&bogus.to_be_bytes());
+        let (action, out) = run(&mut dp, &p)?;
+        assert_eq!(
+            (action, hex(&out)),
+            (TC_ACT_OK, hex(&p)),
+            "total length {bogus}"
+        );
+    }
+    Ok(())
+}
+
 const TC_ACT_REDIRECT: u32 = 7;
 
 /// Ethernet (node -> pod) + IPv4 (id 0, DF, TTL 64) from `src` to `dst`, as the reject path writes them.
