@@ -97,7 +97,8 @@ fn report(
 /// ECONNREFUSED. Left to the packet path (tc on the pod's device): services
 /// with loadBalancerSourceRanges, which need the client's address, and,
 /// for sockets of pods, services with ClientIP affinity, which is per pod
-/// address (here the address is not known yet; the host is one client).
+/// address (here the address is not known yet; the host is one client), and
+/// UDP (see below).
 #[inline(always)]
 pub fn translate(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
     let sa = ctx.sock_addr;
@@ -126,6 +127,14 @@ pub fn translate(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
         return ALLOW;
     };
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 || (svc.affinity_timeout != 0 && !host) {
+        return ALLOW;
+    }
+    if proto == PROTO_UDP && !host {
+        // A pod's UDP socket stays on tc's path, whose conntrack moves a
+        // flow off a removed backend at once; a connected socket translated
+        // here would keep a dead backend, and the agent can end sockets only
+        // in its own network namespace (bpf_sock_destroy needs kfunc calls,
+        // which aya 0.14 cannot relocate).
         return ALLOW;
     }
     if sendmsg && svc.algorithm == ALG_RANDOM {

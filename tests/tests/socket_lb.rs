@@ -164,7 +164,7 @@ fn host_processes_reach_cluster_ips_over_tcp_and_udp_and_see_the_service_address
 }
 
 #[test]
-fn host_only_leaves_pods_to_tc_and_all_translates_their_sockets_at_connect() -> Result<()> {
+fn host_only_leaves_pods_to_tc_and_all_translates_their_tcp_sockets_at_connect() -> Result<()> {
     for (mode, pod_flows_in_conntrack) in [("host-only", true), ("all", false)] {
         let cgroup = TestCgroup::create(&unique_tag())?;
         let s = setup(&cgroup, mode)?;
@@ -186,6 +186,27 @@ fn host_only_leaves_pods_to_tc_and_all_translates_their_sockets_at_connect() -> 
             entries > 0,
             pod_flows_in_conntrack,
             "--socket-lb={mode}: conntrack after pod connects: {ct}"
+        );
+        // A pod's UDP stays on tc's path in both modes (conntrack moves it
+        // off a removed backend; the agent can end only its own namespace's
+        // sockets), and still shows the service address.
+        s.agent.clear_conntrack()?;
+        let r = sock_client(
+            client_bin(),
+            cg,
+            &client,
+            "udp",
+            &format!("{CLUSTER_IP}:53"),
+            6,
+        )?;
+        for v in &r {
+            assert_eq!(v["ok"], true, "{v}");
+            assert_eq!(v["peer"], format!("{CLUSTER_IP}:53"), "{v}");
+        }
+        let ct = s.agent.cli_json(&["bpf", "ct", "list"])?;
+        assert!(
+            ct.as_array().is_some_and(|a| !a.is_empty()),
+            "--socket-lb={mode}: pod UDP: {ct}"
         );
         // The host namespace is translated in both modes.
         let node = s.sandbox.node.name.clone();
