@@ -231,11 +231,32 @@ fn auto_picks_native_xdp_where_the_bridge_ports_run_an_xdp_program() -> Result<(
 
 #[test]
 fn ingress_without_a_node_object_is_served_on_the_uplink_address_from_outside() -> Result<()> {
+    ingress_from_outside(FarSide::Bare, "--xdp-mode=auto")
+}
+
+#[test]
+fn ingress_from_outside_with_generic_xdp() -> Result<()> {
+    ingress_from_outside(FarSide::Bare, "--xdp-mode=generic")
+}
+
+#[test]
+fn ingress_from_outside_with_xdp_off() -> Result<()> {
+    ingress_from_outside(FarSide::Bare, "--xdp-mode=off")
+}
+
+#[test]
+fn ingress_from_outside_with_native_xdp_where_the_ports_run_an_xdp_program() -> Result<()> {
+    ingress_from_outside(FarSide::XdpPass, "--xdp-mode=native")
+}
+
+/// The ingress served on each node's uplink address (no Node object) from
+/// the external client, with the uplinks' far side and XDP mode given.
+fn ingress_from_outside(far_side: FarSide, xdp_mode: &str) -> Result<()> {
     use weir_tests::{
         http_backend::HttpBackend,
         ingress::{curl, ingress, ingress_class},
     };
-    let mut c = Cluster::build(2, FarSide::Bare, false)?;
+    let mut c = Cluster::build(2, far_side, false)?;
     c.add_pod(1, "be1")?;
     c.add_pod(2, "be2")?;
     let _web: Vec<HttpBackend> = ["be1", "be2"]
@@ -254,7 +275,7 @@ fn ingress_without_a_node_object_is_served_on_the_uplink_address_from_outside() 
             ingress(NS, "web", rule)
         ),
     )?;
-    c.start_agents(&["--ingress"])?;
+    c.start_agents(&["--ingress", xdp_mode])?;
     c.wait_frontend(&format!("{CLUSTER_IP}:80/TCP"), 2)?;
     for node in [1, 2] {
         let url = format!("http://{}/app/x", node_ip(node));
