@@ -125,7 +125,6 @@ impl PendingTriggers {
 pub async fn run(cfg: AgentConfig) -> Result<()> {
     let started_at = SystemTime::now();
     use crate::dataplane::socket_lb::{self, SocketLbMode};
-    // A cgroup root that cannot be used is an error at start, before anything is loaded.
     // A --cgroup-root given but unusable stops the agent; no cgroup2 mount
     // to default to, or no netns cookie for host-only, falls back to the
     // packet path with a warning.
@@ -195,9 +194,9 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         restored = dataplane.programmed().services.len(),
         "datapath loaded"
     );
-    let _socket_lb = start_socket_lb(
+    let socket_lb = start_socket_lb(
         &mut dataplane,
-        cfg.socket_lb,
+        socket_lb_mode,
         cgroup_root.as_deref(),
         &control,
     );
@@ -313,10 +312,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         // Attach first, so that a pod device that appeared with its
         // endpoints serves traffic as soon as the maps do.
         reconcile_devices(&mut dataplane, &selector, &mut missing, &control);
-        let backends_before = dataplane.programmed().backends.clone();
+        // What the sync removes, for ending its sockets (only with socket LB:
+        // the copy is of every backend).
+        let backends_before = socket_lb
+            .as_ref()
+            .map(|_| dataplane.programmed().backends.clone());
         let desired = sync(&mut dataplane, &state, &node, &metrics, &control, &changes);
-        if _socket_lb.is_some() {
-            match dataplane.end_sockets_of_gone_backends(&backends_before) {
+        if let Some(backends_before) = &backends_before {
+            match dataplane.end_sockets_of_gone_backends(backends_before) {
                 Ok((ended, failed)) => {
                     if ended > 0 {
                         info!(

@@ -104,10 +104,15 @@ pub fn node_port_addresses(
 
 /// Whether `addr` lies in `net`/`prefix`.
 pub fn in_cidr(addr: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    network(addr, prefix) == network(net, prefix)
+}
+
+/// `addr/prefix` with the host bits cleared.
+pub fn network(addr: Ipv4Addr, prefix: u8) -> [u8; 4] {
     let mask = u32::MAX
         .checked_shl(32 - u32::from(prefix.min(32)))
         .unwrap_or(0);
-    u32::from(addr) & mask == u32::from(net) & mask
+    (u32::from(addr) & mask).to_be_bytes()
 }
 
 #[cfg(test)]

@@ -49,12 +49,7 @@ pub type SourceRangeEntry = (u32, [u8; 4], u8);
 
 /// `addr/prefix` with the host bits cleared: the LPM trie treats
 /// 198.18.0.5/16 and 198.18.0.0/16 as one key, so the plan must too.
-pub fn network(addr: std::net::Ipv4Addr, prefix: u8) -> [u8; 4] {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix.min(32)))
-        .unwrap_or(0);
-    (u32::from(addr) & mask).to_be_bytes()
-}
+pub use crate::node_addrs::network;
 
 impl Programmed {
     /// The Maglev map was recreated empty: no service has a table any more,

@@ -212,16 +212,11 @@ impl Dataplane {
         let mut report = XdpReport::default();
         let dir = self.attachments.pin_dir().map(Path::to_path_buf);
         let policy = self.xdp.policy;
-        let wanted: Vec<&(String, u32)> = if policy == XdpPolicy::Off {
-            Vec::new()
-        } else {
-            uplinks.iter().collect()
-        };
         let gone: Vec<String> = self
             .xdp
             .links
             .iter()
-            .filter(|(name, a)| !wanted.iter().any(|(n, i)| n == *name && *i == a.ifindex))
+            .filter(|(name, a)| !uplinks.iter().any(|(n, i)| n == *name && *i == a.ifindex))
             .map(|(name, _)| name.clone())
             .collect();
         for name in gone {
@@ -232,36 +227,21 @@ impl Dataplane {
             }
             report.detached.push(name);
         }
-        if policy == XdpPolicy::Off {
-            // Links an agent with XDP left pinned.
-            if let Some(dir) = &dir {
-                for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if let Some((_, device)) = parse_pin_name(&name) {
-                        let _ = std::fs::remove_file(entry.path());
-                        report.detached.push(device.to_string());
-                    }
-                }
-            }
-        }
         self.xdp
             .tc_only
             .retain(|name, _| uplinks.iter().any(|(n, _)| n == name));
-        if policy == XdpPolicy::Off {
-            for (name, _) in uplinks {
-                let why = choose_modes(policy, &PeerDelivery::NotVeth).reason;
-                if self.xdp.tc_only.get(name) != Some(&why) {
-                    report.tc_only.push((name.clone(), why.clone()));
-                    self.xdp.tc_only.insert(name.clone(), why);
-                }
-            }
-        }
         let prog = super::loader::xdp_program(&mut self.ebpf);
-        for (name, ifindex) in wanted {
+        for (name, ifindex) in uplinks {
             if self.xdp.links.contains_key(name) {
                 continue;
             }
-            let choice = choose_modes(policy, &super::veth_peer::probe(*ifindex));
+            // Only auto and native look at the peer; it is read again each
+            // time, so an uplink whose peer gains a native program gets XDP.
+            let peer = match policy {
+                XdpPolicy::Auto | XdpPolicy::Native => super::veth_peer::probe(*ifindex),
+                XdpPolicy::Generic | XdpPolicy::Off => PeerDelivery::NotVeth,
+            };
+            let choice = choose_modes(policy, &peer);
             if choice.modes.is_empty() {
                 if self.xdp.tc_only.get(name) != Some(&choice.reason) {
                     report.tc_only.push((name.clone(), choice.reason.clone()));
@@ -270,8 +250,10 @@ impl Dataplane {
                 if let Some((path, _)) =
                     dir.as_deref().and_then(|d| existing_pin(d, name, *ifindex))
                 {
-                    // An earlier agent's XDP link in a mode no longer chosen.
+                    // An earlier agent's XDP link (--xdp-mode off now, or a
+                    // veth auto no longer uses native XDP on).
                     let _ = std::fs::remove_file(path);
+                    report.detached.push(name.clone());
                 }
                 continue;
             }
