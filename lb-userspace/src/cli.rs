@@ -196,6 +196,107 @@ pub fn routes_table(rows: &[crate::routes::rows::RouteRow]) -> String {
     )
 }
 
+/// The table form of `weir routes`: every rule, with where it listens and who defined it.
+pub fn all_routes_table(rows: &[crate::routes::rows::RuleRow]) -> String {
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let default = r.path_type == "DefaultBackend";
+            let path = if default {
+                "*".to_string()
+            } else {
+                match r.path_type.as_str() {
+                    "Exact" => format!("={}", r.path),
+                    "RegularExpression" => format!("~{}", r.path),
+                    _ => r.path.clone(),
+                }
+            };
+            let matches = if r.conditions.is_empty() {
+                path
+            } else {
+                format!("{path} {}", r.conditions)
+            };
+            let to = if r.action == "forward" {
+                format!("{}:{} ({}) w{}", r.service, r.port, r.endpoints, r.weight)
+            } else {
+                r.action.clone()
+            };
+            vec![
+                if r.address.is_empty() {
+                    "ingress".to_string()
+                } else {
+                    r.address.clone()
+                },
+                if r.host.is_empty() { "*" } else { &r.host }.to_string(),
+                matches,
+                to,
+                r.origin.clone(),
+            ]
+        })
+        .collect();
+    fit_table(&["LISTENER", "HOST", "MATCH", "TO", "FROM"], &cells, 120)
+}
+
+/// The table form of `weir gateway status`: one line per object and condition.
+pub fn gateway_status_table(s: &crate::routes::gateway_status::GatewayStatuses) -> String {
+    use crate::routes::gateway_status::Condition;
+    let mut cells: Vec<Vec<String>> = Vec::new();
+    let mut push = |object: String, extra: String, conditions: &[Condition]| {
+        let text = conditions
+            .iter()
+            .map(|c| format!("{}={}({})", c.kind, c.status, c.reason))
+            .collect::<Vec<_>>()
+            .join(" ");
+        cells.push(vec![object, extra, text]);
+    };
+    for c in &s.classes {
+        push(
+            format!("GatewayClass {}", c.name),
+            String::new(),
+            &c.conditions,
+        );
+    }
+    for g in &s.gateways {
+        let addresses = g
+            .addresses
+            .iter()
+            .map(|a| a.value.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        push(
+            format!("Gateway {}/{}", g.namespace, g.name),
+            addresses,
+            &g.conditions,
+        );
+        for l in &g.listeners {
+            push(
+                format!("  listener {}", l.name),
+                format!("{} routes", l.attached_routes),
+                &l.conditions,
+            );
+        }
+    }
+    for r in &s.routes {
+        for p in &r.parents {
+            push(
+                format!("{} {}/{}", r.kind, r.namespace, r.name),
+                format!(
+                    "-> {}/{}{}",
+                    p.parent_ref.namespace.as_deref().unwrap_or(&r.namespace),
+                    p.parent_ref.name,
+                    p.parent_ref
+                        .section_name
+                        .as_ref()
+                        .map(|s| format!("/{s}"))
+                        .unwrap_or_default()
+                ),
+                &p.conditions,
+            );
+        }
+    }
+    fit_table(&["OBJECT", "DETAIL", "CONDITIONS"], &cells, 160)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

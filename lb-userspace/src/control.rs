@@ -25,7 +25,10 @@ use tracing::debug;
 
 use crate::{
     proxy::SharedTable,
-    routes::rows::{rows, RouteRow},
+    routes::{
+        gateway_status::GatewayStatuses,
+        rows::{all_rows, rows, RouteRow, RuleRow},
+    },
     source::status::{rfc3339, SourceStatus, StatusHandle, TimedError},
 };
 
@@ -67,7 +70,12 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ControlError + '_ {
 #[serde(rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The Ingress rules (`weir ingress routes`).
     Routes,
+    /// Every rule, Ingress and Gateway API (`weir routes`).
+    AllRoutes,
+    /// The Gateway API objects' status (`weir gateway status`).
+    GatewayStatus,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,6 +83,8 @@ pub enum Request {
 pub enum Response {
     Status(Box<AgentStatus>),
     Routes(Vec<RouteRow>),
+    Rules(Vec<RuleRow>),
+    GatewayStatus(Box<GatewayStatuses>),
     Error(String),
 }
 
@@ -215,12 +225,21 @@ impl ControlState {
     pub fn answer(&self, request: Request) -> Response {
         match request {
             Request::Status => Response::Status(Box::new(self.status())),
-            Request::Routes => match &*self.routes.lock().unwrap_or_else(|e| e.into_inner()) {
-                Some(table) => Response::Routes(rows(&table.load())),
-                None => Response::Error(
-                    "the ingress proxy is off (start the agent with --ingress)".into(),
-                ),
-            },
+            Request::Routes | Request::AllRoutes | Request::GatewayStatus => {
+                match &*self.routes.lock().unwrap_or_else(|e| e.into_inner()) {
+                    Some(table) => {
+                        let table = table.load();
+                        match request {
+                            Request::Routes => Response::Routes(rows(&table)),
+                            Request::AllRoutes => Response::Rules(all_rows(&table)),
+                            _ => Response::GatewayStatus(Box::new(table.gateway_status.clone())),
+                        }
+                    }
+                    None => Response::Error(
+                        "the ingress proxy is off (start the agent with --ingress)".into(),
+                    ),
+                }
+            }
         }
     }
 }
@@ -348,21 +367,46 @@ pub fn request(path: &Path, request: Request) -> Result<Response, ControlError> 
     })
 }
 
+fn unexpected(r: Response) -> ControlError {
+    match r {
+        Response::Error(e) => ControlError::Agent(e),
+        Response::Status(_) => ControlError::Agent("answered with a status".into()),
+        Response::Routes(_) | Response::Rules(_) => {
+            ControlError::Agent("answered with routes".into())
+        }
+        Response::GatewayStatus(_) => ControlError::Agent("answered with Gateway status".into()),
+    }
+}
+
 /// The agent's status, or why it cannot be had.
 pub fn status(path: &Path) -> Result<AgentStatus, ControlError> {
     match request(path, Request::Status)? {
         Response::Status(s) => Ok(*s),
-        Response::Error(e) => Err(ControlError::Agent(e)),
-        Response::Routes(_) => Err(ControlError::Agent("answered with routes".into())),
+        other => Err(unexpected(other)),
     }
 }
 
-/// The proxy's routing table.
+/// The proxy's Ingress rules.
 pub fn routes(path: &Path) -> Result<Vec<RouteRow>, ControlError> {
     match request(path, Request::Routes)? {
         Response::Routes(r) => Ok(r),
-        Response::Error(e) => Err(ControlError::Agent(e)),
-        Response::Status(_) => Err(ControlError::Agent("answered with a status".into())),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Every rule of the proxy, Ingress and Gateway API.
+pub fn rules(path: &Path) -> Result<Vec<RuleRow>, ControlError> {
+    match request(path, Request::AllRoutes)? {
+        Response::Rules(r) => Ok(r),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The Gateway API objects' status, as the agent computed it.
+pub fn gateway_status(path: &Path) -> Result<GatewayStatuses, ControlError> {
+    match request(path, Request::GatewayStatus)? {
+        Response::GatewayStatus(s) => Ok(*s),
+        other => Err(unexpected(other)),
     }
 }
 

@@ -1,13 +1,19 @@
 //! The agent's ingress part: starts the embedded proxy and the eBPF
 //! hand-off, and on every new cluster state rebuilds the routing table
 //! (swapped in whole) and the set of ingress addresses.
-use std::{collections::BTreeSet, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+};
+
+use lb_common::ingress::{IngressKey, SOCKET_HTTP};
 
 use tracing::{info, warn};
 
 use crate::{
     dataplane::{
-        ingress::{IngressError, IngressHandoff},
+        ingress::{keys, IngressError, IngressHandoff},
         Dataplane,
     },
     model::{ClusterState, ObjectRef},
@@ -34,6 +40,8 @@ pub struct IngressConfig {
     pub https_port: u16,
     /// Addresses taken over besides the node's own (e.g. LoadBalancer IPs routed to the node).
     pub extra_addresses: Vec<Ipv4Addr>,
+    /// --gateway-address-pool: one address each for Gateways without spec.addresses.
+    pub gateway_pool: Vec<Ipv4Addr>,
     /// Worker threads of the proxy's runtime.
     pub threads: usize,
 }
@@ -46,6 +54,10 @@ pub struct Ingress {
     /// Problems already reported (so each is reported once while it lasts).
     reported: BTreeSet<(ObjectRef, String)>,
     last_addresses: Option<BTreeSet<Ipv4Addr>>,
+    /// The Gateway listeners' addresses and ports handed off last.
+    last_gateway_keys: Vec<SocketAddr>,
+    /// The pool address each Gateway has (kept while the Gateway lives).
+    gateway_pool_addresses: BTreeMap<ObjectRef, Ipv4Addr>,
 }
 
 impl Ingress {
@@ -78,6 +90,8 @@ impl Ingress {
             last_warnings: Vec::new(),
             reported: BTreeSet::new(),
             last_addresses: None,
+            last_gateway_keys: Vec::new(),
+            gateway_pool_addresses: BTreeMap::new(),
         })
     }
 
@@ -125,12 +139,28 @@ impl Ingress {
     /// Applies a new cluster state: a new routing table, and the ingress
     /// addresses. Returns the problems that are new since the last state.
     pub fn apply(&mut self, state: &ClusterState, node: &NodeFacts) -> Vec<(ObjectRef, String)> {
+        let addresses = self.addresses(state, node);
         let table = build(
             state,
             &RouteConfig {
                 node_name: node.node_name.clone(),
+                gateway_addresses: addresses.iter().copied().collect(),
+                gateway_pool: self.cfg.gateway_pool.clone(),
+                gateway_previous: self.gateway_pool_addresses.clone(),
             },
         );
+        self.gateway_pool_addresses = table
+            .gateway_status
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                let a: Ipv4Addr = g.addresses.first()?.value.parse().ok()?;
+                self.cfg
+                    .gateway_pool
+                    .contains(&a)
+                    .then(|| (ObjectRef::new(&g.namespace, &g.name), a))
+            })
+            .collect();
         if table.warnings != self.last_warnings {
             for w in &table.warnings {
                 warn!("ingress: {w}");
@@ -138,17 +168,32 @@ impl Ingress {
             self.last_warnings = table.warnings.clone();
         }
         info!(
-            hosts = table.hosts.len() + table.wildcards.len(),
+            hosts = table.ingress.hosts.len() + table.ingress.wildcards.len(),
             certificates = table.certs.len(),
-            default_backend = table.default_backend.is_some(),
+            default_backend = table.ingress.default.is_some(),
+            gateway_listeners = table.gateways.len(),
             skipped = table.warnings.len(),
             "ingress routes updated"
         );
         let problems: BTreeSet<(ObjectRef, String)> = table.problems.iter().cloned().collect();
         let new: Vec<(ObjectRef, String)> = problems.difference(&self.reported).cloned().collect();
         self.reported = problems;
+        let mut entries = keys(&addresses, self.cfg.http_port, self.cfg.https_port);
+        let mut gateway_keys: Vec<SocketAddr> = table.gateways.keys().copied().collect();
+        gateway_keys.sort();
+        for key in &gateway_keys {
+            if let SocketAddr::V4(a) = key {
+                let k = IngressKey {
+                    addr: a.ip().octets(),
+                    port: a.port(),
+                    _pad: 0,
+                };
+                // A Gateway listener takes its address and port over from the Ingress rules.
+                entries.retain(|(e, _)| *e != k);
+                entries.push((k, SOCKET_HTTP));
+            }
+        }
         self.table.store(Arc::new(table));
-        let addresses = self.addresses(state, node);
         if self.last_addresses.as_ref() != Some(&addresses) && addresses.is_empty() {
             warn!(
                 "ingress: no address to serve on: {} gives none and --ingress-addresses is \
@@ -156,14 +201,14 @@ impl Ingress {
                 self.primary(state, node).source
             );
         }
-        if self.last_addresses.as_ref() != Some(&addresses) {
-            match self
-                .handoff
-                .set_addresses(&addresses, self.cfg.http_port, self.cfg.https_port)
-            {
+        if self.last_addresses.as_ref() != Some(&addresses)
+            || self.last_gateway_keys != gateway_keys
+        {
+            match self.handoff.set_entries(&entries) {
                 Ok(()) => {
-                    info!(addresses = ?addresses, "ingress addresses");
+                    info!(addresses = ?addresses, gateway_listeners = ?gateway_keys, "ingress addresses");
                     self.last_addresses = Some(addresses);
+                    self.last_gateway_keys = gateway_keys;
                 }
                 Err(e) => warn!(
                     addresses = ?addresses,
@@ -174,5 +219,78 @@ impl Ingress {
             }
         }
         new
+    }
+}
+
+/// --gateway-address-pool: an IPv4 network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressPool {
+    pub network: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl AddressPool {
+    /// Its usable addresses: all of them, less the network and broadcast
+    /// addresses of networks larger than /31.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let base = u32::from(self.network);
+        let size = 1u64 << (32 - u32::from(self.prefix));
+        let (first, last) = if self.prefix <= 30 {
+            (1, size - 1)
+        } else {
+            (0, size)
+        };
+        (first..last)
+            .map(|i| Ipv4Addr::from(base + i as u32))
+            .collect()
+    }
+}
+
+/// Parses "A.B.C.D/N" with 16 <= N <= 32 and no host bits set.
+pub fn parse_pool(s: &str) -> Result<AddressPool, String> {
+    let (addr, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{s:?} is not a CIDR like 198.19.2.0/24"))?;
+    let network: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (16..=32).contains(p))
+        .ok_or_else(|| format!("{s:?}: the prefix must be 16 to 32"))?;
+    if crate::node_addrs::network(network, prefix) != network.octets() {
+        return Err(format!(
+            "{s:?}: host bits are set (the network is {}/{prefix})",
+            Ipv4Addr::from(crate::node_addrs::network(network, prefix))
+        ));
+    }
+    Ok(AddressPool { network, prefix })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pools_parse_and_list_their_usable_addresses() {
+        let p = parse_pool("198.19.2.0/30").unwrap();
+        assert_eq!(
+            p.addresses(),
+            [Ipv4Addr::new(198, 19, 2, 1), Ipv4Addr::new(198, 19, 2, 2)]
+        );
+        assert_eq!(
+            parse_pool("198.19.2.7/32").unwrap().addresses(),
+            [Ipv4Addr::new(198, 19, 2, 7)]
+        );
+        assert_eq!(
+            parse_pool("198.19.0.0/16").unwrap().addresses().len(),
+            65534
+        );
+        assert!(parse_pool("198.19.2.1/24")
+            .unwrap_err()
+            .contains("host bits"));
+        assert!(parse_pool("198.19.0.0/8").unwrap_err().contains("16 to 32"));
+        assert!(parse_pool("198.19.2.0").is_err());
     }
 }

@@ -54,6 +54,20 @@ enum Command {
         #[command(subcommand)]
         command: IngressCommand,
     },
+    /// Every routing rule of the proxy, Ingress and Gateway API, with the object that defined it.
+    Routes {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
+        #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
+    },
+    /// Gateway API objects (from the running agent).
+    Gateway {
+        #[command(subcommand)]
+        command: GatewayCommand,
+    },
     /// Stream datapath events live: drops with their reason, and with --flows every new flow.
     Monitor {
         /// Also report every new flow and the backend it went to.
@@ -191,6 +205,9 @@ struct IngressFlags {
     /// Ingress addresses besides the node's own (comma-separated IPv4), e.g. LoadBalancer IPs routed to the nodes.
     #[arg(long, value_delimiter = ',')]
     ingress_addresses: Vec<std::net::Ipv4Addr>,
+    /// Gateway API: an IPv4 CIDR (at most /16) from which each Gateway without spec.addresses gets an address of its own; the pool must be routed to the nodes and local on them. Without it such Gateways listen on the node's ingress addresses.
+    #[arg(long, value_parser = weir::ingress::parse_pool)]
+    gateway_address_pool: Option<weir::ingress::AddressPool>,
     /// PEM certificate chain served to TLS clients whose server name no Ingress has a certificate for.
     #[arg(long, requires = "ingress_default_key")]
     ingress_default_cert: Option<PathBuf>,
@@ -248,6 +265,11 @@ impl IngressFlags {
             http_port: self.ingress_http_port,
             https_port: self.ingress_https_port,
             extra_addresses: self.ingress_addresses.clone(),
+            gateway_pool: self
+                .gateway_address_pool
+                .as_ref()
+                .map(|p| p.addresses())
+                .unwrap_or_default(),
             threads: self.ingress_threads,
         }))
     }
@@ -263,6 +285,19 @@ enum IngressCommand {
         #[arg(long, default_value = DEFAULT_BPFFS)]
         bpffs: PathBuf,
         /// The agent's control socket.
+        #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
+        agent_socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GatewayCommand {
+    /// The status Weir computes for its GatewayClasses, Gateways and routes: conditions with their reasons, addresses, attached routes.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_BPFFS)]
+        bpffs: PathBuf,
         #[arg(long, default_value = weir::control::DEFAULT_SOCKET)]
         agent_socket: PathBuf,
     },
@@ -455,6 +490,27 @@ fn main() -> Result<()> {
             agent_for(&agent_socket, &bpffs)?;
             let rows = weir::control::routes(&agent_socket)?;
             print(output, &rows, || cli::routes_table(&rows))
+        }
+        Command::Routes {
+            output,
+            bpffs,
+            agent_socket,
+        } => {
+            agent_for(&agent_socket, &bpffs)?;
+            let rows = weir::control::rules(&agent_socket)?;
+            print(output, &rows, || cli::all_routes_table(&rows))
+        }
+        Command::Gateway {
+            command:
+                GatewayCommand::Status {
+                    output,
+                    bpffs,
+                    agent_socket,
+                },
+        } => {
+            agent_for(&agent_socket, &bpffs)?;
+            let status = weir::control::gateway_status(&agent_socket)?;
+            print(output, &status, || cli::gateway_status_table(&status))
         }
     }
 }

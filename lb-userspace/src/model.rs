@@ -1,5 +1,7 @@
 //! Cluster state in Weir's own types, independent of k8s-openapi: what the
 //! sources produce and what `translate` consumes.
+pub mod gateway;
+
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
@@ -180,6 +182,8 @@ pub struct ClusterState {
     pub nodes: BTreeMap<String, Node>,
     /// Ingresses, IngressClasses and TLS Secrets, for the L7 proxy.
     pub ingress: IngressState,
+    /// Gateway API objects, for the same proxy.
+    pub gateway: gateway::GatewayState,
     /// When each EndpointSlice's current content was triggered: its
     /// `endpoints.kubernetes.io/last-change-trigger-time` annotation (the
     /// directory source falls back to the file's modification time). The

@@ -1,11 +1,11 @@
 //! The L7 routing table, built from YAML as a user writes it. The cases
 //! mirror the Kubernetes ingress-controller-conformance features:
 //! default_backend, host_rules, path_rules, ingress_class, load_balancing.
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use weir::{
     model::{ClusterState, PathType},
-    routes::{build, Matched, RouteConfig, RouteTable},
+    routes::{build, rule::Target, RequestView, RouteConfig, RouteTable, Upstream},
     source::{dir::insert_all, parse::parse_documents},
 };
 
@@ -71,10 +71,60 @@ fn table(extra: &str) -> RouteTable {
     build(&state(extra), &RouteConfig::default())
 }
 
+/// Which rule a GET request matched.
+#[derive(Debug, PartialEq)]
+enum Matched {
+    Path {
+        host: String,
+        path_type: PathType,
+        path: String,
+    },
+    DefaultBackend,
+}
+
+/// The upstream and rule for a GET of `path` at `host`, with no other headers.
+fn route(t: &RouteTable, host: Option<&str>, path: &str) -> Option<(Arc<Upstream>, Matched)> {
+    route_with_origin(t, host, path).map(|(u, m, _)| (u, m))
+}
+
+fn route_with_origin(
+    t: &RouteTable,
+    host: Option<&str>,
+    path: &str,
+) -> Option<(Arc<Upstream>, Matched, String)> {
+    let headers = http::HeaderMap::new();
+    let view = RequestView {
+        method: &http::Method::GET,
+        path,
+        query: None,
+        headers: &headers,
+    };
+    let routed = t.route(host, &view)?;
+    let Target::Upstream(u) = &routed.rule.action.backends.entries[0].target else {
+        panic!("an Ingress rule without an upstream");
+    };
+    let m = if routed.default {
+        Matched::DefaultBackend
+    } else {
+        Matched::Path {
+            host: routed.host.clone(),
+            path_type: match routed.rule.matcher.path.kind() {
+                "Exact" => PathType::Exact,
+                "Prefix" => PathType::Prefix,
+                _ => PathType::ImplementationSpecific,
+            },
+            path: match routed.rule.matcher.path.text().as_str() {
+                "/" if routed.rule.matcher.path.kind() == "Prefix" => String::new(),
+                p => p.to_string(),
+            },
+        }
+    };
+    Some((u.clone(), m, routed.rule.action.origin.object.name.clone()))
+}
+
 /// The service that serves host + path, or None for 404.
 fn served(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-    t.route(Some(host), path)
-        .map(|(u, _)| u.service.name.clone())
+    route(t, Some(host), path).map(|(u, _)| u.service.name.clone())
 }
 
 fn ingress(name: &str, spec: &str) -> String {
@@ -98,11 +148,11 @@ fn default_backend_serves_every_request_that_matches_no_rule() {
     ));
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     for (host, path) in [("x.example", "/"), ("y", "/some/path"), ("", "/")] {
-        let (u, m) = t.route(Some(host), path).expect("default backend");
+        let (u, m) = route(&t, Some(host), path).expect("default backend");
         assert_eq!(u.service.name, "a");
         assert_eq!(m, Matched::DefaultBackend);
     }
-    let (u, _) = t.route(None, "/").expect("no host");
+    let (u, _) = route(&t, None, "/").expect("no host");
     assert_eq!(
         u.endpoints,
         vec!["198.18.1.11:8080".parse::<SocketAddr>().unwrap()]
@@ -184,7 +234,7 @@ fn path_table() -> RouteTable {
 fn exact_paths_are_case_sensitive_and_trailing_slash_strict_and_beat_prefix() {
     let t = path_table();
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    let (u, m) = t.route(Some("p.example"), "/foo").unwrap();
+    let (u, m) = route(&t, Some("p.example"), "/foo").unwrap();
     assert_eq!(u.service.name, "a");
     assert!(matches!(
         m,
@@ -321,7 +371,7 @@ endpoints:
     insert_all(&mut s, objects);
     let t = build(&s, &RouteConfig::default());
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    let (admin, _) = t.route(Some("n.example"), "/").unwrap();
+    let (admin, _) = route(&t, Some("n.example"), "/").unwrap();
     let eps = |v: &[&str]| {
         v.iter()
             .map(|s| s.parse::<SocketAddr>().unwrap())
@@ -331,7 +381,7 @@ endpoints:
         admin.endpoints,
         eps(&["198.18.1.21:9090", "198.18.1.23:9090"])
     );
-    let (http, _) = t.route(Some("m.example"), "/").unwrap();
+    let (http, _) = route(&t, Some("m.example"), "/").unwrap();
     assert_eq!(
         http.endpoints,
         eps(&["198.18.1.21:8080", "198.18.1.23:8080"])
@@ -365,7 +415,7 @@ endpoints:
     );
     insert_all(&mut s, objects);
     let t = build(&s, &RouteConfig::default());
-    let (u, _) = t.route(None, "/").unwrap();
+    let (u, _) = route(&t, None, "/").unwrap();
     let mut firsts = std::collections::BTreeMap::new();
     for _ in 0..30 {
         let order: Vec<SocketAddr> = u.attempt_order().collect();
@@ -558,9 +608,10 @@ endpoints:
         &s,
         &RouteConfig {
             node_name: "node-a".into(),
+            ..Default::default()
         },
     );
-    let (u, _) = t.route(None, "/").unwrap();
+    let (u, _) = route(&t, None, "/").unwrap();
     assert_eq!(
         u.endpoints,
         vec!["198.18.1.41:8080".parse::<SocketAddr>().unwrap()]
@@ -673,10 +724,7 @@ fn overlapping_rules_of_two_ingresses_for_one_host_merge_by_precedence() {
         host_ingress("first", &one),
         host_ingress("second", &two)
     ));
-    let by = |path: &str| {
-        let (_, routes) = t.host_routes(Some("prec.example")).unwrap();
-        routes.route(path).unwrap().ingress.name.clone()
-    };
+    let by = |path: &str| route_with_origin(&t, Some("prec.example"), path).unwrap().2;
     assert_eq!(by("/app/v2/x"), "second");
     assert_eq!(by("/app/v3"), "first");
 }
@@ -758,7 +806,7 @@ fn conditions_table(endpoints: &[(u8, bool, bool, bool)]) -> RouteTable {
 }
 
 fn endpoints_of(t: &RouteTable) -> Vec<String> {
-    let (u, _) = t.route(None, "/").expect("default backend");
+    let (u, _) = route(t, None, "/").expect("default backend");
     u.endpoints.iter().map(ToString::to_string).collect()
 }
 

@@ -204,7 +204,10 @@ impl Agent {
         let mut cmd = Command::new(weir_bin()?);
         cmd.args(args)
             .arg(format!("--bpffs={}", self.bpffs.display()));
-        if matches!(args.first(), Some(&"status" | &"ingress")) {
+        if matches!(
+            args.first(),
+            Some(&"status" | &"ingress" | &"routes" | &"gateway")
+        ) {
             cmd.arg(format!("--agent-socket={}", self.socket.display()));
         }
         let out = cmd.stdin(Stdio::null()).output().context("running weir")?;

@@ -172,11 +172,19 @@ async fn respond(
     if let Some(d) = delay(req.uri()) {
         tokio::time::sleep(d).await;
     }
-    let headers: BTreeMap<String, String> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-        .collect();
+    // Several values of one header are joined with "," (as the Gateway API
+    // conformance suite compares them).
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        let v = v.to_str().unwrap_or("");
+        headers
+            .entry(k.to_string())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(v);
+            })
+            .or_insert_with(|| v.to_string());
+    }
     let body = serde_json::json!({
         "backend": name,
         "connection": connection,

@@ -4,7 +4,11 @@
 //! ingress addresses. The link and maps belong to this agent process: when it
 //! exits they go (its sockets are gone anyway) and the next agent attaches
 //! anew, so a stale program never steers to nothing.
-use std::{collections::BTreeSet, net::Ipv4Addr, os::fd::AsRawFd};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+};
 
 use aya::{
     maps::{HashMap, MapData, SockMap},
@@ -36,7 +40,7 @@ pub enum IngressError {
 pub struct IngressHandoff {
     addrs: HashMap<MapData, IngressKey, u32>,
     sockets: SockMap<MapData>,
-    current: BTreeSet<IngressKey>,
+    current: BTreeMap<IngressKey, u32>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> IngressError {
@@ -64,7 +68,7 @@ impl IngressHandoff {
         Ok(Self {
             addrs: HashMap::try_from(addrs).map_err(map_err(MAP_INGRESS_ADDRS))?,
             sockets: SockMap::try_from(sockets).map_err(map_err(MAP_INGRESS_SOCKETS))?,
-            current: BTreeSet::new(),
+            current: BTreeMap::new(),
         })
     }
 
@@ -82,26 +86,20 @@ impl IngressHandoff {
             .map_err(map_err(MAP_INGRESS_SOCKETS))
     }
 
-    /// Takes over exactly `addresses` on the two ports (new ones first, then
-    /// the ones no longer wanted are released).
-    pub fn set_addresses(
-        &mut self,
-        addresses: &BTreeSet<Ipv4Addr>,
-        http_port: u16,
-        https_port: u16,
-    ) -> Result<(), IngressError> {
-        let wanted = keys(addresses, http_port, https_port);
-        for (key, index) in &wanted {
-            if !self.current.contains(key) {
+    /// Takes over exactly `wanted` (new ones first, then the ones no longer
+    /// wanted are released).
+    pub fn set_entries(&mut self, wanted: &[(IngressKey, u32)]) -> Result<(), IngressError> {
+        for (key, index) in wanted {
+            if self.current.get(key) != Some(index) {
                 self.addrs
                     .insert(key, index, 0)
                     .map_err(map_err(MAP_INGRESS_ADDRS))?;
-                self.current.insert(*key);
+                self.current.insert(*key, *index);
             }
         }
         let stale: Vec<IngressKey> = self
             .current
-            .iter()
+            .keys()
             .filter(|k| !wanted.iter().any(|(w, _)| w == *k))
             .copied()
             .collect();

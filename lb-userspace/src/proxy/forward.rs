@@ -15,7 +15,11 @@ use tracing::debug;
 use super::{headers, ProxyConfig, SharedTable};
 use crate::{
     metrics::RouteLabel,
-    routes::{matching::normalize_host, Matched, Upstream},
+    routes::{
+        matching::normalize_host,
+        rule::{RedirectTo, Target},
+        RequestView, Routed, Upstream,
+    },
 };
 
 pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
@@ -26,6 +30,9 @@ const MAX_ATTEMPTS: usize = 3;
 /// What a connection handler knows about its client.
 pub struct ConnInfo {
     pub client: SocketAddr,
+    /// The address the client connected to (the hand-off keeps it): which
+    /// Gateway listener, if any, the connection is for.
+    pub local: SocketAddr,
     /// "http" or "https".
     pub scheme: &'static str,
 }
@@ -67,27 +74,6 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
         })
 }
 
-/// The metrics label of the route a request matched.
-fn route_label(route: Option<(&Arc<Upstream>, Matched)>) -> RouteLabel {
-    match route {
-        Some((upstream, Matched::Path { host, path, .. })) => RouteLabel {
-            host,
-            path: if path.is_empty() { "/".into() } else { path },
-            service: upstream.service.to_string(),
-        },
-        Some((upstream, Matched::DefaultBackend)) => RouteLabel {
-            host: String::new(),
-            path: String::new(),
-            service: upstream.service.to_string(),
-        },
-        None => RouteLabel {
-            host: String::new(),
-            path: String::new(),
-            service: String::new(),
-        },
-    }
-}
-
 /// One request, counted and timed by the route it matched.
 pub async fn handle(
     req: Request<Incoming>,
@@ -99,11 +85,50 @@ pub async fn handle(
     let host = authority.as_deref().and_then(normalize_host);
     // One table for the whole request, whatever is swapped in meanwhile.
     let table = shared.table.load_full();
-    let route = table.route(host.as_deref(), req.uri().path());
-    let label = route_label(route.clone());
-    let resp = match route {
-        None => local(StatusCode::NOT_FOUND, "no Ingress rule matches"),
-        Some((upstream, _)) => forward(req, &shared, &conn, authority, upstream).await,
+    let hosts = match table.gateway_at(conn.local) {
+        None => Some(&table.ingress),
+        Some(port) => port.listener(host.as_deref()).map(|l| &l.table),
+    };
+    let view = RequestView {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let routed = hosts.and_then(|h| h.route(host.as_deref(), &view));
+    let (resp, label) = match routed {
+        None => (
+            local(StatusCode::NOT_FOUND, "no rule matches"),
+            RouteLabel {
+                host: String::new(),
+                path: String::new(),
+                service: String::new(),
+            },
+        ),
+        Some(routed) => {
+            let mut label = RouteLabel {
+                host: routed.host.clone(),
+                path: if routed.default {
+                    String::new()
+                } else {
+                    routed.rule.matcher.path.text()
+                },
+                service: String::new(),
+            };
+            let action = routed.rule.action.clone();
+            let run = execute(req, &shared, &conn, authority, host, &routed, &mut label);
+            let resp = match action.request_timeout {
+                None => run.await,
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(r) => r,
+                    Err(_) => local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the request did not complete within the route's timeout",
+                    ),
+                },
+            };
+            (resp, label)
+        }
     };
     shared.metrics.observe(
         label,
@@ -113,12 +138,124 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Runs a matched rule's action: a redirect, or filters, a backend by
+/// weight, and forwarding.
+async fn execute(
+    mut req: Request<Incoming>,
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut authority: Option<String>,
+    host: Option<String>,
+    routed: &Routed<'_>,
+    label: &mut RouteLabel,
+) -> Response<ProxyBody> {
+    let action = &routed.rule.action;
+    let filters = &action.filters;
+    if let Some(r) = &filters.redirect {
+        return redirect(&req, conn, host.as_deref(), routed, r);
+    }
+    let Some(backend) = action.backends.pick() else {
+        return local(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("{}: no backend to forward to", action.origin),
+        );
+    };
+    let upstream = match &backend.target {
+        Target::Upstream(u) => u,
+        Target::Invalid(why) => return local(StatusCode::INTERNAL_SERVER_ERROR, why),
+    };
+    label.service = upstream.service.to_string();
+    if let Some(rewrite) = &filters.rewrite_path {
+        let path = rewrite.apply(&routed.rule.matcher.path, req.uri().path());
+        let target = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        match Uri::try_from(target) {
+            Ok(u) => *req.uri_mut() = u,
+            Err(_) => {
+                return local(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the rewritten path is invalid",
+                )
+            }
+        }
+    }
+    if let Some(h) = &filters.rewrite_host {
+        if let Ok(v) = HeaderValue::from_str(h) {
+            req.headers_mut().insert(header::HOST, v);
+            authority = Some(h.clone());
+        }
+    }
+    for edit in [&filters.request_headers, &backend.filters.request_headers]
+        .into_iter()
+        .flatten()
+    {
+        edit.apply(req.headers_mut());
+    }
+    let upstream_timeout = action
+        .backend_timeout
+        .map_or(shared.config.timeouts.upstream, |t| {
+            t.min(shared.config.timeouts.upstream)
+        });
+    let mut resp = forward(req, shared, conn, authority, upstream, upstream_timeout).await;
+    for edit in [&filters.response_headers, &backend.filters.response_headers]
+        .into_iter()
+        .flatten()
+    {
+        edit.apply(resp.headers_mut());
+    }
+    resp
+}
+
+/// The redirect response: scheme, host, port and path from the filter, the
+/// rest from the request. The port is left out where it is the scheme's
+/// own (80 for http, 443 for https).
+fn redirect<B>(
+    req: &Request<B>,
+    conn: &ConnInfo,
+    host: Option<&str>,
+    routed: &Routed<'_>,
+    r: &RedirectTo,
+) -> Response<ProxyBody> {
+    let scheme = r.scheme.as_deref().unwrap_or(conn.scheme);
+    let host = r.hostname.as_deref().or(host).unwrap_or("");
+    let port = match (r.port, &r.scheme) {
+        (Some(p), _) => Some(p),
+        (None, Some(_)) => None,
+        (None, None) => Some(conn.local.port()),
+    };
+    let port = port.filter(|p| !matches!((scheme, *p), ("http", 80) | ("https", 443)));
+    let path = match &r.path {
+        Some(rewrite) => rewrite.apply(&routed.rule.matcher.path, req.uri().path()),
+        None => req.uri().path().to_string(),
+    };
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let location = match port {
+        Some(p) => format!("{scheme}://{host}:{p}{path}{query}"),
+        None => format!("{scheme}://{host}{path}{query}"),
+    };
+    let mut resp = local(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND),
+        &format!("redirect to {location}"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     shared: &Shared,
     conn: &ConnInfo,
     authority: Option<String>,
     upstream: &Upstream,
+    upstream_timeout: std::time::Duration,
 ) -> Response<ProxyBody> {
     if upstream.endpoints.is_empty() {
         return local(
@@ -153,9 +290,8 @@ async fn forward(
     }
     headers::add_forwarded(h, conn.client.ip(), conn.scheme, authority.as_deref());
 
-    let timeouts = shared.config.timeouts;
     let mut resp =
-        match tokio::time::timeout(timeouts.upstream, send(shared, upstream, req, upgrade)).await {
+        match tokio::time::timeout(upstream_timeout, send(shared, upstream, req, upgrade)).await {
             Ok(Ok(resp)) => resp,
             Ok(Err(local_response)) => return local_response,
             Err(_) => {

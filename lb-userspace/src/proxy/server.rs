@@ -99,19 +99,22 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
             }
         };
         let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let activity = Activity::new();
             let io = IdleIo::new(stream, activity.clone());
             match tls {
-                None => serve(io, client, "http", shared, activity).await,
+                None => serve(io, client, local, "http", shared, activity).await,
                 Some(acceptor) => {
                     let handshake =
                         tokio::time::timeout(shared.config.timeouts.header, acceptor.accept(io))
                             .await;
                     match handshake {
-                        Ok(Ok(tls)) => serve(tls, client, "https", shared, activity).await,
+                        Ok(Ok(tls)) => serve(tls, client, local, "https", shared, activity).await,
                         Ok(Err(e)) => debug!(%client, "TLS handshake: {e}"),
                         Err(_) => debug!(%client, "TLS handshake timed out"),
                     }
@@ -124,6 +127,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
 async fn serve<I>(
     io: I,
     client: SocketAddr,
+    local: SocketAddr,
     scheme: &'static str,
     shared: Arc<Shared>,
     activity: Activity,
@@ -143,7 +147,11 @@ async fn serve<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(None);
-    let info = Arc::new(ConnInfo { client, scheme });
+    let info = Arc::new(ConnInfo {
+        client,
+        local,
+        scheme,
+    });
     let shared2 = shared.clone();
     let waiting = activity.clone();
     let service = service_fn(move |req| {

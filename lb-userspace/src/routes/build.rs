@@ -6,7 +6,11 @@ use std::{
     sync::Arc,
 };
 
-use super::{matching, tls, HostRoutes, PathRoute, RouteTable, Upstream, CONTROLLER};
+use super::{
+    matching,
+    rule::{Action, Origin, PathMatch, RequestMatch, Rule},
+    tls, HostRules, HostTable, RouteTable, Upstream, CONTROLLER,
+};
 use crate::model::{
     ClusterState, Ingress, IngressBackend, ObjectRef, PathType, Protocol, Service, ServicePortRef,
 };
@@ -17,6 +21,15 @@ pub struct RouteConfig {
     /// This node's name: Services with internalTrafficPolicy Local use only
     /// the endpoints on it (the proxy is a client on this node).
     pub node_name: String,
+    /// Where Gateways without spec.addresses listen when there is no pool:
+    /// the node's ingress addresses.
+    pub gateway_addresses: Vec<std::net::Ipv4Addr>,
+    /// --gateway-address-pool: each Gateway without spec.addresses gets one
+    /// address of its own from it (the first free one, oldest Gateway first).
+    pub gateway_pool: Vec<std::net::Ipv4Addr>,
+    /// The pool addresses Gateways had in the last table: each keeps its
+    /// own while it stays in the pool (so adding a Gateway moves no other).
+    pub gateway_previous: BTreeMap<ObjectRef, std::net::Ipv4Addr>,
 }
 
 /// Whether Weir serves `ing`: its class is one whose controller is Weir's,
@@ -39,18 +52,21 @@ type UpstreamKey = (ObjectRef, ServicePortRef);
 struct Builder<'a> {
     state: &'a ClusterState,
     cfg: &'a RouteConfig,
-    upstreams: HashMap<UpstreamKey, Arc<Upstream>>,
+    upstreams: Upstreams,
     table: RouteTable,
+    /// The default backend and the Ingress that set it.
+    default: Option<(Arc<Upstream>, ObjectRef)>,
 }
 
 pub fn build(state: &ClusterState, cfg: &RouteConfig) -> RouteTable {
     let mut b = Builder {
         state,
         cfg,
-        upstreams: HashMap::new(),
+        upstreams: Upstreams::default(),
         table: RouteTable::default(),
+        default: None,
     };
-    let mut hosts: BTreeMap<String, HostRoutes> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, Vec<IngressPathRule>> = BTreeMap::new();
     for ing in state.ingress.ingresses.values() {
         if !selected(state, ing) {
             continue;
@@ -59,17 +75,56 @@ pub fn build(state: &ClusterState, cfg: &RouteConfig) -> RouteTable {
         b.rules(ing, &mut hosts);
         b.tls(ing);
     }
-    for (host, mut routes) in hosts {
-        routes.sort();
-        if host.is_empty() {
-            b.table.any_host = Some(routes);
-        } else if let Some(suffix) = matching::wildcard_suffix(&host) {
-            b.table.wildcards.insert(suffix.to_string(), routes);
-        } else {
-            b.table.hosts.insert(host, routes);
+    let mut ingress = HostTable::new(HostRules::Ingress);
+    ingress.default = b.default.take().map(|(upstream, id)| Rule {
+        matcher: RequestMatch::path_only(PathMatch::Prefix(String::new())),
+        action: Arc::new(Action::forward(upstream, origin(&id))),
+    });
+    for (host, mut paths) in hosts {
+        // Longest path first; at equal length Exact, Prefix, ImplementationSpecific.
+        paths.sort_by_key(|p| std::cmp::Reverse((p.key.len(), kind_rank(p.path_type))));
+        let rules = ingress.entry(&host);
+        for p in paths {
+            let path = match p.path_type {
+                PathType::Exact => PathMatch::Exact(p.key),
+                PathType::Prefix => PathMatch::Prefix(p.key),
+                PathType::ImplementationSpecific => PathMatch::StringPrefix(p.key),
+            };
+            rules.push(Rule {
+                matcher: RequestMatch::path_only(path),
+                action: Arc::new(Action::forward(p.upstream, origin(&p.ingress))),
+            });
         }
     }
+    b.table.ingress = ingress;
+    super::gateway::build(state, cfg, &mut b.upstreams, &mut b.table);
     b.table
+}
+
+fn origin(ingress: &ObjectRef) -> Origin {
+    Origin {
+        kind: "Ingress",
+        object: ingress.clone(),
+        rule: None,
+    }
+}
+
+fn kind_rank(t: PathType) -> u8 {
+    match t {
+        PathType::Exact => 2,
+        PathType::Prefix => 1,
+        PathType::ImplementationSpecific => 0,
+    }
+}
+
+/// An Ingress path while the table is built.
+struct IngressPathRule {
+    path_type: PathType,
+    /// Exact: the path as written; Prefix: without trailing slashes;
+    /// ImplementationSpecific: as written.
+    key: String,
+    upstream: Arc<Upstream>,
+    ingress: ObjectRef,
 }
 
 impl Builder<'_> {
@@ -88,8 +143,8 @@ impl Builder<'_> {
             return;
         };
         match self.upstream(&ing.id.namespace, backend) {
-            Ok(u) => match &self.table.default_backend {
-                None => self.table.default_backend = Some((u, ing.id.clone())),
+            Ok(u) => match &self.default {
+                None => self.default = Some((u, ing.id.clone())),
                 Some((_, first)) => {
                     let first = first.clone();
                     self.warn(&ing.id, format!(
@@ -105,7 +160,7 @@ impl Builder<'_> {
         }
     }
 
-    fn rules(&mut self, ing: &Ingress, hosts: &mut BTreeMap<String, HostRoutes>) {
+    fn rules(&mut self, ing: &Ingress, hosts: &mut BTreeMap<String, Vec<IngressPathRule>>) {
         for (i, rule) in ing.rules.iter().enumerate() {
             if !rule.host.is_empty() && !matching::valid_host(&rule.host) {
                 self.warn(
@@ -145,7 +200,6 @@ impl Builder<'_> {
                 };
                 let routes = hosts.entry(rule.host.clone()).or_default();
                 if let Some(other) = routes
-                    .paths
                     .iter()
                     .find(|r| r.path_type == p.path_type && r.key == key)
                 {
@@ -156,7 +210,7 @@ impl Builder<'_> {
                     ));
                     continue;
                 }
-                routes.paths.push(PathRoute {
+                routes.push(IngressPathRule {
                     path_type: p.path_type,
                     key,
                     upstream,
@@ -199,35 +253,55 @@ impl Builder<'_> {
         }
     }
 
-    /// The upstream for a backend of an Ingress in `namespace` (shared
-    /// between rules, so round robin spans all of them).
+    /// The upstream for a backend of an Ingress in `namespace`.
     fn upstream(
         &mut self,
         namespace: &str,
         backend: &IngressBackend,
     ) -> Result<Arc<Upstream>, String> {
-        let id = ObjectRef::new(namespace, &backend.service);
-        let key = (id.clone(), backend.port.clone());
-        if let Some(u) = self.upstreams.get(&key) {
+        self.upstreams.get(
+            self.state,
+            &self.cfg.node_name,
+            ObjectRef::new(namespace, &backend.service),
+            &backend.port,
+        )
+    }
+}
+
+/// Upstreams by Service port, shared between all rules of a table (so round
+/// robin spans all of them).
+#[derive(Default)]
+pub struct Upstreams(HashMap<UpstreamKey, Arc<Upstream>>);
+
+impl Upstreams {
+    /// The upstream for TCP port `port` of Service `id`; the reason when there is none.
+    pub fn get(
+        &mut self,
+        state: &ClusterState,
+        node_name: &str,
+        id: ObjectRef,
+        port: &ServicePortRef,
+    ) -> Result<Arc<Upstream>, String> {
+        let key = (id.clone(), port.clone());
+        if let Some(u) = self.0.get(&key) {
             return Ok(u.clone());
         }
-        let svc = self
-            .state
+        let svc = state
             .services
             .get(&id)
             .ok_or_else(|| format!("Service {id} not found"))?;
-        let port = svc
+        let sp = svc
             .ports
             .iter()
             .filter(|p| p.protocol == Protocol::Tcp)
-            .find(|p| match &backend.port {
+            .find(|p| match port {
                 ServicePortRef::Number(n) => p.port == *n,
                 ServicePortRef::Name(name) => &p.name == name,
             })
-            .ok_or_else(|| format!("Service {id} has no TCP port {}", backend.port))?;
-        let endpoints = endpoints(self.state, svc, &port.name, &self.cfg.node_name);
-        let u = Arc::new(Upstream::new(id, port.port, endpoints));
-        self.upstreams.insert(key, u.clone());
+            .ok_or_else(|| format!("Service {id} has no TCP port {port}"))?;
+        let endpoints = endpoints(state, svc, &sp.name, node_name);
+        let u = Arc::new(Upstream::new(id, sp.port, endpoints));
+        self.0.insert(key, u.clone());
         Ok(u)
     }
 }

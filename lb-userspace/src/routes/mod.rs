@@ -1,6 +1,7 @@
-//! The L7 routing table: Ingress objects -> hosts -> paths -> upstreams,
-//! built purely from the model (`build`) and consulted by the proxy for
-//! every request. A table is immutable; a change builds a new one and the
+//! The L7 routing table: listeners -> hosts -> rules (matches, filters,
+//! weighted upstreams), built purely from the model (`build` for Ingress,
+//! `gateway` for the Gateway API) and consulted by the proxy for every
+//! request; the proxy knows neither API. A table is immutable; a change builds a new one and the
 //! proxy swaps it in whole (ArcSwap), so a request sees one table from start
 //! to end.
 //!
@@ -19,8 +20,12 @@
 //!   where two define the same host, path and type, the first in
 //!   namespace/name order wins and the other is reported.
 pub mod build;
+pub mod gateway;
+pub mod gateway_status;
+pub mod hosts;
 pub mod matching;
 pub mod rows;
+pub mod rule;
 pub mod tls;
 
 use std::{
@@ -35,8 +40,10 @@ use std::{
 use rustls::sign::CertifiedKey;
 
 pub use build::{build, RouteConfig};
+pub use hosts::{HostRules, HostTable, ListenerRoutes, PortRoutes, Routed};
+pub use rule::RequestView;
 
-use crate::model::{ObjectRef, PathType};
+use crate::model::ObjectRef;
 
 /// The IngressClass controller name Weir serves.
 pub const CONTROLLER: &str = "weir.dev/ingress-controller";
@@ -83,76 +90,14 @@ impl PartialEq for Upstream {
     }
 }
 
-/// One path rule of a host.
-#[derive(Debug, Clone)]
-pub struct PathRoute {
-    pub path_type: PathType,
-    /// Exact: the path as written; Prefix: without trailing slashes;
-    /// ImplementationSpecific: as written.
-    pub key: String,
-    pub upstream: Arc<Upstream>,
-    /// The Ingress that defined it (for `weir ingress routes` and logs).
-    pub ingress: ObjectRef,
-}
-
-impl PathRoute {
-    pub fn matches(&self, path: &str) -> bool {
-        match self.path_type {
-            PathType::Exact => self.key == path,
-            PathType::Prefix => matching::prefix_matches(&self.key, path),
-            PathType::ImplementationSpecific => path.starts_with(&self.key),
-        }
-    }
-
-    /// Orders matches: longer paths first, then Exact, Prefix, ImplementationSpecific.
-    fn rank(&self) -> (usize, u8) {
-        let kind = match self.path_type {
-            PathType::Exact => 2,
-            PathType::Prefix => 1,
-            PathType::ImplementationSpecific => 0,
-        };
-        (self.key.len(), kind)
-    }
-}
-
-/// The path rules of one host, best first.
-#[derive(Debug, Clone, Default)]
-pub struct HostRoutes {
-    pub paths: Vec<PathRoute>,
-}
-
-impl HostRoutes {
-    pub fn route(&self, path: &str) -> Option<&PathRoute> {
-        // Sorted best first, so the first match is the longest / most exact.
-        self.paths.iter().find(|r| r.matches(path))
-    }
-
-    fn sort(&mut self) {
-        self.paths.sort_by_key(|r| std::cmp::Reverse(r.rank()));
-    }
-}
-
-/// Which rule a request matched, for tests and `weir ingress routes`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Matched {
-    Path {
-        host: String,
-        path_type: PathType,
-        path: String,
-    },
-    DefaultBackend,
-}
-
-/// The immutable routing table.
+/// The immutable routing table: the Ingress rules and each Gateway API
+/// HTTP listener port's rules, in the same model.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    /// Exact hosts.
-    pub hosts: HashMap<String, HostRoutes>,
-    /// Wildcard hosts by suffix (`*.foo.com` under `foo.com`).
-    pub wildcards: HashMap<String, HostRoutes>,
-    /// Rules without a host.
-    pub any_host: Option<HostRoutes>,
-    pub default_backend: Option<(Arc<Upstream>, ObjectRef)>,
+    /// Rules of the Ingresses Weir serves (on the ingress ports).
+    pub ingress: HostTable,
+    /// Rules of Gateway API HTTP listeners, by the address and port they listen on.
+    pub gateways: HashMap<SocketAddr, PortRoutes>,
     /// Certificates by exact host or wildcard (`*.foo.com`).
     pub certs: HashMap<String, Arc<CertifiedKey>>,
     /// The Secret each of `certs` came from (for `weir ingress routes`).
@@ -161,42 +106,20 @@ pub struct RouteTable {
     pub warnings: Vec<String>,
     /// The same, by Ingress (for Events on the object): (Ingress, what and why).
     pub problems: Vec<(ObjectRef, String)>,
+    /// The Gateway API objects' status, as computed with this table.
+    pub gateway_status: gateway_status::GatewayStatuses,
 }
 
 impl RouteTable {
-    /// The most specific host rules for `host` (normalised: lower case, no
-    /// port), with the rule host that matched (`*.foo.com` for a wildcard,
-    /// empty for rules without a host).
-    pub fn host_routes(&self, host: Option<&str>) -> Option<(String, &HostRoutes)> {
-        if let Some(host) = host {
-            if let Some(r) = self.hosts.get(host) {
-                return Some((host.to_string(), r));
-            }
-            if let Some(r) = matching::parent_of(host).and_then(|p| self.wildcards.get(p)) {
-                let parent = matching::parent_of(host).unwrap_or_default();
-                return Some((format!("*.{parent}"), r));
-            }
-        }
-        self.any_host.as_ref().map(|r| (String::new(), r))
+    /// The Gateway listeners on a connection's local address, if any (the
+    /// Ingress rules serve the others).
+    pub fn gateway_at(&self, local: SocketAddr) -> Option<&PortRoutes> {
+        self.gateways.get(&local)
     }
 
-    /// The upstream for a request, and which rule chose it.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<(&Arc<Upstream>, Matched)> {
-        if let Some((host, routes)) = self.host_routes(host) {
-            if let Some(r) = routes.route(path) {
-                return Some((
-                    &r.upstream,
-                    Matched::Path {
-                        host,
-                        path_type: r.path_type,
-                        path: r.key.clone(),
-                    },
-                ));
-            }
-        }
-        self.default_backend
-            .as_ref()
-            .map(|(u, _)| (u, Matched::DefaultBackend))
+    /// The Ingress rule for a request (host normalised: lower case, no port).
+    pub fn route<'a>(&'a self, host: Option<&str>, req: &RequestView<'_>) -> Option<Routed<'a>> {
+        self.ingress.route(host, req)
     }
 
     /// The certificate for a TLS server name: exact host, then a wildcard for it.

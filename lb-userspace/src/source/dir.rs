@@ -138,6 +138,21 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
             Object::TlsSecret(s) => {
                 state.ingress.tls_secrets.insert(s.id.clone(), s);
             }
+            Object::GatewayClass(c) => {
+                state.gateway.classes.insert(c.name.clone(), c);
+            }
+            Object::Gateway(g) => {
+                state.gateway.gateways.insert(g.id.clone(), g);
+            }
+            Object::HttpRoute(r) => {
+                state.gateway.http_routes.insert(r.id.clone(), r);
+            }
+            Object::ReferenceGrant(g) => {
+                state.gateway.reference_grants.insert(g.id.clone(), g);
+            }
+            Object::Namespace(name, labels) => {
+                state.gateway.namespaces.insert(name, labels);
+            }
         }
     }
 }

@@ -3,9 +3,11 @@
 //! snapshots on a watch channel; the agent syncs the datapath to the latest.
 pub mod config;
 pub mod convert;
+pub mod convert_gateway;
 pub mod convert_ingress;
 pub mod dir;
 pub mod duration;
+pub mod gateway_api;
 pub mod ingress_status;
 pub mod kube;
 pub mod parse;

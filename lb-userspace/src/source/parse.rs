@@ -5,8 +5,11 @@ use std::{fmt, time::SystemTime};
 use serde::Deserialize;
 
 use super::convert::{self, FieldError};
-use super::convert_ingress;
-use crate::model::{EndpointSlice, Ingress, IngressClass, Node, ObjectRef, Service, TlsSecret};
+use super::{convert_gateway, convert_ingress, gateway_api};
+use crate::model::{
+    gateway::{Gateway, GatewayClass, HttpRoute, ReferenceGrant},
+    EndpointSlice, Ingress, IngressClass, Node, ObjectRef, Service, TlsSecret,
+};
 
 /// An object Weir understands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +20,12 @@ pub enum Object {
     Ingress(Ingress),
     IngressClass(IngressClass),
     TlsSecret(TlsSecret),
+    GatewayClass(GatewayClass),
+    Gateway(Gateway),
+    HttpRoute(HttpRoute),
+    ReferenceGrant(ReferenceGrant),
+    /// A Namespace's labels (for Gateway allowedRoutes selectors).
+    Namespace(String, std::collections::BTreeMap<String, String>),
 }
 
 /// Why one document was skipped, with enough context to find it.
@@ -132,6 +141,18 @@ fn parse_value(
         ("networking.k8s.io/v1", "Ingress" | "IngressClass") | ("v1", "Secret") => {
             parse_ingress_object(&kind, value).map_err(with_label)
         }
+        ("v1", "Namespace") => {
+            let ns = typed::<k8s_openapi::api::core::v1::Namespace>(value).map_err(with_label)?;
+            let name = ns.metadata.name.unwrap_or_default();
+            Ok(Some(Object::Namespace(
+                name,
+                ns.metadata.labels.unwrap_or_default(),
+            )))
+        }
+        (
+            "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+        ) => parse_gateway_object(&kind, value).map_err(with_label),
         ("", _) | (_, "") => Err((
             label,
             FieldError {
@@ -167,6 +188,28 @@ fn parse_ingress_object(
     })
 }
 
+/// The Gateway API objects the proxy serves.
+fn parse_gateway_object(
+    kind: &str,
+    value: serde_yaml::Value,
+) -> Result<Option<Object>, FieldError> {
+    use gateway_api::Object as O;
+    Ok(Some(match kind {
+        "GatewayClass" => Object::GatewayClass(convert_gateway::gateway_class(&typed::<
+            O<gateway_api::GatewayClassSpec>,
+        >(value)?)?),
+        "Gateway" => Object::Gateway(convert_gateway::gateway(&typed::<
+            O<gateway_api::GatewaySpec>,
+        >(value)?)?),
+        "HTTPRoute" => Object::HttpRoute(convert_gateway::http_route(&typed::<
+            O<gateway_api::HttpRouteSpec>,
+        >(value)?)?),
+        _ => Object::ReferenceGrant(convert_gateway::reference_grant(&typed::<
+            O<gateway_api::ReferenceGrantSpec>,
+        >(value)?)?),
+    }))
+}
+
 /// Deserialises into a k8s-openapi type, keeping the path of the failing field.
 fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(value).map_err(|e| {
@@ -186,7 +229,7 @@ fn typed<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T, 
 fn describe(kind: &str, value: &serde_yaml::Value) -> Option<String> {
     let meta = value.get("metadata")?;
     let name = meta.get("name")?.as_str()?;
-    if kind == "Node" || kind == "IngressClass" {
+    if matches!(kind, "Node" | "IngressClass" | "GatewayClass" | "Namespace") {
         return Some(format!("{kind} {name}"));
     }
     let ns = meta

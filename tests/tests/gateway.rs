@@ -1,0 +1,428 @@
+//! End-to-end tests of the Gateway API in the embedded proxy: the upstream
+//! conformance manifests (tests/data/gateway-conformance, unchanged) are
+//! served by the agent from its directory source; clients in a pod
+//! namespace connect to each Gateway's own address (from
+//! --gateway-address-pool, routed local on the node) on the listener port,
+//! where nothing listens: the sk_lookup hand-off gives the connections to
+//! the proxy, which routes them by HTTPRoute to HTTP backends in pod
+//! namespaces. Each backend answers with JSON of what it saw; what the
+//! client and the backend see is what the upstream Go tests check.
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use weir_tests::{
+    cmd::ip,
+    http_backend::HttpBackend,
+    ingress::{curl, Curl},
+    manifests::{port, slice_eps, Ep},
+    scenario::Scenario,
+};
+
+const INFRA: &str = "gateway-conformance-infra";
+const WEB: &str = "gateway-conformance-web-backend";
+const POOL: &str = "198.19.2.0/24";
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/gateway-conformance");
+const CLASS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: weir}\nspec: {controllerName: weir.dev/gateway-controller}\n";
+
+fn manifest(name: &str) -> Result<String> {
+    let path = format!("{DATA}/{name}.yaml");
+    Ok(std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {path}"))?
+        .replace("{GATEWAY_CLASS_NAME}", "weir"))
+}
+
+/// The sandbox: backends standing for the suite's pods (be1 = infra-backend-v1,
+/// be2 = -v2, be3 = -v3, be4 = web-backend), their EndpointSlices, and the
+/// suite's base manifests.
+struct Suite {
+    _backends: Vec<HttpBackend>,
+    s: Scenario,
+}
+
+/// (pod, its name as the suite's backend, Service namespace, Service, port name).
+const PODS: [(&str, &str, &str, &str, &str); 4] = [
+    (
+        "be1",
+        "infra-backend-v1-pod-a",
+        INFRA,
+        "infra-backend-v1",
+        "first-port",
+    ),
+    (
+        "be2",
+        "infra-backend-v2-pod-a",
+        INFRA,
+        "infra-backend-v2",
+        "",
+    ),
+    (
+        "be3",
+        "infra-backend-v3-pod-a",
+        INFRA,
+        "infra-backend-v3",
+        "",
+    ),
+    ("be4", "web-backend-pod-a", WEB, "web-backend", ""),
+];
+
+impl Suite {
+    fn start() -> Result<Self> {
+        let pool = format!("--gateway-address-pool={POOL}");
+        let s = Scenario::start_with(4, &[], &["--ingress", &pool])?;
+        // The pool is routed to the node and local on it (as LoadBalancer
+        // addresses are on a real node).
+        ip(&[
+            "-n",
+            &s.sandbox.node.name,
+            "route",
+            "add",
+            "local",
+            POOL,
+            "dev",
+            "lo",
+        ])?;
+        let mut backends = Vec::new();
+        let mut slices = Vec::new();
+        for (pod, name, ns, svc, port_name) in PODS {
+            backends.push(HttpBackend::start(
+                &s.sandbox.pod(pod).netns.name,
+                name,
+                3000,
+            )?);
+            let ports = [port(port_name, 8080, "TCP", 3000)];
+            let eps = [Ep::ready(s.backend_ip(pod), "node-a")];
+            slices.push(slice_eps(ns, &format!("{svc}-1"), svc, &ports, &eps));
+        }
+        s.manifests.write("class.yaml", CLASS)?;
+        s.manifests.write("slices.yaml", &slices.join("\n---\n"))?;
+        s.manifests
+            .write("base.yaml", &manifest("base-manifests")?)?;
+        Ok(Self {
+            _backends: backends,
+            s,
+        })
+    }
+
+    fn apply(&self, test: &str) -> Result<()> {
+        self.s
+            .manifests
+            .write(&format!("{test}.yaml"), &manifest(test)?)
+    }
+
+    fn client(&self) -> &str {
+        &self.s.sandbox.pod("client").netns.name
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        self.s.agent.cli_json(&["gateway", "status"])
+    }
+
+    /// The address of Gateway `gw` in the infra namespace, once it has one.
+    fn address(&self, gw: &str) -> Result<Ipv4Addr> {
+        let mut found = None;
+        self.wait(&format!("an address for Gateway {gw}"), || {
+            let status = self.status()?;
+            let g = status["gateways"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|g| g["namespace"] == INFRA && g["name"] == gw);
+            found = g
+                .and_then(|g| g["addresses"][0]["value"].as_str())
+                .and_then(|a| a.parse().ok());
+            Ok(found.is_some())
+        })?;
+        found.context("no address")
+    }
+
+    /// curl from the client pod to the Gateway address on port 80 with extra arguments.
+    fn request(&self, addr: Ipv4Addr, path: &str, args: &[&str]) -> Result<Curl> {
+        let url = format!("http://{addr}{path}");
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&url);
+        curl(self.client(), &all)
+    }
+
+    /// Retries `f` until it returns Ok(true) (at most 20 s).
+    fn wait(&self, what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match f() {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "condition not met".into(),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "timed out waiting for {what} ({last}); agent log:\n{}",
+            self.s.agent.log_text()
+        )
+    }
+
+    /// Waits until `path` on `addr` is answered by a backend whose name starts with `prefix`.
+    fn wait_backend(
+        &self,
+        addr: Ipv4Addr,
+        path: &str,
+        args: &[&str],
+        prefix: &str,
+    ) -> Result<Curl> {
+        let mut last = None;
+        self.wait(&format!("{path} served by {prefix}"), || {
+            let r = self.request(addr, path, args)?;
+            let ok = r.status == 200 && r.backend()?.starts_with(prefix);
+            last = Some(r);
+            Ok(ok)
+        })?;
+        last.context("no answer")
+    }
+}
+
+/// curl arguments that print the redirect's Location as the body (and the status as usual).
+const REDIRECT_URL: &[&str] = &[
+    "-o",
+    "/dev/null",
+    "-w",
+    "%{redirect_url}\n%{http_code} %{http_version}",
+];
+
+fn header<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    seen["headers"][name.to_ascii_lowercase()].as_str()
+}
+
+#[test]
+fn httproutes_from_the_conformance_suite_through_the_handoff() -> Result<()> {
+    let suite = Suite::start()?;
+    // HTTPRouteSimpleSameNamespace: the backend sees the request as sent.
+    suite.apply("httproute-simple-same-namespace")?;
+    let addr = suite.address("same-namespace")?;
+    let r = suite.wait_backend(addr, "/", &[], "infra-backend-v1")?;
+    let seen = r.json()?;
+    assert_eq!(seen["path"], "/");
+    assert_eq!(seen["method"], "GET");
+    assert_eq!(seen["host"], addr.to_string());
+
+    // HTTPRouteExactPathMatching.
+    suite.apply("httproute-exact-path-matching")?;
+    suite.wait_backend(addr, "/two", &[], "infra-backend-v2")?;
+    // The catch-all of the first test still serves /, and Exact is trailing-slash strict.
+    let r = suite.request(addr, "/two/", &[])?;
+    assert_eq!(r.backend()?, "infra-backend-v1-pod-a");
+    suite
+        .s
+        .manifests
+        .remove("httproute-simple-same-namespace.yaml")?;
+    suite.wait("the catch-all route removed", || {
+        Ok(suite.request(addr, "/", &[])?.status == 404)
+    })?;
+    assert_eq!(suite.request(addr, "/Two", &[])?.status, 404);
+    assert_eq!(suite.request(addr, "/one/example", &[])?.status, 404);
+
+    // HTTPRouteRequestHeaderModifier: what the backend sees.
+    suite.apply("httproute-request-header-modifier")?;
+    let r = suite.wait_backend(
+        addr,
+        "/add",
+        &["-H", "X-Header-Add: some-other-value"],
+        "infra-backend-v1",
+    )?;
+    assert_eq!(
+        header(&r.json()?, "X-Header-Add"),
+        Some("some-other-value,add-appends-values")
+    );
+    let seen = suite
+        .request(
+            addr,
+            "/set",
+            &[
+                "-H",
+                "X-Header-Set: some-other-value",
+                "-H",
+                "Some-Other-Header: val",
+            ],
+        )?
+        .json()?;
+    assert_eq!(header(&seen, "X-Header-Set"), Some("set-overwrites-values"));
+    assert_eq!(header(&seen, "Some-Other-Header"), Some("val"));
+    let seen = suite
+        .request(
+            addr,
+            "/case-insensitivity",
+            &[
+                "-H",
+                "x-header-set: original-val-set",
+                "-H",
+                "x-header-add: original-val-add",
+                "-H",
+                "x-header-remove: original-val-remove",
+            ],
+        )?
+        .json()?;
+    assert_eq!(header(&seen, "X-Header-Set"), Some("header-set"));
+    assert_eq!(
+        header(&seen, "X-Header-Add"),
+        Some("original-val-add,header-add")
+    );
+    assert_eq!(header(&seen, "X-Header-Remove"), None);
+
+    // HTTPRouteRewritePath: the backend sees the rewritten path.
+    suite.apply("httproute-rewrite-path")?;
+    for (path, want) in [
+        ("/prefix/one/two", "/one/two"),
+        ("/strip-prefix/three", "/three"),
+        ("/strip-prefix", "/"),
+        ("/full/one/two", "/one"),
+    ] {
+        let r = suite.wait_backend(addr, path, &[], "infra-backend-v1")?;
+        assert_eq!(r.json()?["path"], want, "{path}");
+    }
+
+    // HTTPRouteRedirectHostAndStatus: an absolute Location, no port for http on 80.
+    suite.apply("httproute-redirect-host-and-status")?;
+    let mut location = String::new();
+    suite.wait("the redirect", || {
+        let r = suite.request(addr, "/hostname-redirect", REDIRECT_URL)?;
+        location = r.body.clone();
+        Ok(r.status == 302)
+    })?;
+    assert_eq!(location.trim(), "http://example.org/hostname-redirect");
+    let r = suite.request(addr, "/host-and-status", REDIRECT_URL)?;
+    assert_eq!(
+        (r.status, r.body.trim()),
+        (301, "http://example.org/host-and-status")
+    );
+
+    // HTTPRouteInvalidNonExistentBackendRef: 500, and the status says why.
+    suite.apply("httproute-invalid-nonexistent-backendref")?;
+    suite.wait("500 for the missing backend", || {
+        Ok(suite.request(addr, "/", &[])?.status == 500)
+    })?;
+    let status = suite.status()?;
+    let route = status["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "invalid-nonexistent-backend-ref")
+        .context("no status for the route")?;
+    let resolved = route["parents"][0]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .context("no ResolvedRefs")?;
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["reason"].as_str()),
+        (Some("False"), Some("BackendNotFound"))
+    );
+
+    // HTTPRouteHostnameIntersection: on the Gateway's own address, the Host
+    // is matched without its port and forwarded unchanged.
+    suite.apply("httproute-hostname-intersection")?;
+    let hi = suite.address("httproute-hostname-intersection")?;
+    assert_ne!(hi, addr, "each Gateway has its own address");
+    let r = suite.wait_backend(
+        hi,
+        "/s1",
+        &["-H", "Host: very.specific.com:1234"],
+        "infra-backend-v1",
+    )?;
+    assert_eq!(r.json()?["host"], "very.specific.com:1234");
+    let r = suite.request(hi, "/s2", &["-H", "Host: foo.bar.wildcard.io"])?;
+    assert_eq!(r.backend()?, "infra-backend-v2-pod-a");
+    assert_eq!(
+        suite
+            .request(hi, "/s1", &["-H", "Host: foo.wildcard.io"])?
+            .status,
+        404
+    );
+    assert_eq!(
+        suite
+            .request(hi, "/s2", &["-H", "Host: wildcard.io"])?
+            .status,
+        404
+    );
+
+    // HTTPRouteCrossNamespace: a route in the web namespace on the Selector Gateway.
+    suite.apply("httproute-cross-namespace")?;
+    let bn = suite.address("backend-namespaces")?;
+    suite.wait_backend(bn, "/", &[], "web-backend")?;
+
+    // `weir routes` names the object behind each rule, and where it listens.
+    let rules = suite.s.agent.cli_json(&["routes"])?;
+    let rule = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["origin"] == "HTTPRoute gateway-conformance-infra/rewrite-path spec.rules[0]")
+        .with_context(|| format!("no rule of rewrite-path: {rules:#}"))?;
+    assert_eq!(rule["path"], "/prefix/one");
+    assert_eq!(rule["address"], format!("{addr}:80"));
+    assert_eq!(
+        rule["listener"],
+        "gateway-conformance-infra/same-namespace/http"
+    );
+    assert_eq!(
+        rule["service"],
+        "gateway-conformance-infra/infra-backend-v1"
+    );
+    let table = suite.s.agent.cli(&["routes"])?;
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|l| l.starts_with("LISTENER")),
+        "{table}"
+    );
+    Ok(())
+}
+
+#[test]
+fn weighted_backends_split_500_requests_70_30_and_weight_0_gets_none() -> Result<()> {
+    let suite = Suite::start()?;
+    suite.apply("httproute-weight")?;
+    let addr = suite.address("same-namespace")?;
+    suite.wait_backend(addr, "/", &[], "infra-backend-v")?;
+    // One curl process, 500 requests, each on a new connection (as the suite sends them).
+    let url = format!("http://{addr}/");
+    let mut args = vec!["-sS", "--max-time", "30", "-H", "Connection: close"];
+    for _ in 0..500 {
+        args.extend_from_slice(&[url.as_str(), "-w", "\n"]);
+    }
+    let out = std::process::Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            weir_tests::netns::path(suite.client()).display()
+        ))
+        .arg("--")
+        .arg("curl")
+        .args(&args)
+        .output()
+        .context("curl")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("not JSON: {line}"))?;
+        *counts
+            .entry(v["backend"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
+    }
+    let total: usize = counts.values().sum();
+    assert_eq!(total, 500, "{counts:?}");
+    let share = |n: &str| counts.get(n).copied().unwrap_or(0) as f64 / 500.0;
+    assert!(
+        (share("infra-backend-v1-pod-a") - 0.7).abs() <= 0.05,
+        "{counts:?}"
+    );
+    assert!(
+        (share("infra-backend-v2-pod-a") - 0.3).abs() <= 0.05,
+        "{counts:?}"
+    );
+    assert_eq!(counts.get("infra-backend-v3-pod-a"), None, "{counts:?}");
+    Ok(())
+}
