@@ -301,6 +301,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             let problems = ingress.apply(&state, &node);
             if let Some(writer) = &status_writer {
                 writer.publish(ingress.statuses(&state, &node));
+                writer.publish_gateway(ingress.table().load().gateway_status.clone());
                 for (object, message) in problems {
                     writer.report(object, message);
                 }

@@ -49,9 +49,84 @@ pub enum Kind {
     Ingress,
     IngressClass,
     Secret,
+    Namespace,
+    GatewayClass,
+    Gateway,
+    HttpRoute,
+    ReferenceGrant,
 }
 
+const GATEWAY_API: &str = "/apis/gateway.networking.k8s.io/v1";
+
 impl Kind {
+    /// A Gateway API kind: served only once `install_gateway_crds` was called.
+    fn is_gateway_api(self) -> bool {
+        matches!(
+            self,
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant
+        )
+    }
+
+    /// The collection's path segment.
+    fn plural(self) -> &'static str {
+        match self {
+            Kind::Service => "services",
+            Kind::EndpointSlice => "endpointslices",
+            Kind::Node => "nodes",
+            Kind::Ingress => "ingresses",
+            Kind::IngressClass => "ingressclasses",
+            Kind::Secret => "secrets",
+            Kind::Namespace => "namespaces",
+            Kind::GatewayClass => "gatewayclasses",
+            Kind::Gateway => "gateways",
+            Kind::HttpRoute => "httproutes",
+            Kind::ReferenceGrant => "referencegrants",
+        }
+    }
+
+    fn all() -> [Kind; 11] {
+        [
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Node,
+            Kind::Ingress,
+            Kind::IngressClass,
+            Kind::Secret,
+            Kind::Namespace,
+            Kind::GatewayClass,
+            Kind::Gateway,
+            Kind::HttpRoute,
+            Kind::ReferenceGrant,
+        ]
+    }
+
+    /// The API prefix of the kind's group and version.
+    fn prefix(self) -> String {
+        match self.api_version() {
+            "v1" => "/api/v1".to_string(),
+            other => format!("/apis/{other}"),
+        }
+    }
+
+    /// The kind, namespace ("" when cluster-scoped) and name of an object
+    /// path, with what follows it (e.g. "status").
+    fn object_path(path: &str) -> Option<(Self, String, String, String)> {
+        Kind::all().into_iter().find_map(|kind| {
+            let rest = path.strip_prefix(&kind.prefix())?;
+            let parts: Vec<&str> = rest.trim_matches('/').split('/').collect();
+            let (ns, name, tail) = match (kind.namespaced(), parts.as_slice()) {
+                (true, ["namespaces", ns, plural, name, tail @ ..]) if *plural == kind.plural() => {
+                    (ns.to_string(), name.to_string(), tail.join("/"))
+                }
+                (false, [plural, name, tail @ ..]) if *plural == kind.plural() => {
+                    (String::new(), name.to_string(), tail.join("/"))
+                }
+                _ => return None,
+            };
+            Some((kind, ns, name, tail))
+        })
+    }
+
     fn from_kind(kind: &str) -> Option<Self> {
         match kind {
             "Service" => Some(Kind::Service),
@@ -60,12 +135,26 @@ impl Kind {
             "Ingress" => Some(Kind::Ingress),
             "IngressClass" => Some(Kind::IngressClass),
             "Secret" => Some(Kind::Secret),
+            "Namespace" => Some(Kind::Namespace),
+            "GatewayClass" => Some(Kind::GatewayClass),
+            "Gateway" => Some(Kind::Gateway),
+            "HTTPRoute" => Some(Kind::HttpRoute),
+            "ReferenceGrant" => Some(Kind::ReferenceGrant),
             _ => None,
         }
     }
 
     fn from_path(path: &str) -> Option<Self> {
+        if let Some(plural) = path
+            .strip_prefix(GATEWAY_API)
+            .and_then(|p| p.strip_prefix('/'))
+        {
+            return Kind::all()
+                .into_iter()
+                .find(|k| k.is_gateway_api() && k.plural() == plural);
+        }
         match path {
+            "/api/v1/namespaces" => Some(Kind::Namespace),
             "/api/v1/services" => Some(Kind::Service),
             "/apis/discovery.k8s.io/v1/endpointslices" => Some(Kind::EndpointSlice),
             "/api/v1/nodes" => Some(Kind::Node),
@@ -84,6 +173,11 @@ impl Kind {
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
+            Kind::Namespace => "Namespace",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 
@@ -91,12 +185,16 @@ impl Kind {
         match self {
             Kind::EndpointSlice => "discovery.k8s.io/v1",
             Kind::Ingress | Kind::IngressClass => "networking.k8s.io/v1",
+            k if k.is_gateway_api() => "gateway.networking.k8s.io/v1",
             _ => "v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::IngressClass)
+        !matches!(
+            self,
+            Kind::Node | Kind::IngressClass | Kind::Namespace | Kind::GatewayClass
+        )
     }
 }
 
@@ -162,6 +260,8 @@ struct State {
     log: Vec<Logged>,
     /// Status patches received: (path, body).
     status_patches: Vec<(String, Value)>,
+    /// The Gateway API's CRDs are installed: its kinds are served.
+    gateway_crds: bool,
     /// Events created (POST .../events), as received.
     events: Vec<Value>,
 }
@@ -400,6 +500,21 @@ impl FakeApiserver {
     /// The Events created, as received (with the name the fake gave them).
     pub fn events(&self) -> Vec<Value> {
         self.lock().events.clone()
+    }
+
+    /// Serves the Gateway API kinds from now on (as installing its CRDs does);
+    /// before, their paths answer 404.
+    pub fn install_gateway_crds(&self) {
+        self.lock().gateway_crds = true;
+    }
+
+    /// The current object, as a client would GET it.
+    pub fn object(&self, kind: Kind, namespace: &str, name: &str) -> Option<Value> {
+        let namespace = if kind.namespaced() { namespace } else { "" };
+        self.lock()
+            .objects
+            .get(&(kind, namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// The status patches received: (path, JSON body).
@@ -716,9 +831,14 @@ fn create_event(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body>
 fn patch_status(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body> {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let target = match parts.as_slice() {
-        ["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"] => {
+    let target = match (parts.as_slice(), Kind::object_path(path)) {
+        (["apis", "networking.k8s.io", "v1", "namespaces", ns, "ingresses", name, "status"], _) => {
             (Kind::Ingress, ns.to_string(), name.to_string())
+        }
+        (_, Some((kind, ns, name, tail)))
+            if kind.is_gateway_api() && tail == "status" && st.gateway_crds =>
+        {
+            (kind, ns, name)
         }
         _ => {
             return full(
@@ -726,7 +846,7 @@ fn patch_status(state: &Mutex<State>, path: &str, body: &[u8]) -> Response<Body>
                 &status(
                     405,
                     "MethodNotAllowed",
-                    "the fake only patches Ingress status",
+                    "the fake only patches Ingress and Gateway API status",
                 ),
             )
         }
@@ -779,7 +899,24 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
             ),
         );
     }
-    let Some(kind) = Kind::from_path(&path) else {
+    if let Some((kind, ns, name, _)) = Kind::object_path(&path) {
+        if kind.is_gateway_api() && !st.gateway_crds {
+            return full(
+                StatusCode::NOT_FOUND,
+                &status(
+                    404,
+                    "NotFound",
+                    &format!("the server could not find {path}"),
+                ),
+            );
+        }
+        return match st.objects.get(&(kind, ns, name)) {
+            Some(o) => full(StatusCode::OK, o),
+            None => full(StatusCode::NOT_FOUND, &status(404, "NotFound", &path)),
+        };
+    }
+    let kind = Kind::from_path(&path).filter(|k| !k.is_gateway_api() || st.gateway_crds);
+    let Some(kind) = kind else {
         return full(
             StatusCode::NOT_FOUND,
             &status(

@@ -451,3 +451,49 @@ fn the_agent_accepts_the_daemonsets_flags() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn gateway_rbac_grants_the_watches_and_status_writes_and_no_more() -> Result<()> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway/rbac.yaml");
+    let text = std::fs::read_to_string(&path)?;
+    let role: ClusterRole = serde_yaml::Deserializer::from_str(&text)
+        .next()
+        .map(ClusterRole::deserialize)
+        .context("no ClusterRole")??;
+    let got: BTreeSet<(String, String, String)> = grants(&role)
+        .into_iter()
+        .flat_map(|(g, r, verbs)| verbs.into_iter().map(move |v| (g.clone(), r.clone(), v)))
+        .collect();
+    let mut want = BTreeSet::new();
+    let g = "gateway.networking.k8s.io";
+    for r in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        for v in ["list", "watch"] {
+            want.insert((g.to_string(), r.to_string(), v.to_string()));
+        }
+    }
+    for (r, v) in [
+        ("gatewayclasses/status", "patch"),
+        ("gateways/status", "patch"),
+        ("httproutes/status", "get"),
+        ("httproutes/status", "patch"),
+    ] {
+        want.insert((g.to_string(), r.to_string(), v.to_string()));
+    }
+    for v in ["list", "watch"] {
+        want.insert((String::new(), "namespaces".to_string(), v.to_string()));
+    }
+    assert_eq!(got, want);
+    let class: serde_yaml::Value = serde_yaml::from_str(&std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/gateway/gatewayclass.yaml"),
+    )?)?;
+    assert_eq!(
+        class["spec"]["controllerName"],
+        "weir.dev/gateway-controller"
+    );
+    Ok(())
+}

@@ -24,6 +24,8 @@ pub type Statuses = BTreeMap<ObjectRef, Vec<Ipv4Addr>>;
 
 pub struct StatusWriter {
     tx: watch::Sender<Statuses>,
+    /// The Gateway API objects' status (`gateway_status_writer`).
+    gateway: watch::Sender<crate::routes::gateway_status::GatewayStatuses>,
     events: tokio::sync::mpsc::UnboundedSender<(ObjectRef, String)>,
 }
 
@@ -36,13 +38,30 @@ impl StatusWriter {
         let (tx, rx) = watch::channel(Statuses::new());
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(run(client.clone(), rx));
+        let gateway = super::gateway_status_writer::spawn(client.clone());
         tokio::spawn(report_events(client, events_rx));
-        Self { tx, events }
+        Self {
+            tx,
+            gateway,
+            events,
+        }
     }
 
     /// Reports a problem of an Ingress as a Warning Event on it.
     pub fn report(&self, ingress: ObjectRef, message: String) {
         let _ = self.events.send((ingress, message));
+    }
+
+    /// Sets the Gateway API status to write (the latest wins).
+    pub fn publish_gateway(&self, statuses: crate::routes::gateway_status::GatewayStatuses) {
+        self.gateway.send_if_modified(|current| {
+            if *current == statuses {
+                false
+            } else {
+                *current = statuses;
+                true
+            }
+        });
     }
 
     /// Sets the statuses to publish (the latest wins).

@@ -321,6 +321,14 @@ pub async fn run(
         &cfg,
         notices.clone(),
     );
+    let gateway = cfg.watch_ingress.then(|| {
+        super::kube_gateway::GatewayStores::start(
+            &mut watchers,
+            client.clone(),
+            &cfg,
+            notices.clone(),
+        )
+    });
     let ingress = cfg
         .watch_ingress
         .then(|| IngressStores::start(&mut watchers, client, &cfg, notices));
@@ -332,11 +340,12 @@ pub async fn run(
         slice_cache: Cache::default(),
         node_cache: Cache::default(),
         ingress,
+        gateway,
     };
 
     // Kinds not watched count as listed.
     let mut listed = [false; KINDS];
-    for kind in [Kind::Ingress, Kind::IngressClass, Kind::Secret] {
+    for kind in PROXY_KINDS {
         listed[kind as usize] = !cfg.watch_ingress;
     }
     let mut dirty = false;
@@ -411,16 +420,44 @@ async fn tick(interval: &mut Option<tokio::time::Interval>) {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Service = 0,
     EndpointSlice = 1,
     Node = 2,
     Ingress = 3,
     IngressClass = 4,
     Secret = 5,
+    GatewayClass = 6,
+    Gateway = 7,
+    HttpRoute = 8,
+    ReferenceGrant = 9,
+    Namespace = 10,
 }
 
-const KINDS: usize = 6;
+const KINDS: usize = 11;
+
+/// The kinds the L7 proxy adds.
+const PROXY_KINDS: [Kind; 8] = [
+    Kind::Ingress,
+    Kind::IngressClass,
+    Kind::Secret,
+    Kind::GatewayClass,
+    Kind::Gateway,
+    Kind::HttpRoute,
+    Kind::ReferenceGrant,
+    Kind::Namespace,
+];
+
+impl Kind {
+    /// Kinds whose API may not be installed (CRDs): without it they are not
+    /// served, and the snapshot does not wait for them.
+    fn optional(self) -> bool {
+        matches!(
+            self,
+            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant
+        )
+    }
+}
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -431,11 +468,16 @@ impl fmt::Display for Kind {
             Kind::Ingress => "Ingress",
             Kind::IngressClass => "IngressClass",
             Kind::Secret => "Secret",
+            Kind::GatewayClass => "GatewayClass",
+            Kind::Gateway => "Gateway",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
+            Kind::Namespace => "Namespace",
         })
     }
 }
 
-enum Notice {
+pub(super) enum Notice {
     /// A (re)list completed: the store holds a complete list.
     Listed(Kind),
     /// An object was added, changed or deleted.
@@ -454,7 +496,23 @@ where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
 {
-    let writer = Writer::<K>::default();
+    start_watch_with(set, kind, api, wc, Writer::<K>::default(), cfg, notices)
+}
+
+/// `start_watch` for kinds without a static type (DynamicObject: the writer carries its ApiResource).
+pub(super) fn start_watch_with<K>(
+    set: &mut JoinSet<()>,
+    kind: Kind,
+    api: Api<K>,
+    wc: watcher::Config,
+    writer: Writer<K>,
+    cfg: &KubeSourceConfig,
+    notices: mpsc::UnboundedSender<Notice>,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let store = writer.as_reader();
     let backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     set.spawn(watch(
@@ -481,9 +539,10 @@ async fn watch<K>(
     status: StatusHandle,
 ) where
     K: Resource + Clone + DeserializeOwned + fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     let part = format!("{kind} watch");
+    let mut absent = false;
     // A watch that starts again after an error emits nothing until something
     // changes; a one-item list with the watch's selectors tells that the kind
     // is reachable again (for `weir status`).
@@ -512,6 +571,23 @@ async fn watch<K>(
                         }
                     }
                 }
+                Err(e) if kind.optional() && not_found(&e) => {
+                    // The API is not installed: not served; looked for again
+                    // with the watch backoff (the CRDs may be installed later).
+                    if !absent {
+                        absent = true;
+                        warn!(
+                            kind = %kind,
+                            "{kind}s are not served: the API is not installed on the \
+                             apiserver (install the Gateway API CRDs); looking again from time to time"
+                        );
+                        if notices.send(Notice::Listed(kind)).is_err() {
+                            return;
+                        }
+                    }
+                    sleep(backoff.next_delay()).await;
+                    continue;
+                }
                 Err(e) => {
                     status.failed(&part, &e.to_string());
                     let delay = backoff.next_delay();
@@ -538,6 +614,16 @@ async fn watch<K>(
             }
         }
     }
+}
+
+/// A 404 for the list or watch: the resource's API is not installed.
+fn not_found(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(status))
+            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if status.code == 404
+    )
 }
 
 /// An HTTP 410 answer to a watch request: kube-runtime would retry it with the
@@ -575,11 +661,11 @@ impl Backoff {
 
 /// Converted objects by namespace/name, with the resourceVersion they were
 /// converted at: unchanged objects are not converted (nor warned about) again.
-struct Cache<T> {
+pub(super) struct Cache<T> {
     /// resourceVersion, the converted object, and whether conversion failed.
     entries: HashMap<ObjectRef, (String, Option<T>, bool)>,
     /// Objects of the last refresh that failed to convert.
-    failed: usize,
+    pub(super) failed: usize,
 }
 
 impl<T> Default for Cache<T> {
@@ -592,7 +678,7 @@ impl<T> Default for Cache<T> {
 }
 
 impl<T: Clone> Cache<T> {
-    fn refresh<K: Resource>(
+    pub(super) fn refresh<K: Resource>(
         &mut self,
         kind: Kind,
         objects: &[Arc<K>],
@@ -633,7 +719,7 @@ impl<T: Clone> Cache<T> {
 
 fn display_ref(kind: Kind, key: &ObjectRef) -> String {
     match kind {
-        Kind::Node | Kind::IngressClass => key.name.clone(),
+        Kind::Node | Kind::IngressClass | Kind::GatewayClass | Kind::Namespace => key.name.clone(),
         _ => key.to_string(),
     }
 }
@@ -646,6 +732,7 @@ struct Builder {
     slice_cache: Cache<crate::model::EndpointSlice>,
     node_cache: Cache<crate::model::Node>,
     ingress: Option<IngressStores>,
+    gateway: Option<super::kube_gateway::GatewayStores>,
 }
 
 /// The watches of the L7 proxy's objects: Ingresses, IngressClasses, and
@@ -761,6 +848,9 @@ impl Builder {
         if let Some(ingress) = &mut self.ingress {
             ingress.build(&mut state);
         }
+        if let Some(gateway) = &mut self.gateway {
+            gateway.build(&mut state);
+        }
         state
     }
 
@@ -769,7 +859,12 @@ impl Builder {
         let ingress = self.ingress.as_ref().map_or(0, |i| {
             i.ingress_cache.failed + i.class_cache.failed + i.secret_cache.failed
         });
-        self.service_cache.failed + self.slice_cache.failed + self.node_cache.failed + ingress
+        let gateway = self.gateway.as_ref().map_or(0, |g| g.failed());
+        self.service_cache.failed
+            + self.slice_cache.failed
+            + self.node_cache.failed
+            + ingress
+            + gateway
     }
 }
 

@@ -8,8 +8,10 @@ pub mod convert_ingress;
 pub mod dir;
 pub mod duration;
 pub mod gateway_api;
+pub mod gateway_status_writer;
 pub mod ingress_status;
 pub mod kube;
+pub mod kube_gateway;
 pub mod parse;
 pub mod status;
 
