@@ -407,7 +407,9 @@ pub mod ingress {
     pub const PROG_INGRESS_LOOKUP: &str = "weir_ingress_lookup";
     pub const SOCKET_HTTP: u32 = 0;
     pub const SOCKET_HTTPS: u32 = 1;
-    pub const SOCKETS: u32 = 2;
+    /// TLS and TCP listeners of the Gateway API (byte streams).
+    pub const SOCKET_STREAM: u32 = 2;
+    pub const SOCKETS: u32 = 3;
     pub const MAX_INGRESS_ADDRS: u32 = 4096;
 
     /// A destination the proxy takes over: address (network order bytes) and

@@ -208,6 +208,7 @@ pub fn all_routes_table(rows: &[crate::routes::rows::RuleRow]) -> String {
                 match r.path_type.as_str() {
                     "Exact" => format!("={}", r.path),
                     "RegularExpression" => format!("~{}", r.path),
+                    "TCP" | "TLSPassthrough" | "TLSTerminate" => format!("({})", r.path_type),
                     _ => r.path.clone(),
                 }
             };

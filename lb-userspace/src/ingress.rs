@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::ingress::{IngressKey, SOCKET_HTTP};
+use lb_common::ingress::{IngressKey, SOCKET_HTTP, SOCKET_HTTPS, SOCKET_STREAM};
 
 use tracing::{info, warn};
 
@@ -54,8 +54,8 @@ pub struct Ingress {
     /// Problems already reported (so each is reported once while it lasts).
     reported: BTreeSet<(ObjectRef, String)>,
     last_addresses: Option<BTreeSet<Ipv4Addr>>,
-    /// The Gateway listeners' addresses and ports handed off last.
-    last_gateway_keys: Vec<SocketAddr>,
+    /// The hand-off's entries written last (addresses, ports, sockets).
+    last_entries: Vec<(IngressKey, u32)>,
     /// The pool address each Gateway has (kept while the Gateway lives).
     gateway_pool_addresses: BTreeMap<ObjectRef, Ipv4Addr>,
 }
@@ -69,7 +69,7 @@ impl Ingress {
     ) -> Result<Self, IngressStartError> {
         let listeners = Listeners::bind(&cfg.proxy)?;
         let mut handoff = IngressHandoff::attach(dataplane)?;
-        handoff.set_sockets(&listeners.http, &listeners.https)?;
+        handoff.set_sockets(&listeners.http, &listeners.https, &listeners.stream)?;
         let table = proxy::shared_table();
         proxy::start(
             listeners,
@@ -90,7 +90,7 @@ impl Ingress {
             last_warnings: Vec::new(),
             reported: BTreeSet::new(),
             last_addresses: None,
-            last_gateway_keys: Vec::new(),
+            last_entries: Vec::new(),
             gateway_pool_addresses: BTreeMap::new(),
         })
     }
@@ -182,6 +182,11 @@ impl Ingress {
         let mut gateway_keys: Vec<SocketAddr> = table.gateways.keys().copied().collect();
         gateway_keys.sort();
         for key in &gateway_keys {
+            let socket = if table.gateways[key].tls() {
+                SOCKET_HTTPS
+            } else {
+                SOCKET_HTTP
+            };
             if let SocketAddr::V4(a) = key {
                 let k = IngressKey {
                     addr: a.ip().octets(),
@@ -190,9 +195,23 @@ impl Ingress {
                 };
                 // A Gateway listener takes its address and port over from the Ingress rules.
                 entries.retain(|(e, _)| *e != k);
-                entries.push((k, SOCKET_HTTP));
+                entries.push((k, socket));
             }
         }
+        let mut stream_keys: Vec<SocketAddr> = table.streams.keys().copied().collect();
+        stream_keys.sort();
+        for key in &stream_keys {
+            if let SocketAddr::V4(a) = key {
+                let k = IngressKey {
+                    addr: a.ip().octets(),
+                    port: a.port(),
+                    _pad: 0,
+                };
+                entries.retain(|(e, _)| *e != k);
+                entries.push((k, SOCKET_STREAM));
+            }
+        }
+        gateway_keys.extend(stream_keys);
         self.table.store(Arc::new(table));
         if self.last_addresses.as_ref() != Some(&addresses) && addresses.is_empty() {
             warn!(
@@ -201,14 +220,12 @@ impl Ingress {
                 self.primary(state, node).source
             );
         }
-        if self.last_addresses.as_ref() != Some(&addresses)
-            || self.last_gateway_keys != gateway_keys
-        {
+        if self.last_addresses.as_ref() != Some(&addresses) || self.last_entries != entries {
             match self.handoff.set_entries(&entries) {
                 Ok(()) => {
                     info!(addresses = ?addresses, gateway_listeners = ?gateway_keys, "ingress addresses");
                     self.last_addresses = Some(addresses);
-                    self.last_gateway_keys = gateway_keys;
+                    self.last_entries = entries;
                 }
                 Err(e) => warn!(
                     addresses = ?addresses,

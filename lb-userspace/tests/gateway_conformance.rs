@@ -236,6 +236,81 @@ fn every_base_gateway_of_the_class_is_accepted_and_programmed_with_its_own_addre
         .any(|c| c.name == "weir" && c.conditions[0].is_true()));
 }
 
+/// The certificate Secret the suite creates for its HTTPS Gateway (its
+/// hostnames as SANs), as the directory source reads it.
+fn validity_secret() -> String {
+    let c = rcgen::generate_simple_self_signed(vec![
+        "example.org".to_string(),
+        "second-example.org".to_string(),
+        "*.wildcard.org".to_string(),
+    ])
+    .expect("generating a certificate");
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: tls-validity-checks-certificate, namespace: {INFRA}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(&c.cert.pem()),
+        indent(&c.signing_key.serialize_pem())
+    )
+}
+
+#[test]
+fn https_listeners_terminate_with_their_certificate_refs_or_say_why_not() {
+    let gw = "same-namespace-with-https-listener";
+    // Without the Secret: not programmed, ResolvedRefs False InvalidCertificateRef.
+    let t = table("httproute-simple-same-namespace");
+    let s = t.gateway_status.gateway(INFRA, gw).unwrap();
+    assert_eq!(s.listeners.len(), 4);
+    for l in &s.listeners {
+        let resolved = condition(&l.conditions, "ResolvedRefs");
+        assert_eq!(
+            (resolved.status.as_str(), resolved.reason.as_str()),
+            ("False", "InvalidCertificateRef"),
+            "{}",
+            l.name
+        );
+        assert!(
+            resolved.message.contains("tls-validity-checks-certificate"),
+            "{resolved:#?}"
+        );
+        assert!(!condition(&l.conditions, "Programmed").is_true());
+    }
+    // With it: every listener Accepted, ResolvedRefs and Programmed; the
+    // certificate is chosen by the listener that matches the server name.
+    let mut st = state("httproute-simple-same-namespace");
+    let (objects, errors) = parse_documents("secret.yaml", &validity_secret());
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut st, objects);
+    let t = build(&st, &config());
+    let s = t.gateway_status.gateway(INFRA, gw).unwrap();
+    for l in &s.listeners {
+        for kind in ["Accepted", "ResolvedRefs", "Programmed"] {
+            assert!(
+                condition(&l.conditions, kind).is_true(),
+                "{}: {l:#?}",
+                l.name
+            );
+        }
+    }
+    let port = t
+        .gateway_at(address(&t, gw, 443))
+        .expect("the HTTPS port is served");
+    assert!(port.tls());
+    for name in [
+        Some("second-example.org"),
+        Some("a.wildcard.org"),
+        Some("SECOND-example.org"),
+        Some("other.example"),
+        None,
+    ] {
+        assert!(port.cert(name).is_some(), "{name:?}");
+    }
+    // The HTTP Gateways do not terminate TLS.
+    assert!(!t
+        .gateway_at(address(&t, "same-namespace", 80))
+        .unwrap()
+        .tls());
+}
+
 #[test]
 fn simple_same_namespace() {
     let t = table("httproute-simple-same-namespace");
@@ -651,4 +726,94 @@ fn request_header_modifier_sets_adds_and_removes_case_insensitively() {
     assert_eq!(joined(&m, "X-Header-Set"), "header-set");
     assert_eq!(joined(&m, "X-Header-Add"), "original-val-add,header-add");
     assert!(m.get("X-Header-Remove").is_none());
+}
+
+/// The stream route a connection to Gateway `gw`:`port` with TLS server
+/// name `name` takes, as the backend Service (namespace/name:port).
+fn stream_backend(t: &RouteTable, gw: &str, port: u16, name: Option<&str>) -> Option<String> {
+    let listener = t.streams.get(&address(t, gw, port))?.listener(name)?;
+    let route = listener.route(name)?;
+    match &route.backends.pick()?.target {
+        Target::Upstream(u) => Some(format!("{}:{}", u.service, u.port)),
+        Target::Invalid(_) => None,
+    }
+}
+
+#[test]
+fn tcp_routes_both_attach_and_the_oldest_takes_the_traffic() {
+    let mut st = state("tcproute-multiple-routes-attachment");
+    // The suite creates the newer route (in Go) a second after the older one.
+    let newer = format!("apiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\nmetadata: {{name: tcproute-attach-newer, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: tcp-multi-route-attach-gateway, sectionName: tcp}}]\n  rules: [{{backendRefs: [{{name: tcp-attach-backend-2, port: 3000}}]}}]\n");
+    let (objects, errors) = parse_documents("newer.yaml", &newer);
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut st, objects);
+    for (name, time) in [
+        ("tcproute-attach-older", "2026-12-02T10:00:00Z"),
+        ("tcproute-attach-newer", "2026-12-02T10:00:01Z"),
+    ] {
+        let key = (
+            weir::model::gateway::StreamKind::Tcp,
+            weir::model::ObjectRef::new(INFRA, name),
+        );
+        st.gateway
+            .stream_routes
+            .get_mut(&key)
+            .expect(name)
+            .meta
+            .creation = Some(time.into());
+    }
+    let t = build(&st, &config());
+    for route in ["tcproute-attach-older", "tcproute-attach-newer"] {
+        let r = t
+            .gateway_status
+            .route("TCPRoute", INFRA, route)
+            .expect(route);
+        let accepted = condition(&r.parents[0].conditions, "Accepted");
+        assert!(
+            accepted.is_true() && accepted.reason == "Accepted",
+            "{route}: {accepted:#?}"
+        );
+    }
+    let s = t
+        .gateway_status
+        .gateway(INFRA, "tcp-multi-route-attach-gateway")
+        .unwrap();
+    let l = &s.listeners[0];
+    assert_eq!(l.attached_routes, 2);
+    assert_eq!(l.supported_kinds[0].kind, "TCPRoute");
+    assert!(condition(&l.conditions, "Accepted").is_true());
+    for _ in 0..100 {
+        assert_eq!(
+            stream_backend(&t, "tcp-multi-route-attach-gateway", 9310, None).as_deref(),
+            Some("gateway-conformance-infra/tcp-attach-backend-1:3000")
+        );
+    }
+}
+
+#[test]
+fn tls_routes_pass_through_by_server_name() {
+    let t = table("tlsroute-simple-same-namespace");
+    let r = t
+        .gateway_status
+        .route("TLSRoute", INFRA, "gateway-conformance-infra-test")
+        .unwrap();
+    let accepted = condition(&r.parents[0].conditions, "Accepted");
+    assert!(
+        accepted.is_true() && accepted.reason == "Accepted",
+        "{accepted:#?}"
+    );
+    let gw = "gateway-tlsroute";
+    let port = t.streams.get(&address(&t, gw, 443)).unwrap();
+    assert_eq!(
+        port.mode(),
+        Some(weir::routes::streams::StreamMode::TlsPassthrough)
+    );
+    assert_eq!(
+        stream_backend(&t, gw, 443, Some("abc.example.com")).as_deref(),
+        Some("gateway-conformance-infra/tcp-backend:8443")
+    );
+    // Outside the listener's *.example.com, or a name the route does not list: nothing.
+    assert_eq!(stream_backend(&t, gw, 443, Some("abc.example.org")), None);
+    assert_eq!(stream_backend(&t, gw, 443, Some("other.example.com")), None);
+    assert_eq!(stream_backend(&t, gw, 443, None), None);
 }

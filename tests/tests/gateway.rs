@@ -426,3 +426,324 @@ fn weighted_backends_split_500_requests_70_30_and_weight_0_gets_none() -> Result
     assert_eq!(counts.get("infra-backend-v3-pod-a"), None, "{counts:?}");
     Ok(())
 }
+
+#[test]
+fn an_https_listener_terminates_tls_with_its_certificate_refs() -> Result<()> {
+    let suite = Suite::start()?;
+    let c = rcgen::generate_simple_self_signed(vec![
+        "second-example.org".to_string(),
+        "*.wildcard.org".to_string(),
+    ])?;
+    suite.s.manifests.write(
+        "validity-secret.yaml",
+        &weir_tests::ingress::tls_secret(
+            INFRA,
+            "tls-validity-checks-certificate",
+            &c.cert.pem(),
+            &c.signing_key.serialize_pem(),
+        ),
+    )?;
+    suite.s.manifests.write(
+        "https-route.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: secure, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace-with-https-listener}}]\n  hostnames: [second-example.org]\n  rules: [{{backendRefs: [{{name: infra-backend-v2, port: 8080}}]}}]\n"
+        ),
+    )?;
+    let addr = suite.address("same-namespace-with-https-listener")?;
+    let ca = std::env::temp_dir().join(format!("weir-gateway-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, c.cert.pem())?;
+    let resolve = format!("second-example.org:443:{addr}");
+    let ca_path = ca.display().to_string();
+    let get = || {
+        curl(
+            suite.client(),
+            &[
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &ca_path,
+                "https://second-example.org/secure",
+            ],
+        )
+    };
+    let mut answer = None;
+    let waited = suite.wait("HTTPS served by infra-backend-v2", || {
+        let r = get()?;
+        let ok = r.status == 200 && r.backend()? == "infra-backend-v2-pod-a";
+        answer = Some(r);
+        Ok(ok)
+    });
+    let _ = std::fs::remove_file(&ca);
+    waited?;
+    let seen = answer.context("no answer")?.json()?;
+    assert_eq!(seen["path"], "/secure");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    // The status says the listeners are programmed now.
+    let status = suite.status()?;
+    let gw = status["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "same-namespace-with-https-listener")
+        .context("no status")?;
+    for l in gw["listeners"].as_array().context("listeners")? {
+        let programmed = l["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Programmed")
+            .context("no Programmed")?;
+        assert_eq!(programmed["status"], "True", "{l:#}");
+    }
+    Ok(())
+}
+
+/// `openssl s_server -www` in a pod: a TLS backend (it answers GET with a
+/// status page). Killed on drop; it lives at most as long as the test.
+struct TlsServer(std::process::Child);
+
+impl TlsServer {
+    fn start(ns: &str, port: u16, cert: &std::path::Path, key: &std::path::Path) -> Result<Self> {
+        let child = std::process::Command::new("nsenter")
+            .arg(format!("--net={}", weir_tests::netns::path(ns).display()))
+            .args([
+                "--", "timeout", "300", "openssl", "s_server", "-quiet", "-www",
+            ])
+            .args(["-accept", &port.to_string()])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting openssl s_server (cargo xtask setup installs openssl)")?;
+        Ok(Self(child))
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn tcp_and_tls_listeners_splice_to_their_routes_backends() -> Result<()> {
+    let suite = Suite::start()?;
+    let be3 = suite.s.sandbox.pod("be3").netns.name.clone();
+    let _echo = weir_tests::EchoServer::start(
+        &suite.s.sandbox.pod("be1").netns.name,
+        "be1",
+        &[(weir_tests::echo::Proto::Tcp, 9000)],
+    )?;
+    let dir = std::env::temp_dir().join(format!("weir-gateway-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let write = |name: &str, text: &str| -> Result<std::path::PathBuf> {
+        let p = dir.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    };
+    // The passthrough backend's own certificate, and the terminating listener's.
+    let pass = rcgen::generate_simple_self_signed(vec!["pass.example".to_string()])?;
+    let term = rcgen::generate_simple_self_signed(vec!["term.example".to_string()])?;
+    let pass_crt = write("pass.crt", &pass.cert.pem())?;
+    let pass_key = write("pass.key", &pass.signing_key.serialize_pem())?;
+    let term_ca = write("term.crt", &term.cert.pem())?;
+    let _tls_backend = TlsServer::start(&be3, 8443, &pass_crt, &pass_key)?;
+    let be1 = suite.s.backend_ip("be1");
+    let be3_ip = suite.s.backend_ip("be3");
+    let ep = |ip: Ipv4Addr| {
+        format!("[{{addresses: [\"{ip}\"], conditions: {{ready: true}}, nodeName: node-a}}]")
+    };
+    suite.s.manifests.write(
+        "streams.yaml",
+        &format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: tcp-echo, namespace: {INFRA}}}
+spec: {{ports: [{{name: tcp, port: 9000, protocol: TCP, targetPort: 9000}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: tcp-echo-1, namespace: {INFRA}, labels: {{kubernetes.io/service-name: tcp-echo}}}}
+addressType: IPv4
+ports: [{{name: tcp, port: 9000, protocol: TCP}}]
+endpoints: {tcp}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: tls-backend, namespace: {INFRA}}}
+spec: {{ports: [{{name: tls, port: 443, protocol: TCP, targetPort: 8443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: tls-backend-1, namespace: {INFRA}, labels: {{kubernetes.io/service-name: tls-backend}}}}
+addressType: IPv4
+ports: [{{name: tls, port: 8443, protocol: TCP}}]
+endpoints: {tls}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: streams, namespace: {INFRA}}}
+spec:
+  gatewayClassName: weir
+  listeners:
+    - {{name: tcp, port: 9310, protocol: TCP, allowedRoutes: {{kinds: [{{kind: TCPRoute}}]}}}}
+    - {{name: pass, port: 443, protocol: TLS, hostname: "*.example", tls: {{mode: Passthrough}}, allowedRoutes: {{kinds: [{{kind: TLSRoute}}]}}}}
+    - {{name: term, port: 8443, protocol: TLS, hostname: term.example, tls: {{mode: Terminate, certificateRefs: [{{name: term-cert}}]}}, allowedRoutes: {{kinds: [{{kind: TLSRoute}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: echo, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: streams, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: tcp-echo, port: 9000}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: pass, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: streams, sectionName: pass}}]
+  hostnames: [pass.example]
+  rules: [{{backendRefs: [{{name: tls-backend, port: 443}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {{name: term, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: streams, sectionName: term}}]
+  hostnames: [term.example]
+  rules: [{{backendRefs: [{{name: infra-backend-v1, port: 8080}}]}}]
+"#,
+            tcp = ep(be1),
+            tls = ep(be3_ip),
+        ),
+    )?;
+    suite.s.manifests.write(
+        "term-cert.yaml",
+        &weir_tests::ingress::tls_secret(
+            INFRA,
+            "term-cert",
+            &term.cert.pem(),
+            &term.signing_key.serialize_pem(),
+        ),
+    )?;
+    let addr = suite.address("streams")?;
+
+    // TCPRoute: the echo server answers, and names itself.
+    suite.wait("the TCP echo through the TCPRoute", || {
+        let replies = weir_tests::echo::requests(
+            suite.client(),
+            weir_tests::echo::Proto::Tcp,
+            std::net::SocketAddrV4::new(addr, 9310),
+            3,
+            Duration::from_secs(2),
+        )?;
+        Ok(replies
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.backend == "be1")))
+    })?;
+
+    // TLSRoute passthrough: the client verifies the backend's own certificate
+    // (the proxy never holds it), so the bytes went through untouched.
+    let resolve = format!("pass.example:443:{addr}");
+    let pass_ca = pass_crt.display().to_string();
+    suite.wait("openssl's page through the passthrough", || {
+        let r = curl(
+            suite.client(),
+            &[
+                "--resolve",
+                &resolve,
+                "--cacert",
+                &pass_ca,
+                "https://pass.example/",
+            ],
+        )?;
+        Ok(r.status == 200 && r.body.contains("s_server"))
+    })?;
+    // A server name no route lists gets nothing.
+    let other = format!("other.example:443:{addr}");
+    assert!(curl(
+        suite.client(),
+        &["--resolve", &other, "-k", "https://other.example/"]
+    )
+    .is_err());
+
+    // TLSRoute terminate: the proxy's certificate, then plain bytes (here
+    // HTTP) to the backend.
+    let resolve = format!("term.example:8443:{addr}");
+    let term_ca = term_ca.display().to_string();
+    let mut seen = None;
+    suite.wait(
+        "the HTTP backend behind the terminating TLS listener",
+        || {
+            let r = curl(
+                suite.client(),
+                &[
+                    "--resolve",
+                    &resolve,
+                    "--cacert",
+                    &term_ca,
+                    "https://term.example:8443/plain",
+                ],
+            )?;
+            let ok = r.status == 200 && r.backend()? == "infra-backend-v1-pod-a";
+            seen = Some(r);
+            Ok(ok)
+        },
+    )?;
+    assert_eq!(seen.context("no answer")?.json()?["path"], "/plain");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Status: each listener serves its route kind, with its route attached.
+    let status = suite.status()?;
+    let gw = status["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "streams")
+        .context("no status")?;
+    for l in gw["listeners"].as_array().context("listeners")? {
+        assert_eq!(l["attachedRoutes"], 1, "{l:#}");
+    }
+    // `weir routes` lists them with the listener mode and the route behind each.
+    let rules = suite.s.agent.cli_json(&["routes"])?;
+    let modes: std::collections::BTreeSet<(String, String)> = rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            r["listener"]
+                .as_str()
+                .is_some_and(|l| l.contains("/streams/"))
+        })
+        .map(|r| {
+            (
+                r["path_type"].as_str().unwrap_or("").to_string(),
+                r["origin"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<(String, String)> = [
+        (
+            "TCP",
+            "TCPRoute gateway-conformance-infra/echo spec.rules[0]",
+        ),
+        (
+            "TLSPassthrough",
+            "TLSRoute gateway-conformance-infra/pass spec.rules[0]",
+        ),
+        (
+            "TLSTerminate",
+            "TLSRoute gateway-conformance-infra/term spec.rules[0]",
+        ),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(modes, want);
+    Ok(())
+}

@@ -93,9 +93,9 @@ fn gateway_api_objects_from_the_apiserver_are_served_and_their_status_written() 
         || {
             agent
                 .log_text()
-                .matches("are not served: the API is not installed")
+                .matches("objects are not served: the API is not installed")
                 .count()
-                == 4
+                == 6
         },
     )?;
 

@@ -470,6 +470,8 @@ fn gateway_rbac_grants_the_watches_and_status_writes_and_no_more() -> Result<()>
         "gatewayclasses",
         "gateways",
         "httproutes",
+        "tcproutes",
+        "tlsroutes",
         "referencegrants",
     ] {
         for v in ["list", "watch"] {
@@ -481,6 +483,10 @@ fn gateway_rbac_grants_the_watches_and_status_writes_and_no_more() -> Result<()>
         ("gateways/status", "patch"),
         ("httproutes/status", "get"),
         ("httproutes/status", "patch"),
+        ("tcproutes/status", "get"),
+        ("tcproutes/status", "patch"),
+        ("tlsroutes/status", "get"),
+        ("tlsroutes/status", "patch"),
     ] {
         want.insert((g.to_string(), r.to_string(), v.to_string()));
     }

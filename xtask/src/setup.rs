@@ -21,6 +21,8 @@ const PACKAGES: &[&str] = &[
     // Ingress tests (curl: HTTP/1.1, HTTP/2, TLS with SNI) and the L7 measurement.
     "curl",
     "wrk",
+    // Gateway API tests: a TLS backend behind a TLSRoute passthrough (s_server).
+    "openssl",
     // The benchmark's plots: text drawn with DejaVu Sans.
     "fonts-dejavu-core",
     // cargo xtask image and the test that runs the agent from it.

@@ -16,7 +16,7 @@ use aya::{
 };
 use lb_common::ingress::{
     IngressKey, MAP_INGRESS_ADDRS, MAP_INGRESS_SOCKETS, PROG_INGRESS_LOOKUP, SOCKET_HTTP,
-    SOCKET_HTTPS,
+    SOCKET_HTTPS, SOCKET_STREAM,
 };
 
 use super::Dataplane;
@@ -77,7 +77,11 @@ impl IngressHandoff {
         &mut self,
         http: &impl AsRawFd,
         https: &impl AsRawFd,
+        stream: &impl AsRawFd,
     ) -> Result<(), IngressError> {
+        self.sockets
+            .set(SOCKET_STREAM, stream, 0)
+            .map_err(map_err(MAP_INGRESS_SOCKETS))?;
         self.sockets
             .set(SOCKET_HTTP, http, 0)
             .map_err(map_err(MAP_INGRESS_SOCKETS))?;

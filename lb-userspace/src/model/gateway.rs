@@ -18,6 +18,8 @@ pub struct GatewayState {
     pub classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<ObjectRef, Gateway>,
     pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    /// TLSRoutes (hostnames set) and TCPRoutes (no hostnames), by kind and name.
+    pub stream_routes: BTreeMap<(StreamKind, ObjectRef), StreamRoute>,
     pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
     /// Namespace labels, for allowedRoutes.namespaces.from: Selector.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
@@ -227,6 +229,36 @@ pub struct HttpBackendRef {
     pub weight: u32,
     /// Per-backend filters (RequestHeaderModifier, ResponseHeaderModifier).
     pub filters: Vec<HttpFilter>,
+}
+
+/// The two routes of byte streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum StreamKind {
+    /// TCPRoute: every connection to the listener.
+    Tcp,
+    /// TLSRoute: by the TLS server name (passthrough or terminated).
+    Tls,
+}
+
+impl StreamKind {
+    pub fn kind(self) -> &'static str {
+        match self {
+            StreamKind::Tcp => "TCPRoute",
+            StreamKind::Tls => "TLSRoute",
+        }
+    }
+}
+
+/// A TCPRoute or TLSRoute: parents, (TLS) hostnames, and each rule's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamRoute {
+    pub kind: StreamKind,
+    pub id: ObjectRef,
+    pub meta: Meta,
+    pub parent_refs: Vec<ParentRef>,
+    pub hostnames: Vec<String>,
+    /// Each rule's backendRefs (their filters are always empty).
+    pub rules: Vec<Vec<HttpBackendRef>>,
 }
 
 /// A ReferenceGrant: the kinds in other namespaces that may refer to objects in its namespace.

@@ -9,6 +9,8 @@ mod headers;
 mod idle;
 mod pool;
 mod server;
+mod sni;
+mod stream;
 mod tls;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -64,6 +66,8 @@ pub struct ProxyConfig {
     /// Where the plain HTTP listener binds (the hand-off steers to it).
     pub http_bind: SocketAddr,
     pub https_bind: SocketAddr,
+    /// Where the Gateway API's TLS and TCP listeners' socket binds.
+    pub stream_bind: SocketAddr,
     /// Served to TLS clients whose server name has no certificate from a Secret.
     pub default_cert: Option<Arc<CertifiedKey>>,
     pub timeouts: Timeouts,
@@ -76,6 +80,7 @@ impl Default for ProxyConfig {
         Self {
             http_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             https_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stream_bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             default_cert: None,
             timeouts: Timeouts::default(),
             max_header_bytes: 16 * 1024,

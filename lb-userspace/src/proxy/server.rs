@@ -18,7 +18,7 @@ use tracing::{debug, info};
 use super::{
     forward::{handle, ConnInfo, Shared},
     idle::{Activity, IdleIo},
-    tls::server_config,
+    tls::{listener_config, server_config},
     ProxyConfig, ProxyError, SharedTable,
 };
 
@@ -27,6 +27,8 @@ use super::{
 pub struct Listeners {
     pub http: std::net::TcpListener,
     pub https: std::net::TcpListener,
+    /// Gateway TLS and TCP listeners.
+    pub stream: std::net::TcpListener,
 }
 
 impl Listeners {
@@ -41,6 +43,7 @@ impl Listeners {
         Ok(Self {
             http: bind(cfg.http_bind)?,
             https: bind(cfg.https_bind)?,
+            stream: bind(cfg.stream_bind)?,
         })
     }
 }
@@ -73,13 +76,15 @@ pub fn start(
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
         info!(%http, %https, "ingress proxy listening");
     }
-    let (http, https) = {
+    let (http, https, stream) = {
         let _guard = runtime.enter();
         (
             TcpListener::from_std(listeners.http).map_err(ProxyError::Runtime)?,
             TcpListener::from_std(listeners.https).map_err(ProxyError::Runtime)?,
+            TcpListener::from_std(listeners.stream).map_err(ProxyError::Runtime)?,
         )
     };
+    runtime.spawn(super::stream::accept_loop(stream, shared.clone()));
     runtime.spawn(accept_loop(http, shared.clone(), None));
     runtime.spawn(accept_loop(https, shared, Some(acceptor)));
     // The runtime lives as long as the process.
@@ -109,7 +114,19 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, tls: Option<Tls
             let io = IdleIo::new(stream, activity.clone());
             match tls {
                 None => serve(io, client, local, "http", shared, activity).await,
-                Some(acceptor) => {
+                Some(ingress_acceptor) => {
+                    // A Gateway HTTPS listener's address takes its own certificates.
+                    let acceptor = if shared.table.load().gateway_at(local).is_some() {
+                        match listener_config(shared.table.clone(), local) {
+                            Ok(c) => TlsAcceptor::from(Arc::new(c)),
+                            Err(e) => {
+                                debug!(%client, "TLS configuration: {e}");
+                                return;
+                            }
+                        }
+                    } else {
+                        ingress_acceptor
+                    };
                     let handshake =
                         tokio::time::timeout(shared.config.timeouts.header, acceptor.accept(io))
                             .await;

@@ -19,6 +19,7 @@ use std::{
 };
 
 use http::{HeaderName, HeaderValue, Method};
+use rustls::sign::CertifiedKey;
 
 use super::{
     build::{RouteConfig, Upstreams},
@@ -32,12 +33,12 @@ use super::{
         Action, Backends, Filters, HeaderEdit, Origin, PathMatch, PathRewrite, RedirectTo,
         RequestMatch, Rule, Target, ValueMatch, WeightedBackend,
     },
-    HostRules, HostTable, ListenerRoutes, RouteTable,
+    streams, HostRules, HostTable, ListenerRoutes, RouteTable,
 };
 use crate::model::{
     gateway::{
         Gateway, GatewayState, HeaderModifier, HttpFilter, HttpMatch, HttpRoute, HttpRouteRule,
-        Listener, MatchKind, PathModifier, RouteNamespaces, GROUP,
+        Listener, MatchKind, PathModifier, RouteNamespaces, StreamRoute as StreamRouteObj, GROUP,
     },
     ClusterState, ObjectRef, ServicePortRef,
 };
@@ -49,8 +50,12 @@ const HTTP_ROUTE: &str = "HTTPRoute";
 /// A listener while the table is built.
 struct ListenerState<'a> {
     listener: &'a Listener,
-    /// Accepted: a protocol Weir serves, no conflict.
+    /// The certificate of an HTTPS listener.
+    cert: Option<Arc<CertifiedKey>>,
+    /// Served: a protocol Weir serves, no conflict, its references resolved.
     usable: bool,
+    /// TLS and TCP listeners: the routes attached, oldest first.
+    streams: Vec<streams::StreamRoute>,
     kinds: Vec<RouteKind>,
     conditions: Vec<Condition>,
     attached: u32,
@@ -127,7 +132,7 @@ pub fn build(
         gateways.push(GatewayBuild {
             gw,
             addresses,
-            listeners: listeners(gs, state, gw),
+            listeners: listeners(state, gw),
         });
     }
 
@@ -142,80 +147,110 @@ pub fn build(
                 .warnings
                 .push(format!("HTTPRoute {}: {problem}", route.id));
         }
-        let mut parents = Vec::new();
-        for parent in &route.parent_refs {
-            if parent.group != GROUP || parent.kind != "Gateway" {
-                continue;
-            }
-            let gw_ns = parent
-                .namespace
-                .clone()
-                .unwrap_or_else(|| route.id.namespace.clone());
-            let gw_id = ObjectRef::new(&gw_ns, &parent.name);
-            let Some(gi) = gateways.iter().position(|g| g.gw.id == gw_id) else {
-                // Not a Gateway of Weir's: its controller writes this parent's status.
-                continue;
-            };
-            let g = &mut gateways[gi];
-            let (accepted, attached) = attach(gs, route, parent, g);
-            let generation = route.meta.generation;
-            let mut conditions = vec![match &accepted {
-                Ok(()) if compiled.rules.is_empty() && !route.rules.is_empty() => Condition::new(
-                    "Accepted",
-                    false,
-                    "UnsupportedValue",
-                    compiled.problems.join("; "),
-                    generation,
-                ),
-                Ok(()) => Condition::new("Accepted", true, "Accepted", "attached", generation),
-                Err((reason, msg)) => {
-                    Condition::new("Accepted", false, reason, msg.clone(), generation)
-                }
-            }];
-            conditions.push(match &compiled.unresolved {
-                None => Condition::new(
-                    "ResolvedRefs",
-                    true,
-                    "ResolvedRefs",
-                    "all references resolved",
-                    generation,
-                ),
-                Some((reason, msg)) => {
-                    Condition::new("ResolvedRefs", false, reason, msg.clone(), generation)
-                }
-            });
-            if !compiled.problems.is_empty() && !compiled.rules.is_empty() {
-                conditions.push(Condition::new(
-                    "PartiallyInvalid",
-                    true,
-                    "UnsupportedValue",
-                    compiled.problems.join("; "),
-                    generation,
-                ));
-            }
-            parents.push(RouteParentStatus {
-                parent_ref: ParentReference {
-                    group: GROUP.into(),
-                    kind: "Gateway".into(),
-                    namespace: Some(gw_ns),
-                    name: parent.name.clone(),
-                    section_name: parent.section_name.clone(),
-                    port: parent.port,
-                },
-                controller_name: GATEWAY_CONTROLLER.into(),
-                conditions,
-            });
-            for (li, hosts) in attached {
-                g.listeners[li].attached += 1;
-                for host in hosts {
-                    let list = entries.entry((gi, li, host)).or_default();
-                    list.extend(compiled.rules.iter().cloned());
-                }
+        let view = RouteView {
+            kind: HTTP_ROUTE,
+            id: &route.id,
+            generation: route.meta.generation,
+            parent_refs: &route.parent_refs,
+            hostnames: &route.hostnames,
+            none_valid: compiled.rules.is_empty() && !route.rules.is_empty(),
+            problems: &compiled.problems,
+            unresolved: &compiled.unresolved,
+        };
+        let (parents, attached) = parent_statuses(gs, &mut gateways, &view);
+        for (gi, li, hosts) in attached {
+            for host in hosts {
+                let list = entries.entry((gi, li, host)).or_default();
+                list.extend(compiled.rules.iter().cloned());
             }
         }
         if !parents.is_empty() {
             statuses.routes.push(RouteStatus {
                 kind: HTTP_ROUTE.into(),
+                namespace: route.id.namespace.clone(),
+                name: route.id.name.clone(),
+                parents,
+            });
+        }
+    }
+    // TCPRoutes and TLSRoutes, oldest first too.
+    let mut streams: Vec<&StreamRouteObj> = gs.stream_routes.values().collect();
+    streams.sort_by(|a, b| (&a.meta.creation, &a.id).cmp(&(&b.meta.creation, &b.id)));
+    for route in streams {
+        let kind = route.kind.kind();
+        let mut unresolved = None;
+        let mut problems = Vec::new();
+        let mut rule_backends = Vec::new();
+        for (ri, refs) in route.rules.iter().enumerate() {
+            let field = format!("spec.rules[{ri}]");
+            let mut out = CompiledRoute {
+                rules: Vec::new(),
+                unresolved: None,
+                problems: Vec::new(),
+            };
+            let list = backends(
+                state,
+                cfg,
+                upstreams,
+                kind,
+                &route.id.namespace,
+                refs,
+                &field,
+                &mut out,
+            );
+            unresolved = unresolved.or(out.unresolved);
+            problems.extend(out.problems);
+            rule_backends.push((ri, list));
+        }
+        for problem in &problems {
+            table
+                .warnings
+                .push(format!("{kind} {}: {problem}", route.id));
+        }
+        let view = RouteView {
+            kind,
+            id: &route.id,
+            generation: route.meta.generation,
+            parent_refs: &route.parent_refs,
+            hostnames: &route.hostnames,
+            none_valid: false,
+            problems: &problems,
+            unresolved: &unresolved,
+        };
+        let (parents, attached) = parent_statuses(gs, &mut gateways, &view);
+        for (gi, li, hosts) in attached {
+            // The first rule's backends carry the traffic (a route of bytes
+            // has nothing to tell its rules apart by).
+            let Some((ri, list)) = rule_backends.first() else {
+                continue;
+            };
+            let hostnames = hosts.into_iter().filter(|h| !h.is_empty()).collect();
+            gateways[gi].listeners[li]
+                .streams
+                .push(streams::StreamRoute {
+                    hostnames,
+                    backends: Backends::new(
+                        list.iter()
+                            .map(|b| WeightedBackend {
+                                target: match &b.target {
+                                    Target::Upstream(u) => Target::Upstream(u.clone()),
+                                    Target::Invalid(w) => Target::Invalid(w.clone()),
+                                },
+                                weight: b.weight,
+                                filters: Filters::default(),
+                            })
+                            .collect(),
+                    ),
+                    origin: Origin {
+                        kind,
+                        object: route.id.clone(),
+                        rule: Some(*ri),
+                    },
+                });
+        }
+        if !parents.is_empty() {
+            statuses.routes.push(RouteStatus {
+                kind: kind.into(),
                 namespace: route.id.namespace.clone(),
                 name: route.id.name.clone(),
                 parents,
@@ -259,13 +294,45 @@ pub fn build(
                 attached_routes: l.attached,
                 conditions,
             });
-            if l.usable {
+            let stream_mode = match l.listener.protocol.as_str() {
+                "TCP" => Some(streams::StreamMode::Tcp),
+                "TLS" if l.cert.is_some() => Some(streams::StreamMode::TlsTerminate),
+                "TLS" => Some(streams::StreamMode::TlsPassthrough),
+                _ => None,
+            };
+            if let (true, Some(mode)) = (l.usable, stream_mode) {
+                let mut routes = l.streams;
+                for (i, a) in g.addresses.iter().enumerate() {
+                    let key = SocketAddr::new(IpAddr::V4(*a), l.listener.port);
+                    // Each address gets the routes; the last takes them over.
+                    let routes = if i + 1 == g.addresses.len() {
+                        std::mem::take(&mut routes)
+                    } else {
+                        routes.iter().map(copy_stream_route).collect()
+                    };
+                    table
+                        .streams
+                        .entry(key)
+                        .or_default()
+                        .add(streams::StreamListener {
+                            name: format!("{}/{}", g.gw.id, l.listener.name),
+                            hostname: match mode {
+                                streams::StreamMode::Tcp => None,
+                                _ => l.listener.hostname.clone(),
+                            },
+                            mode,
+                            cert: l.cert.clone(),
+                            routes,
+                        });
+                }
+            } else if l.usable {
                 for a in &g.addresses {
                     let key = SocketAddr::new(IpAddr::V4(*a), l.listener.port);
                     table.gateways.entry(key).or_default().add(ListenerRoutes {
                         name: format!("{}/{}", g.gw.id, l.listener.name),
                         hostname: l.listener.hostname.clone(),
                         port: l.listener.port,
+                        cert: l.cert.clone(),
                         table: clone_table(&l.table),
                     });
                 }
@@ -300,6 +367,28 @@ pub fn build(
         });
     }
     table.gateway_status = statuses;
+}
+
+/// A copy of a stream route for another address (backends rotate per copy).
+fn copy_stream_route(r: &streams::StreamRoute) -> streams::StreamRoute {
+    streams::StreamRoute {
+        hostnames: r.hostnames.clone(),
+        backends: Backends::new(
+            r.backends
+                .entries
+                .iter()
+                .map(|b| WeightedBackend {
+                    target: match &b.target {
+                        Target::Upstream(u) => Target::Upstream(u.clone()),
+                        Target::Invalid(w) => Target::Invalid(w.clone()),
+                    },
+                    weight: b.weight,
+                    filters: Filters::default(),
+                })
+                .collect(),
+        ),
+        origin: r.origin.clone(),
+    }
 }
 
 /// A copy of a listener's rules for each of its addresses (rules share their actions).
@@ -352,15 +441,98 @@ fn addresses(
 
 /// The protocols Weir's proxy serves on a Gateway listener.
 fn served_protocol(protocol: &str) -> bool {
-    matches!(protocol, "HTTP")
+    route_kind_of(protocol).is_some()
+}
+
+/// The route kind a listener protocol carries.
+fn route_kind_of(protocol: &str) -> Option<&'static str> {
+    match protocol {
+        "HTTP" | "HTTPS" => Some(HTTP_ROUTE),
+        "TLS" => Some("TLSRoute"),
+        "TCP" => Some("TCPRoute"),
+        _ => None,
+    }
+}
+
+/// An HTTPS listener's certificate: the first of its certificateRefs that
+/// resolves (a kubernetes.io/tls Secret, in another namespace only with a
+/// ReferenceGrant), or the reason none does.
+fn listener_cert(
+    state: &ClusterState,
+    gw: &Gateway,
+    l: &Listener,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let Some(tls) = &l.tls else {
+        return Err((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".into(),
+        ));
+    };
+    if tls.mode != "Terminate" {
+        return Err((
+            "InvalidCertificateRef",
+            format!(
+                "tls.mode {} is not served on HTTPS (Terminate is)",
+                tls.mode
+            ),
+        ));
+    }
+    let mut first_error = (
+        "InvalidCertificateRef",
+        "tls.certificateRefs is empty".to_string(),
+    );
+    for (i, r) in tls.certificate_refs.iter().enumerate() {
+        let field = format!("tls.certificateRefs[{i}]");
+        let ns = r
+            .namespace
+            .clone()
+            .unwrap_or_else(|| gw.id.namespace.clone());
+        let id = ObjectRef::new(&ns, &r.name);
+        let result = if !(r.group.is_empty() && r.kind == "Secret") {
+            Err((
+                "InvalidCertificateRef",
+                format!("{field}: {}/{} is not a Secret", r.group, r.kind),
+            ))
+        } else if !state.gateway.reference_allowed(
+            "Gateway",
+            &gw.id.namespace,
+            "",
+            "Secret",
+            &ns,
+            &r.name,
+        ) {
+            Err((
+                "RefNotPermitted",
+                format!(
+                    "{field}: Secret {id} is in another namespace and no ReferenceGrant allows it"
+                ),
+            ))
+        } else {
+            match state.ingress.tls_secrets.get(&id) {
+                None => Err((
+                    "InvalidCertificateRef",
+                    format!("{field}: Secret {id} (kubernetes.io/tls) not found"),
+                )),
+                Some(secret) => super::tls::certified_key(&secret.cert_pem, &secret.key_pem)
+                    .map_err(|e| {
+                        (
+                            "InvalidCertificateRef",
+                            format!("{field}: Secret {id}: {e}"),
+                        )
+                    }),
+            }
+        };
+        match result {
+            Ok(key) => return Ok(key),
+            Err(e) if i == 0 => first_error = e,
+            Err(_) => {}
+        }
+    }
+    Err(first_error)
 }
 
 /// Each listener's state: conflicts, supported kinds, Accepted and ResolvedRefs.
-fn listeners<'a>(
-    gs: &GatewayState,
-    _state: &ClusterState,
-    gw: &'a Gateway,
-) -> Vec<ListenerState<'a>> {
+fn listeners<'a>(state: &ClusterState, gw: &'a Gateway) -> Vec<ListenerState<'a>> {
     let generation = gw.meta.generation;
     let mut out = Vec::new();
     for l in &gw.listeners {
@@ -406,7 +578,10 @@ fn listeners<'a>(
                 "Accepted",
                 false,
                 "UnsupportedProtocol",
-                format!("protocol {} is not served (HTTP is)", l.protocol),
+                format!(
+                    "protocol {} is not served (HTTP, HTTPS, TLS and TCP are)",
+                    l.protocol
+                ),
                 generation,
             )
         } else if !hostname_ok {
@@ -423,16 +598,17 @@ fn listeners<'a>(
         // Route kinds: what the listener allows among what its protocol supports.
         let mut kinds = Vec::new();
         let mut invalid_kinds = Vec::new();
+        let carried = route_kind_of(&l.protocol);
         if l.allowed_routes.kinds.is_empty() {
-            if protocol_ok {
+            if let Some(kind) = carried {
                 kinds.push(RouteKind {
                     group: GROUP.into(),
-                    kind: HTTP_ROUTE.into(),
+                    kind: kind.into(),
                 });
             }
         } else {
             for (group, kind) in &l.allowed_routes.kinds {
-                if group == GROUP && kind == HTTP_ROUTE && protocol_ok {
+                if group == GROUP && Some(kind.as_str()) == carried {
                     kinds.push(RouteKind {
                         group: group.clone(),
                         kind: kind.clone(),
@@ -442,16 +618,14 @@ fn listeners<'a>(
                 }
             }
         }
-        conditions.push(if invalid_kinds.is_empty() {
-            Condition::new(
-                "ResolvedRefs",
-                true,
-                "ResolvedRefs",
-                "all references resolved",
-                generation,
-            )
-        } else {
-            Condition::new(
+        let terminates = l.protocol == "HTTPS"
+            || (l.protocol == "TLS" && l.tls.as_ref().is_some_and(|t| t.mode == "Terminate"));
+        let cert = terminates.then(|| listener_cert(state, gw, l));
+        conditions.push(match (&cert, invalid_kinds.is_empty()) {
+            (Some(Err((reason, msg))), _) => {
+                Condition::new("ResolvedRefs", false, reason, msg.clone(), generation)
+            }
+            (_, false) => Condition::new(
                 "ResolvedRefs",
                 false,
                 "InvalidRouteKinds",
@@ -460,12 +634,21 @@ fn listeners<'a>(
                     invalid_kinds.join(", ")
                 ),
                 generation,
-            )
+            ),
+            _ => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                generation,
+            ),
         });
-        let _ = gs;
+        let cert_ok = !matches!(cert, Some(Err(_)));
         out.push(ListenerState {
             listener: l,
-            usable: protocol_ok && hostname_ok && conflict.is_none(),
+            cert: cert.and_then(Result::ok),
+            streams: Vec::new(),
+            usable: protocol_ok && hostname_ok && conflict.is_none() && cert_ok,
             kinds,
             conditions,
             attached: 0,
@@ -477,11 +660,106 @@ fn listeners<'a>(
 
 type Attached = Vec<(usize, Vec<String>)>;
 
+/// Where a route attached: (gateway, listener, effective hostnames).
+type AttachedAt = (usize, usize, Vec<String>);
+
+/// What parent status needs to know of a route of any kind.
+struct RouteView<'a> {
+    kind: &'static str,
+    id: &'a ObjectRef,
+    generation: i64,
+    parent_refs: &'a [crate::model::gateway::ParentRef],
+    hostnames: &'a [String],
+    /// Every rule was left out.
+    none_valid: bool,
+    problems: &'a [String],
+    unresolved: &'a Option<(&'static str, String)>,
+}
+
+/// A route's status for each of its parents that is a Weir Gateway, and the
+/// listeners it attaches to: (gateway, listener, effective hostnames).
+fn parent_statuses(
+    gs: &GatewayState,
+    gateways: &mut [GatewayBuild],
+    route: &RouteView,
+) -> (Vec<RouteParentStatus>, Vec<AttachedAt>) {
+    let mut parents = Vec::new();
+    let mut out = Vec::new();
+    let generation = route.generation;
+    for parent in route.parent_refs {
+        if parent.group != GROUP || parent.kind != "Gateway" {
+            continue;
+        }
+        let gw_ns = parent
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route.id.namespace.clone());
+        let gw_id = ObjectRef::new(&gw_ns, &parent.name);
+        let Some(gi) = gateways.iter().position(|g| g.gw.id == gw_id) else {
+            // Not a Gateway of Weir's: its controller writes this parent's status.
+            continue;
+        };
+        let g = &mut gateways[gi];
+        let (accepted, attached) = attach(gs, route, parent, g);
+        let mut conditions = vec![match &accepted {
+            Ok(()) if route.none_valid => Condition::new(
+                "Accepted",
+                false,
+                "UnsupportedValue",
+                route.problems.join("; "),
+                generation,
+            ),
+            Ok(()) => Condition::new("Accepted", true, "Accepted", "attached", generation),
+            Err((reason, msg)) => {
+                Condition::new("Accepted", false, reason, msg.clone(), generation)
+            }
+        }];
+        conditions.push(match route.unresolved {
+            None => Condition::new(
+                "ResolvedRefs",
+                true,
+                "ResolvedRefs",
+                "all references resolved",
+                generation,
+            ),
+            Some((reason, msg)) => {
+                Condition::new("ResolvedRefs", false, reason, msg.clone(), generation)
+            }
+        });
+        if !route.problems.is_empty() && !route.none_valid {
+            conditions.push(Condition::new(
+                "PartiallyInvalid",
+                true,
+                "UnsupportedValue",
+                route.problems.join("; "),
+                generation,
+            ));
+        }
+        parents.push(RouteParentStatus {
+            parent_ref: ParentReference {
+                group: GROUP.into(),
+                kind: "Gateway".into(),
+                namespace: Some(gw_ns),
+                name: parent.name.clone(),
+                section_name: parent.section_name.clone(),
+                port: parent.port,
+            },
+            controller_name: GATEWAY_CONTROLLER.into(),
+            conditions,
+        });
+        for (li, hosts) in attached {
+            g.listeners[li].attached += 1;
+            out.push((gi, li, hosts));
+        }
+    }
+    (parents, out)
+}
+
 /// Which listeners of `g` a route's parentRef attaches to, with the
 /// effective hostnames on each; or why it attaches to none.
 fn attach(
     gs: &GatewayState,
-    route: &HttpRoute,
+    route: &RouteView,
     parent: &crate::model::gateway::ParentRef,
     g: &GatewayBuild,
 ) -> (Result<(), (&'static str, String)>, Attached) {
@@ -524,7 +802,7 @@ fn attach(
         .filter(|(_, l)| {
             l.kinds
                 .iter()
-                .any(|k| k.group == GROUP && k.kind == HTTP_ROUTE)
+                .any(|k| k.group == GROUP && k.kind == route.kind)
         })
         .filter(|(_, l)| {
             namespace_allowed(
@@ -540,8 +818,8 @@ fn attach(
             Err((
                 "NotAllowedByListeners",
                 format!(
-                    "no listener of Gateway {} allows an HTTPRoute from namespace {}",
-                    g.gw.id, route.id.namespace
+                    "no listener of Gateway {} allows a {} from namespace {}",
+                    g.gw.id, route.kind, route.id.namespace
                 ),
             )),
             Vec::new(),
@@ -549,7 +827,12 @@ fn attach(
     }
     let mut attached = Vec::new();
     for (i, l) in allowed {
-        let hosts = effective_hostnames(l.listener.hostname.as_deref(), &route.hostnames);
+        // TCP listeners have no hostnames to intersect.
+        let listener_host = match l.listener.protocol.as_str() {
+            "TCP" => None,
+            _ => l.listener.hostname.as_deref(),
+        };
+        let hosts = effective_hostnames(listener_host, route.hostnames);
         if !hosts.is_empty() {
             attached.push((*i, hosts));
         }
@@ -646,7 +929,16 @@ fn compile_route(
     };
     for (ri, rule) in route.rules.iter().enumerate() {
         let field = format!("spec.rules[{ri}]");
-        let backends = backends(state, cfg, upstreams, route, rule, &field, &mut out);
+        let backends = backends(
+            state,
+            cfg,
+            upstreams,
+            HTTP_ROUTE,
+            &route.id.namespace,
+            &rule.backend_refs,
+            &field,
+            &mut out,
+        );
         let compiled = compile_rule(route, ri, rule, &field, backends);
         match compiled {
             Ok(rules) => {
@@ -662,63 +954,60 @@ fn compile_route(
     out
 }
 
+/// The backends of a rule of a `route_kind` route in `route_ns`.
+#[allow(clippy::too_many_arguments)]
 fn backends(
     state: &ClusterState,
     cfg: &RouteConfig,
     upstreams: &mut Upstreams,
-    route: &HttpRoute,
-    rule: &HttpRouteRule,
+    route_kind: &str,
+    route_ns: &str,
+    refs: &[crate::model::gateway::HttpBackendRef],
     field: &str,
     out: &mut CompiledRoute,
 ) -> Vec<WeightedBackend> {
     let gs = &state.gateway;
     let mut list = Vec::new();
-    for (bi, b) in rule.backend_refs.iter().enumerate() {
+    for (bi, b) in refs.iter().enumerate() {
         let bf = format!("{field}.backendRefs[{bi}]");
         let ns = b
             .target
             .namespace
             .clone()
-            .unwrap_or_else(|| route.id.namespace.clone());
+            .unwrap_or_else(|| route_ns.to_string());
         let id = ObjectRef::new(&ns, &b.target.name);
-        let resolved: Result<_, (&'static str, String)> =
-            if !(b.target.group.is_empty() && b.target.kind == "Service") {
-                Err((
-                    "InvalidKind",
-                    format!(
-                        "{bf}: {}/{} is not a supported backend kind (Service)",
-                        b.target.group, b.target.kind
-                    ),
-                ))
-            } else if !gs.reference_allowed(
-                HTTP_ROUTE,
-                &route.id.namespace,
-                "",
-                "Service",
-                &ns,
-                &b.target.name,
-            ) {
-                Err((
-                    "RefNotPermitted",
-                    format!(
+        let resolved: Result<_, (&'static str, String)> = if !(b.target.group.is_empty()
+            && b.target.kind == "Service")
+        {
+            Err((
+                "InvalidKind",
+                format!(
+                    "{bf}: {}/{} is not a supported backend kind (Service)",
+                    b.target.group, b.target.kind
+                ),
+            ))
+        } else if !gs.reference_allowed(route_kind, route_ns, "", "Service", &ns, &b.target.name) {
+            Err((
+                "RefNotPermitted",
+                format!(
                     "{bf}: Service {id} is in another namespace and no ReferenceGrant allows it"
                 ),
-                ))
-            } else if let Some(port) = b.port {
-                upstreams
-                    .get(
-                        state,
-                        &cfg.node_name,
-                        id.clone(),
-                        &ServicePortRef::Number(port),
-                    )
-                    .map_err(|reason| ("BackendNotFound", format!("{bf}: {reason}")))
-            } else {
-                Err((
-                    "UnsupportedValue",
-                    format!("{bf}.port: missing (a Service backend needs a port)"),
-                ))
-            };
+            ))
+        } else if let Some(port) = b.port {
+            upstreams
+                .get(
+                    state,
+                    &cfg.node_name,
+                    id.clone(),
+                    &ServicePortRef::Number(port),
+                )
+                .map_err(|reason| ("BackendNotFound", format!("{bf}: {reason}")))
+        } else {
+            Err((
+                "UnsupportedValue",
+                format!("{bf}.port: missing (a Service backend needs a port)"),
+            ))
+        };
         let target = match resolved {
             Ok(u) => Target::Upstream(u),
             Err((reason, msg)) => {

@@ -4,7 +4,9 @@
 //! host's rules are tried (then the default backend), while a Gateway API
 //! wildcard covers any number of labels and a request that matches none of
 //! a host's rules goes on to the next less specific host.
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
+
+use rustls::sign::CertifiedKey;
 
 use super::{
     matching,
@@ -144,6 +146,8 @@ pub struct ListenerRoutes {
     /// Lower case; `*.x` for a wildcard; None for every host.
     pub hostname: Option<String>,
     pub port: u16,
+    /// An HTTPS listener's certificate (TLS is terminated with it).
+    pub cert: Option<Arc<CertifiedKey>>,
     pub table: HostTable,
 }
 
@@ -179,10 +183,24 @@ pub fn hostname_matches(pattern: &str, host: &str) -> bool {
 }
 
 /// The listeners on one address and port: the most specific one whose
-/// hostname matches a request's host serves it.
+/// hostname matches a request's host (or a TLS client's server name) serves it.
 #[derive(Debug, Default)]
 pub struct PortRoutes {
     pub listeners: Vec<ListenerRoutes>,
+}
+
+impl PortRoutes {
+    /// Whether the port terminates TLS (its listeners are HTTPS: listeners
+    /// of two protocols on one port conflict and are not served).
+    pub fn tls(&self) -> bool {
+        self.listeners.iter().any(|l| l.cert.is_some())
+    }
+
+    /// The certificate for a TLS server name on this port.
+    pub fn cert(&self, server_name: Option<&str>) -> Option<&Arc<CertifiedKey>> {
+        let name = server_name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
+        self.listener(name.as_deref())?.cert.as_ref()
+    }
 }
 
 impl PortRoutes {

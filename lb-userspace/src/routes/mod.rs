@@ -26,6 +26,7 @@ pub mod hosts;
 pub mod matching;
 pub mod rows;
 pub mod rule;
+pub mod streams;
 pub mod tls;
 
 use std::{
@@ -98,6 +99,8 @@ pub struct RouteTable {
     pub ingress: HostTable,
     /// Rules of Gateway API HTTP listeners, by the address and port they listen on.
     pub gateways: HashMap<SocketAddr, PortRoutes>,
+    /// Gateway API TLS and TCP listeners, by address and port.
+    pub streams: HashMap<SocketAddr, streams::StreamPort>,
     /// Certificates by exact host or wildcard (`*.foo.com`).
     pub certs: HashMap<String, Arc<CertifiedKey>>,
     /// The Secret each of `certs` came from (for `weir ingress routes`).

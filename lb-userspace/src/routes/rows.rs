@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     hosts::HostTable,
     rule::{Rule, Target},
+    streams::StreamMode,
     RouteTable,
 };
 
@@ -225,6 +226,46 @@ pub fn all_rows(table: &RouteTable) -> Vec<RuleRow> {
                 tls: false,
             };
             table_rows(&mut out, &place, &l.table);
+        }
+    }
+    let mut addrs: Vec<_> = table.streams.keys().collect();
+    addrs.sort();
+    for addr in addrs {
+        for l in &table.streams[addr].listeners {
+            for r in &l.routes {
+                for b in &r.backends.entries {
+                    let (service, port, endpoints, action) = match &b.target {
+                        Target::Upstream(u) => (
+                            u.service.to_string(),
+                            u.port,
+                            u.endpoints.len(),
+                            "forward".to_string(),
+                        ),
+                        Target::Invalid(why) => (String::new(), 0, 0, format!("closed: {why}")),
+                    };
+                    out.push(RuleRow {
+                        host: r.hostnames.join(","),
+                        path: String::new(),
+                        path_type: match l.mode {
+                            StreamMode::Tcp => "TCP",
+                            StreamMode::TlsPassthrough => "TLSPassthrough",
+                            StreamMode::TlsTerminate => "TLSTerminate",
+                        }
+                        .into(),
+                        service,
+                        port,
+                        endpoints,
+                        tls_secret: None,
+                        ingress: String::new(),
+                        listener: l.name.clone(),
+                        address: addr.to_string(),
+                        conditions: String::new(),
+                        weight: b.weight,
+                        action,
+                        origin: r.origin.to_string(),
+                    });
+                }
+            }
         }
     }
     out

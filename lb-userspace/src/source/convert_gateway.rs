@@ -11,7 +11,8 @@ use super::gateway_api as api;
 use crate::model::gateway::{
     AllowedRoutes, Gateway, GatewayClass, HeaderModifier, HttpBackendRef, HttpFilter, HttpMatch,
     HttpRoute, HttpRouteRule, LabelSelector, Listener, ListenerTls, MatchKind, Meta,
-    ObjectReference, ParentRef, PathModifier, Redirect, ReferenceGrant, RouteNamespaces, GROUP,
+    ObjectReference, ParentRef, PathModifier, Redirect, ReferenceGrant, RouteNamespaces,
+    StreamKind, StreamRoute, GROUP,
 };
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
@@ -159,10 +160,9 @@ fn reference(r: &api::Reference, group: &str, kind: &str) -> ObjectReference {
     }
 }
 
-pub fn http_route(obj: &api::Object<api::HttpRouteSpec>) -> Result<HttpRoute, FieldError> {
-    let id = object_ref(&obj.metadata)?;
+fn parent_refs(refs: &[api::Reference]) -> Result<Vec<ParentRef>, FieldError> {
     let mut parent_refs = Vec::new();
-    for (i, p) in obj.spec.parent_refs.iter().enumerate() {
+    for (i, p) in refs.iter().enumerate() {
         let target = reference(p, GROUP, "Gateway");
         parent_refs.push(ParentRef {
             group: target.group,
@@ -176,6 +176,12 @@ pub fn http_route(obj: &api::Object<api::HttpRouteSpec>) -> Result<HttpRoute, Fi
                 .transpose()?,
         });
     }
+    Ok(parent_refs)
+}
+
+pub fn http_route(obj: &api::Object<api::HttpRouteSpec>) -> Result<HttpRoute, FieldError> {
+    let id = object_ref(&obj.metadata)?;
+    let parent_refs = parent_refs(&obj.spec.parent_refs)?;
     let mut rules = Vec::new();
     for (i, r) in obj.spec.rules.iter().enumerate() {
         rules.push(http_rule(r, &format!("spec.rules[{i}]"))?);
@@ -203,23 +209,7 @@ fn http_rule(r: &api::HttpRouteRule, field: &str) -> Result<HttpRouteRule, Field
         matches.push(HttpMatch::default());
     }
     let rule_filters = filters(&r.filters, &format!("{field}.filters"))?;
-    let mut backend_refs = Vec::new();
-    for (j, b) in r.backend_refs.iter().enumerate() {
-        let bf = format!("{field}.backendRefs[{j}]");
-        let weight = b.weight.unwrap_or(1);
-        if !(0..=1_000_000).contains(&weight) {
-            return Err(err(
-                format!("{bf}.weight"),
-                format!("{weight} out of range 0-1000000"),
-            ));
-        }
-        backend_refs.push(HttpBackendRef {
-            target: reference(b, "", "Service"),
-            port: b.port.map(|v| port(v, &format!("{bf}.port"))).transpose()?,
-            weight: weight as u32,
-            filters: filters(&b.filters, &format!("{bf}.filters"))?,
-        });
-    }
+    let backend_refs = backend_refs(&r.backend_refs, field)?;
     let timeout = |v: Option<&String>, name: &str| -> Result<Option<u64>, FieldError> {
         v.map(|s| {
             duration::parse(s)
@@ -241,6 +231,27 @@ fn http_rule(r: &api::HttpRouteRule, field: &str) -> Result<HttpRouteRule, Field
             "backendRequest",
         )?,
     })
+}
+
+fn backend_refs(refs: &[api::Reference], field: &str) -> Result<Vec<HttpBackendRef>, FieldError> {
+    let mut backend_refs = Vec::new();
+    for (j, b) in refs.iter().enumerate() {
+        let bf = format!("{field}.backendRefs[{j}]");
+        let weight = b.weight.unwrap_or(1);
+        if !(0..=1_000_000).contains(&weight) {
+            return Err(err(
+                format!("{bf}.weight"),
+                format!("{weight} out of range 0-1000000"),
+            ));
+        }
+        backend_refs.push(HttpBackendRef {
+            target: reference(b, "", "Service"),
+            port: b.port.map(|v| port(v, &format!("{bf}.port"))).transpose()?,
+            weight: weight as u32,
+            filters: filters(&b.filters, &format!("{bf}.filters"))?,
+        });
+    }
+    Ok(backend_refs)
 }
 
 fn match_kind(
@@ -421,5 +432,36 @@ pub fn reference_grant(
             .iter()
             .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
             .collect(),
+    })
+}
+
+/// A TCPRoute (`kind` Tcp) or TLSRoute (Tls).
+pub fn stream_route(
+    kind: StreamKind,
+    obj: &api::Object<api::StreamRouteSpec>,
+) -> Result<StreamRoute, FieldError> {
+    let mut rules = Vec::new();
+    for (i, r) in obj.spec.rules.iter().enumerate() {
+        let refs = backend_refs(&r.backend_refs, &format!("spec.rules[{i}]"))?;
+        if let Some(j) = refs.iter().position(|b| !b.filters.is_empty()) {
+            return Err(err(
+                format!("spec.rules[{i}].backendRefs[{j}].filters"),
+                "filters are not part of this route kind",
+            ));
+        }
+        rules.push(refs);
+    }
+    Ok(StreamRoute {
+        kind,
+        id: object_ref(&obj.metadata)?,
+        meta: meta(&obj.metadata),
+        parent_refs: parent_refs(&obj.spec.parent_refs)?,
+        hostnames: obj
+            .spec
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        rules,
     })
 }

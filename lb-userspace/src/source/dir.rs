@@ -147,6 +147,12 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
             Object::HttpRoute(r) => {
                 state.gateway.http_routes.insert(r.id.clone(), r);
             }
+            Object::StreamRoute(r) => {
+                state
+                    .gateway
+                    .stream_routes
+                    .insert((r.kind, r.id.clone()), r);
+            }
             Object::ReferenceGrant(g) => {
                 state.gateway.reference_grants.insert(g.id.clone(), g);
             }

@@ -241,3 +241,22 @@ pub struct GrantTo {
     pub kind: String,
     pub name: Option<String>,
 }
+
+/// TCPRoute and TLSRoute (TLSRoute adds hostnames).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<Reference>,
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<StreamRouteRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StreamRouteRule {
+    #[serde(default)]
+    pub backend_refs: Vec<Reference>,
+}

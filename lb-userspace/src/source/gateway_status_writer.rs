@@ -96,7 +96,12 @@ fn desired(s: &GatewayStatuses, t: &mut Transitions, now: &str) -> BTreeMap<Key,
         );
     }
     for r in &s.routes {
-        let key: Key = ("HTTPRoute", r.namespace.clone(), r.name.clone());
+        let kind = match r.kind.as_str() {
+            "TCPRoute" => "TCPRoute",
+            "TLSRoute" => "TLSRoute",
+            _ => "HTTPRoute",
+        };
+        let key: Key = (kind, r.namespace.clone(), r.name.clone());
         let parents: Vec<Value> = r
             .parents
             .iter()
@@ -118,6 +123,8 @@ fn api(client: &Client, key: &Key) -> Api<DynamicObject> {
     let ar = match key.0 {
         "GatewayClass" => resource("GatewayClass", "gatewayclasses"),
         "Gateway" => resource("Gateway", "gateways"),
+        "TCPRoute" => resource("TCPRoute", "tcproutes"),
+        "TLSRoute" => resource("TLSRoute", "tlsroutes"),
         _ => resource("HTTPRoute", "httproutes"),
     };
     if key.1.is_empty() {
@@ -141,8 +148,12 @@ async fn route_parents(client: &Client, key: &Key, ours: &Value) -> Result<Value
     Ok(json!({ "parents": parents }))
 }
 
+fn is_route(key: &Key) -> bool {
+    key.0.ends_with("Route")
+}
+
 async fn write(client: &Client, key: &Key, status: &Value) -> Result<(), kube::Error> {
-    let body = if key.0 == "HTTPRoute" {
+    let body = if is_route(key) {
         route_parents(client, key, status).await?
     } else {
         status.clone()
@@ -181,7 +192,7 @@ async fn run(client: Client, mut rx: watch::Receiver<GatewayStatuses>) {
         // Routes Weir no longer serves lose Weir's parent entries.
         let gone: BTreeSet<Key> = written
             .keys()
-            .filter(|k| k.0 == "HTTPRoute" && !want.contains_key(*k))
+            .filter(|k| is_route(k) && !want.contains_key(*k))
             .cloned()
             .collect();
         let mut failed = false;

@@ -432,12 +432,16 @@ pub(super) enum Kind {
     HttpRoute = 8,
     ReferenceGrant = 9,
     Namespace = 10,
+    TcpRoute = 11,
+    TlsRoute = 12,
 }
 
-const KINDS: usize = 11;
+const KINDS: usize = 13;
 
 /// The kinds the L7 proxy adds.
-const PROXY_KINDS: [Kind; 8] = [
+const PROXY_KINDS: [Kind; 10] = [
+    Kind::TcpRoute,
+    Kind::TlsRoute,
     Kind::Ingress,
     Kind::IngressClass,
     Kind::Secret,
@@ -454,7 +458,12 @@ impl Kind {
     fn optional(self) -> bool {
         matches!(
             self,
-            Kind::GatewayClass | Kind::Gateway | Kind::HttpRoute | Kind::ReferenceGrant
+            Kind::GatewayClass
+                | Kind::Gateway
+                | Kind::HttpRoute
+                | Kind::ReferenceGrant
+                | Kind::TcpRoute
+                | Kind::TlsRoute
         )
     }
 }
@@ -473,6 +482,8 @@ impl fmt::Display for Kind {
             Kind::HttpRoute => "HTTPRoute",
             Kind::ReferenceGrant => "ReferenceGrant",
             Kind::Namespace => "Namespace",
+            Kind::TcpRoute => "TCPRoute",
+            Kind::TlsRoute => "TLSRoute",
         })
     }
 }
@@ -578,7 +589,7 @@ async fn watch<K>(
                         absent = true;
                         warn!(
                             kind = %kind,
-                            "{kind}s are not served: the API is not installed on the \
+                            "{kind} objects are not served: the API is not installed on the \
                              apiserver (install the Gateway API CRDs); looking again from time to time"
                         );
                         if notices.send(Notice::Listed(kind)).is_err() {

@@ -1,5 +1,5 @@
 //! The kube source's Gateway API watches: GatewayClasses, Gateways,
-//! HTTPRoutes and ReferenceGrants (gateway.networking.k8s.io/v1, read as
+//! HTTPRoutes, TCPRoutes, TLSRoutes and ReferenceGrants (gateway.networking.k8s.io/v1, read as
 //! dynamic objects through the same wire types as the directory source), and
 //! Namespaces (their labels, for allowedRoutes selectors). An API that is not
 //! installed is not served, with one log line (`kube::watch`).
@@ -17,7 +17,7 @@ use super::{
     kube::{start_watch_with, Cache, Kind, KubeSourceConfig, Notice},
 };
 use crate::model::{
-    gateway::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, GROUP},
+    gateway::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, StreamKind, StreamRoute, GROUP},
     ClusterState,
 };
 
@@ -37,11 +37,15 @@ pub(super) struct GatewayStores {
     gateways: Store<DynamicObject>,
     routes: Store<DynamicObject>,
     grants: Store<DynamicObject>,
+    tcp_routes: Store<DynamicObject>,
+    tls_routes: Store<DynamicObject>,
     namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
     class_cache: Cache<GatewayClass>,
     gateway_cache: Cache<Gateway>,
     route_cache: Cache<HttpRoute>,
     grant_cache: Cache<ReferenceGrant>,
+    tcp_cache: Cache<StreamRoute>,
+    tls_cache: Cache<StreamRoute>,
 }
 
 fn dynamic(
@@ -115,6 +119,22 @@ impl GatewayStores {
                 cfg,
                 &notices,
             ),
+            tcp_routes: dynamic(
+                watchers,
+                &client,
+                Kind::TcpRoute,
+                resource("TCPRoute", "tcproutes"),
+                cfg,
+                &notices,
+            ),
+            tls_routes: dynamic(
+                watchers,
+                &client,
+                Kind::TlsRoute,
+                resource("TLSRoute", "tlsroutes"),
+                cfg,
+                &notices,
+            ),
             namespaces: start_watch_with(
                 watchers,
                 Kind::Namespace,
@@ -128,6 +148,8 @@ impl GatewayStores {
             gateway_cache: Cache::default(),
             route_cache: Cache::default(),
             grant_cache: Cache::default(),
+            tcp_cache: Cache::default(),
+            tls_cache: Cache::default(),
         }
     }
 
@@ -177,6 +199,30 @@ impl GatewayStores {
         {
             gs.reference_grants.insert(g.id.clone(), g);
         }
+        for (kind, stream, store, cache) in [
+            (
+                Kind::TcpRoute,
+                StreamKind::Tcp,
+                &self.tcp_routes,
+                &mut self.tcp_cache,
+            ),
+            (
+                Kind::TlsRoute,
+                StreamKind::Tls,
+                &self.tls_routes,
+                &mut self.tls_cache,
+            ),
+        ] {
+            for r in cache.refresh(kind, &store.state(), |o| {
+                convert_gateway::stream_route(
+                    stream,
+                    &typed::<gateway_api::Object<gateway_api::StreamRouteSpec>>(o)?,
+                )
+                .map(Some)
+            }) {
+                gs.stream_routes.insert((r.kind, r.id.clone()), r);
+            }
+        }
         for ns in self.namespaces.state() {
             if let Ok(id) = object_ref(&ns.metadata) {
                 gs.namespaces
@@ -191,5 +237,7 @@ impl GatewayStores {
             + self.gateway_cache.failed
             + self.route_cache.failed
             + self.grant_cache.failed
+            + self.tcp_cache.failed
+            + self.tls_cache.failed
     }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::convert::{self, FieldError};
 use super::{convert_gateway, convert_ingress, gateway_api};
 use crate::model::{
-    gateway::{Gateway, GatewayClass, HttpRoute, ReferenceGrant},
+    gateway::{Gateway, GatewayClass, HttpRoute, ReferenceGrant, StreamKind, StreamRoute},
     EndpointSlice, Ingress, IngressClass, Node, ObjectRef, Service, TlsSecret,
 };
 
@@ -24,6 +24,8 @@ pub enum Object {
     Gateway(Gateway),
     HttpRoute(HttpRoute),
     ReferenceGrant(ReferenceGrant),
+    /// A TCPRoute or TLSRoute.
+    StreamRoute(StreamRoute),
     /// A Namespace's labels (for Gateway allowedRoutes selectors).
     Namespace(String, std::collections::BTreeMap<String, String>),
 }
@@ -153,6 +155,24 @@ fn parse_value(
             "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
             "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant",
         ) => parse_gateway_object(&kind, value).map_err(with_label),
+        // TCPRoute and TLSRoute: v1 in the v1.6 standard channel, earlier alpha.
+        (
+            "gateway.networking.k8s.io/v1"
+            | "gateway.networking.k8s.io/v1alpha2"
+            | "gateway.networking.k8s.io/v1alpha3",
+            "TCPRoute" | "TLSRoute",
+        ) => {
+            let stream = if kind == "TCPRoute" {
+                StreamKind::Tcp
+            } else {
+                StreamKind::Tls
+            };
+            let obj = typed::<gateway_api::Object<gateway_api::StreamRouteSpec>>(value)
+                .map_err(with_label)?;
+            Ok(Some(Object::StreamRoute(
+                convert_gateway::stream_route(stream, &obj).map_err(with_label)?,
+            )))
+        }
         ("", _) | (_, "") => Err((
             label,
             FieldError {
