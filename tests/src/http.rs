@@ -61,3 +61,46 @@ pub fn get(ns: &str, addr: SocketAddrV4, path: &str) -> Result<HttpResponse> {
         })
     })?
 }
+
+/// Sends one HTTP/1.1 GET for `path` over `conn` and reads the response (status, body).
+pub fn keepalive_get(conn: &mut TcpStream, host: &str, path: &str) -> Result<(u16, String)> {
+    write!(conn, "GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n")?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let (head_end, length) = loop {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            anyhow::bail!("connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..pos]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .context("no content-length")?;
+            break (pos + 4, length);
+        }
+        if buf.len() > 64 * 1024 {
+            anyhow::bail!("response head too large");
+        }
+    };
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk)?;
+        if n == 0 {
+            anyhow::bail!("connection closed in the body");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf[..head_end]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((
+        status,
+        String::from_utf8_lossy(&buf[head_end..head_end + length]).into_owned(),
+    ))
+}

@@ -747,3 +747,105 @@ spec:
     assert_eq!(modes, want);
     Ok(())
 }
+
+#[test]
+fn route_and_gateway_changes_under_load_fail_no_request() -> Result<()> {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    };
+    let suite = Suite::start()?;
+    suite.apply("httproute-weight")?;
+    let addr = suite.address("same-namespace")?;
+    suite.wait_backend(addr, "/", &[], "infra-backend-v")?;
+
+    // Four clients, each on one keep-alive connection to the Gateway's
+    // address, request as fast as they can (bounded in count and time).
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, ns) = (stop.clone(), ok.clone(), suite.client().to_string());
+            std::thread::spawn(move || -> Result<Vec<String>> {
+                weir_tests::netns::in_netns(&ns, move || -> Result<Vec<String>> {
+                    let mut failures = Vec::new();
+                    let started = Instant::now();
+                    let mut conn = std::net::TcpStream::connect_timeout(
+                        &std::net::SocketAddr::from((addr, 80)),
+                        Duration::from_secs(2),
+                    )?;
+                    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    let host = addr.to_string();
+                    for i in 0..20_000 {
+                        if stop.load(Ordering::Relaxed)
+                            || started.elapsed() > Duration::from_secs(60)
+                        {
+                            break;
+                        }
+                        match weir_tests::http::keepalive_get(&mut conn, &host, "/") {
+                            Ok((200, body)) if body.contains("infra-backend-v") => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok((status, body)) => {
+                                failures.push(format!("request {i}: {status} {body}"))
+                            }
+                            Err(e) => {
+                                failures.push(format!("request {i}: {e:#}"));
+                                break;
+                            }
+                        }
+                    }
+                    Ok(failures)
+                })?
+            })
+        })
+        .collect();
+
+    // Twenty changes: the weights, a second route with header matches, and a
+    // second Gateway that sorts before this one (its address must not move).
+    for i in 0..20 {
+        if i % 2 == 0 {
+            let w = 10 + i * 4;
+            suite.s.manifests.write(
+                "httproute-weight.yaml",
+                &manifest("httproute-weight")?.replace("weight: 70", &format!("weight: {w}")),
+            )?;
+            suite.apply("httproute-header-matching")?;
+            suite.s.manifests.write(
+                "extra-gateway.yaml",
+                &format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: aaa-extra, namespace: {INFRA}}}\nspec:\n  gatewayClassName: weir\n  listeners: [{{name: http, port: 80, protocol: HTTP}}]\n"),
+            )?;
+        } else {
+            suite.apply("httproute-weight")?;
+            suite.s.manifests.remove("httproute-header-matching.yaml")?;
+            suite.s.manifests.remove("extra-gateway.yaml")?;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.join().map_err(|_| anyhow::anyhow!("client panicked"))??);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failures: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(ok >= 100, "only {ok} requests");
+    let swaps = suite
+        .s
+        .agent
+        .log_text()
+        .matches("ingress routes updated")
+        .count();
+    assert!(swaps >= 10, "only {swaps} routing table swaps");
+    assert_eq!(
+        suite.address("same-namespace")?,
+        addr,
+        "the Gateway's address moved"
+    );
+    Ok(())
+}
