@@ -110,6 +110,7 @@ impl Workload {
                 port,
                 protocol,
                 node_port,
+                app_protocol: None,
             };
             let ports = if target {
                 vec![

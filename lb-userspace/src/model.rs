@@ -88,6 +88,8 @@ pub struct ServicePort {
     pub port: u16,
     pub protocol: Protocol,
     pub node_port: Option<u16>,
+    /// spec.ports[].appProtocol (`kubernetes.io/h2c`: the proxy speaks HTTP/2 in clear to it).
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

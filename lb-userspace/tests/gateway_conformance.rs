@@ -817,3 +817,62 @@ fn tls_routes_pass_through_by_server_name() {
     assert_eq!(stream_backend(&t, gw, 443, Some("other.example.com")), None);
     assert_eq!(stream_backend(&t, gw, 443, None), None);
 }
+
+#[test]
+fn grpc_methods_become_paths_and_h2c_ports_speak_http2() {
+    let extra = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: grpc, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+    - matches: [{{method: {{method: Ping}}}}]
+      backendRefs: [{{name: infra-backend-v2, port: 8080}}]
+    - matches: [{{method: {{service: a.B, method: Ping}}}}]
+      backendRefs: [{{name: infra-backend-v3, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h2c, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules: [{{matches: [{{path: {{type: PathPrefix, value: /h2c}}}}], backendRefs: [{{name: infra-backend-v1, port: 8081}}]}}]
+"#
+    );
+    let mut st = state("httproute-exact-path-matching");
+    let (objects, errors) = parse_documents("grpc.yaml", &extra);
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut st, objects);
+    let t = build(&st, &config());
+    let post = |path: &str| send(&t, "same-namespace", None, Method::POST, path, &[]);
+    // The exact service/method beats the method-only match; the method-only
+    // match takes any service.
+    assert_eq!(post("/a.B/Ping"), backend("infra-backend-v3"));
+    assert_eq!(post("/x.Y/Ping"), backend("infra-backend-v2"));
+    assert_eq!(post("/x.Y/Pong"), Status(404));
+    let upstream = |path: &str| {
+        let listener = t
+            .gateway_at(address(&t, "same-namespace", 80))
+            .unwrap()
+            .listener(None)
+            .unwrap();
+        let headers = HeaderMap::new();
+        let view = RequestView {
+            method: &Method::POST,
+            path,
+            query: None,
+            headers: &headers,
+        };
+        let routed = listener.table.route(None, &view).unwrap();
+        match &routed.rule.action.backends.entries[0].target {
+            Target::Upstream(u) => u.h2c,
+            Target::Invalid(w) => panic!("{w}"),
+        }
+    };
+    assert!(upstream("/a.B/Ping"), "GRPCRoute backends speak HTTP/2");
+    assert!(upstream("/h2c/x"), "appProtocol kubernetes.io/h2c");
+    assert!(!upstream("/one"), "a plain port speaks HTTP/1.1");
+    let r = t.gateway_status.route("GRPCRoute", INFRA, "grpc").unwrap();
+    assert!(condition(&r.parents[0].conditions, "Accepted").is_true());
+}

@@ -108,6 +108,7 @@ fn lb_state(
             port: 80,
             protocol: Protocol::Tcp,
             node_port: Some(30080),
+            app_protocol: None,
         }],
         external_policy_local: local_policy,
         health_check_node_port: Some(32000),

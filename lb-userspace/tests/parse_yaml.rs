@@ -154,12 +154,14 @@ fn multi_document_file_yields_the_expected_objects() {
                 port: 80,
                 protocol: Protocol::Tcp,
                 node_port: None,
+                app_protocol: None,
             },
             ServicePort {
                 name: "dns".into(),
                 port: 53,
                 protocol: Protocol::Udp,
                 node_port: None,
+                app_protocol: None,
             },
         ],
         labels: labels(&[("app", "echo")]),
@@ -243,6 +245,7 @@ spec:
             port: 443,
             protocol: Protocol::Tcp,
             node_port: None,
+            app_protocol: None,
         }]
     );
     assert!(svc.labels.is_empty());

@@ -45,6 +45,7 @@ impl ServiceExt for Service {
             port,
             protocol,
             node_port: None,
+            app_protocol: None,
         });
         self
     }

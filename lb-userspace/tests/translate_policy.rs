@@ -50,6 +50,7 @@ fn svc(ns: &str, name: &str, ip: Ipv4Addr) -> Service {
             port: 80,
             protocol: Protocol::Tcp,
             node_port: None,
+            app_protocol: None,
         }],
         ..Default::default()
     }

@@ -1,4 +1,5 @@
-//! An HTTP backend for ingress tests, run in a pod's namespace: every request
+//! An HTTP backend for ingress tests (HTTP/1.1, or h2c by prior knowledge),
+//! run in a pod's namespace: every request
 //! is answered with JSON describing what the backend saw (its name, method,
 //! path, host, HTTP version and headers); `/ws` accepts a WebSocket and
 //! echoes each text message as "NAME: MESSAGE". `connection` numbers the
@@ -89,10 +90,12 @@ impl HttpBackend {
                         tokio::spawn(async move {
                             let service =
                                 service_fn(move |req| respond(req, name.clone(), connection));
-                            let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), service)
-                                .with_upgrades()
-                                .await;
+                            // HTTP/1.1 (with upgrades) or HTTP/2 in clear by prior knowledge.
+                            let _ = hyper_util::server::conn::auto::Builder::new(
+                                hyper_util::rt::TokioExecutor::new(),
+                            )
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await;
                         });
                     }
                 };

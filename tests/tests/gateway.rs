@@ -849,3 +849,93 @@ fn route_and_gateway_changes_under_load_fail_no_request() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn grpc_routes_match_service_method_and_headers_and_reach_h2c_backends() -> Result<()> {
+    let suite = Suite::start()?;
+    suite.s.manifests.write(
+        "grpc.yaml",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: echo, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+    - matches: [{{method: {{service: weir.test.Echo, method: Hello}}}}]
+      backendRefs: [{{name: infra-backend-v2, port: 8080}}]
+    - matches: [{{method: {{service: weir.test.Echo, method: Hello}}, headers: [{{name: x-tenant, value: gold}}]}}]
+      backendRefs: [{{name: infra-backend-v3, port: 8080}}]
+    - matches: [{{method: {{service: weir.test.Admin}}}}]
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+"#
+        ),
+    )?;
+    let addr = suite.address("same-namespace")?;
+    let call = |path: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+        ];
+        args.extend_from_slice(extra);
+        suite.request(addr, path, &args)
+    };
+    let r = suite.wait_backend(
+        addr,
+        "/weir.test.Echo/Hello",
+        &[
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/grpc",
+        ],
+        "infra-backend-v2",
+    )?;
+    let seen = r.json()?;
+    // The backend is spoken to over HTTP/2 (a GRPCRoute's backends always are).
+    assert_eq!(seen["version"], "HTTP/2.0", "{seen:#}");
+    assert_eq!(seen["method"], "POST");
+    let seen = call("/weir.test.Echo/Hello", &[])?.json()?;
+    assert_eq!(seen["headers"]["te"], "trailers", "{seen:#}");
+    assert_eq!(
+        call("/weir.test.Echo/Hello", &["-H", "x-tenant: gold"])?.backend()?,
+        "infra-backend-v3-pod-a"
+    );
+    assert_eq!(
+        call("/weir.test.Admin/Reset", &[])?.backend()?,
+        "infra-backend-v1-pod-a"
+    );
+    assert_eq!(call("/weir.test.Echo/Other", &[])?.status, 404);
+    // Status: accepted on the HTTP listener, whose supported kinds include GRPCRoute.
+    let status = suite.status()?;
+    let route = status["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["kind"] == "GRPCRoute")
+        .context("no GRPCRoute status")?;
+    assert_eq!(
+        route["parents"][0]["conditions"][0]["status"], "True",
+        "{route:#}"
+    );
+    let gw = status["gateways"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["name"] == "same-namespace")
+        .context("no Gateway")?;
+    let kinds: Vec<&str> = gw["listeners"][0]["supportedKinds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["kind"].as_str())
+        .collect();
+    assert_eq!(kinds, ["HTTPRoute", "GRPCRoute"]);
+    Ok(())
+}

@@ -95,7 +95,7 @@ fn gateway_api_objects_from_the_apiserver_are_served_and_their_status_written() 
                 .log_text()
                 .matches("objects are not served: the API is not installed")
                 .count()
-                == 6
+                == 7
         },
     )?;
 

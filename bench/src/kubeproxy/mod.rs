@@ -164,6 +164,7 @@ pub(crate) mod fixture {
                         port,
                         protocol: proto,
                         node_port,
+                        app_protocol: None,
                     }],
                     ..Default::default()
                 },

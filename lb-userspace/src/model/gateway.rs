@@ -18,6 +18,8 @@ pub struct GatewayState {
     pub classes: BTreeMap<String, GatewayClass>,
     pub gateways: BTreeMap<ObjectRef, Gateway>,
     pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    /// GRPCRoutes, as HTTP routes (`grpc` set) of POSTs to /service/method.
+    pub grpc_routes: BTreeMap<ObjectRef, HttpRoute>,
     /// TLSRoutes (hostnames set) and TCPRoutes (no hostnames), by kind and name.
     pub stream_routes: BTreeMap<(StreamKind, ObjectRef), StreamRoute>,
     pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
@@ -140,6 +142,8 @@ pub struct HttpRoute {
     /// Lower-cased; may hold wildcards (`*.example.com`).
     pub hostnames: Vec<String>,
     pub rules: Vec<HttpRouteRule>,
+    /// A GRPCRoute: its matches became paths, and its backends speak HTTP/2.
+    pub grpc: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Default)]

@@ -42,6 +42,8 @@ pub struct Shared {
     pub config: ProxyConfig,
     /// Idle upstream connections for reuse.
     pub pool: super::pool::Pool,
+    /// HTTP/2 in clear upstream connections.
+    pub h2: super::pool::H2Pool,
     pub metrics: crate::metrics::ProxyMetrics,
 }
 
@@ -277,9 +279,22 @@ async fn forward(
         Ok(u) => u,
         Err(_) => return local(StatusCode::BAD_REQUEST, "invalid request target"),
     };
+    let te_trailers = req
+        .headers()
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h, upgrade);
+    // gRPC needs `te: trailers`, the one TE value HTTP/2 allows.
+    if upstream.h2c && te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if !h.contains_key(header::HOST) {
         if let Some(v) = authority
             .as_deref()
@@ -321,6 +336,90 @@ async fn forward(
     resp.map(|b| b.boxed())
 }
 
+/// Sends `req` over HTTP/2 in clear (prior knowledge) to an endpoint of
+/// `upstream`: on its shared connection, or a new one (the next endpoint
+/// when connecting fails).
+async fn send_h2(
+    shared: &Shared,
+    upstream: &Upstream,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    *req.version_mut() = Version::HTTP_2;
+    // HTTP/2 carries the authority in the URI (:authority), not in Host.
+    let authority = req
+        .headers_mut()
+        .remove(header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_string));
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let uri = match &authority {
+        Some(a) => Uri::try_from(format!("http://{a}{path}")),
+        None => Uri::try_from(format!("http://{}{path}", upstream.service.name)),
+    };
+    match uri {
+        Ok(u) => *req.uri_mut() = u,
+        Err(_) => return Err(local(StatusCode::BAD_REQUEST, "invalid request authority")),
+    }
+    let connect_timeout = shared.config.timeouts.connect;
+    let mut last_error = String::new();
+    for endpoint in upstream.attempt_order().take(MAX_ATTEMPTS) {
+        let mut sender = match shared.h2.get(endpoint) {
+            Some(s) => s,
+            None => {
+                let stream =
+                    match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            last_error = format!("{endpoint}: {e}");
+                            continue;
+                        }
+                        Err(_) => {
+                            last_error = format!("{endpoint}: connect timed out");
+                            continue;
+                        }
+                    };
+                let _ = stream.set_nodelay(true);
+                let (sender, connection) = match hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    TokioIo::new(stream),
+                )
+                .await
+                {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        last_error = format!("{endpoint}: {e}");
+                        continue;
+                    }
+                };
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        debug!("upstream h2c connection: {e}");
+                    }
+                });
+                shared.h2.put(endpoint, sender.clone());
+                sender
+            }
+        };
+        return sender.send_request(req).await.map_err(|e| {
+            local(
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream {endpoint} (h2c): {e}"),
+            )
+        });
+    }
+    Err(local(
+        StatusCode::BAD_GATEWAY,
+        &format!(
+            "no endpoint of Service {} accepted a connection ({last_error})",
+            upstream.service
+        ),
+    ))
+}
+
 /// Sends `req` to an endpoint of `upstream`: on a pooled connection when one
 /// is ready (falling back to a new connection if it turns out closed before
 /// the request was written), otherwise on a new one, trying the next
@@ -331,6 +430,9 @@ async fn send(
     mut req: Request<Incoming>,
     upgrade: bool,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    if upstream.h2c && !upgrade {
+        return send_h2(shared, upstream, req).await;
+    }
     let connect_timeout = shared.config.timeouts.connect;
     let mut last_error = String::new();
     for endpoint in upstream.attempt_order().take(MAX_ATTEMPTS) {

@@ -66,3 +66,38 @@ impl Pool {
         }
     }
 }
+
+/// HTTP/2 in clear (h2c) upstream connections: one per endpoint, shared by
+/// every request (HTTP/2 multiplexes), replaced once it closes.
+#[derive(Default)]
+pub struct H2Pool {
+    by_endpoint: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Incoming>>>,
+}
+
+impl H2Pool {
+    pub fn get(
+        &self,
+        endpoint: SocketAddr,
+    ) -> Option<hyper::client::conn::http2::SendRequest<Incoming>> {
+        let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&endpoint) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                map.remove(&endpoint);
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn put(
+        &self,
+        endpoint: SocketAddr,
+        sender: hyper::client::conn::http2::SendRequest<Incoming>,
+    ) {
+        self.by_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(endpoint, sender);
+    }
+}

@@ -71,6 +71,7 @@ pub fn start(
         table,
         config: cfg,
         pool: Default::default(),
+        h2: Default::default(),
         metrics,
     });
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {

@@ -47,7 +47,8 @@ pub fn selected(state: &ClusterState, ing: &Ingress) -> bool {
     }
 }
 
-type UpstreamKey = (ObjectRef, ServicePortRef);
+/// (Service, port, whether HTTP/2 in clear is forced: gRPC).
+type UpstreamKey = (ObjectRef, ServicePortRef, bool);
 
 struct Builder<'a> {
     state: &'a ClusterState,
@@ -264,9 +265,13 @@ impl Builder<'_> {
             &self.cfg.node_name,
             ObjectRef::new(namespace, &backend.service),
             &backend.port,
+            false,
         )
     }
 }
+
+/// The appProtocol of Service ports that speak HTTP/2 in clear.
+pub const H2C_APP_PROTOCOL: &str = "kubernetes.io/h2c";
 
 /// Upstreams by Service port, shared between all rules of a table (so round
 /// robin spans all of them).
@@ -274,15 +279,18 @@ impl Builder<'_> {
 pub struct Upstreams(HashMap<UpstreamKey, Arc<Upstream>>);
 
 impl Upstreams {
-    /// The upstream for TCP port `port` of Service `id`; the reason when there is none.
+    /// The upstream for TCP port `port` of Service `id`; the reason when
+    /// there is none. It speaks HTTP/2 in clear when the port's appProtocol is
+    /// `kubernetes.io/h2c`, or when `h2c` (gRPC) says so.
     pub fn get(
         &mut self,
         state: &ClusterState,
         node_name: &str,
         id: ObjectRef,
         port: &ServicePortRef,
+        h2c: bool,
     ) -> Result<Arc<Upstream>, String> {
-        let key = (id.clone(), port.clone());
+        let key = (id.clone(), port.clone(), h2c);
         if let Some(u) = self.0.get(&key) {
             return Ok(u.clone());
         }
@@ -300,7 +308,9 @@ impl Upstreams {
             })
             .ok_or_else(|| format!("Service {id} has no TCP port {port}"))?;
         let endpoints = endpoints(state, svc, &sp.name, node_name);
-        let u = Arc::new(Upstream::new(id, sp.port, endpoints));
+        let mut u = Upstream::new(id, sp.port, endpoints);
+        u.h2c = h2c || sp.app_protocol.as_deref() == Some(H2C_APP_PROTOCOL);
+        let u = Arc::new(u);
         self.0.insert(key, u.clone());
         Ok(u)
     }

@@ -46,6 +46,7 @@ use crate::model::{
 /// The GatewayClass controller name Weir serves.
 pub const GATEWAY_CONTROLLER: &str = "weir.dev/gateway-controller";
 const HTTP_ROUTE: &str = "HTTPRoute";
+const GRPC_ROUTE: &str = "GRPCRoute";
 
 /// A listener while the table is built.
 struct ListenerState<'a> {
@@ -137,18 +138,23 @@ pub fn build(
     }
 
     // Routes, oldest first (the precedence order among routes).
-    let mut routes: Vec<&HttpRoute> = gs.http_routes.values().collect();
+    let mut routes: Vec<&HttpRoute> = gs
+        .http_routes
+        .values()
+        .chain(gs.grpc_routes.values())
+        .collect();
     routes.sort_by(|a, b| (&a.meta.creation, &a.id).cmp(&(&b.meta.creation, &b.id)));
     let mut entries: BTreeMap<(usize, usize, String), Vec<(RankKey, Rule)>> = BTreeMap::new();
     for (order, route) in routes.iter().enumerate() {
+        let kind = if route.grpc { GRPC_ROUTE } else { HTTP_ROUTE };
         let compiled = compile_route(state, cfg, upstreams, route, order);
         for problem in &compiled.problems {
             table
                 .warnings
-                .push(format!("HTTPRoute {}: {problem}", route.id));
+                .push(format!("{kind} {}: {problem}", route.id));
         }
         let view = RouteView {
-            kind: HTTP_ROUTE,
+            kind,
             id: &route.id,
             generation: route.meta.generation,
             parent_refs: &route.parent_refs,
@@ -166,7 +172,7 @@ pub fn build(
         }
         if !parents.is_empty() {
             statuses.routes.push(RouteStatus {
-                kind: HTTP_ROUTE.into(),
+                kind: kind.into(),
                 namespace: route.id.namespace.clone(),
                 name: route.id.name.clone(),
                 parents,
@@ -441,16 +447,16 @@ fn addresses(
 
 /// The protocols Weir's proxy serves on a Gateway listener.
 fn served_protocol(protocol: &str) -> bool {
-    route_kind_of(protocol).is_some()
+    !route_kinds_of(protocol).is_empty()
 }
 
-/// The route kind a listener protocol carries.
-fn route_kind_of(protocol: &str) -> Option<&'static str> {
+/// The route kinds a listener protocol carries.
+fn route_kinds_of(protocol: &str) -> &'static [&'static str] {
     match protocol {
-        "HTTP" | "HTTPS" => Some(HTTP_ROUTE),
-        "TLS" => Some("TLSRoute"),
-        "TCP" => Some("TCPRoute"),
-        _ => None,
+        "HTTP" | "HTTPS" => &[HTTP_ROUTE, GRPC_ROUTE],
+        "TLS" => &["TLSRoute"],
+        "TCP" => &["TCPRoute"],
+        _ => &[],
     }
 }
 
@@ -598,17 +604,17 @@ fn listeners<'a>(state: &ClusterState, gw: &'a Gateway) -> Vec<ListenerState<'a>
         // Route kinds: what the listener allows among what its protocol supports.
         let mut kinds = Vec::new();
         let mut invalid_kinds = Vec::new();
-        let carried = route_kind_of(&l.protocol);
+        let carried = route_kinds_of(&l.protocol);
         if l.allowed_routes.kinds.is_empty() {
-            if let Some(kind) = carried {
+            for kind in carried {
                 kinds.push(RouteKind {
                     group: GROUP.into(),
-                    kind: kind.into(),
+                    kind: kind.to_string(),
                 });
             }
         } else {
             for (group, kind) in &l.allowed_routes.kinds {
-                if group == GROUP && Some(kind.as_str()) == carried {
+                if group == GROUP && carried.contains(&kind.as_str()) {
                     kinds.push(RouteKind {
                         group: group.clone(),
                         kind: kind.clone(),
@@ -933,7 +939,7 @@ fn compile_route(
             state,
             cfg,
             upstreams,
-            HTTP_ROUTE,
+            if route.grpc { GRPC_ROUTE } else { HTTP_ROUTE },
             &route.id.namespace,
             &rule.backend_refs,
             &field,
@@ -1000,6 +1006,7 @@ fn backends(
                     &cfg.node_name,
                     id.clone(),
                     &ServicePortRef::Number(port),
+                    route_kind == GRPC_ROUTE,
                 )
                 .map_err(|reason| ("BackendNotFound", format!("{bf}: {reason}")))
         } else {
@@ -1065,7 +1072,7 @@ fn compile_rule(
         filters,
         backends: Backends::new(backends),
         origin: Origin {
-            kind: HTTP_ROUTE,
+            kind: if route.grpc { GRPC_ROUTE } else { HTTP_ROUTE },
             object: route.id.clone(),
             rule: Some(ri),
         },

@@ -57,6 +57,8 @@ pub struct Upstream {
     pub port: u16,
     /// Ready endpoints (or serving-terminating ones when none is ready).
     pub endpoints: Vec<SocketAddr>,
+    /// Speak HTTP/2 in clear (prior knowledge) to it, not HTTP/1.1.
+    pub h2c: bool,
     next: AtomicUsize,
 }
 
@@ -66,6 +68,7 @@ impl Upstream {
             service,
             port,
             endpoints,
+            h2c: false,
             next: AtomicUsize::new(0),
         }
     }

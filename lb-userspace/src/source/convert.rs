@@ -108,6 +108,7 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
                 Some(np) => Some(port(np, &field("nodePort"))?),
                 None => None,
             },
+            app_protocol: p.app_protocol.clone(),
         });
     }
     let external_ips = ipv4_list(

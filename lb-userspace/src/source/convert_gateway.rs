@@ -197,7 +197,114 @@ pub fn http_route(obj: &api::Object<api::HttpRouteSpec>) -> Result<HttpRoute, Fi
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         rules,
+        grpc: false,
     })
+}
+
+/// A GRPCRoute, as an HTTP route: each method match becomes a path match
+/// (gRPC calls are POSTs to /service/method), header matches stay, and the
+/// backends are spoken to over HTTP/2.
+pub fn grpc_route(obj: &api::Object<api::GrpcRouteSpec>) -> Result<HttpRoute, FieldError> {
+    let id = object_ref(&obj.metadata)?;
+    let mut rules = Vec::new();
+    for (i, r) in obj.spec.rules.iter().enumerate() {
+        let field = format!("spec.rules[{i}]");
+        let mut matches = Vec::new();
+        for (j, m) in r.matches.iter().enumerate() {
+            let mf = format!("{field}.matches[{j}]");
+            let (path_kind, path) = match &m.method {
+                None => (MatchKind::PathPrefix, "/".to_string()),
+                Some(method) => grpc_path(method, &format!("{mf}.method"))?,
+            };
+            let http = api::HttpMatch {
+                path: None,
+                headers: Vec::new(),
+                query_params: Vec::new(),
+                method: None,
+            };
+            let mut converted = http_match(&http, &mf)?;
+            converted.path_kind = path_kind;
+            converted.path = path;
+            converted.headers = m
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(k, v)| {
+                    let f = format!("{mf}.headers[{k}]");
+                    Ok((
+                        match_kind(v.kind.as_deref(), &f, MatchKind::Exact)?,
+                        v.name
+                            .clone()
+                            .filter(|n| !n.is_empty())
+                            .ok_or_else(|| err(format!("{f}.name"), "missing"))?,
+                        v.value
+                            .clone()
+                            .ok_or_else(|| err(format!("{f}.value"), "missing"))?,
+                    ))
+                })
+                .collect::<Result<_, FieldError>>()?;
+            matches.push(converted);
+        }
+        if matches.is_empty() {
+            matches.push(HttpMatch::default());
+        }
+        rules.push(HttpRouteRule {
+            matches,
+            filters: filters(&r.filters, &format!("{field}.filters"))?,
+            backend_refs: backend_refs(&r.backend_refs, &field)?,
+            request_timeout_ms: None,
+            backend_timeout_ms: None,
+        });
+    }
+    Ok(HttpRoute {
+        id,
+        meta: meta(&obj.metadata),
+        parent_refs: parent_refs(&obj.spec.parent_refs)?,
+        hostnames: obj
+            .spec
+            .hostnames
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        rules,
+        grpc: true,
+    })
+}
+
+/// The path match of a GRPCRoute method match.
+fn grpc_path(m: &api::GrpcMethod, field: &str) -> Result<(MatchKind, String), FieldError> {
+    let service = m.service.as_deref().filter(|s| !s.is_empty());
+    let method = m.method.as_deref().filter(|s| !s.is_empty());
+    match m.kind.as_deref().unwrap_or("Exact") {
+        "Exact" => {
+            for (name, v) in [("service", service), ("method", method)] {
+                if v.is_some_and(|v| v.contains('/')) {
+                    return Err(err(format!("{field}.{name}"), "must not contain '/'"));
+                }
+            }
+            Ok(match (service, method) {
+                (Some(s), Some(m)) => (MatchKind::Exact, format!("/{s}/{m}")),
+                (Some(s), None) => (MatchKind::PathPrefix, format!("/{s}")),
+                (None, Some(m)) => (
+                    MatchKind::RegularExpression,
+                    format!("/[^/]+/{}", regex::escape(m)),
+                ),
+                (None, None) => return Err(err(field, "needs a service or a method")),
+            })
+        }
+        "RegularExpression" => Ok((
+            MatchKind::RegularExpression,
+            format!(
+                "/(?:{})/(?:{})",
+                service.unwrap_or("[^/]+"),
+                method.unwrap_or("[^/]+")
+            ),
+        )),
+        other => Err(err(
+            format!("{field}.type"),
+            format!("unknown match type {other:?}"),
+        )),
+    }
 }
 
 fn http_rule(r: &api::HttpRouteRule, field: &str) -> Result<HttpRouteRule, FieldError> {

@@ -144,6 +144,9 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
             Object::Gateway(g) => {
                 state.gateway.gateways.insert(g.id.clone(), g);
             }
+            Object::HttpRoute(r) if r.grpc => {
+                state.gateway.grpc_routes.insert(r.id.clone(), r);
+            }
             Object::HttpRoute(r) => {
                 state.gateway.http_routes.insert(r.id.clone(), r);
             }

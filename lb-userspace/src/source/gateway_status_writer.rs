@@ -99,6 +99,7 @@ fn desired(s: &GatewayStatuses, t: &mut Transitions, now: &str) -> BTreeMap<Key,
         let kind = match r.kind.as_str() {
             "TCPRoute" => "TCPRoute",
             "TLSRoute" => "TLSRoute",
+            "GRPCRoute" => "GRPCRoute",
             _ => "HTTPRoute",
         };
         let key: Key = (kind, r.namespace.clone(), r.name.clone());
@@ -125,6 +126,7 @@ fn api(client: &Client, key: &Key) -> Api<DynamicObject> {
         "Gateway" => resource("Gateway", "gateways"),
         "TCPRoute" => resource("TCPRoute", "tcproutes"),
         "TLSRoute" => resource("TLSRoute", "tlsroutes"),
+        "GRPCRoute" => resource("GRPCRoute", "grpcroutes"),
         _ => resource("HTTPRoute", "httproutes"),
     };
     if key.1.is_empty() {

@@ -434,12 +434,14 @@ pub(super) enum Kind {
     Namespace = 10,
     TcpRoute = 11,
     TlsRoute = 12,
+    GrpcRoute = 13,
 }
 
-const KINDS: usize = 13;
+const KINDS: usize = 14;
 
 /// The kinds the L7 proxy adds.
-const PROXY_KINDS: [Kind; 10] = [
+const PROXY_KINDS: [Kind; 11] = [
+    Kind::GrpcRoute,
     Kind::TcpRoute,
     Kind::TlsRoute,
     Kind::Ingress,
@@ -464,6 +466,7 @@ impl Kind {
                 | Kind::ReferenceGrant
                 | Kind::TcpRoute
                 | Kind::TlsRoute
+                | Kind::GrpcRoute
         )
     }
 }
@@ -484,6 +487,7 @@ impl fmt::Display for Kind {
             Kind::Namespace => "Namespace",
             Kind::TcpRoute => "TCPRoute",
             Kind::TlsRoute => "TLSRoute",
+            Kind::GrpcRoute => "GRPCRoute",
         })
     }
 }

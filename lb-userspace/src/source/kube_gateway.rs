@@ -1,5 +1,5 @@
 //! The kube source's Gateway API watches: GatewayClasses, Gateways,
-//! HTTPRoutes, TCPRoutes, TLSRoutes and ReferenceGrants (gateway.networking.k8s.io/v1, read as
+//! HTTPRoutes, GRPCRoutes, TCPRoutes, TLSRoutes and ReferenceGrants (gateway.networking.k8s.io/v1, read as
 //! dynamic objects through the same wire types as the directory source), and
 //! Namespaces (their labels, for allowedRoutes selectors). An API that is not
 //! installed is not served, with one log line (`kube::watch`).
@@ -36,6 +36,7 @@ pub(super) struct GatewayStores {
     classes: Store<DynamicObject>,
     gateways: Store<DynamicObject>,
     routes: Store<DynamicObject>,
+    grpc_routes: Store<DynamicObject>,
     grants: Store<DynamicObject>,
     tcp_routes: Store<DynamicObject>,
     tls_routes: Store<DynamicObject>,
@@ -43,6 +44,7 @@ pub(super) struct GatewayStores {
     class_cache: Cache<GatewayClass>,
     gateway_cache: Cache<Gateway>,
     route_cache: Cache<HttpRoute>,
+    grpc_cache: Cache<HttpRoute>,
     grant_cache: Cache<ReferenceGrant>,
     tcp_cache: Cache<StreamRoute>,
     tls_cache: Cache<StreamRoute>,
@@ -119,6 +121,14 @@ impl GatewayStores {
                 cfg,
                 &notices,
             ),
+            grpc_routes: dynamic(
+                watchers,
+                &client,
+                Kind::GrpcRoute,
+                resource("GRPCRoute", "grpcroutes"),
+                cfg,
+                &notices,
+            ),
             tcp_routes: dynamic(
                 watchers,
                 &client,
@@ -148,6 +158,7 @@ impl GatewayStores {
             gateway_cache: Cache::default(),
             route_cache: Cache::default(),
             grant_cache: Cache::default(),
+            grpc_cache: Cache::default(),
             tcp_cache: Cache::default(),
             tls_cache: Cache::default(),
         }
@@ -199,6 +210,17 @@ impl GatewayStores {
         {
             gs.reference_grants.insert(g.id.clone(), g);
         }
+        for r in self
+            .grpc_cache
+            .refresh(Kind::GrpcRoute, &self.grpc_routes.state(), |o| {
+                convert_gateway::grpc_route(&typed::<
+                    gateway_api::Object<gateway_api::GrpcRouteSpec>,
+                >(o)?)
+                .map(Some)
+            })
+        {
+            gs.grpc_routes.insert(r.id.clone(), r);
+        }
         for (kind, stream, store, cache) in [
             (
                 Kind::TcpRoute,
@@ -237,6 +259,7 @@ impl GatewayStores {
             + self.gateway_cache.failed
             + self.route_cache.failed
             + self.grant_cache.failed
+            + self.grpc_cache.failed
             + self.tcp_cache.failed
             + self.tls_cache.failed
     }

@@ -153,7 +153,7 @@ fn parse_value(
         }
         (
             "gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1",
-            "GatewayClass" | "Gateway" | "HTTPRoute" | "ReferenceGrant",
+            "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant",
         ) => parse_gateway_object(&kind, value).map_err(with_label),
         // TCPRoute and TLSRoute: v1 in the v1.6 standard channel, earlier alpha.
         (
@@ -220,6 +220,9 @@ fn parse_gateway_object(
         >(value)?)?),
         "Gateway" => Object::Gateway(convert_gateway::gateway(&typed::<
             O<gateway_api::GatewaySpec>,
+        >(value)?)?),
+        "GRPCRoute" => Object::HttpRoute(convert_gateway::grpc_route(&typed::<
+            O<gateway_api::GrpcRouteSpec>,
         >(value)?)?),
         "HTTPRoute" => Object::HttpRoute(convert_gateway::http_route(&typed::<
             O<gateway_api::HttpRouteSpec>,
