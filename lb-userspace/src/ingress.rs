@@ -179,28 +179,17 @@ impl Ingress {
         let new: Vec<(ObjectRef, String)> = problems.difference(&self.reported).cloned().collect();
         self.reported = problems;
         let mut entries = keys(&addresses, self.cfg.http_port, self.cfg.https_port);
-        let mut gateway_keys: Vec<SocketAddr> = table.gateways.keys().copied().collect();
+        // Gateway listeners take their addresses and ports over from the
+        // Ingress rules: HTTP and HTTPS ones to those sockets, TLS and TCP
+        // ones to the stream socket.
+        let mut gateway_keys: Vec<(SocketAddr, u32)> = table
+            .gateways
+            .iter()
+            .map(|(k, p)| (*k, if p.tls() { SOCKET_HTTPS } else { SOCKET_HTTP }))
+            .chain(table.streams.keys().map(|k| (*k, SOCKET_STREAM)))
+            .collect();
         gateway_keys.sort();
-        for key in &gateway_keys {
-            let socket = if table.gateways[key].tls() {
-                SOCKET_HTTPS
-            } else {
-                SOCKET_HTTP
-            };
-            if let SocketAddr::V4(a) = key {
-                let k = IngressKey {
-                    addr: a.ip().octets(),
-                    port: a.port(),
-                    _pad: 0,
-                };
-                // A Gateway listener takes its address and port over from the Ingress rules.
-                entries.retain(|(e, _)| *e != k);
-                entries.push((k, socket));
-            }
-        }
-        let mut stream_keys: Vec<SocketAddr> = table.streams.keys().copied().collect();
-        stream_keys.sort();
-        for key in &stream_keys {
+        for (key, socket) in &gateway_keys {
             if let SocketAddr::V4(a) = key {
                 let k = IngressKey {
                     addr: a.ip().octets(),
@@ -208,10 +197,9 @@ impl Ingress {
                     _pad: 0,
                 };
                 entries.retain(|(e, _)| *e != k);
-                entries.push((k, SOCKET_STREAM));
+                entries.push((k, *socket));
             }
         }
-        gateway_keys.extend(stream_keys);
         self.table.store(Arc::new(table));
         if self.last_addresses.as_ref() != Some(&addresses) && addresses.is_empty() {
             warn!(

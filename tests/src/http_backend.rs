@@ -5,7 +5,8 @@
 //! echoes each text message as "NAME: MESSAGE". `connection` numbers the
 //! TCP connection a request came on (1, 2, ... per backend). A query
 //! parameter `delay_ms=N` holds the answer back N ms (at most `MAX_DELAY`), to
-//! test timeouts. Dropping it closes the listener, so new connections are
+//! test timeouts; `/fail-first/N` answers 503 to the backend's first N such
+//! requests (retries). Dropping it closes the listener, so new connections are
 //! refused (a backend going away).
 use std::{
     collections::BTreeMap,
@@ -44,6 +45,8 @@ fn delay(uri: &hyper::Uri) -> Option<Duration> {
 }
 
 pub struct HttpBackend {
+    /// Requests answered so far.
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -54,6 +57,9 @@ impl HttpBackend {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ns, name) = (ns.to_string(), name.to_string());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = served.clone();
+        let failures = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let thread = std::thread::spawn(move || {
             let run = || -> Result<tokio::runtime::Runtime> {
                 enter(&ns)?;
@@ -87,9 +93,13 @@ impl HttpBackend {
                         connections += 1;
                         let connection = connections;
                         let name = name.clone();
+                        let counter = counter.clone();
+                        let failures = failures.clone();
                         tokio::spawn(async move {
-                            let service =
-                                service_fn(move |req| respond(req, name.clone(), connection));
+                            let service = service_fn(move |req| {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                respond(req, name.clone(), connection, failures.clone())
+                            });
                             // HTTP/1.1 (with upgrades) or HTTP/2 in clear by prior knowledge.
                             let _ = hyper_util::server::conn::auto::Builder::new(
                                 hyper_util::rt::TokioExecutor::new(),
@@ -110,9 +120,17 @@ impl HttpBackend {
             .recv_timeout(Duration::from_secs(5))
             .context("HTTP backend did not start")??;
         Ok(Self {
+            served,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
+    }
+}
+
+impl HttpBackend {
+    /// The requests this backend has answered.
+    pub fn requests(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -131,7 +149,21 @@ async fn respond(
     mut req: Request<Incoming>,
     name: String,
     connection: u64,
+    failures: std::sync::Arc<std::sync::atomic::AtomicU64>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    // /fail-first/N: the backend's first N such requests get 503.
+    if let Some(n) = req
+        .uri()
+        .path()
+        .strip_prefix("/fail-first/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
+        if failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"failing on purpose\n")));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(resp);
+        }
+    }
     if req.uri().path() == "/ws" {
         if let Some(key) = req.headers().get("sec-websocket-key") {
             let accept = derive_accept_key(key.as_bytes());

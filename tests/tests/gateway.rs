@@ -38,7 +38,7 @@ fn manifest(name: &str) -> Result<String> {
 /// be2 = -v2, be3 = -v3, be4 = web-backend), their EndpointSlices, and the
 /// suite's base manifests.
 struct Suite {
-    _backends: Vec<HttpBackend>,
+    backends: Vec<HttpBackend>,
     s: Scenario,
 }
 
@@ -100,10 +100,7 @@ impl Suite {
         s.manifests.write("slices.yaml", &slices.join("\n---\n"))?;
         s.manifests
             .write("base.yaml", &manifest("base-manifests")?)?;
-        Ok(Self {
-            _backends: backends,
-            s,
-        })
+        Ok(Self { backends, s })
     }
 
     fn apply(&self, test: &str) -> Result<()> {
@@ -937,5 +934,93 @@ spec:
         .filter_map(|k| k["kind"].as_str())
         .collect();
     assert_eq!(kinds, ["HTTPRoute", "GRPCRoute"]);
+    Ok(())
+}
+
+#[test]
+fn request_mirrors_get_a_copy_of_their_share_and_the_client_only_the_main_answer() -> Result<()> {
+    let suite = Suite::start()?;
+    suite.s.manifests.write(
+        "mirror.yaml",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: mirror, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+    - filters:
+        - {{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v2, port: 8080}}}}}}
+        - {{type: RequestMirror, requestMirror: {{backendRef: {{name: infra-backend-v3, port: 8080}}, percent: 50}}}}
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+"#
+        ),
+    )?;
+    let addr = suite.address("same-namespace")?;
+    suite.wait_backend(addr, "/", &[], "infra-backend-v1")?;
+    let (v2, v3) = (suite.backends[1].requests(), suite.backends[2].requests());
+    for i in 0..20 {
+        let body = format!("payload-{i}");
+        let r = suite.request(addr, "/m", &["-X", "POST", "--data", &body])?;
+        assert_eq!(
+            r.backend()?,
+            "infra-backend-v1-pod-a",
+            "the client sees the main backend only"
+        );
+    }
+    // Mirrored copies arrive on their own time: wait for them (bounded).
+    suite.wait("the mirrors' copies", || {
+        Ok(suite.backends[1].requests() - v2 >= 20 && suite.backends[2].requests() - v3 >= 10)
+    })?;
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        suite.backends[1].requests() - v2,
+        20,
+        "every request mirrored to v2"
+    );
+    assert_eq!(suite.backends[2].requests() - v3, 10, "half mirrored to v3");
+    Ok(())
+}
+
+#[test]
+fn retries_resend_on_listed_codes_until_attempts_run_out() -> Result<()> {
+    let suite = Suite::start()?;
+    suite.s.manifests.write(
+        "retry.yaml",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: retry, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /fail-first}}}}]
+      retry: {{codes: [503], attempts: 2, backoff: 10ms}}
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+    - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+      backendRefs: [{{name: infra-backend-v2, port: 8080}}]
+"#
+        ),
+    )?;
+    let addr = suite.address("same-namespace")?;
+    suite.wait_backend(addr, "/", &[], "infra-backend-v2")?;
+    // Two failures, two retries: the client gets the third answer, a 200.
+    let before = suite.backends[0].requests();
+    let r = suite.request(addr, "/fail-first/2", &["-X", "POST", "--data", "body"])?;
+    assert_eq!(
+        (r.status, r.backend()?.as_str()),
+        (200, "infra-backend-v1-pod-a")
+    );
+    assert_eq!(suite.backends[0].requests() - before, 3);
+    // The backend has counted 3 such requests: /fail-first/9 fails 6 more
+    // times, more than two retries cover: the client sees the 503.
+    let before = suite.backends[0].requests();
+    let r = suite.request(addr, "/fail-first/9", &[])?;
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        suite.backends[0].requests() - before,
+        3,
+        "one try and two retries"
+    );
     Ok(())
 }

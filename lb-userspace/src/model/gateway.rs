@@ -155,6 +155,15 @@ pub struct HttpRouteRule {
     /// timeouts.request and timeouts.backendRequest, in milliseconds.
     pub request_timeout_ms: Option<u64>,
     pub backend_timeout_ms: Option<u64>,
+    /// retry: the status codes retried, how many more attempts, the pause between.
+    pub retry: Option<RetryPolicy>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RetryPolicy {
+    pub codes: Vec<u16>,
+    pub attempts: u32,
+    pub backoff_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -220,7 +229,13 @@ pub enum HttpFilter {
         hostname: Option<String>,
         path: Option<PathModifier>,
     },
-    /// A filter type Weir does not implement (RequestMirror, CORS,
+    /// RequestMirror: a backend and the percentage of requests mirrored.
+    RequestMirror {
+        backend: ObjectReference,
+        port: Option<u16>,
+        percent: u32,
+    },
+    /// A filter type Weir does not implement (CORS,
     /// ExtensionRef, ...): the rule is not served, and status says why.
     Unsupported(String),
 }

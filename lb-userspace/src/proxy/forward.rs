@@ -17,7 +17,7 @@ use crate::{
     metrics::RouteLabel,
     routes::{
         matching::normalize_host,
-        rule::{RedirectTo, Target},
+        rule::{Mirror, RedirectTo, Retry, Target},
         RequestView, Routed, Upstream,
     },
 };
@@ -200,7 +200,19 @@ async fn execute(
         .map_or(shared.config.timeouts.upstream, |t| {
             t.min(shared.config.timeouts.upstream)
         });
-    let mut resp = forward(req, shared, conn, authority, upstream, upstream_timeout).await;
+    let mut resp = forward(
+        req,
+        shared,
+        conn,
+        authority,
+        upstream,
+        Plan {
+            upstream_timeout,
+            mirrors: &filters.mirrors,
+            retry: action.retry.as_ref(),
+        },
+    )
+    .await;
     for edit in [&filters.response_headers, &backend.filters.response_headers]
         .into_iter()
         .flatten()
@@ -251,14 +263,27 @@ fn redirect<B>(
     resp
 }
 
+/// How a request is sent besides where: the upstream timeout, the mirrors,
+/// the retry policy.
+struct Plan<'a> {
+    upstream_timeout: std::time::Duration,
+    mirrors: &'a [Arc<Mirror>],
+    retry: Option<&'a Retry>,
+}
+
 async fn forward(
     mut req: Request<Incoming>,
     shared: &Shared,
     conn: &ConnInfo,
     authority: Option<String>,
     upstream: &Upstream,
-    upstream_timeout: std::time::Duration,
+    plan: Plan<'_>,
 ) -> Response<ProxyBody> {
+    let Plan {
+        upstream_timeout,
+        mirrors,
+        retry,
+    } = plan;
     if upstream.endpoints.is_empty() {
         return local(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -267,6 +292,7 @@ async fn forward(
     }
     let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let mut req = req.map(|b| b.boxed());
 
     // The upstream request: origin-form URI, HTTP/1.1, Host kept (or taken from
     // the HTTP/2 authority), hop-by-hop headers removed, X-Forwarded-* added.
@@ -304,17 +330,14 @@ async fn forward(
         }
     }
     headers::add_forwarded(h, conn.client.ip(), conn.scheme, authority.as_deref());
+    if !mirrors.is_empty() && !upgrade {
+        req = super::mirror::send_copies(req, mirrors, shared.config.timeouts.connect).await;
+    }
 
     let mut resp =
-        match tokio::time::timeout(upstream_timeout, send(shared, upstream, req, upgrade)).await {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(local_response)) => return local_response,
-            Err(_) => {
-                return local(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the upstream did not answer in time",
-                )
-            }
+        match send_retrying(shared, upstream, req, upgrade, upstream_timeout, retry).await {
+            Ok(resp) => resp,
+            Err(local_response) => return local_response,
         };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -336,13 +359,56 @@ async fn forward(
     resp.map(|b| b.boxed())
 }
 
+/// Sends `req` within `limit` (504 beyond); with a retry policy, again on
+/// its listed status codes while attempts remain (when the request can be
+/// read into memory to send again).
+async fn send_retrying(
+    shared: &Shared,
+    upstream: &Upstream,
+    req: Request<ProxyBody>,
+    upgrade: bool,
+    limit: std::time::Duration,
+    retry: Option<&Retry>,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let timed = |req| async move {
+        match tokio::time::timeout(limit, send(shared, upstream, req, upgrade)).await {
+            Ok(r) => r,
+            Err(_) => Err(local(
+                StatusCode::GATEWAY_TIMEOUT,
+                "the upstream did not answer in time",
+            )),
+        }
+    };
+    let Some(retry) = retry.filter(|r| r.attempts > 0 && !upgrade) else {
+        return timed(req).await;
+    };
+    let replay = match super::mirror::Replay::read(req).await {
+        Ok(r) => r,
+        Err(req) => return timed(req).await,
+    };
+    let mut left = retry.attempts;
+    loop {
+        let result = timed(replay.request()).await;
+        let status = match &result {
+            Ok(r) => r.status().as_u16(),
+            Err(r) => r.status().as_u16(),
+        };
+        if left == 0 || !retry.codes.contains(&status) {
+            return result;
+        }
+        left -= 1;
+        debug!(service = %upstream.service, status, "retrying");
+        tokio::time::sleep(retry.backoff).await;
+    }
+}
+
 /// Sends `req` over HTTP/2 in clear (prior knowledge) to an endpoint of
 /// `upstream`: on its shared connection, or a new one (the next endpoint
 /// when connecting fails).
 async fn send_h2(
     shared: &Shared,
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     *req.version_mut() = Version::HTTP_2;
     // HTTP/2 carries the authority in the URI (:authority), not in Host.
@@ -427,7 +493,7 @@ async fn send_h2(
 async fn send(
     shared: &Shared,
     upstream: &Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<ProxyBody>,
     upgrade: bool,
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     if upstream.h2c && !upgrade {

@@ -7,6 +7,7 @@
 mod forward;
 mod headers;
 mod idle;
+mod mirror;
 mod pool;
 mod server;
 mod sni;

@@ -9,7 +9,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::{body::Incoming, client::conn::http1::SendRequest};
+use hyper::client::conn::http1::SendRequest;
+
+use super::forward::ProxyBody;
 
 /// The most connections kept per endpoint.
 const MAX_PER_ENDPOINT: usize = 128;
@@ -25,17 +27,17 @@ pub struct Pool {
 
 #[derive(Default)]
 struct Idle {
-    by_endpoint: HashMap<SocketAddr, Vec<(Instant, SendRequest<Incoming>)>>,
+    by_endpoint: HashMap<SocketAddr, Vec<(Instant, SendRequest<ProxyBody>)>>,
     checkins: u64,
 }
 
-fn usable((since, s): &(Instant, SendRequest<Incoming>)) -> bool {
+fn usable((since, s): &(Instant, SendRequest<ProxyBody>)) -> bool {
     !s.is_closed() && since.elapsed() < MAX_IDLE
 }
 
 impl Pool {
     /// A connection to `endpoint` that can take a request now, if any.
-    pub fn checkout(&self, endpoint: SocketAddr) -> Option<SendRequest<Incoming>> {
+    pub fn checkout(&self, endpoint: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.by_endpoint.get_mut(&endpoint)?;
         list.retain(usable);
@@ -44,7 +46,7 @@ impl Pool {
     }
 
     /// Keeps a connection for later (it becomes ready once its response is read).
-    pub fn checkin(&self, endpoint: SocketAddr, sender: SendRequest<Incoming>) {
+    pub fn checkin(&self, endpoint: SocketAddr, sender: SendRequest<ProxyBody>) {
         if sender.is_closed() {
             return;
         }
@@ -71,14 +73,14 @@ impl Pool {
 /// every request (HTTP/2 multiplexes), replaced once it closes.
 #[derive(Default)]
 pub struct H2Pool {
-    by_endpoint: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Incoming>>>,
+    by_endpoint: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<ProxyBody>>>,
 }
 
 impl H2Pool {
     pub fn get(
         &self,
         endpoint: SocketAddr,
-    ) -> Option<hyper::client::conn::http2::SendRequest<Incoming>> {
+    ) -> Option<hyper::client::conn::http2::SendRequest<ProxyBody>> {
         let mut map = self.by_endpoint.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(&endpoint) {
             Some(s) if !s.is_closed() => Some(s.clone()),
@@ -93,7 +95,7 @@ impl H2Pool {
     pub fn put(
         &self,
         endpoint: SocketAddr,
-        sender: hyper::client::conn::http2::SendRequest<Incoming>,
+        sender: hyper::client::conn::http2::SendRequest<ProxyBody>,
     ) {
         self.by_endpoint
             .lock()

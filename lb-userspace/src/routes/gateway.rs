@@ -30,7 +30,7 @@ use super::{
     hosts::hostname_matches,
     matching,
     rule::{
-        Action, Backends, Filters, HeaderEdit, Origin, PathMatch, PathRewrite, RedirectTo,
+        Action, Backends, Filters, HeaderEdit, Mirror, Origin, PathMatch, PathRewrite, RedirectTo,
         RequestMatch, Rule, Target, ValueMatch, WeightedBackend,
     },
     streams, HostRules, HostTable, ListenerRoutes, RouteTable,
@@ -935,7 +935,7 @@ fn compile_route(
     };
     for (ri, rule) in route.rules.iter().enumerate() {
         let field = format!("spec.rules[{ri}]");
-        let backends = backends(
+        let rule_backends = backends(
             state,
             cfg,
             upstreams,
@@ -945,7 +945,48 @@ fn compile_route(
             &field,
             &mut out,
         );
-        let compiled = compile_rule(route, ri, rule, &field, backends);
+        // RequestMirror backends resolve like backendRefs (a bad one is
+        // reported and left out; the rule still serves).
+        let mirror_refs: Vec<(crate::model::gateway::HttpBackendRef, u32)> = rule
+            .filters
+            .iter()
+            .filter_map(|f| match f {
+                HttpFilter::RequestMirror {
+                    backend,
+                    port,
+                    percent,
+                } => Some((
+                    crate::model::gateway::HttpBackendRef {
+                        target: backend.clone(),
+                        port: *port,
+                        weight: 1,
+                        filters: Vec::new(),
+                    },
+                    *percent,
+                )),
+                _ => None,
+            })
+            .collect();
+        let refs: Vec<_> = mirror_refs.iter().map(|(r, _)| r.clone()).collect();
+        let resolved = backends(
+            state,
+            cfg,
+            upstreams,
+            if route.grpc { GRPC_ROUTE } else { HTTP_ROUTE },
+            &route.id.namespace,
+            &refs,
+            &format!("{field}.filters(RequestMirror)"),
+            &mut out,
+        );
+        let mirrors: Vec<Arc<Mirror>> = resolved
+            .into_iter()
+            .zip(&mirror_refs)
+            .filter_map(|(b, (_, percent))| match b.target {
+                Target::Upstream(u) => Some(Arc::new(Mirror::new(u, *percent))),
+                Target::Invalid(_) => None,
+            })
+            .collect();
+        let compiled = compile_rule(route, ri, rule, &field, rule_backends, mirrors);
         match compiled {
             Ok(rules) => {
                 for (mi, (key, r)) in rules.into_iter().enumerate() {
@@ -1053,6 +1094,7 @@ fn compile_rule(
     rule: &HttpRouteRule,
     field: &str,
     backends: Vec<WeightedBackend>,
+    mirrors: Vec<Arc<Mirror>>,
 ) -> Result<Vec<(Specificity, Rule)>, String> {
     let mut matchers = Vec::new();
     for (mi, m) in rule.matches.iter().enumerate() {
@@ -1062,11 +1104,12 @@ fn compile_rule(
         .matches
         .iter()
         .all(|m| m.path_kind == MatchKind::PathPrefix);
-    let filters = filters(
+    let mut filters = filters(
         &rule.filters,
         &format!("{field}.filters"),
         Some(prefix_only),
     )?;
+    filters.mirrors = mirrors;
     let ms = |v: Option<u64>| v.map(Duration::from_millis);
     let action = Arc::new(Action {
         filters,
@@ -1078,6 +1121,11 @@ fn compile_rule(
         },
         request_timeout: ms(rule.request_timeout_ms),
         backend_timeout: ms(rule.backend_timeout_ms),
+        retry: rule.retry.as_ref().map(|r| super::rule::Retry {
+            codes: r.codes.clone(),
+            attempts: r.attempts,
+            backoff: Duration::from_millis(r.backoff_ms),
+        }),
     });
     Ok(matchers
         .into_iter()
@@ -1259,6 +1307,13 @@ fn filters(list: &[HttpFilter], field: &str, prefix_only: Option<bool>) -> Resul
                     .transpose()?;
             }
             HttpFilter::RequestRedirect(_) | HttpFilter::UrlRewrite { .. } => {
+                return Err(format!(
+                    "{ff}: only header modifiers are supported on a backendRef"
+                ));
+            }
+            // Resolved with the backends (`compile_route`).
+            HttpFilter::RequestMirror { .. } if prefix_only.is_some() => {}
+            HttpFilter::RequestMirror { .. } => {
                 return Err(format!(
                     "{ff}: only header modifiers are supported on a backendRef"
                 ));

@@ -153,20 +153,26 @@ pub struct ListenerRoutes {
 
 impl ListenerRoutes {
     pub fn accepts(&self, host: Option<&str>) -> bool {
-        match (&self.hostname, host) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(pattern), Some(host)) => hostname_matches(pattern, host),
-        }
+        listener_accepts(self.hostname.as_deref(), host)
     }
+}
 
-    /// Most specific first: exact hostnames, wildcards (longest first), then none.
-    fn specificity(&self) -> (u8, usize) {
-        match &self.hostname {
-            None => (0, 0),
-            Some(h) if h.starts_with("*.") => (1, h.len()),
-            Some(h) => (2, h.len()),
-        }
+/// Whether a listener with `hostname` (None: every host) takes `host`.
+pub fn listener_accepts(hostname: Option<&str>, host: Option<&str>) -> bool {
+    match (hostname, host) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(pattern), Some(host)) => hostname_matches(pattern, host),
+    }
+}
+
+/// How specific a hostname is, for most-specific-first orders: exact names,
+/// then wildcards, each longer first; None (every host) last.
+pub fn specificity(hostname: Option<&str>) -> (u8, usize) {
+    match hostname {
+        None => (0, 0),
+        Some(h) if h.starts_with("*.") => (1, h.len()),
+        Some(h) => (2, h.len()),
     }
 }
 
@@ -207,7 +213,7 @@ impl PortRoutes {
     pub fn add(&mut self, listener: ListenerRoutes) {
         self.listeners.push(listener);
         self.listeners
-            .sort_by_key(|l| std::cmp::Reverse(l.specificity()));
+            .sort_by_key(|l| std::cmp::Reverse(specificity(l.hostname.as_deref())));
     }
 
     pub fn listener(&self, host: Option<&str>) -> Option<&ListenerRoutes> {

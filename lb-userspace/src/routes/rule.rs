@@ -226,9 +226,38 @@ pub struct RedirectTo {
     pub status: u16,
 }
 
+/// A copy of each request sent to another backend (RequestMirror); its
+/// answers are dropped. `percent` of requests (0-100) are mirrored, spread
+/// evenly over the requests.
+#[derive(Debug)]
+pub struct Mirror {
+    pub upstream: Arc<Upstream>,
+    pub percent: u32,
+    seen: AtomicUsize,
+}
+
+impl Mirror {
+    pub fn new(upstream: Arc<Upstream>, percent: u32) -> Self {
+        Self {
+            upstream,
+            percent: percent.min(100),
+            seen: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether the next request is mirrored: request k is when
+    /// floor((k+1)·p/100) passes floor(k·p/100).
+    pub fn sample(&self) -> bool {
+        let k = self.seen.fetch_add(1, Ordering::Relaxed) as u64;
+        let p = u64::from(self.percent);
+        (k + 1) * p / 100 > k * p / 100
+    }
+}
+
 /// What is done to a request (and its response) before and after forwarding.
 #[derive(Clone, Debug, Default)]
 pub struct Filters {
+    pub mirrors: Vec<Arc<Mirror>>,
     pub request_headers: Option<HeaderEdit>,
     pub response_headers: Option<HeaderEdit>,
     pub redirect: Option<RedirectTo>,
@@ -350,6 +379,17 @@ pub struct Action {
     /// The whole request, and each attempt at a backend (504 beyond).
     pub request_timeout: Option<Duration>,
     pub backend_timeout: Option<Duration>,
+    /// Retries on listed status codes (connection failures are always tried
+    /// on the next endpoint).
+    pub retry: Option<Retry>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Retry {
+    pub codes: Vec<u16>,
+    /// Attempts after the first.
+    pub attempts: u32,
+    pub backoff: Duration,
 }
 
 impl Action {
@@ -360,6 +400,7 @@ impl Action {
             origin,
             request_timeout: None,
             backend_timeout: None,
+            retry: None,
         }
     }
 }
@@ -429,6 +470,21 @@ mod tests {
             })
             .collect();
         assert!(first.contains(&0) && first.contains(&1), "{first:?}");
+    }
+
+    #[test]
+    fn mirrors_sample_their_percentage_evenly() {
+        let m = Mirror::new(upstream("m"), 30);
+        let picks: Vec<bool> = (0..100).map(|_| m.sample()).collect();
+        assert_eq!(picks.iter().filter(|p| **p).count(), 30);
+        assert!(
+            picks[..10].iter().any(|p| *p),
+            "spread, not bunched at the end"
+        );
+        let all = Mirror::new(upstream("m"), 100);
+        assert!((0..10).all(|_| all.sample()));
+        let none = Mirror::new(upstream("m"), 0);
+        assert!((0..10).all(|_| !none.sample()));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 
 use super::{
-    hosts::hostname_matches,
+    hosts::{hostname_matches, listener_accepts, specificity},
     rule::{Backends, Origin},
 };
 
@@ -31,7 +31,7 @@ pub struct StreamRoute {
 impl StreamRoute {
     /// How well the route's hostnames match `name`: exact, then the longest
     /// wildcard, then a route without hostnames; None when it does not match.
-    fn specificity(&self, name: Option<&str>) -> Option<(u8, usize)> {
+    fn match_specificity(&self, name: Option<&str>) -> Option<(u8, usize)> {
         if self.hostnames.is_empty() {
             return Some((0, 0));
         }
@@ -68,29 +68,13 @@ impl StreamListener {
     pub fn route(&self, name: Option<&str>) -> Option<&StreamRoute> {
         let mut best: Option<(&StreamRoute, (u8, usize))> = None;
         for r in &self.routes {
-            if let Some(s) = r.specificity(name) {
+            if let Some(s) = r.match_specificity(name) {
                 if best.is_none_or(|(_, b)| s > b) {
                     best = Some((r, s));
                 }
             }
         }
         best.map(|(r, _)| r)
-    }
-
-    fn accepts(&self, name: Option<&str>) -> bool {
-        match (&self.hostname, name) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(p), Some(n)) => hostname_matches(p, n),
-        }
-    }
-
-    fn specificity(&self) -> (u8, usize) {
-        match &self.hostname {
-            None => (0, 0),
-            Some(h) if h.starts_with("*.") => (1, h.len()),
-            Some(h) => (2, h.len()),
-        }
     }
 }
 
@@ -104,12 +88,14 @@ impl StreamPort {
     pub fn add(&mut self, l: StreamListener) {
         self.listeners.push(l);
         self.listeners
-            .sort_by_key(|l| std::cmp::Reverse(l.specificity()));
+            .sort_by_key(|l| std::cmp::Reverse(specificity(l.hostname.as_deref())));
     }
 
     /// The listener for a connection with TLS server name `name` (lower case).
     pub fn listener(&self, name: Option<&str>) -> Option<&StreamListener> {
-        self.listeners.iter().find(|l| l.accepts(name))
+        self.listeners
+            .iter()
+            .find(|l| listener_accepts(l.hostname.as_deref(), name))
     }
 
     /// How connections to this port are handled (one mode per port: listeners

@@ -11,8 +11,8 @@ use super::gateway_api as api;
 use crate::model::gateway::{
     AllowedRoutes, Gateway, GatewayClass, HeaderModifier, HttpBackendRef, HttpFilter, HttpMatch,
     HttpRoute, HttpRouteRule, LabelSelector, Listener, ListenerTls, MatchKind, Meta,
-    ObjectReference, ParentRef, PathModifier, Redirect, ReferenceGrant, RouteNamespaces,
-    StreamKind, StreamRoute, GROUP,
+    ObjectReference, ParentRef, PathModifier, Redirect, ReferenceGrant, RetryPolicy,
+    RouteNamespaces, StreamKind, StreamRoute, GROUP,
 };
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> FieldError {
@@ -160,6 +160,10 @@ fn reference(r: &api::Reference, group: &str, kind: &str) -> ObjectReference {
     }
 }
 
+fn lower_case(hosts: &[String]) -> Vec<String> {
+    hosts.iter().map(|h| h.to_ascii_lowercase()).collect()
+}
+
 fn parent_refs(refs: &[api::Reference]) -> Result<Vec<ParentRef>, FieldError> {
     let mut parent_refs = Vec::new();
     for (i, p) in refs.iter().enumerate() {
@@ -190,12 +194,7 @@ pub fn http_route(obj: &api::Object<api::HttpRouteSpec>) -> Result<HttpRoute, Fi
         id,
         meta: meta(&obj.metadata),
         parent_refs,
-        hostnames: obj
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        hostnames: lower_case(&obj.spec.hostnames),
         rules,
         grpc: false,
     })
@@ -254,18 +253,14 @@ pub fn grpc_route(obj: &api::Object<api::GrpcRouteSpec>) -> Result<HttpRoute, Fi
             backend_refs: backend_refs(&r.backend_refs, &field)?,
             request_timeout_ms: None,
             backend_timeout_ms: None,
+            retry: None,
         });
     }
     Ok(HttpRoute {
         id,
         meta: meta(&obj.metadata),
         parent_refs: parent_refs(&obj.spec.parent_refs)?,
-        hostnames: obj
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        hostnames: lower_case(&obj.spec.hostnames),
         rules,
         grpc: true,
     })
@@ -337,6 +332,47 @@ fn http_rule(r: &api::HttpRouteRule, field: &str) -> Result<HttpRouteRule, Field
             r.timeouts.as_ref().and_then(|t| t.backend_request.as_ref()),
             "backendRequest",
         )?,
+        retry: r
+            .retry
+            .as_ref()
+            .map(|rt| retry(rt, &format!("{field}.retry")))
+            .transpose()?,
+    })
+}
+
+fn retry(r: &api::Retry, field: &str) -> Result<RetryPolicy, FieldError> {
+    let mut codes = Vec::new();
+    for (i, c) in r.codes.iter().enumerate() {
+        codes.push(
+            u16::try_from(*c)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| {
+                    err(
+                        format!("{field}.codes[{i}]"),
+                        format!("{c} is not a 4xx or 5xx status"),
+                    )
+                })?,
+        );
+    }
+    let attempts = r.attempts.unwrap_or(1);
+    if !(0..=10).contains(&attempts) {
+        return Err(err(
+            format!("{field}.attempts"),
+            format!("{attempts} out of range 0-10"),
+        ));
+    }
+    let backoff_ms = match &r.backoff {
+        None => 0,
+        Some(b) => duration::parse(b)
+            .map_err(|e| err(format!("{field}.backoff"), e.to_string()))?
+            .as_millis()
+            .min(10_000) as u64,
+    };
+    Ok(RetryPolicy {
+        codes,
+        attempts: attempts as u32,
+        backoff_ms,
     })
 }
 
@@ -516,6 +552,42 @@ fn filters(list: &[api::HttpFilter], field: &str) -> Result<Vec<HttpFilter>, Fie
                         .transpose()?,
                 }
             }
+            "RequestMirror" => {
+                let m = f
+                    .request_mirror
+                    .as_ref()
+                    .ok_or_else(|| missing("requestMirror"))?;
+                let mf = format!("{ff}.requestMirror");
+                let percent = match (m.percent, &m.fraction) {
+                    (Some(p), _) => p,
+                    (None, Some(fr)) => {
+                        let d = fr.denominator.unwrap_or(100);
+                        if d <= 0 || fr.numerator < 0 || fr.numerator > d {
+                            return Err(err(
+                                format!("{mf}.fraction"),
+                                "needs 0 <= numerator <= denominator, denominator > 0",
+                            ));
+                        }
+                        fr.numerator * 100 / d
+                    }
+                    (None, None) => 100,
+                };
+                if !(0..=100).contains(&percent) {
+                    return Err(err(
+                        format!("{mf}.percent"),
+                        format!("{percent} out of range 0-100"),
+                    ));
+                }
+                HttpFilter::RequestMirror {
+                    backend: reference(&m.backend_ref, "", "Service"),
+                    port: m
+                        .backend_ref
+                        .port
+                        .map(|p| port(p, &format!("{mf}.backendRef.port")))
+                        .transpose()?,
+                    percent: percent as u32,
+                }
+            }
             other => HttpFilter::Unsupported(other.to_string()),
         });
     }
@@ -563,12 +635,7 @@ pub fn stream_route(
         id: object_ref(&obj.metadata)?,
         meta: meta(&obj.metadata),
         parent_refs: parent_refs(&obj.spec.parent_refs)?,
-        hostnames: obj
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        hostnames: lower_case(&obj.spec.hostnames),
         rules,
     })
 }

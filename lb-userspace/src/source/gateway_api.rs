@@ -133,6 +133,17 @@ pub struct HttpRouteRule {
     #[serde(default)]
     pub backend_refs: Vec<Reference>,
     pub timeouts: Option<Timeouts>,
+    /// The experimental channel's retry (GEP-1731).
+    pub retry: Option<Retry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retry {
+    #[serde(default)]
+    pub codes: Vec<i64>,
+    pub attempts: Option<i64>,
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +183,21 @@ pub struct HttpFilter {
     pub response_header_modifier: Option<HeaderModifier>,
     pub request_redirect: Option<Redirect>,
     pub url_rewrite: Option<UrlRewrite>,
+    pub request_mirror: Option<RequestMirror>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestMirror {
+    pub backend_ref: Reference,
+    pub percent: Option<i64>,
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Fraction {
+    pub numerator: i64,
+    pub denominator: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
