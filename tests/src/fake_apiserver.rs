@@ -262,6 +262,8 @@ struct State {
     status_patches: Vec<(String, Value)>,
     /// The Gateway API's CRDs are installed: its kinds are served.
     gateway_crds: bool,
+    /// Kinds whose list and watch answer 403 (RBAC not granted).
+    forbidden: Vec<Kind>,
     /// Events created (POST .../events), as received.
     events: Vec<Value>,
 }
@@ -506,6 +508,16 @@ impl FakeApiserver {
     /// before, their paths answer 404.
     pub fn install_gateway_crds(&self) {
         self.lock().gateway_crds = true;
+    }
+
+    /// Answers 403 to lists and watches of `kind` (`on`), as an apiserver
+    /// does without the RBAC grant; or serves it again.
+    pub fn forbid(&self, kind: Kind, on: bool) {
+        let mut st = self.lock();
+        st.forbidden.retain(|k| *k != kind);
+        if on {
+            st.forbidden.push(kind);
+        }
     }
 
     /// The current object, as a client would GET it.
@@ -916,6 +928,12 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
         };
     }
     let kind = Kind::from_path(&path).filter(|k| !k.is_gateway_api() || st.gateway_crds);
+    if kind.is_some_and(|k| st.forbidden.contains(&k)) {
+        return full(
+            StatusCode::FORBIDDEN,
+            &status(403, "Forbidden", &format!("{path} is forbidden")),
+        );
+    }
     let Some(kind) = kind else {
         return full(
             StatusCode::NOT_FOUND,

@@ -73,7 +73,9 @@ fn gateway_api_objects_from_the_apiserver_are_served_and_their_status_written() 
         "endpoints": [{"addresses": [be1.to_string()], "conditions": {"ready": true}, "nodeName": "node-a"}]}))?;
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web", "labels": {"team": "web"}}}))?;
 
-    // No CRDs: the agent runs, serves Services, and says so once.
+    // No CRDs, and no grant on Namespaces: the agent runs, serves
+    // Services, and says so once per kind.
+    api.forbid(Kind::Namespace, true);
     let master = format!("--master={}", api.url());
     let pool = format!("--gateway-address-pool={POOL}");
     let agent = Agent::start_source(
@@ -99,7 +101,13 @@ fn gateway_api_objects_from_the_apiserver_are_served_and_their_status_written() 
         },
     )?;
 
-    // The CRDs appear, then the objects.
+    wait("the missing grant named", &agent, || {
+        agent.log_text().contains(
+            "Namespace objects are not served: the agent may not list them (apply manifests/gateway/rbac.yaml)",
+        )
+    })?;
+    // The grant and the CRDs appear, then the objects.
+    api.forbid(Kind::Namespace, false);
     api.install_gateway_crds();
     api.apply(
         json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",

@@ -455,12 +455,14 @@ const PROXY_KINDS: [Kind; 11] = [
 ];
 
 impl Kind {
-    /// Kinds whose API may not be installed (CRDs): without it they are not
-    /// served, and the snapshot does not wait for them.
+    /// Kinds whose API may not be installed (CRDs) or not granted (the
+    /// Gateway API's own RBAC): without it they are not served, and the
+    /// snapshot does not wait for them.
     fn optional(self) -> bool {
         matches!(
             self,
-            Kind::GatewayClass
+            Kind::Namespace
+                | Kind::GatewayClass
                 | Kind::Gateway
                 | Kind::HttpRoute
                 | Kind::ReferenceGrant
@@ -586,15 +588,19 @@ async fn watch<K>(
                         }
                     }
                 }
-                Err(e) if kind.optional() && not_found(&e) => {
-                    // The API is not installed: not served; looked for again
-                    // with the watch backoff (the CRDs may be installed later).
+                Err(e) if kind.optional() && unavailable(&e).is_some() => {
+                    // The API is not installed, or the agent may not read it:
+                    // not served; looked for again with the watch backoff (the
+                    // CRDs or the RBAC may come later). The snapshot does not wait.
                     if !absent {
                         absent = true;
+                        let why = match unavailable(&e) {
+                            Some(403) => "the agent may not list them (apply manifests/gateway/rbac.yaml)",
+                            _ => "the API is not installed on the apiserver (install the Gateway API CRDs)",
+                        };
                         warn!(
                             kind = %kind,
-                            "{kind} objects are not served: the API is not installed on the \
-                             apiserver (install the Gateway API CRDs); looking again from time to time"
+                            "{kind} objects are not served: {why}; looking again from time to time"
                         );
                         if notices.send(Notice::Listed(kind)).is_err() {
                             return;
@@ -631,14 +637,18 @@ async fn watch<K>(
     }
 }
 
-/// A 404 for the list or watch: the resource's API is not installed.
-fn not_found(e: &watcher::Error) -> bool {
-    matches!(
-        e,
+/// A 404 (the resource's API is not installed) or 403 (not permitted) for
+/// the list or watch: the code.
+fn unavailable(e: &watcher::Error) -> Option<u16> {
+    match e {
         watcher::Error::InitialListFailed(kube::Error::Api(status))
-            | watcher::Error::WatchStartFailed(kube::Error::Api(status))
-            if status.code == 404
-    )
+        | watcher::Error::WatchStartFailed(kube::Error::Api(status))
+            if matches!(status.code, 403 | 404) =>
+        {
+            Some(status.code)
+        }
+        _ => None,
+    }
 }
 
 /// An HTTP 410 answer to a watch request: kube-runtime would retry it with the
