@@ -958,7 +958,19 @@ spec:
     )?;
     let addr = suite.address("same-namespace")?;
     suite.wait_backend(addr, "/", &[], "infra-backend-v1")?;
-    let (v2, v3) = (suite.backends[1].requests(), suite.backends[2].requests());
+    // The copies of those first requests arrive on their own time: count
+    // from when they have (no change for 300 ms; at most 10 s).
+    let counts = || (suite.backends[1].requests(), suite.backends[2].requests());
+    let mut last = counts();
+    for _ in 0..33 {
+        std::thread::sleep(Duration::from_millis(300));
+        let now = counts();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let (v2, v3) = last;
     for i in 0..20 {
         let body = format!("payload-{i}");
         let r = suite.request(addr, "/m", &["-X", "POST", "--data", &body])?;
