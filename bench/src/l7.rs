@@ -39,13 +39,13 @@ const API_PORT: u16 = 8081;
 const WORKERS: usize = 2;
 const WRK_THREADS: usize = 2;
 
-struct Params {
-    connections: Vec<usize>,
-    duration: Duration,
-    rounds: usize,
+pub(crate) struct Params {
+    pub(crate) connections: Vec<usize>,
+    pub(crate) duration: Duration,
+    pub(crate) rounds: usize,
 }
 
-fn params(mode: Mode) -> Params {
+pub(crate) fn params(mode: Mode) -> Params {
     match mode {
         Mode::Quick => Params {
             connections: vec![8, 64],
@@ -76,7 +76,7 @@ impl Proxy {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Test {
+pub(crate) enum Test {
     /// wrk's default: each connection stays open for many requests.
     KeepAlive,
     /// `Connection: close`: a new client connection per request.
@@ -84,9 +84,9 @@ enum Test {
 }
 
 impl Test {
-    const ALL: [Test; 2] = [Test::KeepAlive, Test::NewConnection];
+    pub(crate) const ALL: [Test; 2] = [Test::KeepAlive, Test::NewConnection];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Test::KeepAlive => "kept-alive connections",
             Test::NewConnection => "a new connection per request",

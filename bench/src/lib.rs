@@ -8,6 +8,7 @@
 //! namespaces; every loop is bounded in count and time.
 pub mod control;
 pub mod e2e;
+pub mod gateway_l7;
 pub mod kubeproxy;
 pub mod l7;
 pub mod machine;

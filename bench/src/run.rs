@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Benchmark sections, by number as in RESULTS.md.
-pub const ALL_SECTIONS: [u8; 4] = [1, 2, 3, 4];
+pub const ALL_SECTIONS: [u8; 5] = [1, 2, 3, 4, 5];
 
 pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
     let started = Instant::now();
@@ -33,6 +33,7 @@ pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
             2 => crate::e2e::run(mode)?,
             3 => crate::control::run(mode)?,
             4 => crate::l7::run(mode)?,
+            5 => crate::gateway_l7::run(mode)?,
             _ => continue,
         };
         report.sections.push(section);
