@@ -876,3 +876,50 @@ spec:
     let r = t.gateway_status.route("GRPCRoute", INFRA, "grpc").unwrap();
     assert!(condition(&r.parents[0].conditions, "Accepted").is_true());
 }
+
+#[test]
+fn two_gateways_on_one_address_and_port_the_younger_is_port_unavailable() {
+    let extra = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: first, namespace: {INFRA}, creationTimestamp: "2026-12-01T00:00:00Z"}}
+spec:
+  gatewayClassName: weir
+  addresses: [{{value: 198.19.9.9}}]
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: second, namespace: {INFRA}, creationTimestamp: "2026-12-02T00:00:00Z"}}
+spec:
+  gatewayClassName: weir
+  addresses: [{{value: 198.19.9.9}}]
+  listeners: [{{name: http, port: 80, protocol: HTTP}}, {{name: other, port: 8080, protocol: HTTP}}]
+"#
+    );
+    let mut st = state("httproute-simple-same-namespace");
+    let (objects, errors) = parse_documents("two.yaml", &extra);
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut st, objects);
+    let t = build(&st, &config());
+    let first = t.gateway_status.gateway(INFRA, "first").unwrap();
+    assert!(condition(&first.listeners[0].conditions, "Accepted").is_true());
+    let second = t.gateway_status.gateway(INFRA, "second").unwrap();
+    let accepted = condition(&second.listeners[0].conditions, "Accepted");
+    assert_eq!(
+        (accepted.status.as_str(), accepted.reason.as_str()),
+        ("False", "PortUnavailable")
+    );
+    assert!(
+        accepted
+            .message
+            .contains("Gateway gateway-conformance-infra/first"),
+        "{accepted:#?}"
+    );
+    assert!(!condition(&second.listeners[0].conditions, "Programmed").is_true());
+    // Its other port is its own.
+    assert!(condition(&second.listeners[1].conditions, "Programmed").is_true());
+    let l = t.gateway_at("198.19.9.9:80".parse().unwrap()).unwrap();
+    assert_eq!(l.listeners.len(), 1);
+    assert!(l.listeners[0].name.contains("/first/"));
+}

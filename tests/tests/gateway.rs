@@ -1036,3 +1036,125 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn extended_filters_redirects_rewrites_timeouts_and_reference_grants() -> Result<()> {
+    let suite = Suite::start()?;
+    suite.s.manifests.write(
+        "extended.yaml",
+        &format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: extended, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  hostnames: [ext.example]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /resp}}}}]
+      filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: X-Resp, value: set-by-weir}}], remove: [Content-Type]}}}}]
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+    - matches: [{{path: {{type: PathPrefix, value: /to-https}}}}]
+      filters: [{{type: RequestRedirect, requestRedirect: {{scheme: https, statusCode: 308}}}}]
+    - matches: [{{path: {{type: PathPrefix, value: /to-port}}}}]
+      filters: [{{type: RequestRedirect, requestRedirect: {{port: 8443, path: {{type: ReplaceFullPath, replaceFullPath: /new}}, statusCode: 307}}}}]
+    - matches: [{{path: {{type: PathPrefix, value: /old}}}}]
+      filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /v2}}, statusCode: 303}}}}]
+    - matches: [{{path: {{type: PathPrefix, value: /host}}}}]
+      filters: [{{type: URLRewrite, urlRewrite: {{hostname: rewritten.example}}}}]
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+    - matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+      timeouts: {{request: 300ms}}
+      backendRefs: [{{name: infra-backend-v1, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: granted, namespace: {WEB}}}
+spec:
+  parentRefs: [{{name: backend-namespaces, namespace: {INFRA}}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /granted}}}}]
+      backendRefs: [{{name: infra-backend-v2, namespace: {INFRA}, port: 8080}}]
+    - matches: [{{path: {{type: PathPrefix, value: /denied}}}}]
+      backendRefs: [{{name: infra-backend-v3, namespace: {INFRA}, port: 8080}}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {{name: web-to-v2, namespace: {INFRA}}}
+spec:
+  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {WEB}}}]
+  to: [{{group: "", kind: Service, name: infra-backend-v2}}]
+"#
+        ),
+    )?;
+    let addr = suite.address("same-namespace")?;
+    let host = ["-H", "Host: ext.example"];
+    suite.wait_backend(addr, "/resp", &host, "infra-backend-v1")?;
+    // ResponseHeaderModifier: what the client sees.
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = host.iter().map(|s| s.to_string()).collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let args = with(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%header{x-resp}|%header{content-type}\n%{http_code} %{http_version}",
+    ]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = suite.request(addr, "/resp", &refs)?;
+    assert_eq!((r.status, r.body.trim()), (200, "set-by-weir|"));
+    // Redirects: scheme (its own port left out), port and full path, prefix.
+    for (path, status, location) in [
+        (
+            "/to-https/a?q=1",
+            308,
+            "https://ext.example/to-https/a?q=1".to_string(),
+        ),
+        ("/to-port/a", 307, "http://ext.example:8443/new".to_string()),
+        ("/old/x/y", 303, "http://ext.example/v2/x/y".to_string()),
+    ] {
+        let args = with(REDIRECT_URL);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = suite.request(addr, path, &refs)?;
+        assert_eq!(
+            (r.status, r.body.trim()),
+            (status, location.as_str()),
+            "{path}"
+        );
+    }
+    // URLRewrite of the host: the backend sees the new one.
+    let r = suite.request(addr, "/host/x", &host)?;
+    assert_eq!(r.json()?["host"], "rewritten.example");
+    // timeouts.request: 504, and soon.
+    let started = Instant::now();
+    let r = suite.request(addr, "/slow?delay_ms=3000", &host)?;
+    assert_eq!(r.status, 504);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // A backend in another namespace: served with a ReferenceGrant, 500 without.
+    let bn = suite.address("backend-namespaces")?;
+    suite.wait_backend(bn, "/granted", &[], "infra-backend-v2")?;
+    assert_eq!(suite.request(bn, "/denied", &[])?.status, 500);
+    let status = suite.status()?;
+    let route = status["routes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|r| r["name"] == "granted")
+        .context("no status")?;
+    let resolved = route["parents"][0]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .context("no ResolvedRefs")?;
+    assert_eq!(
+        (resolved["status"].as_str(), resolved["reason"].as_str()),
+        (Some("False"), Some("RefNotPermitted"))
+    );
+    Ok(())
+}

@@ -12,7 +12,7 @@
 //!   most query parameters, oldest route, route name, rule order;
 //! - a backendRef that does not resolve answers 500 for its share.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
     time::Duration,
@@ -271,11 +271,42 @@ pub fn build(
             .extend(rules.into_iter().map(|(_, r)| r));
     }
 
+    // An address and port serve one Gateway: the oldest (Gateways are in
+    // age order); a younger one's listener there is PortUnavailable.
+    let mut port_owners: HashMap<SocketAddr, ObjectRef> = HashMap::new();
     for g in gateways {
         let generation = g.gw.meta.generation;
         let programmed = !g.addresses.is_empty();
         let mut listener_statuses = Vec::new();
-        for l in g.listeners {
+        for mut l in g.listeners {
+            let keys: Vec<SocketAddr> = g
+                .addresses
+                .iter()
+                .map(|a| SocketAddr::new(IpAddr::V4(*a), l.listener.port))
+                .collect();
+            let taken = keys.iter().find_map(|k| {
+                port_owners
+                    .get(k)
+                    .filter(|o| **o != g.gw.id)
+                    .map(|o| (*k, o.clone()))
+            });
+            if let (true, Some((key, other))) = (l.usable, taken) {
+                l.usable = false;
+                if let Some(c) = l.conditions.iter_mut().find(|c| c.kind == "Accepted") {
+                    *c = Condition::new(
+                        "Accepted",
+                        false,
+                        "PortUnavailable",
+                        format!("{key} is already served by Gateway {other}"),
+                        generation,
+                    );
+                }
+            }
+            if l.usable {
+                for k in keys {
+                    port_owners.entry(k).or_insert_with(|| g.gw.id.clone());
+                }
+            }
             let mut conditions = l.conditions;
             conditions.push(Condition::new(
                 "Programmed",
