@@ -18,6 +18,7 @@ pub mod raw_bpf;
 pub mod report;
 pub mod run;
 pub mod stats;
+pub mod tls_stream;
 pub mod workload;
 
 /// How long and how large: `--quick` finishes in a few minutes, `--full`

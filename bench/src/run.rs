@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Benchmark sections, by number as in RESULTS.md.
-pub const ALL_SECTIONS: [u8; 5] = [1, 2, 3, 4, 5];
+pub const ALL_SECTIONS: [u8; 6] = [1, 2, 3, 4, 5, 6];
 
 pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
     let started = Instant::now();
@@ -34,6 +34,7 @@ pub fn run(mode: Mode, sections: &[u8], out: &Path) -> Result<Report> {
             3 => crate::control::run(mode)?,
             4 => crate::l7::run(mode)?,
             5 => crate::gateway_l7::run(mode)?,
+            6 => crate::tls_stream::run(mode)?,
             _ => continue,
         };
         report.sections.push(section);

@@ -96,10 +96,22 @@ impl Nginx {
         upstreams: &[Upstream],
         routes: &[Route],
     ) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("weir-nginx-{tag}"));
+        Self::start_with(ns, tag, |dir| {
+            config(dir, listen, workers, upstreams, routes)
+        })
+    }
+
+    /// Starts nginx in namespace `ns` with the configuration `config` writes
+    /// for its directory (pid, logs and temp files belong there).
+    pub fn start_with(
+        ns: &str,
+        tag: &str,
+        config: impl FnOnce(&std::path::Path) -> String,
+    ) -> Result<Self> {
+        let dir = Self::dir_for(tag);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let path = dir.join("nginx.conf");
-        std::fs::write(&path, config(&dir, listen, workers, upstreams, routes))?;
+        std::fs::write(&path, config(&dir))?;
         let child = Command::new("nsenter")
             .arg(format!("--net={}", netns::path(ns).display()))
             .args(["--", "nginx", "-e", "stderr", "-g", "daemon off;", "-c"])
@@ -110,6 +122,11 @@ impl Nginx {
             .spawn()
             .context("starting nginx (cargo xtask setup --bench installs it)")?;
         Ok(Self { child, dir })
+    }
+
+    /// Its directory (for files its configuration names, such as certificates).
+    pub fn dir_for(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("weir-nginx-{tag}"))
     }
 
     /// The error log so far (for a failure message).

@@ -52,7 +52,7 @@ enum Command {
         /// The published table: larger counts, longer runs.
         #[arg(long)]
         full: bool,
-        /// Only these sections, e.g. `1,3` (1 per packet, 2 end to end, 3 control plane, 4 L7, 5 Gateway API).
+        /// Only these sections, e.g. `1,3` (1 per packet, 2 end to end, 3 control plane, 4 L7, 5 Gateway API, 6 TLS-terminated TCP).
         #[arg(long)]
         sections: Option<String>,
     },

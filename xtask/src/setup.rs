@@ -30,8 +30,9 @@ const PACKAGES: &[&str] = &[
     "runc",
     "debootstrap",
 ];
-/// What only the benchmark needs (section 4: the reference proxy).
-const BENCH_PACKAGES: &[&str] = &["nginx"];
+/// What only the benchmark needs (sections 4-6: the reference proxy, with
+/// its stream module for TLS-terminated TCP).
+const BENCH_PACKAGES: &[&str] = &["nginx", "libnginx-mod-stream"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian's hook that tells maintainer scripts whether they may start
 /// services: 101 means "no". See `bench_packages`.
