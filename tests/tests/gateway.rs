@@ -1158,3 +1158,68 @@ spec:
     );
     Ok(())
 }
+
+#[test]
+fn websocket_backends_by_app_protocol_are_tunnelled() -> Result<()> {
+    let suite = Suite::start()?;
+    // infra-backend-v1's third port (8082) has appProtocol kubernetes.io/ws
+    // in the suite's base manifests; its EndpointSlice port is the pods' 3000.
+    suite.s.manifests.write(
+        "ws-slice.yaml",
+        &slice_eps(
+            INFRA,
+            "infra-backend-v1-ws",
+            "infra-backend-v1",
+            &[port("third-port", 8082, "TCP", 3000)],
+            &[Ep::ready(suite.s.backend_ip("be1"), "node-a")],
+        ),
+    )?;
+    suite.s.manifests.write(
+        "ws.yaml",
+        &format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: ws, namespace: {INFRA}}}\nspec:\n  parentRefs: [{{name: same-namespace}}]\n  rules: [{{matches: [{{path: {{type: Exact, value: /ws}}}}], backendRefs: [{{name: infra-backend-v1, port: 8082}}]}}]\n"
+        ),
+    )?;
+    let addr = suite.address("same-namespace")?;
+    suite.wait_backend(addr, "/ws", &[], "infra-backend-v1")?;
+    let replies = weir_tests::netns::in_netns(suite.client(), move || -> Result<Vec<String>> {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let io = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::net::TcpStream::connect(std::net::SocketAddr::from((addr, 80))),
+            )
+            .await??;
+            let (mut ws, resp) = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_tungstenite::client_async(format!("ws://{addr}/ws"), io),
+            )
+            .await??;
+            anyhow::ensure!(resp.status() == 101, "status {}", resp.status());
+            let mut out = Vec::new();
+            for i in 0..3 {
+                ws.send(Message::text(format!("hello {i}"))).await?;
+                let msg = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await?
+                    .context("stream ended")??;
+                out.push(msg.into_text()?.to_string());
+            }
+            ws.close(None).await?;
+            Ok(out)
+        })
+    })??;
+    let name = "infra-backend-v1-pod-a";
+    assert_eq!(
+        replies,
+        [
+            format!("{name}: hello 0"),
+            format!("{name}: hello 1"),
+            format!("{name}: hello 2")
+        ]
+    );
+    Ok(())
+}
