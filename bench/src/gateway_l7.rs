@@ -71,27 +71,30 @@ fn write_manifests(s: &Scenario, ips: &[Ipv4Addr]) -> Result<()> {
     s.manifests.write("gateway.yaml", &yaml.join("\n---\n"))
 }
 
-/// The Gateway's address, once it answers for the target host (at most 30 s).
-fn gateway_ready(s: &Scenario, client: &str, target: &str) -> Result<Ipv4Addr> {
+/// The first Gateway's address, once `works(address)` (at most 30 s).
+pub(crate) fn gateway_ready(
+    s: &Scenario,
+    mut works: impl FnMut(Ipv4Addr) -> bool,
+) -> Result<Ipv4Addr> {
     for _ in 0..300 {
-        let status = s.agent.cli_json(&["gateway", "status"]).ok();
-        let addr = status
-            .as_ref()
-            .and_then(|st| st["gateways"][0]["addresses"][0]["value"].as_str())
-            .and_then(|a| a.parse::<Ipv4Addr>().ok());
-        if let Some(addr) = addr {
-            let host = format!("Host: {target}");
-            let url = format!("http://{addr}{PATH}");
-            if curl(client, &["-H", &host, "-H", "x-tier: gold", &url])
-                .is_ok_and(|r| r.status == 200)
-            {
-                return Ok(addr);
-            }
+        let addr = s
+            .agent
+            .cli_json(&["gateway", "status"])
+            .ok()
+            .and_then(|st| {
+                st["gateways"][0]["addresses"][0]["value"]
+                    .as_str()?
+                    .parse()
+                    .ok()
+            });
+        if let Some(addr) = addr.filter(|a| works(*a)) {
+            return Ok(addr);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     bail!(
-        "the Gateway never served {target}; agent log:\n{}",
+        "the Gateway never served; agent log:
+{}",
         s.agent.log_text()
     )
 }
@@ -126,7 +129,11 @@ pub fn run(mode: Mode) -> Result<Section> {
     let started = std::time::Instant::now();
     write_manifests(&s, &ips)?;
     let target = host(ROUTES / 2);
-    let gw = gateway_ready(&s, &client, &target)?;
+    let gw = gateway_ready(&s, |addr| {
+        let host = format!("Host: {target}");
+        let url = format!("http://{addr}{PATH}");
+        curl(&client, &["-H", &host, "-H", "x-tier: gold", &url]).is_ok_and(|r| r.status == 200)
+    })?;
     let programmed = started.elapsed();
     let upstream = |name: &str, port| Upstream {
         name: name.into(),

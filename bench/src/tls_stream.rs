@@ -159,29 +159,7 @@ pub fn run(mode: Mode) -> Result<Section> {
         weir_tests::ingress::tls_secret("bench", "cert", &crt_pem, &key_pem),
     ];
     s.manifests.write("tls.yaml", &yaml.join("\n---\n"))?;
-    let gw = (|| -> Result<Ipv4Addr> {
-        for _ in 0..300 {
-            let addr = s
-                .agent
-                .cli_json(&["gateway", "status"])
-                .ok()
-                .and_then(|st| {
-                    st["gateways"][0]["addresses"][0]["value"]
-                        .as_str()
-                        .and_then(|a| a.parse().ok())
-                });
-            if let Some(a) = addr {
-                if stream(&client, a, 1024).is_ok() {
-                    return Ok(a);
-                }
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        bail!(
-            "the Gateway TLS listener never took a stream; agent log:\n{}",
-            s.agent.log_text()
-        )
-    })()?;
+    let gw = crate::gateway_l7::gateway_ready(&s, |a| stream(&client, a, 1024).is_ok())?;
     let nginx = Nginx::start_with(&node_ns, &s.sandbox.tag, |d| {
         let d = d.display();
         format!(

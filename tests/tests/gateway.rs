@@ -180,6 +180,15 @@ impl Suite {
     }
 }
 
+/// The element of JSON array `list` whose `key` is `value`.
+fn find<'a>(
+    list: &'a serde_json::Value,
+    key: &str,
+    value: impl PartialEq<serde_json::Value>,
+) -> Option<&'a serde_json::Value> {
+    list.as_array()?.iter().find(|x| value == x[key])
+}
+
 /// curl arguments that print the redirect's Location as the body (and the status as usual).
 const REDIRECT_URL: &[&str] = &[
     "-o",
@@ -300,17 +309,9 @@ fn httproutes_from_the_conformance_suite_through_the_handoff() -> Result<()> {
         Ok(suite.request(addr, "/", &[])?.status == 500)
     })?;
     let status = suite.status()?;
-    let route = status["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"] == "invalid-nonexistent-backend-ref")
+    let route = find(&status["routes"], "name", "invalid-nonexistent-backend-ref")
         .context("no status for the route")?;
-    let resolved = route["parents"][0]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "ResolvedRefs")
+    let resolved = find(&route["parents"][0]["conditions"], "type", "ResolvedRefs")
         .context("no ResolvedRefs")?;
     assert_eq!(
         (resolved["status"].as_str(), resolved["reason"].as_str()),
@@ -351,12 +352,12 @@ fn httproutes_from_the_conformance_suite_through_the_handoff() -> Result<()> {
 
     // `weir routes` names the object behind each rule, and where it listens.
     let rules = suite.s.agent.cli_json(&["routes"])?;
-    let rule = rules
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["origin"] == "HTTPRoute gateway-conformance-infra/rewrite-path spec.rules[0]")
-        .with_context(|| format!("no rule of rewrite-path: {rules:#}"))?;
+    let rule = find(
+        &rules,
+        "origin",
+        "HTTPRoute gateway-conformance-infra/rewrite-path spec.rules[0]",
+    )
+    .with_context(|| format!("no rule of rewrite-path: {rules:#}"))?;
     assert_eq!(rule["path"], "/prefix/one");
     assert_eq!(rule["address"], format!("{addr}:80"));
     assert_eq!(
@@ -477,19 +478,14 @@ fn an_https_listener_terminates_tls_with_its_certificate_refs() -> Result<()> {
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
     // The status says the listeners are programmed now.
     let status = suite.status()?;
-    let gw = status["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == "same-namespace-with-https-listener")
-        .context("no status")?;
+    let gw = find(
+        &status["gateways"],
+        "name",
+        "same-namespace-with-https-listener",
+    )
+    .context("no status")?;
     for l in gw["listeners"].as_array().context("listeners")? {
-        let programmed = l["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|c| c["type"] == "Programmed")
-            .context("no Programmed")?;
+        let programmed = find(&l["conditions"], "type", "Programmed").context("no Programmed")?;
         assert_eq!(programmed["status"], "True", "{l:#}");
     }
     Ok(())
@@ -697,12 +693,7 @@ spec:
 
     // Status: each listener serves its route kind, with its route attached.
     let status = suite.status()?;
-    let gw = status["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == "streams")
-        .context("no status")?;
+    let gw = find(&status["gateways"], "name", "streams").context("no status")?;
     for l in gw["listeners"].as_array().context("listeners")? {
         assert_eq!(l["attachedRoutes"], 1, "{l:#}");
     }
@@ -911,22 +902,12 @@ spec:
     assert_eq!(call("/weir.test.Echo/Other", &[])?.status, 404);
     // Status: accepted on the HTTP listener, whose supported kinds include GRPCRoute.
     let status = suite.status()?;
-    let route = status["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["kind"] == "GRPCRoute")
-        .context("no GRPCRoute status")?;
+    let route = find(&status["routes"], "kind", "GRPCRoute").context("no GRPCRoute status")?;
     assert_eq!(
         route["parents"][0]["conditions"][0]["status"], "True",
         "{route:#}"
     );
-    let gw = status["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == "same-namespace")
-        .context("no Gateway")?;
+    let gw = find(&status["gateways"], "name", "same-namespace").context("no Gateway")?;
     let kinds: Vec<&str> = gw["listeners"][0]["supportedKinds"]
         .as_array()
         .into_iter()
@@ -1140,17 +1121,8 @@ spec:
     suite.wait_backend(bn, "/granted", &[], "infra-backend-v2")?;
     assert_eq!(suite.request(bn, "/denied", &[])?.status, 500);
     let status = suite.status()?;
-    let route = status["routes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["name"] == "granted")
-        .context("no status")?;
-    let resolved = route["parents"][0]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == "ResolvedRefs")
+    let route = find(&status["routes"], "name", "granted").context("no status")?;
+    let resolved = find(&route["parents"][0]["conditions"], "type", "ResolvedRefs")
         .context("no ResolvedRefs")?;
     assert_eq!(
         (resolved["status"].as_str(), resolved["reason"].as_str()),
