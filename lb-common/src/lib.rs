@@ -104,6 +104,13 @@ pub const ALL_MAPS: [&str; 15] = [
 /// so an old entry is copied with its value zero-extended.
 pub const MAP_MIGRATIONS: [(&str, &str); 1] = [("CT_V1", MAP_CT)];
 
+/// The kernel global holding the conntrack refresh interval (ns): an
+/// established flow's packet rewrites its entry's timestamp only when it is
+/// older than that.
+pub const GLOBAL_CT_REFRESH_NS: &str = "CT_REFRESH_NS";
+/// The refresh interval when the agent sets none: 1 s.
+pub const DEFAULT_CT_REFRESH_NS: u64 = 1_000_000_000;
+
 /// CONFIG_V1 index 0: runtime flags the kernel reads.
 pub const CONFIG_FLAGS: u32 = 0;
 /// Flag: report every new flow to MONITOR_V1 (`weir monitor --flows`).

@@ -58,11 +58,30 @@ pub fn reopens(ct: &CtValue, flow: &Flow) -> bool {
         && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
+/// How stale an entry's timestamp may get before a packet writes it again
+/// (ns); set by the agent at load time from its conntrack timeouts.
+#[unsafe(no_mangle)]
+static CT_REFRESH_NS: u64 = lb_common::DEFAULT_CT_REFRESH_NS;
+
+#[inline(always)]
+fn refresh_ns() -> u64 {
+    // SAFETY: a read of a global; volatile so the load-time value is used.
+    unsafe { core::ptr::read_volatile(&CT_REFRESH_NS) }
+}
+
 /// Refreshes an entry for a packet of `flow`, marking it closing on FIN/RST.
+/// An established flow's packets do not write the map each time (a map
+/// update costs more than the rest of the path): only when the timestamp is
+/// older than the refresh interval, or the flow starts closing.
 #[inline(always)]
 pub fn touch(key: &CtKey, mut value: CtValue, flow: &Flow) {
-    value.last_seen_ns = now();
-    value.flags |= closing(flow);
+    let ts = now();
+    let flags = value.flags | closing(flow);
+    if flags == value.flags && ts.wrapping_sub(value.last_seen_ns) < refresh_ns() {
+        return;
+    }
+    value.last_seen_ns = ts;
+    value.flags = flags;
     let _ = CT.insert(key, value, 0);
 }
 

@@ -160,6 +160,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         bpf_log: cfg.bpf_log,
         socket_lb: socket_lb_mode,
         host_netns_cookie,
+        ct_refresh_ns: cfg.ct_timeouts.refresh().as_nanos() as u64,
     };
     let (mut dataplane, pin_actions) =
         Dataplane::load_with(&cfg.bpffs, cfg.plan, &options).context("loading the datapath")?;

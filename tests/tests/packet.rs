@@ -467,6 +467,41 @@ fn a_fin_marks_the_flow_closing_in_conntrack() -> Result<()> {
     Ok(())
 }
 
+/// An established flow's packet leaves its conntrack entry alone while the
+/// timestamp is fresh (no map write per packet) and refreshes it once it is
+/// older than the refresh interval (1 s with the default timeouts), so an
+/// active flow never looks idle to the garbage collector.
+#[test]
+fn an_established_packet_refreshes_conntrack_only_when_the_timestamp_is_stale() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let syn = Pkt::tcp(CLIENT, 47002, VIP, 80);
+    run(&mut dp, &syn.build())?;
+    let key = ct_key(CLIENT, 47002, VIP, 80, PROTO_TCP);
+    let created = dp.maps.ct.get(&key, 0)?.last_seen_ns;
+
+    let (_, out) = run(&mut dp, &syn.build())?;
+    assert_eq!(&out[30..34], &B1, "the packet is translated");
+    assert_eq!(
+        dp.maps.ct.get(&key, 0)?.last_seen_ns,
+        created,
+        "a fresh entry was written again"
+    );
+
+    let mut entry = dp.maps.ct.get(&key, 0)?;
+    let stale = monotonic_ns() - 2_000_000_000;
+    entry.last_seen_ns = stale;
+    dp.maps.ct.insert(key, entry, 0)?;
+    let before = monotonic_ns();
+    let (_, out) = run(&mut dp, &syn.build())?;
+    assert_eq!(&out[30..34], &B1, "the packet is translated");
+    let refreshed = dp.maps.ct.get(&key, 0)?.last_seen_ns;
+    assert!(
+        refreshed >= before,
+        "a stale entry was not refreshed: {stale} -> {refreshed}, packet at {before}"
+    );
+    Ok(())
+}
+
 /// A client that reuses the port of a closed connection opens a new flow: a
 /// SYN on a closing entry is a new flow (counted, backend chosen anew) whose
 /// entry is no longer closing, so it is not expired while in use.

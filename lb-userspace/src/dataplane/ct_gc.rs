@@ -25,6 +25,16 @@ impl Default for CtTimeouts {
     }
 }
 
+impl CtTimeouts {
+    /// How stale the kernel lets an entry's timestamp get before a packet
+    /// writes it again: an eighth of the shortest timeout, at most 1 s, so
+    /// that an active flow is never taken for an idle one.
+    pub fn refresh(&self) -> Duration {
+        let shortest = self.tcp_established.min(self.tcp_closing).min(self.udp);
+        (shortest / 8).min(Duration::from_nanos(lb_common::DEFAULT_CT_REFRESH_NS))
+    }
+}
+
 /// What one garbage collection found: entries removed, entries left, capacity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtGc {
@@ -97,7 +107,19 @@ pub fn expired(entries: &[(CtKey, CtValue)], now_ns: u64, t: &CtTimeouts) -> Vec
 
 #[cfg(test)]
 mod tests {
-    use super::CtGc;
+    use super::{CtGc, CtTimeouts};
+    use std::time::Duration;
+
+    #[test]
+    fn the_refresh_interval_is_an_eighth_of_the_shortest_timeout_at_most_a_second() {
+        assert_eq!(CtTimeouts::default().refresh(), Duration::from_secs(1));
+        let short = CtTimeouts {
+            udp: Duration::from_secs(1),
+            tcp_closing: Duration::from_secs(2),
+            ..CtTimeouts::default()
+        };
+        assert_eq!(short.refresh(), Duration::from_millis(125));
+    }
 
     #[test]
     fn the_map_is_full_from_ninety_percent() {

@@ -9,7 +9,10 @@ use aya::{
     programs::{SchedClassifier, Xdp},
     Ebpf, EbpfLoader,
 };
-use lb_common::{ALL_MAPS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS, PROG_TC_UPLINK, PROG_XDP};
+use lb_common::{
+    ALL_MAPS, GLOBAL_CT_REFRESH_NS, GLOBAL_MAGLEV_M, MAP_MAGLEV, PROG_TC_INGRESS, PROG_TC_UPLINK,
+    PROG_XDP,
+};
 
 use super::{
     attach::Attachments,
@@ -118,7 +121,7 @@ const BPF_LOG_OFF: u8 = 0;
 const BPF_LOG_ALL: u8 = 5;
 
 /// What the kernel programs are loaded with, besides the map capacities.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// The programs' aya-log messages on (`--bpf-log`).
     pub bpf_log: bool,
@@ -126,6 +129,20 @@ pub struct LoadOptions {
     pub socket_lb: super::socket_lb::SocketLbMode,
     /// The host network namespace's cookie (for host-only socket LB).
     pub host_netns_cookie: u64,
+    /// How stale an active flow's conntrack timestamp may get before the
+    /// kernel writes it again (ns; `CtTimeouts::refresh` of the agent's timeouts).
+    pub ct_refresh_ns: u64,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            bpf_log: false,
+            socket_lb: Default::default(),
+            host_netns_cookie: 0,
+            ct_refresh_ns: super::ct_gc::CtTimeouts::default().refresh().as_nanos() as u64,
+        }
+    }
 }
 
 /// A loader with the maps sized and the Maglev table size set, the kernel
@@ -141,6 +158,7 @@ fn loader<'a>(
         loader.map_max_entries(name, *entries);
     }
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
+    loader.override_global(GLOBAL_CT_REFRESH_NS, &options.ct_refresh_ns, true);
     // Read-only data: with 0 the verifier removes the log code from the programs.
     let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
     loader.override_global(aya_log::LEVEL, level, true);
