@@ -18,7 +18,10 @@ use std::{net::Ipv4Addr, os::fd::AsFd};
 
 use anyhow::Result;
 use aya::programs::Xdp;
-use lb_common::{Backend, ServiceKey, BACKEND_ACTIVE, PROTO_TCP, SCOPE_EXTERNAL};
+use lb_common::{
+    Backend, ServiceKey, BACKEND_ACTIVE, BACKEND_LOCAL, PROTO_TCP, SCOPE_EXTERNAL,
+    SVC_FLAG_EXTERNAL,
+};
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
@@ -36,7 +39,8 @@ use crate::{
 
 /// The XDP program for NodePort traffic from outside, once it exists.
 pub const XDP_PROGRAM: &str = "weir_xdp";
-/// A frontend whose only backend is itself (for repeated runs).
+/// A frontend whose only backend is itself (for repeated runs), reachable
+/// from pods and, as an external IP, from outside.
 const SELF_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 254);
 /// An address no service uses.
 const NOT_A_SERVICE: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
@@ -175,6 +179,23 @@ pub fn run(mode: Mode) -> Result<Section> {
                 size,
                 per_call(xdp, &vec![est; p.calls])?,
             );
+            let same = Pkt::tcp(EXTERNAL.octets(), 40000, SELF_VIP.octets(), TCP_PORT).build();
+            push(
+                "XDP external IP, established flow",
+                ProgKind::Xdp,
+                true,
+                size,
+                repeated(xdp, &same, p.repeat)?,
+            );
+            let other =
+                Pkt::tcp(EXTERNAL.octets(), 40000, NOT_A_SERVICE.octets(), TCP_PORT).build();
+            push(
+                "XDP, packet for no service",
+                ProgKind::Xdp,
+                true,
+                size,
+                repeated(xdp, &other, p.repeat)?,
+            );
         }
     }
     // The no-op programs, measured the same ways (once: they have no maps).
@@ -221,8 +242,11 @@ fn programmed(size: usize) -> Result<Dataplane> {
                 addr: SELF_VIP.octets(),
                 port: TCP_PORT,
                 proto: PROTO_TCP,
-                state: BACKEND_ACTIVE,
+                state: BACKEND_ACTIVE | BACKEND_LOCAL,
             }],
+            // Reachable from outside (an external IP) with a local backend,
+            // so that XDP's established path passes it on unchanged too.
+            flags: SVC_FLAG_EXTERNAL,
             ..Default::default()
         },
     );
@@ -317,7 +341,7 @@ fn section(
             points: r.ns.iter().map(|&(s, ns)| (s as f64, ns)).collect(),
         });
     }
-    for (kind, repeat) in [("tc", false), ("tc", true)] {
+    for (kind, repeat) in [("tc", false), ("tc", true), ("xdp", true)] {
         if let Some(&ns) = noop.get(&(kind, repeat)) {
             let method = if repeat { "repeat" } else { "1 run per call" };
             series.push(Series {
@@ -354,8 +378,9 @@ fn section(
              in both columns. *repeat*: one call running the program {repeat} times on the \
              same buffer (best of 3), used only where the program leaves the packet as it \
              found it: an established flow to a frontend whose backend is its own address \
-             (the full established path, rewriting to the same bytes), and a packet for no \
-             service.",
+             and port (the established path's parse, filter, conntrack, service and backend \
+             lookups and counters; the rewrite finds nothing to change and writes nothing), \
+             and a packet for no service.",
             calls = crate::stats::thousands(p.calls as f64),
             repeat = crate::stats::thousands(f64::from(p.repeat)),
         ),

@@ -8,6 +8,8 @@
 //! (`[198,19,0,10]`, `80`).
 #![no_std]
 
+pub mod filter;
+
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -40,6 +42,11 @@ pub const SVC_FLAG_SOURCE_RANGES: u16 = 2;
 /// externalTrafficPolicy Local on a node without local endpoints while the
 /// service has endpoints elsewhere: drop (as kube-proxy does) rather than reject.
 pub const SVC_FLAG_DROP_IF_EMPTY: u16 = 4;
+/// On an external-scope entry: an internal-scope entry exists for the same
+/// frontend, which pods use instead. Without it pods look up only the
+/// external entry (one hash lookup, not two, for almost every frontend).
+/// Set by the agent's planner, not by `translate`.
+pub const SVC_FLAG_HAS_INTERNAL: u16 = 8;
 
 /// Conntrack entry kinds (CtValue::kind).
 /// A forward entry is keyed by the client's tuple towards the frontend and
@@ -81,7 +88,7 @@ pub const MAP_MONITOR: &str = "MONITOR_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_SOURCE_RANGES: &str = "SRC_RANGES_V1";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS_V1";
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -97,6 +104,7 @@ pub const ALL_MAPS: [&str; 15] = [
     MAP_NODE_ADDRS,
     sock::MAP_SOCK_REVNAT,
     sock::MAP_SOCK_STATS,
+    filter::MAP_FILTER,
 ];
 
 /// Pins of older layouts whose entries a new agent carries over: (old pin,
@@ -108,6 +116,9 @@ pub const MAP_MIGRATIONS: [(&str, &str); 1] = [("CT_V1", MAP_CT)];
 /// established flow's packet rewrites its entry's timestamp only when it is
 /// older than that.
 pub const GLOBAL_CT_REFRESH_NS: &str = "CT_REFRESH_NS";
+/// The kernel global that turns the in-place fast paths on (1) or off (0,
+/// only to test that the helper paths produce the same bytes).
+pub const GLOBAL_DIRECT_ACCESS: &str = "DIRECT_ACCESS";
 /// The refresh interval when the agent sets none: 1 s.
 pub const DEFAULT_CT_REFRESH_NS: u64 = 1_000_000_000;
 

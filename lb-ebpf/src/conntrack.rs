@@ -31,10 +31,14 @@ pub fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// The entry of `key`, in the map. A reference rather than a copy: an
+/// Option of a copied value leaves the value's registers undefined when it
+/// is None, and LLVM may spill those, which the verifier rejects.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<CtValue> {
-    // SAFETY: the value is copied out at once.
-    unsafe { CT.get(key).copied() }
+pub fn lookup(key: &CtKey) -> Option<&'static CtValue> {
+    // SAFETY: map values stay valid for the program's run (RCU); callers
+    // copy the value before using it.
+    unsafe { CT.get(key) }
 }
 
 /// FIN or RST: the flow is closing.

@@ -1,10 +1,11 @@
 //! The service load-balancing decision for one packet, shared by the tc and
 //! XDP entry points (which differ only in what they do with the verdict).
 use lb_common::{
+    filter::{filter_bit, Half},
     MonitorEvent, ServiceKey, ServiceValue, BACKEND_LOCAL, CT_REPLY, DROP_NO_ENDPOINT,
     DROP_NO_LOCAL_ENDPOINT, DROP_REWRITE_FAILED, DROP_SNAT_FAILED, DROP_SOURCE_RANGE, EVENT_DROP,
     EVENT_FLOW, HAIRPIN_ADDR, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_HAS_INTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 
 use aya_log_ebpf::{debug, info};
@@ -31,18 +32,35 @@ pub enum Hook {
 }
 
 /// What to do with the packet.
-pub enum Verdict {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
     /// Hand it to the stack (translated or not).
     Pass,
     /// Translated: send it straight to its egress device (fib.rs): an
-    /// SNATed flow from an uplink, or a reverse-NATed reply. Carries the
-    /// packet's flow as it arrived, so XDP can undo the translation and
-    /// leave the packet to tc when the FIB has no neighbour entry yet.
-    Forward(Flow),
+    /// SNATed flow from an uplink, or a reverse-NATed reply. XDP undoes the
+    /// translation with the verdict's flow and leaves the packet to tc when
+    /// the FIB has no neighbour entry yet.
+    Forward,
     /// No usable endpoint: answer with a TCP RST or ICMP port unreachable.
-    Reject(Flow),
+    Reject,
     /// Drop it (counted and reported already).
     Drop,
+}
+
+/// The action and the packet's flow as it arrived. A struct, not an enum
+/// with the flow in some variants: a variant without it would leave the
+/// flow's registers undefined, and LLVM may copy those, which the verifier
+/// rejects. The flow is all zero when the packet was not parsed.
+pub struct Verdict {
+    pub action: Action,
+    pub flow: Flow,
+}
+
+impl Verdict {
+    #[inline(always)]
+    fn new(action: Action, flow: Flow) -> Self {
+        Self { action, flow }
+    }
 }
 
 #[inline(always)]
@@ -113,7 +131,7 @@ pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
         Err(e) => {
             maps::count_drop(DROP_REWRITE_FAILED);
             info!(&(), "rewrite failed (helper returned {}); packet passed", e);
-            Verdict::Pass
+            Verdict::new(Action::Pass, Flow::default())
         }
     }
 }
@@ -122,42 +140,57 @@ pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
 #[inline(always)]
 fn onward(hook: Hook, snat: bool, flow: Flow) -> Verdict {
     match hook {
-        Hook::Uplink { .. } if snat => Verdict::Forward(flow),
-        _ => Verdict::Pass,
+        Hook::Uplink { .. } if snat => Verdict::new(Action::Forward, flow),
+        _ => Verdict::new(Action::Pass, flow),
     }
 }
 
 #[inline(always)]
 fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     let Some(flow) = parse_ipv4(p) else {
-        return Ok(Verdict::Pass);
+        return Ok(Verdict::new(Action::Pass, Flow::default()));
     };
+    // Neither to a frontend nor from a backend: no lookup can match.
+    let to_frontend = maps::filter_has(filter_bit(
+        Half::Frontend,
+        flow.daddr,
+        flow.dport,
+        flow.proto,
+    ));
+    if !to_frontend
+        && !maps::filter_has(filter_bit(Half::Reply, flow.saddr, flow.sport, flow.proto))
+    {
+        return Ok(Verdict::new(Action::Pass, flow));
+    }
     let ct_key = conntrack::key(&flow);
     let existing = conntrack::lookup(&ct_key).filter(|ct| !conntrack::reopens(ct, &flow));
-    if let Some(ct) = existing {
+    if let Some(&ct) = existing {
         if ct.kind == CT_REPLY {
             let snat = ct.snat_addr != [0; 4];
             if matches!(hook, Hook::Uplink { xdp: true, .. }) && !snat {
                 // A reply to a pod on this node: tc on the uplink translates
                 // it and hands it to the pod's device.
-                return Ok(Verdict::Pass);
+                return Ok(Verdict::new(Action::Pass, flow));
             }
             conntrack::touch(&ct_key, ct, &flow);
             nat::rewrite_src(p, &flow, ct.nat_addr, ct.nat_port)?;
             if snat {
                 nat::rewrite_dst(p, &flow, ct.snat_addr, ct.snat_port)?;
             }
-            return Ok(Verdict::Forward(flow));
+            return Ok(Verdict::new(Action::Forward, flow));
         }
     }
+    if !to_frontend {
+        return Ok(Verdict::new(Action::Pass, flow));
+    }
     let Some(svc) = service(&flow, hook) else {
-        return Ok(Verdict::Pass);
+        return Ok(Verdict::new(Action::Pass, flow));
     };
     if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, flow.saddr) {
         dropped(&flow, svc.id, DROP_SOURCE_RANGE);
-        return Ok(Verdict::Drop);
+        return Ok(Verdict::new(Action::Drop, flow));
     }
-    if let Some(ct) = existing {
+    if let Some(&ct) = existing {
         // An established flow keeps its backend while both it and the
         // service it was chosen for still exist.
         if ct.service_id == svc.id {
@@ -177,17 +210,17 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     if svc.count == 0 {
         if svc.flags & SVC_FLAG_DROP_IF_EMPTY != 0 {
             dropped(&flow, svc.id, DROP_NO_LOCAL_ENDPOINT);
-            return Ok(Verdict::Drop);
+            return Ok(Verdict::new(Action::Drop, flow));
         }
         dropped(&flow, svc.id, DROP_NO_ENDPOINT);
-        return Ok(Verdict::Reject(flow));
+        return Ok(Verdict::new(Action::Reject, flow));
     }
     let Some(backend_id) = select::backend_id(&svc, &flow) else {
-        return Ok(Verdict::Pass);
+        return Ok(Verdict::new(Action::Pass, flow));
     };
     // SAFETY: the value is copied out at once.
     let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
-        return Ok(Verdict::Pass);
+        return Ok(Verdict::new(Action::Pass, flow));
     };
     let mut nat = Nat {
         backend_id,
@@ -200,12 +233,12 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
         Hook::Uplink { ifindex, .. } if backend.state & BACKEND_LOCAL == 0 => {
             let Some(addr) = maps::node_addr(ifindex) else {
                 dropped(&flow, svc.id, DROP_SNAT_FAILED);
-                return Ok(Verdict::Drop);
+                return Ok(Verdict::new(Action::Drop, flow));
             };
             nat.snat_addr = addr;
             if !conntrack::claim_snat_port(&flow, svc.id, &mut nat) {
                 dropped(&flow, svc.id, DROP_SNAT_FAILED);
-                return Ok(Verdict::Drop);
+                return Ok(Verdict::new(Action::Drop, flow));
             }
             claimed = true;
         }
@@ -248,29 +281,28 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
     Ok(onward(hook, snat, flow))
 }
 
-/// The frontend `flow` is addressed to. Pods (tc) look up the internal scope
-/// first; external clients (XDP) see the external view of external frontends.
+/// The frontend `flow` is addressed to. Pods (tc) use the internal scope
+/// where the external entry says there is one; external clients (XDP) see
+/// the external view of external frontends.
 #[inline(always)]
 pub fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
     let mut key = ServiceKey {
         addr: flow.daddr,
         port: flow.dport,
         proto: flow.proto,
-        scope: SCOPE_INTERNAL,
+        scope: SCOPE_EXTERNAL,
     };
-    if hook == Hook::Pod {
-        // SAFETY: values are copied out at once.
-        if let Some(v) = unsafe { SERVICES.get(key).copied() } {
-            return Some(v);
-        }
-    }
-    key.scope = SCOPE_EXTERNAL;
     // SAFETY: the value is copied out at once.
     let v = unsafe { SERVICES.get(key).copied() }?;
-    if matches!(hook, Hook::Uplink { .. }) && v.flags & SVC_FLAG_EXTERNAL == 0 {
-        return None;
+    match hook {
+        Hook::Pod if v.flags & SVC_FLAG_HAS_INTERNAL != 0 => {
+            key.scope = SCOPE_INTERNAL;
+            // SAFETY: the value is copied out at once.
+            Some(unsafe { SERVICES.get(key).copied() }.unwrap_or(v))
+        }
+        Hook::Uplink { .. } if v.flags & SVC_FLAG_EXTERNAL == 0 => None,
+        _ => Some(v),
     }
-    Some(v)
 }
 
 /// Restores the addresses and ports `flow` arrived with (XDP, when the

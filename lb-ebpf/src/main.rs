@@ -20,7 +20,7 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb::{Hook, Verdict};
+use lb::{Action, Hook};
 use packet::{Tc, Xdp};
 use reject::Rejected;
 
@@ -50,11 +50,12 @@ pub fn weir_tc_uplink(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn tc(ctx: &TcContext, hook: Hook) -> i32 {
     let p = Tc(ctx);
-    match lb::process(&p, hook) {
-        Verdict::Pass => TC_ACT_OK as i32,
-        Verdict::Forward(_) => fib::tc_forward(ctx),
-        Verdict::Drop => TC_ACT_SHOT as i32,
-        Verdict::Reject(flow) => match reject::reject(&p, &flow) {
+    let v = lb::process(&p, hook);
+    match v.action {
+        Action::Pass => TC_ACT_OK as i32,
+        Action::Forward => fib::tc_forward(ctx),
+        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Reject => match reject::reject(&p, &v.flow) {
             // Back out of the device it came in on.
             // SAFETY: the skb pointer is valid for the program's run.
             Rejected::Answered => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
@@ -70,19 +71,20 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
     let p = Xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    match lb::process(&p, Hook::Uplink { ifindex, xdp: true }) {
-        Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Forward(flow) => match fib::xdp_forward(&ctx, ifindex) {
+    let v = lb::process(&p, Hook::Uplink { ifindex, xdp: true });
+    match v.action {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Forward => match fib::xdp_forward(&ctx, ifindex) {
             Some(action) => action,
             // No neighbour entry yet: tc on the uplink translates the packet
             // again from conntrack and lets the kernel resolve the neighbour.
-            None => match lb::undo(&p, &flow) {
+            None => match lb::undo(&p, &v.flow) {
                 Ok(()) => xdp_action::XDP_PASS,
                 Err(_) => xdp_action::XDP_DROP,
             },
         },
-        Verdict::Reject(flow) => match reject::reject(&p, &flow) {
+        Action::Reject => match reject::reject(&p, &v.flow) {
             Rejected::Answered => xdp_action::XDP_TX,
             Rejected::Ignored => xdp_action::XDP_PASS,
             Rejected::Failed => xdp_action::XDP_DROP,

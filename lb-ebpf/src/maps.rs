@@ -123,3 +123,18 @@ pub fn node_addr(ifindex: u32) -> Option<[u8; 4]> {
     // SAFETY: the value is copied out at once.
     unsafe { NODE_ADDRS.get(ifindex).copied() }
 }
+
+/// The no-service filter (lb_common::filter): one bit per frontend and per
+/// reply source. Mmapable, so that the agent reads and writes it in place.
+#[btf_map(name = "FILTER_V1")]
+pub static FILTER: Array<
+    u64,
+    { lb_common::filter::FILTER_WORDS as usize },
+    { aya_ebpf::bindings::BPF_F_MMAPABLE as usize },
+> = Array::new();
+
+/// Whether the filter has bit `bit` set.
+#[inline(always)]
+pub fn filter_has(bit: lb_common::filter::FilterBit) -> bool {
+    FILTER.get(bit.word).is_some_and(|w| *w & bit.mask != 0)
+}

@@ -6,14 +6,16 @@ use core::mem::{size_of, MaybeUninit};
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::{
-        bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
-        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        bpf_skb_change_tail, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
+        bpf_xdp_store_bytes,
     },
     programs::{TcContext, XdpContext},
 };
-use lb_common::{csum_replace2, csum_replace4, PROTO_UDP};
+use lb_common::{csum_replace2, csum_replace4, PROTO_TCP, PROTO_UDP};
 
-use crate::parse::{Flow, IP_CSUM_OFF};
+use crate::parse::{
+    direct_access, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, TCP_HEADERS, UDP_HEADERS,
+};
 
 /// A helper's return value as a Result (negative: an errno).
 #[inline(always)]
@@ -25,33 +27,73 @@ fn status(ret: i64) -> Result<(), i64> {
     }
 }
 
+/// Which end of a flow a rewrite changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Src,
+    Dst,
+}
+
+impl Side {
+    /// The offset of its IPv4 address.
+    #[inline(always)]
+    fn addr_off(self) -> usize {
+        match self {
+            Side::Src => IP_SRC_OFF,
+            Side::Dst => IP_DST_OFF,
+        }
+    }
+
+    /// The offset of its port in the L4 header.
+    #[inline(always)]
+    fn port_off(self) -> usize {
+        match self {
+            Side::Src => 0,
+            Side::Dst => 2,
+        }
+    }
+
+    /// What `flow` has there: address and port.
+    #[inline(always)]
+    fn of(self, flow: &Flow) -> ([u8; 4], u16) {
+        match self {
+            Side::Src => (flow.saddr, flow.sport),
+            Side::Dst => (flow.daddr, flow.dport),
+        }
+    }
+}
+
 pub trait Packet {
     fn load<T: Copy>(&self, off: usize) -> Result<T, i64>;
     fn store<T: Copy>(&self, off: usize, v: &T) -> Result<(), i64>;
     /// The packet's length in bytes.
     fn len(&self) -> u32;
+    /// The first `N` bytes in place, when the packet's linear part holds
+    /// them (direct packet access: no helper call per field). Valid until
+    /// the next helper that changes the packet.
+    fn head<const N: usize>(&self) -> Option<*mut [u8; N]>;
     /// Trims or grows the packet to `len` bytes.
     fn resize(&self, len: usize) -> Result<(), i64>;
     /// Adds `len` bytes in front of the packet (contents undefined); fails
     /// where the kind of packet has no cheap way to do it.
     fn prepend(&self, len: usize) -> Result<(), i64>;
-    /// Replaces the address at `addr_off` and the port at `port_off` (in the
-    /// L4 header) of `flow`, updating the IP and L4 checksums.
-    #[allow(clippy::too_many_arguments)]
-    fn rewrite(
-        &self,
-        flow: &Flow,
-        addr_off: usize,
-        old_addr: [u8; 4],
-        new_addr: [u8; 4],
-        port_off: usize,
-        old_port: u16,
-        new_port: u16,
-    ) -> Result<(), i64>;
+    /// Replaces `side`'s address and port of `flow` with `addr:port`,
+    /// updating the IP and L4 checksums.
+    fn rewrite(&self, flow: &Flow, side: Side, addr: [u8; 4], port: u16) -> Result<(), i64>;
+}
+
+/// The first `N` bytes of a packet spanning `data..data_end`, if it has them.
+#[inline(always)]
+fn head_of<const N: usize>(data: usize, data_end: usize) -> Option<*mut [u8; N]> {
+    if data + N > data_end {
+        return None;
+    }
+    Some(data as *mut [u8; N])
 }
 
 /// A tc packet. Checksums go through the csum helpers, which also handle
-/// CHECKSUM_PARTIAL skbs sent by local sockets.
+/// CHECKSUM_PARTIAL skbs sent by local sockets (whose L4 checksum field holds
+/// only the pseudo-header sum a software update would corrupt).
 pub struct Tc<'a>(pub &'a TcContext);
 
 impl Packet for Tc<'_> {
@@ -71,6 +113,11 @@ impl Packet for Tc<'_> {
     }
 
     #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<*mut [u8; N]> {
+        head_of(self.0.data(), self.0.data_end())
+    }
+
+    #[inline(always)]
     fn resize(&self, len: usize) -> Result<(), i64> {
         // SAFETY: the skb pointer is valid for the program's run.
         let ret = unsafe { bpf_skb_change_tail(self.0.skb.skb, len as u32, 0) };
@@ -83,17 +130,9 @@ impl Packet for Tc<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(
-        &self,
-        flow: &Flow,
-        addr_off: usize,
-        old_addr: [u8; 4],
-        new_addr: [u8; 4],
-        port_off: usize,
-        old_port: u16,
-        new_port: u16,
-    ) -> Result<(), i64> {
+    fn rewrite(&self, flow: &Flow, side: Side, addr: [u8; 4], port: u16) -> Result<(), i64> {
         let ctx = self.0;
+        let (old_addr, old_port) = side.of(flow);
         // A UDP checksum of 0 means "none" and must stay 0.
         let mangled = if flow.proto == PROTO_UDP {
             BPF_F_MARK_MANGLED_0 as u64
@@ -101,27 +140,78 @@ impl Packet for Tc<'_> {
             0
         };
         let csum_off = flow.l4_csum_off();
-        if old_addr != new_addr {
+        let addr_changes = old_addr != addr;
+        let port_changes = old_port != port;
+        if addr_changes {
             let from = u32::from_ne_bytes(old_addr) as u64;
-            let to = u32::from_ne_bytes(new_addr) as u64;
+            let to = u32::from_ne_bytes(addr) as u64;
             ctx.l4_csum_replace(csum_off, from, to, BPF_F_PSEUDO_HDR as u64 | mangled | 4)?;
             ctx.l3_csum_replace(IP_CSUM_OFF, from, to, 4)?;
-            ctx.store(addr_off, &new_addr, 0)?;
         }
-        if old_port != new_port {
+        if port_changes {
             let from = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
-            let to = u16::from_ne_bytes(new_port.to_be_bytes()) as u64;
+            let to = u16::from_ne_bytes(port.to_be_bytes()) as u64;
             ctx.l4_csum_replace(csum_off, from, to, mangled | 2)?;
-            ctx.store(flow.l4_off + port_off, &new_port.to_be_bytes(), 0)?;
+        }
+        // The checksums are done; the fields themselves are written in
+        // place where the headers allow it, else through the store helper.
+        if direct_access() && flow.l4_off == L4_OFF {
+            if let Some(h) = self.head::<UDP_HEADERS>() {
+                // SAFETY: head checked that the bytes are in the packet.
+                let h = unsafe { &mut *h };
+                match side {
+                    Side::Src => put::<UDP_HEADERS, IP_SRC_OFF, L4_OFF>(
+                        h,
+                        addr_changes.then_some(addr),
+                        port_changes.then_some(port),
+                    ),
+                    Side::Dst => put::<UDP_HEADERS, IP_DST_OFF, { L4_OFF + 2 }>(
+                        h,
+                        addr_changes.then_some(addr),
+                        port_changes.then_some(port),
+                    ),
+                }
+                return Ok(());
+            }
+        }
+        if addr_changes {
+            ctx.store(side.addr_off(), &addr, 0)?;
+        }
+        if port_changes {
+            ctx.store(flow.l4_off + side.port_off(), &port.to_be_bytes(), 0)?;
         }
         Ok(())
     }
 }
 
-/// An XDP frame, read and written through bpf_xdp_load_bytes and
-/// bpf_xdp_store_bytes (Linux 5.18): like the tc path, variable header
-/// offsets need no bounds dance with the verifier. Checksums are updated
-/// incrementally in software (RFC 1624): XDP has no csum helpers.
+/// Writes an address at `ADDR` and a port at `PORT` of headers in place.
+#[inline(always)]
+fn put<const N: usize, const ADDR: usize, const PORT: usize>(
+    h: &mut [u8; N],
+    addr: Option<[u8; 4]>,
+    port: Option<u16>,
+) {
+    if let Some(a) = addr {
+        h[ADDR] = a[0];
+        h[ADDR + 1] = a[1];
+        h[ADDR + 2] = a[2];
+        h[ADDR + 3] = a[3];
+    }
+    if let Some(p) = port {
+        let p = p.to_be_bytes();
+        h[PORT] = p[0];
+        h[PORT + 1] = p[1];
+    }
+}
+
+/// An XDP frame. Headers at variable offsets (IP options) are read and
+/// written through bpf_xdp_load_bytes and bpf_xdp_store_bytes (Linux 5.18),
+/// which need no bounds dance with the verifier; the common case (no IP
+/// options) is rewritten in place. Checksums are updated incrementally in
+/// software (RFC 1624): XDP has no csum helpers.
+///
+/// The program is loaded without BPF_F_XDP_HAS_FRAGS, so a frame is always
+/// one buffer: `data..data_end` is all of it.
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl Xdp<'_> {
@@ -134,6 +224,78 @@ impl Xdp<'_> {
     #[inline(always)]
     fn store_u16(&self, off: usize, v: u16) -> Result<(), i64> {
         self.store(off, &v.to_be_bytes())
+    }
+
+    /// Rewrites a packet without IP options in place; false if its headers
+    /// are not all in the frame (then the helpers take it).
+    #[inline(always)]
+    fn rewrite_in_place(&self, flow: &Flow, side: Side, addr: [u8; 4], port: u16) -> bool {
+        let (old_addr, old_port) = side.of(flow);
+        let tcp = flow.proto == PROTO_TCP;
+        // One instance per header size and side, so every offset is a constant.
+        macro_rules! fields {
+            ($n:expr, $csum:expr) => {{
+                let Some(h) = self.head::<{ $n }>() else {
+                    return false;
+                };
+                // SAFETY: head checked that the bytes are in the frame.
+                let h = unsafe { &mut *h };
+                match side {
+                    Side::Src => update::<{ $n }, IP_SRC_OFF, L4_OFF, { $csum }>(
+                        h, !tcp, old_addr, addr, old_port, port,
+                    ),
+                    Side::Dst => update::<{ $n }, IP_DST_OFF, { L4_OFF + 2 }, { $csum }>(
+                        h, !tcp, old_addr, addr, old_port, port,
+                    ),
+                }
+            }};
+        }
+        if tcp {
+            fields!(TCP_HEADERS, L4_OFF + 16)
+        } else {
+            fields!(UDP_HEADERS, L4_OFF + 6)
+        }
+        true
+    }
+}
+
+/// The same update as the helper path of `Xdp::rewrite`, on headers in place:
+/// the address at `ADDR`, the port at `PORT`, the L4 checksum at `CSUM`.
+#[inline(always)]
+fn update<const N: usize, const ADDR: usize, const PORT: usize, const CSUM: usize>(
+    h: &mut [u8; N],
+    udp: bool,
+    old_addr: [u8; 4],
+    addr: [u8; 4],
+    old_port: u16,
+    port: u16,
+) {
+    let mut l4 = u16::from_be_bytes([h[CSUM], h[CSUM + 1]]);
+    // A UDP checksum of 0 means "none" and stays 0.
+    let l4_none = udp && l4 == 0;
+    if old_addr != addr {
+        let ip = u16::from_be_bytes([h[IP_CSUM_OFF], h[IP_CSUM_OFF + 1]]);
+        let ip = csum_replace4(ip, old_addr, addr).to_be_bytes();
+        h[IP_CSUM_OFF] = ip[0];
+        h[IP_CSUM_OFF + 1] = ip[1];
+        l4 = csum_replace4(l4, old_addr, addr);
+    }
+    if old_port != port {
+        l4 = csum_replace2(l4, old_port, port);
+    }
+    put::<N, ADDR, PORT>(
+        h,
+        (old_addr != addr).then_some(addr),
+        (old_port != port).then_some(port),
+    );
+    if !l4_none {
+        // In UDP a computed 0 is sent as 0xffff (0 would mean "none").
+        if udp && l4 == 0 {
+            l4 = 0xffff;
+        }
+        let c = l4.to_be_bytes();
+        h[CSUM] = c[0];
+        h[CSUM + 1] = c[1];
     }
 }
 
@@ -171,8 +333,13 @@ impl Packet for Xdp<'_> {
 
     #[inline(always)]
     fn len(&self) -> u32 {
-        // SAFETY: the context pointer is valid for the program's run.
-        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as u32 }
+        // One buffer (no frags): what bpf_xdp_get_buff_len would return.
+        (self.0.data_end() - self.0.data()) as u32
+    }
+
+    #[inline(always)]
+    fn head<const N: usize>(&self) -> Option<*mut [u8; N]> {
+        head_of(self.0.data(), self.0.data_end())
     }
 
     #[inline(always)]
@@ -191,29 +358,25 @@ impl Packet for Xdp<'_> {
     }
 
     #[inline(always)]
-    fn rewrite(
-        &self,
-        flow: &Flow,
-        addr_off: usize,
-        old_addr: [u8; 4],
-        new_addr: [u8; 4],
-        port_off: usize,
-        old_port: u16,
-        new_port: u16,
-    ) -> Result<(), i64> {
+    fn rewrite(&self, flow: &Flow, side: Side, addr: [u8; 4], port: u16) -> Result<(), i64> {
+        if direct_access() && flow.l4_off == L4_OFF && self.rewrite_in_place(flow, side, addr, port)
+        {
+            return Ok(());
+        }
+        let (old_addr, old_port) = side.of(flow);
         let csum_off = flow.l4_csum_off();
         let mut l4 = self.load_u16(csum_off)?;
         // A UDP checksum of 0 means "none" and stays 0.
         let l4_none = flow.proto == PROTO_UDP && l4 == 0;
-        if old_addr != new_addr {
+        if old_addr != addr {
             let ip = self.load_u16(IP_CSUM_OFF)?;
-            self.store_u16(IP_CSUM_OFF, csum_replace4(ip, old_addr, new_addr))?;
-            l4 = csum_replace4(l4, old_addr, new_addr);
-            self.store(addr_off, &new_addr)?;
+            self.store_u16(IP_CSUM_OFF, csum_replace4(ip, old_addr, addr))?;
+            l4 = csum_replace4(l4, old_addr, addr);
+            self.store(side.addr_off(), &addr)?;
         }
-        if old_port != new_port {
-            l4 = csum_replace2(l4, old_port, new_port);
-            self.store(flow.l4_off + port_off, &new_port.to_be_bytes())?;
+        if old_port != port {
+            l4 = csum_replace2(l4, old_port, port);
+            self.store(flow.l4_off + side.port_off(), &port.to_be_bytes())?;
         }
         if !l4_none {
             // In UDP a computed 0 is sent as 0xffff (0 would mean "none").

@@ -161,6 +161,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         socket_lb: socket_lb_mode,
         host_netns_cookie,
         ct_refresh_ns: cfg.ct_timeouts.refresh().as_nanos() as u64,
+        ..Default::default()
     };
     let (mut dataplane, pin_actions) =
         Dataplane::load_with(&cfg.bpffs, cfg.plan, &options).context("loading the datapath")?;

@@ -19,19 +19,19 @@
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    Backend, ServiceKey, ALG_MAGLEV, ALG_RANDOM, BACKEND_LOCAL, PROTO_TCP, PROTO_UDP,
+    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_LOCAL, PROTO_TCP, PROTO_UDP,
     SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
 };
 use weir::{
     dataplane::{
-        loader::{tc_program, xdp_program},
+        loader::{tc_program, xdp_program, LoadOptions},
         sync::PlanConfig,
         Dataplane,
     },
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::{backend, FibNs};
+use weir_tests::packets::{backend, hex, FibNs};
 
 const PACKETS: usize = 100_000;
 const VIP: [u8; 4] = [198, 19, 0, 10];
@@ -298,23 +298,30 @@ fn frontend(
 }
 
 fn dataplane() -> Result<Dataplane> {
+    dataplane_with(&LoadOptions::default(), ALG_RANDOM)
+}
+
+/// The frontends above, loaded with `options`; `random` is the algorithm
+/// of the frontends that use random selection in the main tests (hash,
+/// to compare two dataplanes packet by packet).
+fn dataplane_with(options: &LoadOptions, random: u8) -> Result<Dataplane> {
     let local = |b: Backend| Backend {
         state: BACKEND_LOCAL,
         ..b
     };
-    let mut dp = Dataplane::load_unpinned(PlanConfig::default())?;
+    let mut dp = Dataplane::load_unpinned_with(PlanConfig::default(), options)?;
     let frontends = vec![
         frontend(
             VIP,
             80,
             PROTO_TCP,
-            ALG_RANDOM,
+            random,
             vec![
                 local(backend(B1, 8080, PROTO_TCP)),
                 backend(B2, 8080, PROTO_TCP),
             ],
         ),
-        frontend(VIP, 81, PROTO_TCP, ALG_RANDOM, vec![]),
+        frontend(VIP, 81, PROTO_TCP, random, vec![]),
         frontend(
             VIP,
             82,
@@ -326,14 +333,14 @@ fn dataplane() -> Result<Dataplane> {
             VIP,
             53,
             PROTO_UDP,
-            ALG_RANDOM,
+            random,
             vec![local(backend(B1, 5353, PROTO_UDP))],
         ),
         frontend(
             NODE,
             30080,
             PROTO_TCP,
-            ALG_RANDOM,
+            random,
             vec![
                 local(backend(B1, 8080, PROTO_TCP)),
                 backend(B2, 8080, PROTO_TCP),
@@ -500,4 +507,56 @@ fn the_tc_program_survives_hostile_packets_and_keeps_checksums() -> Result<()> {
 #[test]
 fn the_xdp_program_survives_hostile_packets_and_keeps_checksums() -> Result<()> {
     fuzz(false, 0x5eed_0002).map(drop)
+}
+
+/// The fast paths (headers read and, in XDP, rewritten in place) against the
+/// helper paths (bpf_skb_load_bytes/bpf_xdp_load_bytes and friends), which
+/// a load-time switch turns on instead: the same hostile packets through two
+/// dataplanes that differ only in that, with hash selection so that both
+/// choose alike; every verdict and every output byte must match.
+fn same_bytes(tc: bool, seed: u64) -> Result<()> {
+    let mut fast = dataplane_with(&LoadOptions::default(), ALG_HASH)?;
+    let helpers = LoadOptions {
+        direct_access: false,
+        ..Default::default()
+    };
+    let mut slow = dataplane_with(&helpers, ALG_HASH)?;
+    let fib = FibNs::empty()?;
+    fib.run(|| {
+        let mut r = Rng(seed);
+        let (mut ran, mut rewritten) = (0, 0);
+        for _ in 0..2 * PACKETS {
+            if ran == PACKETS {
+                break;
+            }
+            let packet = generate(&mut r);
+            if packet.len() < 14 {
+                continue;
+            }
+            let Ok(a) = run(tc, &mut fast, &packet) else {
+                continue;
+            };
+            let b = run(tc, &mut slow, &packet)?;
+            assert_eq!((a.0, hex(&a.1)), (b.0, hex(&b.1)), "input {}", hex(&packet));
+            ran += 1;
+            rewritten += usize::from(a.1 != packet);
+        }
+        println!(
+            "{}: {ran} packets, {rewritten} rewritten or answered",
+            if tc { "tc" } else { "xdp" }
+        );
+        assert_eq!(ran, PACKETS);
+        assert!(rewritten > 1000, "{rewritten} rewritten");
+        Ok(())
+    })
+}
+
+#[test]
+fn tc_reads_the_same_in_place_as_through_the_helpers() -> Result<()> {
+    same_bytes(true, 0x5eed_0003)
+}
+
+#[test]
+fn xdp_reads_and_rewrites_the_same_in_place_as_through_the_helpers() -> Result<()> {
+    same_bytes(false, 0x5eed_0004)
 }

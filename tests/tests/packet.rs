@@ -127,6 +127,31 @@ fn tcp_to_a_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
     assert_rewrites(&mut dp, &reply, &reply.with_src(VIP, 80))
 }
 
+/// Replies are reverse-NATed from conntrack alone, so they must still be
+/// after their service and backend are gone: the no-service filter keeps a
+/// removed backend's reply bit while conntrack holds its replies, through
+/// syncs and conntrack collections.
+#[test]
+fn a_reply_after_its_service_was_removed_is_still_reverse_nated() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let syn = Pkt::tcp(CLIENT, 40100, VIP, 80);
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
+    dp.sync(&desired(vec![]))?;
+    let (_, out) = run(&mut dp, &syn.build())?;
+    assert_eq!(
+        hex(&out),
+        hex(&syn.build()),
+        "the removed frontend still translates"
+    );
+    let reply = Pkt::tcp(B1, 8080, CLIENT, 40100);
+    for _ in 0..3 {
+        assert_rewrites(&mut dp, &reply, &reply.with_src(VIP, 80))?;
+        let gc = dp.gc_conntrack(&weir::dataplane::ct_gc::CtTimeouts::default());
+        assert_eq!(gc.removed, 0);
+    }
+    Ok(())
+}
+
 #[test]
 fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
     let mut dp = one_backend_udp()?;

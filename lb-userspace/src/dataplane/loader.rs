@@ -16,6 +16,7 @@ use lb_common::{
 
 use super::{
     attach::Attachments,
+    filter::{self, Filter, MappedWords},
     maps::{Maps, MapsError},
     pins::{self, PinAction},
     sync::{plan_with, PlanConfig, Programmed},
@@ -46,6 +47,8 @@ pub enum LoadError {
     Pins(#[from] pins::PinError),
     #[error("planning map updates: {0}")]
     Plan(#[from] super::sync::PlanError),
+    #[error(transparent)]
+    Filter(#[from] filter::FilterMapError),
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -81,6 +84,8 @@ pub struct Dataplane {
     pub xdp: super::xdp::XdpAttachments,
     programmed: Programmed,
     cfg: PlanConfig,
+    /// The no-service filter, kept in step with `programmed` (filter.rs).
+    filter: Filter<MappedWords>,
 }
 
 /// The capacities the loader gives the maps, by map name.
@@ -132,6 +137,9 @@ pub struct LoadOptions {
     /// How stale an active flow's conntrack timestamp may get before the
     /// kernel writes it again (ns; `CtTimeouts::refresh` of the agent's timeouts).
     pub ct_refresh_ns: u64,
+    /// The kernel's in-place fast paths (always on in the agent; packet
+    /// tests turn them off to compare both paths' bytes).
+    pub direct_access: bool,
 }
 
 impl Default for LoadOptions {
@@ -141,6 +149,7 @@ impl Default for LoadOptions {
             socket_lb: Default::default(),
             host_netns_cookie: 0,
             ct_refresh_ns: super::ct_gc::CtTimeouts::default().refresh().as_nanos() as u64,
+            direct_access: true,
         }
     }
 }
@@ -159,6 +168,8 @@ fn loader<'a>(
     }
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
     loader.override_global(GLOBAL_CT_REFRESH_NS, &options.ct_refresh_ns, true);
+    let direct: &u8 = if options.direct_access { &1 } else { &0 };
+    loader.override_global(lb_common::GLOBAL_DIRECT_ACCESS, direct, true);
     // Read-only data: with 0 the verifier removes the log code from the programs.
     let level = if bpf_log { &BPF_LOG_ALL } else { &BPF_LOG_OFF };
     loader.override_global(aya_log::LEVEL, level, true);
@@ -271,8 +282,12 @@ impl Dataplane {
 
     /// Loads the object with private, unpinned maps (packet tests, benchmarks).
     pub fn load_unpinned(cfg: PlanConfig) -> Result<Self, LoadError> {
-        let ebpf =
-            loader(&cfg, &capacities(&cfg)?, &LoadOptions::default()).load(crate::EBPF_OBJECT)?;
+        Self::load_unpinned_with(cfg, &LoadOptions::default())
+    }
+
+    /// As `load_unpinned`, with `options`.
+    pub fn load_unpinned_with(cfg: PlanConfig, options: &LoadOptions) -> Result<Self, LoadError> {
+        let ebpf = loader(&cfg, &capacities(&cfg)?, options).load(crate::EBPF_OBJECT)?;
         Self::finish(ebpf, cfg)
     }
 
@@ -306,6 +321,15 @@ impl Dataplane {
         })?;
         let maps = Maps::take(&mut ebpf)?;
         let programmed = maps.read();
+        // Before anything is attached: every bit a live flow needs.
+        let mut filter = Filter::new(MappedWords::map(&maps.filter)?);
+        let replies = maps
+            .ct
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.kind == lb_common::CT_REPLY)
+            .map(|(k, _)| filter::reply_bit(&k));
+        filter.restore(&programmed, replies);
         Ok(Self {
             ebpf,
             maps,
@@ -313,6 +337,7 @@ impl Dataplane {
             xdp: Default::default(),
             programmed,
             cfg,
+            filter,
         })
     }
 
@@ -325,10 +350,24 @@ impl Dataplane {
         let entries: Vec<_> = self.maps.ct.iter().filter_map(Result::ok).collect();
         let now = crate::inspect::monotonic_ns();
         let expired = super::ct_gc::expired(&entries, now, timeouts);
-        let removed = expired
-            .iter()
+        let removed: std::collections::HashSet<_> = expired
+            .into_iter()
             .filter(|k| self.maps.ct.remove(k).is_ok())
-            .count();
+            .collect();
+        let in_use = self
+            .programmed
+            .backends
+            .values()
+            .map(filter::backend_bit)
+            .chain(
+                entries
+                    .iter()
+                    .filter(|(k, v)| v.kind == lb_common::CT_REPLY && !removed.contains(k))
+                    .map(|(k, _)| filter::reply_bit(k)),
+            )
+            .collect();
+        self.filter.prune_replies(in_use);
+        let removed = removed.len();
         super::ct_gc::CtGc {
             removed,
             entries: entries.len() - removed,
@@ -340,12 +379,15 @@ impl Dataplane {
     /// so that the next sync plans from what they really hold.
     pub fn sync(&mut self, desired: &Desired) -> Result<SyncStats, LoadError> {
         let plan = plan_with(&self.programmed, desired, &self.cfg)?;
+        self.filter.before(&self.programmed, &plan.ops);
         for op in &plan.ops {
             if let Err(e) = self.maps.apply(op, self.cfg.maglev_m) {
                 self.programmed = self.maps.read();
+                self.filter.rebuild_frontends(&self.programmed);
                 return Err(e.into());
             }
         }
+        self.filter.after(&plan.ops);
         self.programmed = plan.next;
         Ok(SyncStats {
             ops: plan.ops.len(),

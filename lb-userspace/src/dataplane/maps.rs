@@ -7,6 +7,7 @@ use aya::maps::{
     Array, HashMap, Map, MapData, MapError, PerCpuArray,
 };
 use lb_common::{
+    filter::MAP_FILTER,
     sock::{SockRevKey, SockRevValue, MAP_SOCK_REVNAT, MAP_SOCK_STATS},
     AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
     ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV,
@@ -97,6 +98,8 @@ pub struct Maps {
     pub sock_stats: PerCpuArray<MapData, u64>,
     /// Socket LB's reverse translations (an LRU hash).
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
+    /// The no-service filter (an mmapable array: filter::MappedWords).
+    pub filter: MapData,
 }
 
 fn lpm(name: &'static str, map: Map) -> Result<LpmTrie<MapData, SourceRange, u8>, MapsError> {
@@ -123,6 +126,17 @@ fn typed<K: aya::Pod, V: aya::Pod>(
 
 fn array(name: &'static str, map: Map) -> Result<Array<MapData, u32>, MapsError> {
     Array::try_from(map).map_err(|source| MapsError::Map { name, source })
+}
+
+/// The map data of an array map (for mmapping it).
+fn array_data(name: &'static str, map: Map) -> Result<MapData, MapsError> {
+    match map {
+        Map::Array(data) => Ok(data),
+        _ => Err(MapsError::Map {
+            name,
+            source: MapError::InvalidMapType { map_type: u32::MAX },
+        }),
+    }
 }
 
 fn per_cpu<V: aya::Pod>(
@@ -179,6 +193,7 @@ impl Maps {
             node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, take(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, take(MAP_SOCK_REVNAT)?)?,
+            filter: array_data(MAP_FILTER, take(MAP_FILTER)?)?,
         })
     }
 
@@ -203,6 +218,7 @@ impl Maps {
             node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, open(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, open(MAP_SOCK_REVNAT)?)?,
+            filter: array_data(MAP_FILTER, open(MAP_FILTER)?)?,
         })
     }
 

@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bpf_log;
 pub mod ct_gc;
+pub mod filter;
 pub mod ingress;
 pub mod loader;
 pub mod maps;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use lb_common::{
     Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, DEFAULT_MAGLEV_M,
-    MAX_BACKENDS, MAX_SERVICES, NO_MAGLEV_TABLE,
+    MAX_BACKENDS, MAX_SERVICES, NO_MAGLEV_TABLE, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    SVC_FLAG_HAS_INTERNAL,
 };
 
 use crate::translate::Desired;
@@ -364,12 +365,22 @@ pub fn plan_with(
                 algorithm = ALG_HASH;
             }
         }
+        let internal = ServiceKey {
+            scope: SCOPE_INTERNAL,
+            ..*key
+        };
+        let has_internal =
+            if key.scope == SCOPE_EXTERNAL && desired.frontends.contains_key(&internal) {
+                SVC_FLAG_HAS_INTERNAL
+            } else {
+                0
+            };
         let value = ServiceValue {
             id,
             count: backend_ids.len() as u32,
             affinity_timeout: frontend.affinity_timeout,
             maglev_table,
-            flags: frontend.flags,
+            flags: frontend.flags | has_internal,
             algorithm,
             _pad: 0,
         };
