@@ -1076,3 +1076,30 @@ fn source_ranges_are_written_before_the_service_and_removed_after_it() {
     );
     assert!(maps.source_ranges.is_empty());
 }
+
+/// An external entry says when pods have an internal view of the same
+/// frontend (SVC_FLAG_HAS_INTERNAL), so that the kernel looks the internal
+/// scope up only then; the flag follows the internal entry in and out.
+#[test]
+fn an_external_entry_is_flagged_while_an_internal_entry_exists() {
+    let ext = key(30, 80);
+    let int = ServiceKey {
+        scope: SCOPE_INTERNAL,
+        ..ext
+    };
+    let other = key(31, 80);
+    let flags = |p: &Programmed, k: ServiceKey| p.services[&k].value.flags;
+    let both = desired(&[(ext, &[be(1)]), (int, &[be(2)]), (other, &[be(1)])]);
+    let (_, p) = plan(&Programmed::default(), &both).expect("plan");
+    assert_eq!(flags(&p, ext), lb_common::SVC_FLAG_HAS_INTERNAL);
+    assert_eq!(
+        flags(&p, int),
+        0,
+        "the internal entry itself is not flagged"
+    );
+    assert_eq!(flags(&p, other), 0);
+    let external_only = desired(&[(ext, &[be(1)]), (other, &[be(1)])]);
+    let (ops, p) = plan(&p, &external_only).expect("plan");
+    assert_eq!(flags(&p, ext), 0);
+    assert!(ops.contains(&Op::PutService(ext, p.services[&ext].value)));
+}

@@ -266,6 +266,9 @@ struct State {
     forbidden: Vec<Kind>,
     /// Events created (POST .../events), as received.
     events: Vec<Value>,
+    /// Between go_down and come_back: no request is served and no watch
+    /// registered, even on a connection that outlived go_down.
+    down: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -480,13 +483,24 @@ impl FakeApiserver {
 
     /// Closes the port and every connection; connections are refused until `come_back`.
     pub fn go_down(&self) -> Result<()> {
-        self.lock().watchers.clear();
+        {
+            // One critical section: no watch registers after the streams
+            // end, whatever the connection tasks are doing meanwhile.
+            let mut st = self.lock();
+            st.down = true;
+            // Abruptly, like a dying server (a stream that ends cleanly
+            // makes a client watch again at once, before the port closes).
+            for w in st.watchers.drain(..) {
+                let _ = w.tx.send(Line::Abort);
+            }
+        }
         self.power.send_replace(Power::Down);
         self.wait_ack("go down").map(|_| ())
     }
 
     /// Listens again on the same port.
     pub fn come_back(&self) -> Result<()> {
+        self.lock().down = false;
         self.power.send_replace(Power::Up);
         let port = self.wait_ack("come back")?;
         if port != self.port {
@@ -895,6 +909,12 @@ fn handle(state: &Mutex<State>, req: Request<hyper::body::Incoming>) -> Response
     let path = req.uri().path().to_string();
     let query = query(&req);
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    if st.down {
+        return full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &status(503, "ServiceUnavailable", "the fake apiserver is down"),
+        );
+    }
     let logged = Logged {
         path: path.clone(),
         query: query.clone(),
