@@ -25,7 +25,7 @@ pub const ALGORITHM_ANNOTATION: &str = "weir.dev/lb-algorithm";
 pub const PROXY_NAME: &str = "weir";
 
 /// Facts about the node the agent runs on and its configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFacts {
     pub node_name: String,
     pub default_algorithm: u8,
@@ -121,159 +121,261 @@ pub const MAX_AFFINITY_TIMEOUT: i64 = 86_400;
 pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode";
 
 pub fn translate(state: &ClusterState, node: &NodeFacts) -> Desired {
-    let mut desired = Desired::default();
-    let this_node = state.nodes.get(&node.node_name);
-    let zone = this_node
-        .and_then(|n| n.labels.get(ZONE_LABEL))
-        .map(String::as_str);
-    desired.node_ports_on = if node.nodeport_addresses.is_empty() {
-        node_port_addresses(
-            &node.nodeport_selection,
-            &node.node_name,
-            this_node.map(|n| n.addresses.as_slice()),
-            &node.local,
-        )
-    } else {
-        Chosen {
-            addresses: node.nodeport_addresses.clone(),
-            source: "the given addresses".into(),
-        }
+    let ctx = Context::new(state, node);
+    let mut desired = Desired {
+        node_ports_on: ctx.node_ports_on.clone(),
+        ..Desired::default()
     };
-    let node_ips = desired.node_ports_on.addresses.clone();
     let index = SliceIndex::new(state);
     for svc in state.services.values() {
-        if svc.service_type == ServiceType::ExternalName
-            || !handles(svc)
-            || svc.cluster_ips.is_empty()
-        {
-            continue;
-        }
-        let slices = index.of(&svc.id);
-        if let Some(h) = health_check(svc, slices, &node.node_name) {
-            desired.health_checks.insert(h.0, h.1);
-        }
-        let algorithm = algorithm(svc, node, &mut desired.warnings);
-        let affinity_timeout = affinity_timeout(svc, &mut desired.warnings);
-        for port in &svc.ports {
-            if port.protocol == Protocol::Sctp {
-                desired.warnings.push(format!(
-                    "Service {}: port {}/SCTP: SCTP is not supported by the datapath; skipped",
-                    svc.id, port.port
-                ));
-                continue;
-            }
-            let candidates = candidates(slices, port, &node.node_name);
-            let cluster = apply_topology(svc, zone, pick(candidates.iter()));
-            let local: Vec<Backend> = pick(candidates.iter().filter(|c| c.local))
-                .into_iter()
-                .map(|c| c.backend)
-                .collect();
-            let internal = if svc.internal_policy_local {
-                &local
-            } else {
-                &cluster
-            };
-            let external = if svc.external_policy_local {
-                &local
-            } else {
-                &cluster
-            };
-            // loadBalancerSourceRanges guard the LoadBalancer IPs, from
-            // wherever the client comes (kube-proxy's KUBE-FW chains).
-            let mut externals: Vec<(Ipv4Addr, u16, u16)> = Vec::new();
-            if matches!(
-                svc.service_type,
-                ServiceType::NodePort | ServiceType::LoadBalancer
-            ) {
-                desired.node_ports += usize::from(port.node_port.is_some());
-                match port.node_port {
-                    Some(np) if np < node.nodeport_range.0 || np > node.nodeport_range.1 => {
-                        desired.warnings.push(format!(
-                            "Service {}: port {}/{}: nodePort {np} is outside the node port range {}-{}; the NodePort is not served",
-                            svc.id, port.port, port.protocol, node.nodeport_range.0, node.nodeport_range.1
-                        ));
-                    }
-                    Some(np) => externals.extend(node_ips.iter().map(|ip| (*ip, np, 0))),
-                    None => {}
-                }
-            }
-            if svc.service_type == ServiceType::LoadBalancer {
-                let ranges = if svc.source_ranges.is_empty() {
-                    0
-                } else {
-                    SVC_FLAG_SOURCE_RANGES
-                };
-                externals.extend(
-                    svc.load_balancer_ips
-                        .iter()
-                        .map(|ip| (*ip, port.port, ranges)),
-                );
-            }
-            externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port, 0)));
-            // externalTrafficPolicy Local with endpoints only elsewhere: drop.
-            let drop_if_empty = if svc.external_policy_local && !cluster.is_empty() {
-                SVC_FLAG_DROP_IF_EMPTY
-            } else {
-                0
-            };
-            // Adds a frontend; true when this service owns the key.
-            let mut add = |addr: Ipv4Addr,
-                           port_number: u16,
-                           scope: u8,
-                           backends: &Vec<Backend>,
-                           flags: u16|
-             -> bool {
-                let key = ServiceKey {
-                    addr: addr.octets(),
-                    port: port_number,
-                    proto: port.protocol.number(),
-                    scope,
-                };
-                if let Some(other) = desired.frontends.get(&key) {
-                    if other.service != svc.id {
-                        desired.warnings.push(format!(
-                            "Service {}: frontend {addr}:{port_number}/{} is already used by Service {}; skipped",
-                            svc.id, port.protocol, other.service
-                        ));
-                        return false;
-                    }
-                    return true;
-                }
-                let frontend = Frontend {
-                    service: svc.id.clone(),
-                    port_name: port.name.clone(),
-                    algorithm,
-                    affinity_timeout,
-                    backends: backends.clone(),
-                    flags,
-                    source_ranges: if flags & SVC_FLAG_SOURCE_RANGES != 0 {
-                        svc.source_ranges.clone()
-                    } else {
-                        Vec::new()
-                    },
-                };
-                desired.frontends.insert(key, frontend);
-                true
-            };
-            // ClusterIPs are only reached from inside the cluster.
-            for ip in &svc.cluster_ips {
-                add(*ip, port.port, SCOPE_EXTERNAL, internal, 0);
-            }
-            // External frontends: the external view follows externalTrafficPolicy.
-            // With Local, pods get their own (internal) view with the cluster-wide
-            // endpoints, as kube-proxy short-circuits pod traffic to external
-            // addresses to its cluster policy chain.
-            for (ip, port_number, ranges) in externals {
-                let flags = SVC_FLAG_EXTERNAL | ranges | drop_if_empty;
-                if add(ip, port_number, SCOPE_EXTERNAL, external, flags)
-                    && svc.external_policy_local
-                {
-                    add(ip, port_number, SCOPE_INTERNAL, &cluster, ranges);
-                }
-            }
+        if let Some(out) = service_output(svc, index.of(&svc.id), &ctx) {
+            assemble(&mut desired, &svc.id, &out);
         }
     }
     desired
+}
+
+/// What the translation of every Service depends on besides the Service and
+/// its slices: this node's zone and the addresses NodePorts are served on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Context {
+    pub node: NodeFacts,
+    pub zone: Option<String>,
+    pub node_ports_on: Chosen,
+}
+
+impl Context {
+    pub fn new(state: &ClusterState, node: &NodeFacts) -> Self {
+        let this_node = state.nodes.get(&node.node_name);
+        let zone = this_node.and_then(|n| n.labels.get(ZONE_LABEL)).cloned();
+        let node_ports_on = if node.nodeport_addresses.is_empty() {
+            node_port_addresses(
+                &node.nodeport_selection,
+                &node.node_name,
+                this_node.map(|n| n.addresses.as_slice()),
+                &node.local,
+            )
+        } else {
+            Chosen {
+                addresses: node.nodeport_addresses.clone(),
+                source: "the given addresses".into(),
+            }
+        };
+        Self {
+            node: node.clone(),
+            zone,
+            node_ports_on,
+        }
+    }
+}
+
+/// One step of a Service's translation, in order: a warning, or a frontend
+/// it asks for (which it gets unless another Service has the key already).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    Warning(String),
+    Frontend {
+        key: ServiceKey,
+        frontend: Frontend,
+        /// Only if the frontend before it was granted (an internal-scope
+        /// view exists only beside its external entry).
+        if_previous: bool,
+    },
+}
+
+/// What one Service asks for, before frontends are shared out among Services.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceOutput {
+    pub items: Vec<Item>,
+    pub health: Option<(u16, ServiceHealth)>,
+    /// Its ports with a nodePort.
+    pub node_ports: usize,
+}
+
+impl ServiceOutput {
+    /// The frontend keys it asks for.
+    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+        self.items.iter().filter_map(|i| match i {
+            Item::Frontend { key, .. } => Some(key),
+            Item::Warning(_) => None,
+        })
+    }
+}
+
+/// Adds what Service `id` asks for to `desired`: a frontend whose key
+/// another Service has already is skipped with a warning naming both.
+pub fn assemble(desired: &mut Desired, id: &ObjectRef, out: &ServiceOutput) {
+    if let Some((port, h)) = &out.health {
+        desired.health_checks.insert(*port, h.clone());
+    }
+    desired.node_ports += out.node_ports;
+    let mut granted = false;
+    for item in &out.items {
+        match item {
+            Item::Warning(w) => desired.warnings.push(w.clone()),
+            Item::Frontend {
+                key,
+                frontend,
+                if_previous,
+            } => {
+                if *if_previous && !granted {
+                    continue;
+                }
+                granted = match desired.frontends.get(key) {
+                    Some(other) if other.service != *id => {
+                        desired.warnings.push(format!(
+                            "Service {id}: frontend {}:{}/{} is already used by Service {}; skipped",
+                            Ipv4Addr::from(key.addr),
+                            key.port,
+                            Protocol::name_of(key.proto),
+                            other.service
+                        ));
+                        false
+                    }
+                    Some(_) => true,
+                    None => {
+                        desired.frontends.insert(*key, frontend.clone());
+                        true
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// What Service `svc` (with its EndpointSlices `slices`) asks for; None for
+/// a Service this proxy does not serve.
+pub fn service_output(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    ctx: &Context,
+) -> Option<ServiceOutput> {
+    if svc.service_type == ServiceType::ExternalName || !handles(svc) || svc.cluster_ips.is_empty()
+    {
+        return None;
+    }
+    let node = &ctx.node;
+    let zone = ctx.zone.as_deref();
+    let node_ips = &ctx.node_ports_on.addresses;
+    let mut out = ServiceOutput {
+        health: health_check(svc, slices, &node.node_name),
+        ..ServiceOutput::default()
+    };
+    let mut warnings = Vec::new();
+    let algorithm = algorithm(svc, node, &mut warnings);
+    let affinity_timeout = affinity_timeout(svc, &mut warnings);
+    out.items.extend(warnings.into_iter().map(Item::Warning));
+    for port in &svc.ports {
+        if port.protocol == Protocol::Sctp {
+            out.items.push(Item::Warning(format!(
+                "Service {}: port {}/SCTP: SCTP is not supported by the datapath; skipped",
+                svc.id, port.port
+            )));
+            continue;
+        }
+        let candidates = candidates(slices, port, &node.node_name);
+        let cluster = apply_topology(svc, zone, pick(candidates.iter()));
+        let local: Vec<Backend> = pick(candidates.iter().filter(|c| c.local))
+            .into_iter()
+            .map(|c| c.backend)
+            .collect();
+        let internal = if svc.internal_policy_local {
+            &local
+        } else {
+            &cluster
+        };
+        let external = if svc.external_policy_local {
+            &local
+        } else {
+            &cluster
+        };
+        // loadBalancerSourceRanges guard the LoadBalancer IPs, from
+        // wherever the client comes (kube-proxy's KUBE-FW chains).
+        let mut externals: Vec<(Ipv4Addr, u16, u16)> = Vec::new();
+        if matches!(
+            svc.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) {
+            out.node_ports += usize::from(port.node_port.is_some());
+            match port.node_port {
+                Some(np) if np < node.nodeport_range.0 || np > node.nodeport_range.1 => {
+                    out.items.push(Item::Warning(format!(
+                        "Service {}: port {}/{}: nodePort {np} is outside the node port range {}-{}; the NodePort is not served",
+                        svc.id, port.port, port.protocol, node.nodeport_range.0, node.nodeport_range.1
+                    )));
+                }
+                Some(np) => externals.extend(node_ips.iter().map(|ip| (*ip, np, 0))),
+                None => {}
+            }
+        }
+        if svc.service_type == ServiceType::LoadBalancer {
+            let ranges = if svc.source_ranges.is_empty() {
+                0
+            } else {
+                SVC_FLAG_SOURCE_RANGES
+            };
+            externals.extend(
+                svc.load_balancer_ips
+                    .iter()
+                    .map(|ip| (*ip, port.port, ranges)),
+            );
+        }
+        externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port, 0)));
+        // externalTrafficPolicy Local with endpoints only elsewhere: drop.
+        let drop_if_empty = if svc.external_policy_local && !cluster.is_empty() {
+            SVC_FLAG_DROP_IF_EMPTY
+        } else {
+            0
+        };
+        // Asks for a frontend (granted in `assemble`).
+        let mut add = |addr: Ipv4Addr,
+                       port_number: u16,
+                       scope: u8,
+                       backends: &Vec<Backend>,
+                       flags: u16,
+                       if_previous: bool| {
+            let key = ServiceKey {
+                addr: addr.octets(),
+                port: port_number,
+                proto: port.protocol.number(),
+                scope,
+            };
+            let frontend = Frontend {
+                service: svc.id.clone(),
+                port_name: port.name.clone(),
+                algorithm,
+                affinity_timeout,
+                backends: backends.clone(),
+                flags,
+                source_ranges: if flags & SVC_FLAG_SOURCE_RANGES != 0 {
+                    svc.source_ranges.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            out.items.push(Item::Frontend {
+                key,
+                frontend,
+                if_previous,
+            });
+        };
+        // ClusterIPs are only reached from inside the cluster.
+        for ip in &svc.cluster_ips {
+            add(*ip, port.port, SCOPE_EXTERNAL, internal, 0, false);
+        }
+        // External frontends: the external view follows externalTrafficPolicy.
+        // With Local, pods get their own (internal) view with the cluster-wide
+        // endpoints, as kube-proxy short-circuits pod traffic to external
+        // addresses to its cluster policy chain.
+        for (ip, port_number, ranges) in externals {
+            let flags = SVC_FLAG_EXTERNAL | ranges | drop_if_empty;
+            add(ip, port_number, SCOPE_EXTERNAL, external, flags, false);
+            if svc.external_policy_local {
+                add(ip, port_number, SCOPE_INTERNAL, &cluster, ranges, true);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// A LoadBalancer service with externalTrafficPolicy Local and a

@@ -86,6 +86,9 @@ pub struct Dataplane {
     cfg: PlanConfig,
     /// The no-service filter, kept in step with `programmed` (filter.rs).
     filter: Filter<MappedWords>,
+    /// The next sync plans everything: at start, after a failed sync, and
+    /// while frontends are left out for want of room (sync_delta.rs).
+    full_sync_needed: bool,
 }
 
 /// The capacities the loader gives the maps, by map name.
@@ -338,6 +341,7 @@ impl Dataplane {
             programmed,
             cfg,
             filter,
+            full_sync_needed: true,
         })
     }
 
@@ -379,21 +383,59 @@ impl Dataplane {
     /// so that the next sync plans from what they really hold.
     pub fn sync(&mut self, desired: &Desired) -> Result<SyncStats, LoadError> {
         let plan = plan_with(&self.programmed, desired, &self.cfg)?;
-        self.filter.before(&self.programmed, &plan.ops);
-        for op in &plan.ops {
-            if let Err(e) = self.maps.apply(op, self.cfg.maglev_m) {
-                self.programmed = self.maps.read();
-                self.filter.rebuild_frontends(&self.programmed);
-                return Err(e.into());
-            }
-        }
-        self.filter.after(&plan.ops);
+        self.full_sync_needed = true;
+        self.apply(&plan.ops)?;
         self.programmed = plan.next;
+        self.full_sync_needed = plan.skipped > 0 || plan.maglev_fallbacks > 0;
         Ok(SyncStats {
             ops: plan.ops.len(),
             frontends: desired.frontends.len(),
             warnings: plan.warnings,
             skipped: plan.skipped,
         })
+    }
+
+    /// As `sync`, when only the frontends `changed` may differ from what the
+    /// last sync programmed: plans and writes only those (sync_delta.rs),
+    /// unless a full plan is due.
+    pub fn sync_changes(
+        &mut self,
+        desired: &Desired,
+        changed: &std::collections::BTreeSet<lb_common::ServiceKey>,
+    ) -> Result<SyncStats, LoadError> {
+        if self.full_sync_needed {
+            return self.sync(desired);
+        }
+        let Some(delta) =
+            super::sync_delta::plan_delta(&self.programmed, desired, changed, &self.cfg)?
+        else {
+            return self.sync(desired);
+        };
+        self.full_sync_needed = true;
+        self.apply(&delta.ops)?;
+        self.full_sync_needed = delta.maglev_fallbacks > 0;
+        let stats = SyncStats {
+            ops: delta.ops.len(),
+            frontends: desired.frontends.len(),
+            warnings: delta.warnings.clone(),
+            skipped: 0,
+        };
+        self.programmed.apply_delta(delta);
+        Ok(stats)
+    }
+
+    /// Writes `ops` with the filter bits around them; on a failed write
+    /// re-reads the maps.
+    fn apply(&mut self, ops: &[super::sync::Op]) -> Result<(), LoadError> {
+        self.filter.before(&self.programmed, ops);
+        for op in ops {
+            if let Err(e) = self.maps.apply(op, self.cfg.maglev_m) {
+                self.programmed = self.maps.read();
+                self.filter.rebuild_frontends(&self.programmed);
+                return Err(e.into());
+            }
+        }
+        self.filter.after(ops);
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ pub mod pins;
 pub mod sock_destroy;
 pub mod socket_lb;
 pub mod sync;
+pub mod sync_delta;
 pub mod veth_peer;
 pub mod xdp;
 

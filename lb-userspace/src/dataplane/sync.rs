@@ -3,7 +3,7 @@
 //! order is what keeps a reader from ever seeing a half-written service:
 //! backends, then slots, then reverse NAT, then the service entry with its
 //! new count; removals after that, orphaned backends last.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::sync::Arc;
 
@@ -43,6 +43,22 @@ pub struct Programmed {
     pub last_backend_id: u32,
     /// loadBalancerSourceRanges entries: (service id, network, prefix).
     pub source_ranges: BTreeSet<SourceRangeEntry>,
+    /// Derived from `services` and `backends` (see `reindex`), for plans of
+    /// only what changed (sync_delta.rs).
+    pub index: Index,
+}
+
+/// Lookups a plan of changes needs without scanning the whole state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Index {
+    /// Backend id by address, port and protocol.
+    pub backend_ids: HashMap<BackendAddr, u32>,
+    /// How many slots name each backend id.
+    pub backend_refs: HashMap<u32, u32>,
+    /// Service ids in use.
+    pub service_ids: BTreeSet<u32>,
+    /// Slots in use, over all services.
+    pub slots: u64,
 }
 
 /// A source range of one service id: (service id, network address, prefix).
@@ -53,6 +69,26 @@ pub type SourceRangeEntry = (u32, [u8; 4], u8);
 pub use crate::node_addrs::network;
 
 impl Programmed {
+    /// Rebuilds `index` from `services` and `backends`.
+    pub fn reindex(&mut self) {
+        let mut index = Index {
+            backend_ids: self
+                .backends
+                .iter()
+                .map(|(id, b)| (backend_addr(b), *id))
+                .collect(),
+            ..Index::default()
+        };
+        for s in self.services.values() {
+            index.service_ids.insert(s.value.id);
+            index.slots += s.backend_ids.len() as u64;
+            for id in &s.backend_ids {
+                *index.backend_refs.entry(*id).or_default() += 1;
+            }
+        }
+        self.index = index;
+    }
+
     /// The Maglev map was recreated empty: no service has a table any more,
     /// so the next plan builds them all again.
     pub fn forget_maglev_tables(&mut self) {
@@ -103,9 +139,19 @@ fn allocate(
     max: u32,
     what: &'static str,
 ) -> Result<u32, PlanError> {
+    allocate_where(|id| used.contains(&id), after, max, what)
+}
+
+/// `allocate` with the ids in use given by `used`.
+pub(super) fn allocate_where(
+    used: impl Fn(u32) -> bool,
+    after: u32,
+    max: u32,
+    what: &'static str,
+) -> Result<u32, PlanError> {
     (after + 1..=max)
         .chain(1..=after.min(max))
-        .find(|id| !used.contains(id))
+        .find(|id| !used(*id))
         .ok_or(PlanError::IdsExhausted { what, max })
 }
 
@@ -221,12 +267,177 @@ pub struct Plan {
     pub warnings: Vec<String>,
     /// Frontends left out because the maps are full.
     pub skipped: usize,
+    /// Maglev frontends given hash for want of a free table: a later plan
+    /// may find them one, so plans stay full while there are any.
+    pub maglev_fallbacks: usize,
 }
 
 /// `plan_with` under the default configuration, without the warnings.
 pub fn plan(current: &Programmed, desired: &Desired) -> Result<(Vec<Op>, Programmed), PlanError> {
     let p = plan_with(current, desired, &PlanConfig::default())?;
     Ok((p.ops, p.next))
+}
+
+/// A plan's operations by kind, put together in the order that keeps a
+/// reader from seeing a half-written service (see the module comment).
+#[derive(Default)]
+pub(super) struct Ops {
+    pub put_backends: Vec<Op>,
+    pub put_maglev: Vec<Op>,
+    pub put_slots: Vec<Op>,
+    pub put_revnat: Vec<Op>,
+    pub put_ranges: Vec<Op>,
+    pub put_services: Vec<Op>,
+    pub removals: Vec<Op>,
+    pub del_backends: Vec<Op>,
+    /// Maglev frontends given hash for want of a free table.
+    pub maglev_fallbacks: usize,
+}
+
+impl Ops {
+    pub fn into_ops(mut self) -> Vec<Op> {
+        // Service entries go before their slots, source ranges and reverse NAT entries.
+        self.removals
+            .sort_by_key(|op| !matches!(op, Op::DelService(_)));
+        self.put_backends
+            .into_iter()
+            .chain(self.put_maglev)
+            .chain(self.put_slots)
+            .chain(self.put_revnat)
+            .chain(self.put_ranges)
+            .chain(self.put_services)
+            .chain(self.removals)
+            .chain(self.del_backends)
+            .collect()
+    }
+}
+
+/// The Maglev tables the services of `p` use.
+pub(super) fn maglev_tables_used(p: &Programmed) -> BTreeSet<u32> {
+    p.services
+        .values()
+        .map(|s| s.value.maglev_table)
+        .filter(|t| *t != NO_MAGLEV_TABLE)
+        .collect()
+}
+
+/// Plans one desired frontend `key` with service id `id` and the backends
+/// `backend_ids` (`old`: what is programmed for it now): its slots, reverse
+/// NAT entry, Maglev table and entry. Returns what will be programmed and
+/// the source range entries it needs.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn plan_frontend(
+    key: &ServiceKey,
+    frontend: &crate::translate::Frontend,
+    old: Option<&ProgrammedService>,
+    id: u32,
+    backend_ids: Vec<u32>,
+    desired: &Desired,
+    tables_used: &mut BTreeSet<u32>,
+    cfg: &PlanConfig,
+    ops: &mut Ops,
+    warnings: &mut Vec<String>,
+) -> (ProgrammedService, Vec<SourceRangeEntry>) {
+    let old_ids = old.map(|s| s.backend_ids.as_slice()).unwrap_or_default();
+    for (i, bid) in backend_ids.iter().enumerate() {
+        if old_ids.get(i) != Some(bid) {
+            ops.put_slots.push(Op::PutSlot(
+                SlotKey {
+                    service_id: id,
+                    slot: i as u32 + 1,
+                },
+                *bid,
+            ));
+        }
+    }
+    for slot in backend_ids.len() + 1..=old_ids.len() {
+        ops.removals.push(Op::DelSlot(SlotKey {
+            service_id: id,
+            slot: slot as u32,
+        }));
+    }
+    if old.is_none() {
+        ops.put_revnat.push(Op::PutRevNat(
+            id,
+            RevNat {
+                addr: key.addr,
+                port: key.port,
+                _pad: 0,
+            },
+        ));
+    }
+    let mut algorithm = frontend.algorithm;
+    let mut maglev_table = NO_MAGLEV_TABLE;
+    if algorithm == ALG_MAGLEV && !backend_ids.is_empty() {
+        let reusable = old.filter(|s| {
+            s.value.algorithm == ALG_MAGLEV
+                && s.value.maglev_table < cfg.maglev_tables
+                && s.backend_ids == backend_ids
+        });
+        if let Some(s) = reusable {
+            maglev_table = s.value.maglev_table;
+        } else if let Some(t) = (0..cfg.maglev_tables).find(|t| !tables_used.contains(t)) {
+            tables_used.insert(t);
+            let table = crate::maglev::table(&frontend.backends, cfg.maglev_m);
+            let entries = table.into_iter().map(|i| backend_ids[i as usize]).collect();
+            ops.put_maglev.push(Op::PutMaglev(t, Arc::new(entries)));
+            maglev_table = t;
+        } else {
+            warnings.push(format!(
+                "Service {}: all {} Maglev tables are in use (--maglev-max-services); using hash for {}:{}",
+                frontend.service,
+                cfg.maglev_tables,
+                std::net::Ipv4Addr::from(key.addr),
+                key.port
+            ));
+            algorithm = ALG_HASH;
+            ops.maglev_fallbacks += 1;
+        }
+    }
+    let internal = ServiceKey {
+        scope: SCOPE_INTERNAL,
+        ..*key
+    };
+    let has_internal = if key.scope == SCOPE_EXTERNAL && desired.frontends.contains_key(&internal) {
+        SVC_FLAG_HAS_INTERNAL
+    } else {
+        0
+    };
+    let value = ServiceValue {
+        id,
+        count: backend_ids.len() as u32,
+        affinity_timeout: frontend.affinity_timeout,
+        maglev_table,
+        flags: frontend.flags | has_internal,
+        algorithm,
+        _pad: 0,
+    };
+    let mut ranges = Vec::new();
+    if frontend.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0 {
+        for (addr, prefix) in &frontend.source_ranges {
+            let entry = (id, network(*addr, *prefix), (*prefix).min(32));
+            if !ranges.contains(&entry) {
+                ranges.push(entry);
+            }
+        }
+    }
+    if old.map(|s| s.value) != Some(value) {
+        ops.put_services.push(Op::PutService(*key, value));
+    }
+    (ProgrammedService { value, backend_ids }, ranges)
+}
+
+/// Plans the removal of frontend `key` (programmed as `old`); its source
+/// ranges are the caller's.
+pub(super) fn remove_frontend(key: &ServiceKey, old: &ProgrammedService, ops: &mut Ops) {
+    ops.removals.push(Op::DelService(*key));
+    for slot in 1..=old.backend_ids.len() as u32 {
+        ops.removals.push(Op::DelSlot(SlotKey {
+            service_id: old.value.id,
+            slot,
+        }));
+    }
+    ops.removals.push(Op::DelRevNat(old.value.id));
 }
 
 /// Plans the operations that turn `current` into `desired`; returns them and
@@ -240,27 +451,12 @@ pub fn plan_with(
     let skipped = warnings.len();
     let desired = &fitted;
     let mut next = Programmed::default();
-    let mut put_maglev = Vec::new();
+    let mut ops = Ops::default();
     // Tables in use now stay untouched until their service points elsewhere.
-    let mut tables_used: BTreeSet<u32> = current
-        .services
-        .values()
-        .map(|s| s.value.maglev_table)
-        .filter(|t| *t != NO_MAGLEV_TABLE)
-        .collect();
-    let mut put_backends = Vec::new();
-    let mut put_slots = Vec::new();
-    let mut put_revnat = Vec::new();
-    let mut put_services = Vec::new();
-    let mut put_ranges = Vec::new();
-    let mut removals = Vec::new();
+    let mut tables_used = maglev_tables_used(current);
 
     // Backends: keep ids by address, allocate new ones for new addresses.
-    let existing: BTreeMap<BackendAddr, u32> = current
-        .backends
-        .iter()
-        .map(|(id, b)| (backend_addr(b), *id))
-        .collect();
+    let existing = &current.index.backend_ids;
     let mut used: BTreeSet<u32> = current.backends.keys().copied().collect();
     let mut last = current
         .last_backend_id
@@ -282,14 +478,13 @@ pub fn plan_with(
         };
         ids.insert(addr, id);
         if current.backends.get(&id) != Some(backend) {
-            put_backends.push(Op::PutBackend(id, *backend));
+            ops.put_backends.push(Op::PutBackend(id, *backend));
         }
         next.backends.insert(id, *backend);
     }
-
-    // Services.
     next.last_backend_id = last;
 
+    // Services.
     let mut used: BTreeSet<u32> = current.services.values().map(|s| s.value.id).collect();
     let mut last = current
         .last_service_id
@@ -310,130 +505,44 @@ pub fn plan_with(
             .iter()
             .map(|b| ids[&backend_addr(b)])
             .collect();
-        let old_ids = old.map(|s| s.backend_ids.as_slice()).unwrap_or_default();
-        for (i, bid) in backend_ids.iter().enumerate() {
-            if old_ids.get(i) != Some(bid) {
-                put_slots.push(Op::PutSlot(
-                    SlotKey {
-                        service_id: id,
-                        slot: i as u32 + 1,
-                    },
-                    *bid,
-                ));
-            }
-        }
-        for slot in backend_ids.len() + 1..=old_ids.len() {
-            removals.push(Op::DelSlot(SlotKey {
-                service_id: id,
-                slot: slot as u32,
-            }));
-        }
-        if old.is_none() {
-            put_revnat.push(Op::PutRevNat(
-                id,
-                RevNat {
-                    addr: key.addr,
-                    port: key.port,
-                    _pad: 0,
-                },
-            ));
-        }
-        let mut algorithm = frontend.algorithm;
-        let mut maglev_table = NO_MAGLEV_TABLE;
-        if algorithm == ALG_MAGLEV && !backend_ids.is_empty() {
-            let reusable = old.filter(|s| {
-                s.value.algorithm == ALG_MAGLEV
-                    && s.value.maglev_table < cfg.maglev_tables
-                    && s.backend_ids == backend_ids
-            });
-            if let Some(s) = reusable {
-                maglev_table = s.value.maglev_table;
-            } else if let Some(t) = (0..cfg.maglev_tables).find(|t| !tables_used.contains(t)) {
-                tables_used.insert(t);
-                let table = crate::maglev::table(&frontend.backends, cfg.maglev_m);
-                let entries = table.into_iter().map(|i| backend_ids[i as usize]).collect();
-                put_maglev.push(Op::PutMaglev(t, Arc::new(entries)));
-                maglev_table = t;
-            } else {
-                warnings.push(format!(
-                    "Service {}: all {} Maglev tables are in use (--maglev-max-services); using hash for {}:{}",
-                    frontend.service,
-                    cfg.maglev_tables,
-                    std::net::Ipv4Addr::from(key.addr),
-                    key.port
-                ));
-                algorithm = ALG_HASH;
-            }
-        }
-        let internal = ServiceKey {
-            scope: SCOPE_INTERNAL,
-            ..*key
-        };
-        let has_internal =
-            if key.scope == SCOPE_EXTERNAL && desired.frontends.contains_key(&internal) {
-                SVC_FLAG_HAS_INTERNAL
-            } else {
-                0
-            };
-        let value = ServiceValue {
+        let (programmed, ranges) = plan_frontend(
+            key,
+            frontend,
+            old,
             id,
-            count: backend_ids.len() as u32,
-            affinity_timeout: frontend.affinity_timeout,
-            maglev_table,
-            flags: frontend.flags | has_internal,
-            algorithm,
-            _pad: 0,
-        };
-        if frontend.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0 {
-            for (addr, prefix) in &frontend.source_ranges {
-                let entry = (id, network(*addr, *prefix), (*prefix).min(32));
-                if next.source_ranges.insert(entry) && !current.source_ranges.contains(&entry) {
-                    put_ranges.push(Op::PutSourceRange(entry.0, entry.1, entry.2));
-                }
+            backend_ids,
+            desired,
+            &mut tables_used,
+            cfg,
+            &mut ops,
+            &mut warnings,
+        );
+        for entry in ranges {
+            if next.source_ranges.insert(entry) && !current.source_ranges.contains(&entry) {
+                ops.put_ranges
+                    .push(Op::PutSourceRange(entry.0, entry.1, entry.2));
             }
         }
-        if old.map(|s| s.value) != Some(value) {
-            put_services.push(Op::PutService(*key, value));
-        }
-        next.services
-            .insert(*key, ProgrammedService { value, backend_ids });
+        next.services.insert(*key, programmed);
     }
     for (key, old) in &current.services {
-        if desired.frontends.contains_key(key) {
-            continue;
+        if !desired.frontends.contains_key(key) {
+            remove_frontend(key, old, &mut ops);
         }
-        removals.push(Op::DelService(*key));
-        for slot in 1..=old.backend_ids.len() as u32 {
-            removals.push(Op::DelSlot(SlotKey {
-                service_id: old.value.id,
-                slot,
-            }));
-        }
-        removals.push(Op::DelRevNat(old.value.id));
     }
     next.last_service_id = last;
+    next.reindex();
     for &(id, addr, prefix) in current.source_ranges.difference(&next.source_ranges) {
-        removals.push(Op::DelSourceRange(id, addr, prefix));
+        ops.removals.push(Op::DelSourceRange(id, addr, prefix));
     }
-    // Service entries go before their slots, source ranges and reverse NAT entries.
-    removals.sort_by_key(|op| !matches!(op, Op::DelService(_)));
     for id in current.backends.keys() {
         if !next.backends.contains_key(id) {
-            removals.push(Op::DelBackend(*id));
+            ops.del_backends.push(Op::DelBackend(*id));
         }
     }
-
-    let ops = put_backends
-        .into_iter()
-        .chain(put_maglev)
-        .chain(put_slots)
-        .chain(put_revnat)
-        .chain(put_ranges)
-        .chain(put_services)
-        .chain(removals)
-        .collect();
     Ok(Plan {
-        ops,
+        maglev_fallbacks: ops.maglev_fallbacks,
+        ops: ops.into_ops(),
         next,
         warnings,
         skipped,
@@ -464,11 +573,14 @@ pub fn restore(
         })
         .collect();
     let backends: BTreeMap<u32, Backend> = backends.into_iter().collect();
-    Programmed {
+    let mut p = Programmed {
         last_service_id: services.values().map(|s| s.value.id).max().unwrap_or(0),
         last_backend_id: backends.keys().copied().max().unwrap_or(0),
         services,
         backends,
         source_ranges: BTreeSet::new(),
-    }
+        index: Index::default(),
+    };
+    p.reindex();
+    p
 }
