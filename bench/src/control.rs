@@ -2,7 +2,8 @@
 //! to everything programmed: Weir (read the YAML, translate, write the maps)
 //! against `iptables-restore` and `nft -f` of kube-proxy's rules for the same
 //! input, each in a fresh network namespace. (b) From one EndpointSlice
-//! change to its map write, as the agent does it (translate everything, plan
+//! change to its map write, as the agent does it (find what changed, translate
+//! the Services it touches, plan and write only their frontends; formerly: translate everything, plan
 //! the difference, write it). (c) The real agent's memory at that scale.
 use std::{
     path::Path,
@@ -13,8 +14,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use weir::{
     dataplane::{sync::PlanConfig, Dataplane},
-    model::ObjectRef,
+    model::{ClusterState, ObjectRef},
     translate::translate,
+    translation::{Changed, Translation},
 };
 use weir_tests::{manifests::ManifestDir, netns::Netns, Agent};
 
@@ -174,13 +176,20 @@ fn load_rules(file: &Path, text: &str, command: &[&str]) -> Result<f64> {
     Ok(elapsed)
 }
 
-/// Milliseconds from changing one EndpointSlice to the maps written, `changes` times.
+/// Milliseconds from changing one EndpointSlice to the maps written, `changes`
+/// times, along the agent's path: the changes found by comparing the new
+/// state with the last one, the Services they touch translated again, only
+/// their frontends planned and written.
 fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f64>> {
     let w = Workload::new(size, ENDPOINTS);
     let mut state = w.state();
     let facts = workload::node_facts();
     let mut dp = Dataplane::load_unpinned(plan_config(size))?;
-    dp.sync(&translate(&state, &facts))?;
+    let mut translation = Translation::default();
+    let mut before = ClusterState::default();
+    translation.update(&before, &state, &facts, &state.changes_since(&before));
+    dp.sync(translation.desired())?;
+    before = state.clone();
     let mut ms = Vec::with_capacity(changes);
     let deadline = Instant::now() + budget;
     for c in 0..changes {
@@ -196,17 +205,24 @@ fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f
         let Some(slice) = state.slices.get_mut(&id) else {
             bail!("no slice {id}");
         };
-        if let Some(ep) = slice.endpoints.first_mut() {
+        // A new object, as a source makes for a changed slice.
+        if let Some(ep) = std::sync::Arc::make_mut(slice).endpoints.first_mut() {
             ep.address = std::net::Ipv4Addr::from(
                 u32::from(std::net::Ipv4Addr::new(198, 18, 64, 0)) + c as u32,
             );
         }
         let t = Instant::now();
-        let stats = dp.sync(&translate(&state, &facts))?;
+        let found = state.changes_since(&before);
+        let stats = match translation.update(&before, &state, &facts, &found) {
+            Changed::All => dp.sync(translation.desired())?,
+            Changed::Keys(keys) => dp.sync_changes(translation.desired(), &keys)?,
+        };
         ms.push(t.elapsed().as_secs_f64() * 1e3);
         if stats.ops == 0 {
             bail!("an endpoint change wrote nothing");
         }
+        // The agent keeps the last state as it came (an Arc): no copy is timed.
+        before.slices.insert(id.clone(), state.slices[&id].clone());
     }
     Ok(ms)
 }
@@ -341,9 +357,11 @@ fn section(
              generation is not counted, only the kernel programming.\n\n\
              EndpointSlice change to map write: up to {changes} times (as many as fit in \
              {budget} s), one endpoint of a different \
-             service moves to a new address and the agent's path runs: translate of the whole \
-             state ({largest} services), plan, map writes. The time the source takes to notice \
-             the change (the agent polls a directory, or is told by a watch) is not included.",
+             service moves to a new address and the agent's path runs: the state compared with \
+             the last one ({largest} services), the Services that changed translated again, \
+             their frontends planned and written (`Translation::update`, \
+             `Dataplane::sync_changes`). The time the source takes to notice the change (the \
+             agent polls a directory, or is told by a watch) is not included.",
             changes = p.changes,
             budget = p.budget.as_secs(),
         ),

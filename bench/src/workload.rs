@@ -122,7 +122,7 @@ impl Workload {
             };
             state.services.insert(
                 id.clone(),
-                Service {
+                std::sync::Arc::new(Service {
                     id,
                     service_type: if target {
                         ServiceType::NodePort
@@ -132,13 +132,13 @@ impl Workload {
                     cluster_ips: vec![ip],
                     ports,
                     ..Default::default()
-                },
+                }),
             );
             for (n, (slice_ports, addrs)) in self.slices(i).into_iter().enumerate() {
                 let slice_id = ObjectRef::new(NAMESPACE, format!("{name}-{}", n + 1));
                 state.slices.insert(
                     slice_id.clone(),
-                    EndpointSlice {
+                    std::sync::Arc::new(EndpointSlice {
                         id: slice_id,
                         service_name: name.clone(),
                         ports: slice_ports,
@@ -154,7 +154,7 @@ impl Workload {
                                 hint_zones: None,
                             })
                             .collect(),
-                    },
+                    }),
                 );
             }
         }

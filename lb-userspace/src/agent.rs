@@ -28,7 +28,7 @@ use crate::{
         kube::{self as kube_source, KubeOptions},
         status::{rfc3339, StatusHandle},
     },
-    translate::{translate, Desired, NodeFacts},
+    translate::{Desired, NodeFacts},
 };
 
 /// Where desired state comes from.
@@ -245,7 +245,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             kube_source::start(&options, &cfg.node.node_name, source_status).await?
         }
     };
-    let mut previous = ClusterState::default();
+    let mut previous = Arc::new(ClusterState::default());
+    let mut translation = crate::translation::Translation::default();
     let mut pending = PendingTriggers::default();
     let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
@@ -320,7 +321,15 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         let backends_before = socket_lb
             .as_ref()
             .map(|_| dataplane.programmed().backends.clone());
-        let desired = sync(&mut dataplane, &state, &node, &metrics, &control, &changes);
+        let synced = sync(
+            &mut dataplane,
+            &mut translation,
+            (&previous, &state),
+            &node,
+            &metrics,
+            &control,
+            &changes,
+        );
         if let Some(backends_before) = &backends_before {
             match dataplane.end_sockets_of_gone_backends(backends_before) {
                 Ok((ended, failed)) => {
@@ -337,17 +346,20 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                 Err(e) => warn!("ending sockets of removed backends: {e}"),
             }
         }
-        previous = (*state).clone();
-        if let Some(desired) = desired {
-            report_node_port_addresses(&desired, &mut node_ports_on);
-            metrics.set_services(&desired);
+        previous = state.clone();
+        if synced {
+            let desired = translation.desired();
+            report_node_port_addresses(desired, &mut node_ports_on);
+            metrics.set_services(desired);
             pending.programmed(&metrics);
             health.update_proxy(|h| {
                 h.last_updated = Some(SystemTime::now());
                 h.queued_since = None;
                 h.source = format!("{:?}: synced", cfg.source);
             });
-            health.services.store(Arc::new(desired.health_checks));
+            health
+                .services
+                .store(Arc::new(desired.health_checks.clone()));
             health_servers.reconcile(&health).await;
         }
     }
@@ -544,20 +556,27 @@ fn reconcile_devices(
 /// Translates and syncs; returns what was programmed, or None if the sync
 /// failed. Logs one line either way, and records the sync for the metrics
 /// and `weir status`.
+/// Translates what changed and writes it to the maps (everything when a
+/// full plan is due); true when the maps hold the new desired state.
 fn sync(
     dataplane: &mut Dataplane,
-    state: &ClusterState,
+    translation: &mut crate::translation::Translation,
+    (before, state): (&ClusterState, &ClusterState),
     node: &NodeFacts,
     metrics: &Metrics,
     control: &ControlState,
     changes: &crate::model::Changes,
-) -> Option<Desired> {
+) -> bool {
     let started = Instant::now();
-    let desired = translate(state, node);
+    let changed = translation.update(before, state, node, changes);
+    let desired = translation.desired();
     for w in &desired.warnings {
         warn!("{w}");
     }
-    let result = dataplane.sync(&desired);
+    let result = match &changed {
+        crate::translation::Changed::All => dataplane.sync(desired),
+        crate::translation::Changed::Keys(keys) => dataplane.sync_changes(desired, keys),
+    };
     let elapsed = started.elapsed();
     metrics.sync_duration.observe(elapsed.as_secs_f64());
     let mut report = SyncReport {
@@ -603,10 +622,10 @@ fn sync(
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 "synced"
             );
-            Some(desired)
+            true
         }
         Err(e) => {
-            let error = sync_error(&e, &desired);
+            let error = sync_error(&e, desired);
             warn!(
                 services = report.services,
                 slices = report.endpoint_slices,
@@ -614,7 +633,7 @@ fn sync(
                 "sync failed: {error}; the maps keep what was written, the next change retries"
             );
             report.error = Some(error);
-            None
+            false
         }
     };
     control.synced(report);

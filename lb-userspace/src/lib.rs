@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod routes;
 pub mod source;
 pub mod translate;
+pub mod translation;
 
 /// The compiled kernel programs (lb-ebpf), built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf.o"));

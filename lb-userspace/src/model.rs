@@ -6,6 +6,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     fmt,
     net::Ipv4Addr,
+    sync::Arc,
 };
 
 /// Namespace and name of an object.
@@ -179,8 +180,11 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// Everything a source knows about the cluster at one moment.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ClusterState {
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// Shared (Arc) so that a new state keeps the objects that did not
+    /// change as they were: copying a state and finding what changed
+    /// compare pointers, not every field of every object.
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
+    pub slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
     pub nodes: BTreeMap<String, Node>,
     /// Ingresses, IngressClasses and TLS Secrets, for the L7 proxy.
     pub ingress: IngressState,
@@ -228,16 +232,42 @@ pub struct Changes {
     pub slices: Vec<ObjectRef>,
 }
 
-/// The keys whose values differ between `a` and `b` (in either only, or in both with other values).
+/// The keys whose values differ between `a` and `b` (in either only, or in
+/// both with other values), in order. One pass over both maps side by side.
 fn differing<K: Ord + Clone, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V>) -> Vec<K> {
-    let mut out: Vec<K> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
-        .collect();
-    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
-    out.sort();
-    out
+    use std::cmp::Ordering;
+    let mut out = Vec::new();
+    let (mut a, mut b) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (None, None) => return out,
+            (Some((k, _)), None) => {
+                out.push((*k).clone());
+                a.next();
+            }
+            (None, Some((k, _))) => {
+                out.push((*k).clone());
+                b.next();
+            }
+            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
+                Ordering::Less => {
+                    out.push((*ka).clone());
+                    a.next();
+                }
+                Ordering::Greater => {
+                    out.push((*kb).clone());
+                    b.next();
+                }
+                Ordering::Equal => {
+                    if va != vb {
+                        out.push((*ka).clone());
+                    }
+                    a.next();
+                    b.next();
+                }
+            },
+        }
+    }
 }
 
 impl ClusterState {
@@ -259,6 +289,7 @@ impl ClusterState {
     ) -> impl Iterator<Item = &'a EndpointSlice> + 'a {
         self.slices
             .values()
+            .map(|s| &**s)
             .filter(move |s| s.id.namespace == service.namespace && s.service_name == service.name)
     }
 }
@@ -282,7 +313,7 @@ impl<'a> SliceIndex<'a> {
                 .or_default()
                 .entry(slice.service_name.as_str())
                 .or_default()
-                .push(slice);
+                .push(&**slice);
         }
         Self { by_service }
     }
@@ -421,20 +452,24 @@ mod tests {
         };
         let mut before = ClusterState::default();
         for s in [svc("kept"), svc("removed")] {
-            before.services.insert(s.id.clone(), s);
+            before.services.insert(s.id.clone(), std::sync::Arc::new(s));
         }
         for s in [
             slice("same", [198, 18, 0, 1]),
             slice("moved", [198, 18, 0, 2]),
         ] {
-            before.slices.insert(s.id.clone(), s);
+            before.slices.insert(s.id.clone(), std::sync::Arc::new(s));
         }
         let mut after = before.clone();
         after.services.remove(&ObjectRef::new("ns", "removed"));
         let added = svc("added");
-        after.services.insert(added.id.clone(), added);
+        after
+            .services
+            .insert(added.id.clone(), std::sync::Arc::new(added));
         let moved = slice("moved", [198, 18, 0, 3]);
-        after.slices.insert(moved.id.clone(), moved);
+        after
+            .slices
+            .insert(moved.id.clone(), std::sync::Arc::new(moved));
         // A new trigger time alone is no change of the slice.
         after
             .slice_change_times

@@ -125,8 +125,10 @@ fn lb_state(
         endpoints,
     };
     let mut state = ClusterState::default();
-    state.services.insert(id, svc);
-    state.slices.insert(slice.id.clone(), slice);
+    state.services.insert(id, std::sync::Arc::new(svc));
+    state
+        .slices
+        .insert(slice.id.clone(), std::sync::Arc::new(slice));
     state
 }
 

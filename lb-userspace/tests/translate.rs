@@ -103,8 +103,14 @@ impl SliceExt for EndpointSlice {
 
 fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
     ClusterState {
-        services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
-        slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
+        services: services
+            .into_iter()
+            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
+            .collect(),
+        slices: slices
+            .into_iter()
+            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
+            .collect(),
         nodes: BTreeMap::new(),
         ..Default::default()
     }

@@ -169,8 +169,14 @@ fn default_nodes() -> Vec<Node> {
 
 fn cluster(services: Vec<Service>, slices: Vec<EndpointSlice>, nodes: Vec<Node>) -> ClusterState {
     ClusterState {
-        services: services.into_iter().map(|s| (s.id.clone(), s)).collect(),
-        slices: slices.into_iter().map(|s| (s.id.clone(), s)).collect(),
+        services: services
+            .into_iter()
+            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
+            .collect(),
+        slices: slices
+            .into_iter()
+            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
+            .collect(),
         nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
         ..Default::default()
     }
@@ -1203,10 +1209,10 @@ status:
     for object in objects {
         match object {
             Object::Service(s) => {
-                state.services.insert(s.id.clone(), s);
+                state.services.insert(s.id.clone(), std::sync::Arc::new(s));
             }
             Object::EndpointSlice(s) => {
-                state.slices.insert(s.id.clone(), s);
+                state.slices.insert(s.id.clone(), std::sync::Arc::new(s));
             }
             Object::Node(n) => {
                 state.nodes.insert(n.name.clone(), n);

@@ -151,7 +151,7 @@ pub(crate) mod fixture {
             let id = ObjectRef::new("ns1", name);
             state.services.insert(
                 id.clone(),
-                Service {
+                std::sync::Arc::new(Service {
                     id: id.clone(),
                     service_type: if node_port.is_some() {
                         ServiceType::NodePort
@@ -167,12 +167,12 @@ pub(crate) mod fixture {
                         app_protocol: None,
                     }],
                     ..Default::default()
-                },
+                }),
             );
             let slice = ObjectRef::new("ns1", format!("{name}-1"));
             state.slices.insert(
                 slice.clone(),
-                EndpointSlice {
+                std::sync::Arc::new(EndpointSlice {
                     id: slice,
                     service_name: name.into(),
                     ports: vec![EndpointPort {
@@ -181,7 +181,7 @@ pub(crate) mod fixture {
                         protocol: proto,
                     }],
                     endpoints: eps.iter().map(|a| Endpoint::ready((*a).into())).collect(),
-                },
+                }),
             );
         };
         add(

@@ -121,10 +121,10 @@ pub fn insert_all(state: &mut ClusterState, objects: Vec<Object>) {
     for object in objects {
         match object {
             Object::Service(s) => {
-                state.services.insert(s.id.clone(), s);
+                state.services.insert(s.id.clone(), Arc::new(s));
             }
             Object::EndpointSlice(s) => {
-                state.slices.insert(s.id.clone(), s);
+                state.slices.insert(s.id.clone(), Arc::new(s));
             }
             Object::Node(n) => {
                 state.nodes.insert(n.name.clone(), n);

@@ -753,8 +753,8 @@ struct Builder {
     services: Store<K8sService>,
     slices: Store<K8sSlice>,
     nodes: Store<K8sNode>,
-    service_cache: Cache<crate::model::Service>,
-    slice_cache: Cache<crate::model::EndpointSlice>,
+    service_cache: Cache<Arc<crate::model::Service>>,
+    slice_cache: Cache<Arc<crate::model::EndpointSlice>>,
     node_cache: Cache<crate::model::Node>,
     ingress: Option<IngressStores>,
     gateway: Option<super::kube_gateway::GatewayStores>,
@@ -842,16 +842,15 @@ impl Builder {
         for svc in self
             .service_cache
             .refresh(Kind::Service, &self.services.state(), |s| {
-                convert::service(s).map(Some)
+                convert::service(s).map(|s| Some(Arc::new(s)))
             })
         {
             state.services.insert(svc.id.clone(), svc);
         }
         let slices = self.slices.state();
-        for slice in self
-            .slice_cache
-            .refresh(Kind::EndpointSlice, &slices, convert::endpoint_slice)
-        {
+        for slice in self.slice_cache.refresh(Kind::EndpointSlice, &slices, |s| {
+            convert::endpoint_slice(s).map(|s| s.map(Arc::new))
+        }) {
             state.slices.insert(slice.id.clone(), slice);
         }
         for obj in &slices {

@@ -1,0 +1,160 @@
+//! `translation::Translation`: translating by change gives exactly what
+//! `translate` gives for the whole state, over random sequences of Service
+//! and EndpointSlice changes, including Services that contend for one
+//! frontend (a shared external IP) or one health check port.
+use std::net::Ipv4Addr;
+
+use weir::{
+    model::{
+        ClusterState, Endpoint, EndpointPort, EndpointSlice, ObjectRef, Protocol, Service,
+        ServicePort, ServiceType,
+    },
+    translate::{translate, NodeFacts},
+    translation::{Changed, Translation},
+};
+
+/// xorshift64*: a fixed seed, so a failure is reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+fn node() -> NodeFacts {
+    NodeFacts {
+        node_name: "node-a".into(),
+        nodeport_addresses: vec![Ipv4Addr::new(198, 18, 100, 1)],
+        ..NodeFacts::default()
+    }
+}
+
+fn random_service(r: &mut Rng, i: u64) -> Service {
+    let name = format!("svc-{i}");
+    let mut svc = Service {
+        id: ObjectRef::new("ns", &name),
+        service_type: [
+            ServiceType::ClusterIp,
+            ServiceType::NodePort,
+            ServiceType::LoadBalancer,
+        ][r.below(3) as usize],
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, i as u8 + 1)],
+        ..Default::default()
+    };
+    for p in 0..1 + r.below(2) {
+        svc.ports.push(ServicePort {
+            name: format!("p{p}"),
+            port: 80 + p as u16,
+            protocol: if r.chance(80) {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            },
+            // Few node ports and external IPs, so that Services contend.
+            node_port: (svc.service_type != ServiceType::ClusterIp)
+                .then(|| 30000 + r.below(4) as u16),
+            app_protocol: None,
+        });
+    }
+    if r.chance(30) {
+        svc.external_ips = vec![Ipv4Addr::new(198, 18, 200, r.below(3) as u8)];
+    }
+    if svc.service_type == ServiceType::LoadBalancer {
+        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 201, r.below(3) as u8)];
+        svc.external_policy_local = r.chance(50);
+        if svc.external_policy_local {
+            svc.health_check_node_port = Some(32000 + r.below(3) as u16);
+        }
+        if r.chance(30) {
+            svc.source_ranges = vec![(Ipv4Addr::new(198, 18, 0, 0), 16)];
+        }
+    }
+    svc.internal_policy_local = r.chance(20);
+    if r.chance(10) {
+        svc.session_affinity_timeout = Some(if r.chance(50) { 300 } else { -1 });
+    }
+    svc
+}
+
+fn random_slice(r: &mut Rng, service: u64, n: u64) -> EndpointSlice {
+    EndpointSlice {
+        id: ObjectRef::new("ns", format!("svc-{service}-{n}")),
+        service_name: format!("svc-{service}"),
+        ports: (0..2)
+            .map(|p| EndpointPort {
+                name: format!("p{p}"),
+                port: 8080 + p,
+                protocol: Protocol::Tcp,
+            })
+            .collect(),
+        endpoints: (0..r.below(4))
+            .map(|_| Endpoint {
+                node_name: r.chance(50).then(|| "node-a".to_string()),
+                ready: r.chance(80),
+                terminating: r.chance(20),
+                ..Endpoint::ready(Ipv4Addr::new(198, 18, 1, r.below(20) as u8 + 1))
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn translating_by_change_gives_what_translating_everything_gives() {
+    let mut r = Rng(0x5eed_7a51);
+    let facts = node();
+    let mut state = ClusterState::default();
+    let mut before = ClusterState::default();
+    let mut t = Translation::default();
+    let mut by_change = 0;
+    for step in 0..1_500 {
+        for _ in 0..1 + r.below(3) {
+            let i = r.below(12);
+            match r.below(4) {
+                0 => {
+                    state
+                        .services
+                        .remove(&ObjectRef::new("ns", format!("svc-{i}")));
+                }
+                1 => {
+                    let svc = random_service(&mut r, i);
+                    state
+                        .services
+                        .insert(svc.id.clone(), std::sync::Arc::new(svc));
+                }
+                2 => {
+                    let n = r.below(2);
+                    state
+                        .slices
+                        .remove(&ObjectRef::new("ns", format!("svc-{i}-{n}")));
+                }
+                _ => {
+                    let n = r.below(2);
+                    let s = random_slice(&mut r, i, n);
+                    state.slices.insert(s.id.clone(), std::sync::Arc::new(s));
+                }
+            }
+        }
+        let changes = state.changes_since(&before);
+        let old = t.desired().clone();
+        let changed = t.update(&before, &state, &facts, &changes);
+        let want = translate(&state, &facts);
+        assert_eq!(t.desired(), &want, "step {step}: {changes:?}");
+        if let Changed::Keys(keys) = changed {
+            by_change += 1;
+            for k in old.frontends.keys().chain(want.frontends.keys()) {
+                if old.frontends.get(k) != want.frontends.get(k) {
+                    assert!(keys.contains(k), "step {step}: {k:?} changed, not reported");
+                }
+            }
+        }
+        before = state.clone();
+    }
+    assert!(by_change > 500, "only {by_change} updates by change");
+}
