@@ -1,5 +1,6 @@
 //! `dataplane::sync::{plan, restore}` and the `weir service list` rows and
 //! table built from the planned state. Maps are simulated with BTreeMaps.
+mod common;
 use std::collections::BTreeMap;
 
 use lb_common::{
@@ -1106,17 +1107,7 @@ fn an_external_entry_is_flagged_while_an_internal_entry_exists() {
 
 // ---- plans of changes ---------------------------------------------------------
 
-/// xorshift64*: a fixed seed, so a failure is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
+use common::Rng;
 
 /// A random frontend over a small universe, so that backends are shared,
 /// keys come and go and Maglev tables run out.

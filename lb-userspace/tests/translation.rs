@@ -2,6 +2,7 @@
 //! `translate` gives for the whole state, over random sequences of Service
 //! and EndpointSlice changes, including Services that contend for one
 //! frontend (a shared external IP) or one health check port.
+mod common;
 use std::net::Ipv4Addr;
 
 use weir::{
@@ -13,20 +14,7 @@ use weir::{
     translation::{Changed, Translation},
 };
 
-/// xorshift64*: a fixed seed, so a failure is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
+use common::Rng;
 
 fn node() -> NodeFacts {
     NodeFacts {

@@ -456,37 +456,45 @@ fn run(prog_tc: bool, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>
     Ok((result.return_value, out))
 }
 
+/// Generates packets from `seed` and hands each to `each` until PACKETS
+/// ran (`each` returns false for one the kernel refused to run), at most
+/// twice as many; returns how many ran.
+fn hostile_packets(seed: u64, mut each: impl FnMut(&[u8]) -> Result<bool>) -> Result<usize> {
+    let mut r = Rng(seed);
+    let mut ran = 0;
+    for _ in 0..2 * PACKETS {
+        if ran == PACKETS {
+            break;
+        }
+        let packet = generate(&mut r);
+        // The kernel refuses test runs shorter than an Ethernet header.
+        if packet.len() >= 14 && each(&packet)? {
+            ran += 1;
+        }
+    }
+    Ok(ran)
+}
+
 fn fuzz(tc: bool, seed: u64) -> Result<Tally> {
     let mut dp = dataplane()?;
     let fib = FibNs::empty()?;
     fib.run(|| {
-        let mut r = Rng(seed);
         let mut tally = Tally::default();
-        let mut ran = 0;
-        // Until PACKETS ran through the program (bounded: at most twice as many generated).
-        for _ in 0..2 * PACKETS {
-            if ran == PACKETS {
-                break;
-            }
-            let packet = generate(&mut r);
-            // The kernel refuses test runs shorter than an Ethernet header.
-            if packet.len() < 14 {
-                continue;
-            }
-            let Ok((action, out)) = run(tc, &mut dp, &packet) else {
+        let ran = hostile_packets(seed, |packet| {
+            let Ok((action, out)) = run(tc, &mut dp, packet) else {
                 tally.refused_by_kernel += 1;
-                continue;
+                return Ok(false);
             };
-            ran += 1;
             if tc {
                 // TC_ACT_OK, TC_ACT_SHOT, TC_ACT_REDIRECT.
-                check(&packet, action, &out, &[0, 7], &[7], 2, &mut tally);
+                check(packet, action, &out, &[0, 7], &[7], 2, &mut tally);
             } else {
                 // XDP_DROP 1, XDP_PASS 2, XDP_TX 3, XDP_REDIRECT 4; never XDP_ABORTED (0).
                 assert!((1..=4).contains(&action), "XDP verdict {action}");
-                check(&packet, action, &out, &[2, 4], &[3], 1, &mut tally);
+                check(packet, action, &out, &[2, 4], &[3], 1, &mut tally);
             }
-        }
+            Ok(true)
+        })?;
         println!("{}: {tally:?}", if tc { "tc" } else { "xdp" });
         assert_eq!(ran, PACKETS, "{tally:?}");
         // Every kind of outcome was exercised, and the kernel refused few inputs.
@@ -523,24 +531,16 @@ fn same_bytes(tc: bool, seed: u64) -> Result<()> {
     let mut slow = dataplane_with(&helpers, ALG_HASH)?;
     let fib = FibNs::empty()?;
     fib.run(|| {
-        let mut r = Rng(seed);
-        let (mut ran, mut rewritten) = (0, 0);
-        for _ in 0..2 * PACKETS {
-            if ran == PACKETS {
-                break;
-            }
-            let packet = generate(&mut r);
-            if packet.len() < 14 {
-                continue;
-            }
-            let Ok(a) = run(tc, &mut fast, &packet) else {
-                continue;
+        let mut rewritten = 0;
+        let ran = hostile_packets(seed, |packet| {
+            let Ok(a) = run(tc, &mut fast, packet) else {
+                return Ok(false);
             };
-            let b = run(tc, &mut slow, &packet)?;
-            assert_eq!((a.0, hex(&a.1)), (b.0, hex(&b.1)), "input {}", hex(&packet));
-            ran += 1;
+            let b = run(tc, &mut slow, packet)?;
+            assert_eq!((a.0, hex(&a.1)), (b.0, hex(&b.1)), "input {}", hex(packet));
             rewritten += usize::from(a.1 != packet);
-        }
+            Ok(true)
+        })?;
         println!(
             "{}: {ran} packets, {rewritten} rewritten or answered",
             if tc { "tc" } else { "xdp" }
