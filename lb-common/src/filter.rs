@@ -12,8 +12,10 @@
 //! be clear while something uses it; the agent's ordering guarantees that
 //! (dataplane/filter.rs).
 
-/// Bits per half, as a power of two: 2^21 = 2 Mi bits (256 KiB) per half.
-pub const FILTER_BITS_LOG2: u32 = 21;
+/// Bits per half, as a power of two: 2^24 = 16 Mi bits (2 MiB) per half,
+/// so that 100k services x 10 endpoints set about 6% of the reply half
+/// (a packet for no service whose bits collide takes the full path).
+pub const FILTER_BITS_LOG2: u32 = 24;
 /// Words per half.
 pub const FILTER_HALF_WORDS: u32 = 1 << (FILTER_BITS_LOG2 - 6);
 /// Words in the map: the frontend half, then the reply half.
@@ -38,7 +40,7 @@ pub struct FilterBit {
 }
 
 /// The bit of (`addr`, `port`, `proto`) in `half`: a multiplicative hash of
-/// the 56 bits, its top 21 bits picking the bit.
+/// the 56 bits, its top FILTER_BITS_LOG2 bits picking the bit.
 #[inline(always)]
 pub fn filter_bit(half: Half, addr: [u8; 4], port: u16, proto: u8) -> FilterBit {
     let x = ((u32::from_be_bytes(addr) as u64) << 24) | ((port as u64) << 8) | proto as u64;

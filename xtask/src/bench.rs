@@ -1,6 +1,8 @@
 //! `cargo xtask bench [--quick|--full]`: builds the agent and the benchmark
 //! (release) and runs them; the benchmark writes bench/RESULTS.md and its
-//! plots. Not part of `cargo xtask test`.
+//! plots. A run of some sections only (`--sections`) writes to
+//! target/bench-sections/ instead, so that it never replaces the committed
+//! results of a whole run. Not part of `cargo xtask test`.
 use anyhow::{bail, Context, Result};
 
 use crate::util::{cargo, root};
@@ -15,7 +17,10 @@ pub fn run(full: bool, sections: Option<&str>) -> Result<()> {
         "weir-bench",
     ])?;
     let target = root().join("target/release");
-    let out = root().join("bench");
+    let out = match sections {
+        None => root().join("bench"),
+        Some(_) => root().join("target/bench-sections"),
+    };
     let mut args = vec![
         "--mode".to_string(),
         if full { "full" } else { "quick" }.to_string(),
@@ -33,6 +38,12 @@ pub fn run(full: bool, sections: Option<&str>) -> Result<()> {
         .context("running weir-bench")?;
     if !status.success() {
         bail!("weir-bench failed ({status})");
+    }
+    if sections.is_some() {
+        println!(
+            "bench: results of the sections run in {} (bench/RESULTS.md is left as it was)",
+            out.join("RESULTS.md").display()
+        );
     }
     Ok(())
 }

@@ -52,7 +52,7 @@ enum Command {
         /// The published table: larger counts, longer runs.
         #[arg(long)]
         full: bool,
-        /// Only these sections, e.g. `1,3` (1 per packet, 2 end to end, 3 control plane, 4 L7, 5 Gateway API, 6 TLS-terminated TCP).
+        /// Only these sections, e.g. `1,3` (1 per packet, 2 end to end, 3 control plane, 4 L7, 5 Gateway API, 6 TLS-terminated TCP); written to target/bench-sections/, not bench/.
         #[arg(long)]
         sections: Option<String>,
     },
