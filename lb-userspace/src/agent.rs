@@ -219,7 +219,7 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     }
     let metrics = Arc::new(Metrics::new());
     if let Some(addr) = cfg.metrics_bind {
-        match crate::metrics::serve(addr, metrics.clone(), cfg.bpffs.clone()).await {
+        match crate::metrics::serve(addr, metrics.clone(), cfg.bpffs.clone()) {
             Ok(_) => info!(%addr, "serving /metrics"),
             Err(e) => warn!("--metrics-bind-address {addr}: {e}; metrics are off"),
         }

@@ -24,7 +24,7 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::net::TcpListener;
 
 use crate::{dataplane::maps::Maps, health, inspect, model::Protocol};
 
@@ -367,24 +367,43 @@ impl Metrics {
     }
 }
 
-/// Serves /metrics on `addr`, reading the maps pinned under `bpffs` at each scrape.
-pub async fn serve(
+/// Serves /metrics on `addr`, reading the maps pinned under `bpffs` at each
+/// scrape. On a thread of its own: a scrape reads every service's counters
+/// (at 100k services, 100k map reads), which must not hold up the agent's
+/// loop, whose runtime has one thread.
+pub fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     bpffs: PathBuf,
-) -> std::io::Result<JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(health::serve(listener, move |req| {
-        if req.uri().path() != "/metrics" {
-            return health::reply(StatusCode::NOT_FOUND, String::new(), None);
-        }
-        if let Ok(maps) = Maps::open_pinned(&bpffs) {
-            metrics.refresh(&maps, &bpffs);
-        }
-        let mut response = health::reply(StatusCode::OK, metrics.encode(), None);
-        if let Ok(v) = "application/openmetrics-text; version=1.0.0; charset=utf-8".parse() {
-            response.headers_mut().insert("Content-Type", v);
-        }
-        response
-    })))
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("weir-metrics".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else {
+                    return;
+                };
+                health::serve(listener, move |req| {
+                    if req.uri().path() != "/metrics" {
+                        return health::reply(StatusCode::NOT_FOUND, String::new(), None);
+                    }
+                    if let Ok(maps) = Maps::open_pinned(&bpffs) {
+                        metrics.refresh(&maps, &bpffs);
+                    }
+                    let mut response = health::reply(StatusCode::OK, metrics.encode(), None);
+                    if let Ok(v) =
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8".parse()
+                    {
+                        response.headers_mut().insert("Content-Type", v);
+                    }
+                    response
+                })
+                .await
+            })
+        })
 }
