@@ -251,6 +251,11 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let status_writer = ingress_status_writer(&cfg).await;
     let mut tick = tokio::time::interval(cfg.poll_interval);
     let mut ct_gc = tokio::time::interval(cfg.ct_gc_interval);
+    // Conntrack is collected on a thread of its own (ct_gc_worker.rs).
+    let mut gc_worker = dataplane
+        .ct_gc_worker(cfg.ct_timeouts)
+        .context("starting conntrack GC")?;
+    let mut gc_in_flight = false;
     let mut ct_full = false;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // This node's own addresses (NodePorts and ingress without a Node object), refreshed each tick.
@@ -271,8 +276,14 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
                     apply = current.clone();
                 }
             }
-            _ = ct_gc.tick() => {
-                let gc = dataplane.gc_conntrack(&cfg.ct_timeouts);
+            // One collection at a time, pruned before the next is asked for.
+            _ = ct_gc.tick(), if !gc_in_flight => {
+                gc_in_flight = gc_worker.request();
+            }
+            Some(collected) = gc_worker.results.recv() => {
+                gc_in_flight = false;
+                let gc = collected.gc;
+                dataplane.prune_filter(collected.reply_bits);
                 if gc.removed > 0 {
                     tracing::debug!(removed = gc.removed, "expired conntrack entries removed");
                 }

@@ -152,6 +152,40 @@ fn a_reply_after_its_service_was_removed_is_still_reverse_nated() -> Result<()> 
     Ok(())
 }
 
+/// The agent collects conntrack on a thread with a handle of its own: it
+/// keeps live flows, reports the reply sources they use (for the filter),
+/// and removes both entries of an expired flow.
+#[test]
+fn the_gc_worker_removes_expired_flows_on_its_own_handle() -> Result<()> {
+    use weir::dataplane::{ct_gc::CtTimeouts, filter::reply_bit};
+    let mut dp = one_backend_tcp()?;
+    run(&mut dp, &Pkt::tcp(CLIENT, 40200, VIP, 80).build())?;
+    let fwd = ct_key(CLIENT, 40200, VIP, 80, PROTO_TCP);
+    let rev = ct_key(B1, 8080, CLIENT, 40200, PROTO_TCP);
+    let timeouts = CtTimeouts {
+        tcp_established: std::time::Duration::from_secs(30),
+        ..CtTimeouts::default()
+    };
+    let mut worker = dp.ct_gc_worker(timeouts)?;
+    assert!(worker.request());
+    let live = worker.results.blocking_recv().context("a result")?;
+    assert_eq!((live.gc.removed, live.gc.entries), (0, 2));
+    assert_eq!(live.reply_bits, [reply_bit(&rev)].into());
+
+    let old = monotonic_ns() - 60_000_000_000;
+    for key in [fwd, rev] {
+        let mut entry = dp.maps.ct.get(&key, 0)?;
+        entry.last_seen_ns = old;
+        dp.maps.ct.insert(key, entry, 0)?;
+    }
+    assert!(worker.request());
+    let expired = worker.results.blocking_recv().context("a result")?;
+    assert_eq!((expired.gc.removed, expired.gc.entries), (2, 0));
+    assert!(expired.reply_bits.is_empty());
+    assert!(dp.maps.ct.get(&fwd, 0).is_err() && dp.maps.ct.get(&rev, 0).is_err());
+    Ok(())
+}
+
 #[test]
 fn udp_is_dnated_with_a_correct_checksum() -> Result<()> {
     let mut dp = one_backend_udp()?;

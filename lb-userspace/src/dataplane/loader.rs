@@ -349,34 +349,39 @@ impl Dataplane {
         &self.programmed
     }
 
-    /// Deletes the conntrack entries whose flows have expired; returns how many.
+    /// Deletes the conntrack entries whose flows have expired, here and now
+    /// (tests; the agent uses `ct_gc_worker`), and prunes the filter.
     pub fn gc_conntrack(&mut self, timeouts: &super::ct_gc::CtTimeouts) -> super::ct_gc::CtGc {
-        let entries: Vec<_> = self.maps.ct.iter().filter_map(Result::ok).collect();
-        let now = crate::inspect::monotonic_ns();
-        let expired = super::ct_gc::expired(&entries, now, timeouts);
-        let removed: std::collections::HashSet<_> = expired
-            .into_iter()
-            .filter(|k| self.maps.ct.remove(k).is_ok())
-            .collect();
-        let in_use = self
-            .programmed
-            .backends
-            .values()
-            .map(filter::backend_bit)
-            .chain(
-                entries
-                    .iter()
-                    .filter(|(k, v)| v.kind == lb_common::CT_REPLY && !removed.contains(k))
-                    .map(|(k, _)| filter::reply_bit(k)),
-            )
-            .collect();
-        self.filter.prune_replies(in_use);
-        let removed = removed.len();
-        super::ct_gc::CtGc {
-            removed,
-            entries: entries.len() - removed,
-            capacity: self.cfg.max_conntrack as usize,
-        }
+        let capacity = self.cfg.max_conntrack as usize;
+        let collected = super::ct_gc_worker::collect(&mut self.maps.ct, timeouts, capacity);
+        self.prune_filter(collected.reply_bits);
+        collected.gc
+    }
+
+    /// A worker thread collecting conntrack on a handle of its own.
+    pub fn ct_gc_worker(
+        &self,
+        timeouts: super::ct_gc::CtTimeouts,
+    ) -> Result<super::ct_gc_worker::GcWorker, LoadError> {
+        use aya::maps::IterableMap;
+        let ct = super::ct_gc_worker::conntrack_handle(self.maps.ct.map()).map_err(|source| {
+            MapsError::Map {
+                name: lb_common::MAP_CT,
+                source,
+            }
+        })?;
+        super::ct_gc_worker::GcWorker::start(ct, timeouts, self.cfg.max_conntrack as usize)
+            .map_err(|e| LoadError::Config(format!("starting the conntrack GC thread: {e}")))
+    }
+
+    /// After a conntrack collection that found `ct_reply_bits` in use:
+    /// clears the filter's reply bits nothing uses any more (filter.rs).
+    pub fn prune_filter(
+        &mut self,
+        mut ct_reply_bits: std::collections::HashSet<lb_common::filter::FilterBit>,
+    ) {
+        ct_reply_bits.extend(self.programmed.backends.values().map(filter::backend_bit));
+        self.filter.prune_replies(ct_reply_bits);
     }
 
     /// Brings the maps to `desired`. On a failed write the maps are re-read,

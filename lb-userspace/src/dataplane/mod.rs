@@ -3,6 +3,7 @@
 pub mod attach;
 pub mod bpf_log;
 pub mod ct_gc;
+pub mod ct_gc_worker;
 pub mod filter;
 pub mod ingress;
 pub mod loader;
