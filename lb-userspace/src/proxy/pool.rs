@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::Mutex,
+    thread::ThreadId,
     time::{Duration, Instant},
 };
 
@@ -27,7 +28,9 @@ pub struct Pool {
 
 #[derive(Default)]
 struct Idle {
-    by_endpoint: HashMap<SocketAddr, Vec<(Instant, SendRequest<ProxyBody>)>>,
+    /// By the proxy thread that made the connection (whose runtime drives
+    /// it: reusing it from another thread would wake that one) and endpoint.
+    by_endpoint: HashMap<(ThreadId, SocketAddr), Vec<(Instant, SendRequest<ProxyBody>)>>,
     checkins: u64,
 }
 
@@ -39,7 +42,9 @@ impl Pool {
     /// A connection to `endpoint` that can take a request now, if any.
     pub fn checkout(&self, endpoint: SocketAddr) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let list = idle.by_endpoint.get_mut(&endpoint)?;
+        let list = idle
+            .by_endpoint
+            .get_mut(&(std::thread::current().id(), endpoint))?;
         list.retain(usable);
         let ready = list.iter().position(|(_, s)| s.is_ready())?;
         Some(list.swap_remove(ready).1)
@@ -59,7 +64,10 @@ impl Pool {
                 !list.is_empty()
             });
         }
-        let list = idle.by_endpoint.entry(endpoint).or_default();
+        let list = idle
+            .by_endpoint
+            .entry((std::thread::current().id(), endpoint))
+            .or_default();
         if list.len() >= MAX_PER_ENDPOINT {
             list.retain(usable);
         }

@@ -48,8 +48,13 @@ impl Listeners {
     }
 }
 
-/// Serves both listeners on a runtime of its own (`threads` workers), so
-/// that proxying neither waits for nor delays the agent's main loop.
+/// Serves the listeners on `threads` threads of its own, so that proxying
+/// neither waits for nor delays the agent's main loop. Each thread runs a
+/// single-threaded runtime that accepts on every listener: a connection,
+/// its upstream connections and their tasks stay on one thread, so that a
+/// request wakes no other thread (a shared work-stealing runtime spent much
+/// of its time in cross-thread wake-ups and context switches), as nginx's
+/// workers do.
 pub fn start(
     listeners: Listeners,
     cfg: ProxyConfig,
@@ -61,12 +66,6 @@ pub fn start(
         table.clone(),
         cfg.default_cert.clone(),
     )?));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name("weir-proxy")
-        .enable_all()
-        .build()
-        .map_err(ProxyError::Runtime)?;
     let shared = Arc::new(Shared {
         table,
         config: cfg,
@@ -77,19 +76,36 @@ pub fn start(
     if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
         info!(%http, %https, "ingress proxy listening");
     }
-    let (http, https, stream) = {
-        let _guard = runtime.enter();
-        (
-            TcpListener::from_std(listeners.http).map_err(ProxyError::Runtime)?,
-            TcpListener::from_std(listeners.https).map_err(ProxyError::Runtime)?,
-            TcpListener::from_std(listeners.stream).map_err(ProxyError::Runtime)?,
-        )
-    };
-    runtime.spawn(super::stream::accept_loop(stream, shared.clone()));
-    runtime.spawn(accept_loop(http, shared.clone(), None));
-    runtime.spawn(accept_loop(https, shared, Some(acceptor)));
-    // The runtime lives as long as the process.
-    std::mem::forget(runtime);
+    for i in 0..threads.max(1) {
+        let clone = |l: &std::net::TcpListener| l.try_clone().map_err(ProxyError::Runtime);
+        let (http, https, stream) = (
+            clone(&listeners.http)?,
+            clone(&listeners.https)?,
+            clone(&listeners.stream)?,
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(ProxyError::Runtime)?;
+        let (http, https, stream) = {
+            let _guard = runtime.enter();
+            (
+                TcpListener::from_std(http).map_err(ProxyError::Runtime)?,
+                TcpListener::from_std(https).map_err(ProxyError::Runtime)?,
+                TcpListener::from_std(stream).map_err(ProxyError::Runtime)?,
+            )
+        };
+        let (shared, acceptor) = (shared.clone(), acceptor.clone());
+        std::thread::Builder::new()
+            .name(format!("weir-proxy-{i}"))
+            .spawn(move || {
+                runtime.spawn(super::stream::accept_loop(stream, shared.clone()));
+                runtime.spawn(accept_loop(http, shared.clone(), None));
+                // The thread lives as long as the process.
+                runtime.block_on(accept_loop(https, shared, Some(acceptor)));
+            })
+            .map_err(ProxyError::Runtime)?;
+    }
     Ok(())
 }
 
