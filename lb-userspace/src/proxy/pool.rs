@@ -26,11 +26,14 @@ pub struct Pool {
     idle: Mutex<Idle>,
 }
 
+/// Idle connections with the time each was checked in.
+type IdleList = Vec<(Instant, SendRequest<ProxyBody>)>;
+
 #[derive(Default)]
 struct Idle {
     /// By the proxy thread that made the connection (whose runtime drives
     /// it: reusing it from another thread would wake that one) and endpoint.
-    by_endpoint: HashMap<(ThreadId, SocketAddr), Vec<(Instant, SendRequest<ProxyBody>)>>,
+    by_endpoint: HashMap<(ThreadId, SocketAddr), IdleList>,
     checkins: u64,
 }
 
