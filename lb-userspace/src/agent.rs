@@ -580,10 +580,10 @@ fn sync(
 ) -> bool {
     let started = Instant::now();
     let changed = translation.update(before, state, node, changes);
-    let desired = translation.desired();
-    for w in &desired.warnings {
+    for w in translation.new_warnings() {
         warn!("{w}");
     }
+    let desired = translation.desired();
     let result = match &changed {
         crate::translation::Changed::All => dataplane.sync(desired),
         crate::translation::Changed::Keys(keys) => dataplane.sync_changes(desired, keys),

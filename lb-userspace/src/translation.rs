@@ -42,6 +42,8 @@ pub struct Translation {
     /// `ClusterState::slices_of` has), so that a change does not scan them all.
     slices: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
     desired: Desired,
+    /// The warnings `new_warnings` returned already (and still standing).
+    reported: std::collections::HashSet<String>,
 }
 
 /// The Service an EndpointSlice belongs to.
@@ -63,6 +65,20 @@ fn touched(before: &ClusterState, state: &ClusterState, changes: &Changes) -> BT
 impl Translation {
     pub fn desired(&self) -> &Desired {
         &self.desired
+    }
+
+    /// The warnings of the desired state not returned by the last call:
+    /// the agent logs each once while it stands, not again at every sync.
+    pub fn new_warnings(&mut self) -> Vec<String> {
+        let new = self
+            .desired
+            .warnings
+            .iter()
+            .filter(|w| !self.reported.contains(*w))
+            .cloned()
+            .collect();
+        self.reported = self.desired.warnings.iter().cloned().collect();
+        new
     }
 
     /// Brings the translation to `state`, which differs from `before` (the

@@ -146,3 +146,51 @@ fn translating_by_change_gives_what_translating_everything_gives() {
     }
     assert!(by_change > 500, "only {by_change} updates by change");
 }
+
+/// A warning is reported once while it stands, again once it comes back.
+#[test]
+fn a_standing_warning_is_reported_once() {
+    let facts = node();
+    let mut svc = Service {
+        id: ObjectRef::new("ns", "svc-0"),
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 1)],
+        session_affinity_timeout: Some(-1),
+        ..Default::default()
+    };
+    svc.ports.push(ServicePort {
+        name: "p0".into(),
+        port: 80,
+        protocol: Protocol::Tcp,
+        node_port: None,
+        app_protocol: None,
+    });
+    let mut state = ClusterState::default();
+    state
+        .services
+        .insert(svc.id.clone(), std::sync::Arc::new(svc.clone()));
+    let mut t = Translation::default();
+    let empty = ClusterState::default();
+    t.update(&empty, &state, &facts, &state.changes_since(&empty));
+    let first = t.new_warnings();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(t.new_warnings().is_empty(), "reported again");
+
+    let before = state.clone();
+    svc.session_affinity_timeout = None;
+    state
+        .services
+        .insert(svc.id.clone(), std::sync::Arc::new(svc.clone()));
+    t.update(&before, &state, &facts, &state.changes_since(&before));
+    assert!(t.new_warnings().is_empty());
+    let before = state.clone();
+    svc.session_affinity_timeout = Some(-1);
+    state
+        .services
+        .insert(svc.id.clone(), std::sync::Arc::new(svc));
+    t.update(&before, &state, &facts, &state.changes_since(&before));
+    assert_eq!(
+        t.new_warnings(),
+        first,
+        "a warning that came back was not reported"
+    );
+}
