@@ -271,6 +271,24 @@ fn differing<K: Ord + Clone, V: PartialEq>(a: &BTreeMap<K, V>, b: &BTreeMap<K, V
 }
 
 impl ClusterState {
+    /// A state of these Services and EndpointSlices (and nothing else).
+    pub fn with_objects(
+        services: impl IntoIterator<Item = Service>,
+        slices: impl IntoIterator<Item = EndpointSlice>,
+    ) -> Self {
+        Self {
+            services: services
+                .into_iter()
+                .map(|s| (s.id.clone(), Arc::new(s)))
+                .collect(),
+            slices: slices
+                .into_iter()
+                .map(|s| (s.id.clone(), Arc::new(s)))
+                .collect(),
+            ..Self::default()
+        }
+    }
+
     /// The Services and EndpointSlices that differ from `before` (kube-proxy
     /// counts changes per watch event; a source that coalesces events counts
     /// each object once per state).

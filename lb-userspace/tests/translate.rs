@@ -102,18 +102,7 @@ impl SliceExt for EndpointSlice {
 }
 
 fn state(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ClusterState {
-    ClusterState {
-        services: services
-            .into_iter()
-            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
-            .collect(),
-        slices: slices
-            .into_iter()
-            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
-            .collect(),
-        nodes: BTreeMap::new(),
-        ..Default::default()
-    }
+    ClusterState::with_objects(services, slices)
 }
 
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Desired {

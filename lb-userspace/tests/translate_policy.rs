@@ -169,16 +169,8 @@ fn default_nodes() -> Vec<Node> {
 
 fn cluster(services: Vec<Service>, slices: Vec<EndpointSlice>, nodes: Vec<Node>) -> ClusterState {
     ClusterState {
-        services: services
-            .into_iter()
-            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
-            .collect(),
-        slices: slices
-            .into_iter()
-            .map(|s| (s.id.clone(), std::sync::Arc::new(s)))
-            .collect(),
         nodes: nodes.into_iter().map(|n| (n.name.clone(), n)).collect(),
-        ..Default::default()
+        ..ClusterState::with_objects(services, slices)
     }
 }
 
