@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use lb_common::ServiceKey;
 
 use crate::{
-    model::{Changes, ClusterState, EndpointSlice, ObjectRef, SliceIndex},
+    model::{Changes, ClusterState, EndpointSlice, ObjectRef},
     translate::{assemble, service_output, Context, Desired, NodeFacts, ServiceOutput},
 };
 
@@ -113,17 +113,10 @@ impl Translation {
         let mut reassemble = false;
         let mut updates = Vec::new();
         for id in touched(before, state, changes) {
-            let slices: Vec<&EndpointSlice> = self
-                .slices
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .filter_map(|s| state.slices.get(s).map(|s| &**s))
-                .collect();
             let new = state
                 .services
                 .get(&id)
-                .and_then(|svc| service_output(svc, &slices, &context));
+                .and_then(|svc| service_output(svc, &self.slices_of(state, &id), &context));
             let old = self.outputs.get(&id);
             if old == new.as_ref() {
                 continue;
@@ -169,24 +162,20 @@ impl Translation {
 
     /// Translates every Service of `state` afresh.
     fn translate_all(&mut self, state: &ClusterState, context: Context) {
-        let index = SliceIndex::new(state);
         self.slices.clear();
         for (id, s) in &state.slices {
             self.slices.entry(owner(s)).or_default().insert(id.clone());
         }
-        self.outputs = state
+        let outputs: BTreeMap<ObjectRef, ServiceOutput> = state
             .services
             .values()
             .filter_map(|svc| {
-                Some((
-                    svc.id.clone(),
-                    service_output(svc, index.of(&svc.id), &context)?,
-                ))
+                let out = service_output(svc, &self.slices_of(state, &svc.id), &context)?;
+                Some((svc.id.clone(), out))
             })
             .collect();
         self.wanted.clear();
         self.health_ports.clear();
-        let outputs = std::mem::take(&mut self.outputs);
         for (id, out) in &outputs {
             self.remember(id, out);
         }
@@ -213,6 +202,16 @@ impl Translation {
                 .insert(id.clone(), desired.warnings[from..].to_vec());
         }
         self.desired = desired;
+    }
+
+    /// The EndpointSlices of Service `id` in `state`, in slice order.
+    fn slices_of<'a>(&self, state: &'a ClusterState, id: &ObjectRef) -> Vec<&'a EndpointSlice> {
+        self.slices
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| state.slices.get(s).map(|s| &**s))
+            .collect()
     }
 
     fn remember(&mut self, id: &ObjectRef, out: &ServiceOutput) {

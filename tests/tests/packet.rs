@@ -170,7 +170,7 @@ fn the_gc_worker_removes_expired_flows_on_its_own_handle() -> Result<()> {
     assert!(worker.request());
     let live = worker.results.blocking_recv().context("a result")?;
     assert_eq!((live.gc.removed, live.gc.entries), (0, 2));
-    assert_eq!(live.reply_bits, [reply_bit(&rev)].into());
+    assert_eq!(live.reply_bits, [reply_bit(&rev)].into_iter().collect());
 
     let old = monotonic_ns() - 60_000_000_000;
     for key in [fwd, rev] {

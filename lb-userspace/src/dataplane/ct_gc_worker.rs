@@ -1,7 +1,8 @@
 //! Conntrack garbage collection off the agent's loop. A collection reads
 //! every entry (two syscalls each: 238 ms for 250,000 entries, measured),
-//! which on the agent's single-threaded loop held up every sync meanwhile. A worker thread scans and deletes on its own handle of the
-//! map; the loop only prunes the no-service filter with what it found.
+//! which on the agent's single-threaded loop held up every sync meanwhile.
+//! A worker thread scans and deletes on its own handle of the map; the loop
+//! only prunes the no-service filter with what it found.
 //!
 //! The loop asks for one collection at a time and prunes before asking for
 //! the next, so every scan starts after the previous prune: the ordering the
@@ -9,11 +10,11 @@
 use std::collections::HashSet;
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{filter::FilterBit, CtKey, CtValue, CT_REPLY};
+use lb_common::{CtKey, CtValue, CT_REPLY};
 
 use super::{
     ct_gc::{expired, CtGc, CtTimeouts},
-    filter::reply_bit,
+    filter::{reply_bit, ReplyBits},
 };
 
 /// What one collection did and found.
@@ -21,7 +22,16 @@ use super::{
 pub struct Collected {
     pub gc: CtGc,
     /// The reply bits of the reply entries left.
-    pub reply_bits: HashSet<FilterBit>,
+    pub reply_bits: ReplyBits,
+}
+
+/// The filter's reply bits of the reply entries among `entries`.
+pub fn reply_bits<'a>(entries: impl IntoIterator<Item = (&'a CtKey, &'a CtValue)>) -> ReplyBits {
+    entries
+        .into_iter()
+        .filter(|(_, v)| v.kind == CT_REPLY)
+        .map(|(k, _)| reply_bit(k))
+        .collect()
 }
 
 /// Deletes the expired entries of `ct` (of `capacity` entries).
@@ -36,11 +46,12 @@ pub fn collect(
         .into_iter()
         .filter(|k| ct.remove(k).is_ok())
         .collect();
-    let reply_bits = entries
-        .iter()
-        .filter(|(k, v)| v.kind == CT_REPLY && !removed.contains(k))
-        .map(|(k, _)| reply_bit(k))
-        .collect();
+    let reply_bits = reply_bits(
+        entries
+            .iter()
+            .filter(|(k, _)| !removed.contains(k))
+            .map(|(k, v)| (k, v)),
+    );
     Collected {
         gc: CtGc {
             removed: removed.len(),

@@ -13,7 +13,7 @@
 //! - At load, before the programs are attached, the bits are set from what
 //!   the maps hold (services, backends, conntrack), so that an upgrade or a
 //!   restart never lets a packet of a live flow through untranslated.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use lb_common::{
     filter::{filter_bit, FilterBit, Half, FILTER_HALF_WORDS, FILTER_WORDS},
@@ -51,13 +51,65 @@ pub fn reply_bit(k: &CtKey) -> FilterBit {
     filter_bit(Half::Reply, k.saddr, k.sport, k.proto)
 }
 
+/// A set of reply bits as a bitmap of the filter's reply half: at 100k
+/// services x 10 endpoints a collection deals with about a million bits;
+/// as a bitmap, pruning is one AND per word on the agent's loop instead of
+/// a hash set lookup per bit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyBits(Vec<u64>);
+
+impl Default for ReplyBits {
+    fn default() -> Self {
+        Self(vec![0; FILTER_HALF_WORDS as usize])
+    }
+}
+
+impl ReplyBits {
+    /// Word `i` of the reply half (`i` counted from the half's start).
+    fn word(&self, i: u32) -> u64 {
+        self.0[i as usize]
+    }
+
+    /// Adds a bit of the reply half (a bit of the other half is ignored).
+    pub fn insert(&mut self, bit: FilterBit) {
+        if let Some(w) = bit
+            .word
+            .checked_sub(FILTER_HALF_WORDS)
+            .and_then(|i| self.0.get_mut(i as usize))
+        {
+            *w |= bit.mask;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
+impl FromIterator<FilterBit> for ReplyBits {
+    fn from_iter<I: IntoIterator<Item = FilterBit>>(bits: I) -> Self {
+        let mut set = Self::default();
+        set.extend(bits);
+        set
+    }
+}
+
+impl Extend<FilterBit> for ReplyBits {
+    fn extend<I: IntoIterator<Item = FilterBit>>(&mut self, bits: I) {
+        for bit in bits {
+            self.insert(bit);
+        }
+    }
+}
+
 /// The filter and what its bits stand for.
 pub struct Filter<W> {
     words: W,
     /// How many programmed frontends use each frontend bit.
     frontends: HashMap<FilterBit, u32>,
-    /// The reply bits the last conntrack GC found in use.
-    kept: HashSet<FilterBit>,
+    /// The reply bits the last conntrack GC found in use, and those a sync
+    /// set since.
+    kept: ReplyBits,
 }
 
 impl<W: Words> Filter<W> {
@@ -65,7 +117,7 @@ impl<W: Words> Filter<W> {
         Self {
             words,
             frontends: HashMap::new(),
-            kept: HashSet::new(),
+            kept: ReplyBits::default(),
         }
     }
 
@@ -108,21 +160,18 @@ impl<W: Words> Filter<W> {
     /// At load, before the programs are attached: the frontend half from
     /// the services the maps hold, and a reply bit for every backend and
     /// every conntrack reply source (`replies`), besides those already set.
-    pub fn restore(
-        &mut self,
-        programmed: &Programmed,
-        replies: impl IntoIterator<Item = FilterBit>,
-    ) {
+    pub fn restore(&mut self, programmed: &Programmed, replies: ReplyBits) {
         self.rebuild_frontends(programmed);
-        for b in programmed.backends.values() {
-            self.set(backend_bit(b));
-        }
-        for bit in replies {
-            self.set(bit);
-            self.kept.insert(bit);
-        }
+        self.kept = replies;
         self.kept
             .extend(programmed.backends.values().map(backend_bit));
+        for i in 0..FILTER_HALF_WORDS {
+            let w = self.words.word(FILTER_HALF_WORDS + i);
+            let want = w | self.kept.word(i);
+            if want != w {
+                self.words.set_word(FILTER_HALF_WORDS + i, want);
+            }
+        }
     }
 
     /// Before a sync's operations: the bits of the frontends and backends it
@@ -172,26 +221,14 @@ impl<W: Words> Filter<W> {
     /// backends and of the conntrack entries left. Clears the reply bits
     /// that neither this collection nor the last one found in use (nor a
     /// sync set since); returns how many.
-    pub fn prune_replies(&mut self, in_use: HashSet<FilterBit>) -> usize {
+    pub fn prune_replies(&mut self, in_use: ReplyBits) -> usize {
         let mut cleared = 0;
-        for i in FILTER_HALF_WORDS..FILTER_WORDS {
-            let w = self.words.word(i);
-            if w == 0 {
-                continue;
-            }
-            let mut keep = 0u64;
-            for bit in 0..64 {
-                let b = FilterBit {
-                    word: i,
-                    mask: 1 << bit,
-                };
-                if w & b.mask != 0 && (in_use.contains(&b) || self.kept.contains(&b)) {
-                    keep |= b.mask;
-                }
-            }
+        for i in 0..FILTER_HALF_WORDS {
+            let w = self.words.word(FILTER_HALF_WORDS + i);
+            let keep = w & (in_use.word(i) | self.kept.word(i));
             if keep != w {
                 cleared += (w & !keep).count_ones() as usize;
-                self.words.set_word(i, keep);
+                self.words.set_word(FILTER_HALF_WORDS + i, keep);
             }
         }
         self.kept = in_use;
@@ -389,20 +426,20 @@ mod tests {
         f.before(&Programmed::default(), &[Op::PutBackend(1, b)]);
         // The backend is removed at once; a flow chosen just before may
         // still create its conntrack entry after the next collection's scan.
-        assert_eq!(f.prune_replies(HashSet::new()), 0);
+        assert_eq!(f.prune_replies(ReplyBits::default()), 0);
         assert!(f.has(bit), "cleared by the first collection after the sync");
-        assert_eq!(f.prune_replies(HashSet::new()), 1);
+        assert_eq!(f.prune_replies(ReplyBits::default()), 1);
         assert!(!f.has(bit));
 
         // A conntrack reply entry keeps it, for as long as it lasts.
         f.before(&Programmed::default(), &[Op::PutBackend(1, b)]);
         for _ in 0..3 {
-            f.prune_replies(HashSet::from([bit]));
+            f.prune_replies([bit].into_iter().collect());
             assert!(f.has(bit));
         }
-        f.prune_replies(HashSet::new());
+        f.prune_replies(ReplyBits::default());
         assert!(f.has(bit));
-        f.prune_replies(HashSet::new());
+        f.prune_replies(ReplyBits::default());
         assert!(!f.has(bit));
     }
 
@@ -423,7 +460,7 @@ mod tests {
             proto: PROTO_TCP,
             _pad: [0; 3],
         };
-        f.restore(&p, [reply_bit(&ct_reply)]);
+        f.restore(&p, [reply_bit(&ct_reply)].into_iter().collect());
         assert!(f.has(frontend_bit(&k)));
         assert!(
             !f.has(frontend_bit(&stale)),
@@ -432,7 +469,7 @@ mod tests {
         assert!(f.has(backend_bit(&b)));
         assert!(f.has(reply_bit(&ct_reply)));
         // Both survive the first collection even if unused by then.
-        f.prune_replies(HashSet::new());
+        f.prune_replies(ReplyBits::default());
         assert!(f.has(backend_bit(&b)) && f.has(reply_bit(&ct_reply)));
     }
 }

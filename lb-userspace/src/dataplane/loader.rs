@@ -326,12 +326,8 @@ impl Dataplane {
         let programmed = maps.read();
         // Before anything is attached: every bit a live flow needs.
         let mut filter = Filter::new(MappedWords::map(&maps.filter)?);
-        let replies = maps
-            .ct
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.kind == lb_common::CT_REPLY)
-            .map(|(k, _)| filter::reply_bit(&k));
+        let entries: Vec<_> = maps.ct.iter().filter_map(Result::ok).collect();
+        let replies = super::ct_gc_worker::reply_bits(entries.iter().map(|(k, v)| (k, v)));
         filter.restore(&programmed, replies);
         Ok(Self {
             ebpf,
@@ -376,10 +372,7 @@ impl Dataplane {
 
     /// After a conntrack collection that found `ct_reply_bits` in use:
     /// clears the filter's reply bits nothing uses any more (filter.rs).
-    pub fn prune_filter(
-        &mut self,
-        mut ct_reply_bits: std::collections::HashSet<lb_common::filter::FilterBit>,
-    ) {
+    pub fn prune_filter(&mut self, mut ct_reply_bits: filter::ReplyBits) {
         ct_reply_bits.extend(self.programmed.backends.values().map(filter::backend_bit));
         self.filter.prune_replies(ct_reply_bits);
     }
@@ -411,7 +404,7 @@ impl Dataplane {
         if self.full_sync_needed {
             return self.sync(desired);
         }
-        let Some(delta) =
+        let Some(mut delta) =
             super::sync_delta::plan_delta(&self.programmed, desired, changed, &self.cfg)?
         else {
             return self.sync(desired);
@@ -422,7 +415,7 @@ impl Dataplane {
         let stats = SyncStats {
             ops: delta.ops.len(),
             frontends: desired.frontends.len(),
-            warnings: delta.warnings.clone(),
+            warnings: std::mem::take(&mut delta.warnings),
             skipped: 0,
         };
         self.programmed.apply_delta(delta);
