@@ -209,7 +209,8 @@ fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f
         if let Some(ep) = std::sync::Arc::make_mut(slice).endpoints.first_mut() {
             ep.address = std::net::Ipv4Addr::from(
                 u32::from(std::net::Ipv4Addr::new(198, 18, 64, 0)) + c as u32,
-            );
+            )
+            .into();
         }
         let t = Instant::now();
         let found = state.changes_since(&before);

@@ -18,14 +18,11 @@ use std::{net::Ipv4Addr, os::fd::AsFd};
 
 use anyhow::Result;
 use aya::programs::Xdp;
-use lb_common::{
-    Backend, ServiceKey, BACKEND_ACTIVE, BACKEND_LOCAL, PROTO_TCP, SCOPE_EXTERNAL,
-    SVC_FLAG_EXTERNAL,
-};
+use lb_common::{BACKEND_ACTIVE, BACKEND_LOCAL, PROTO_TCP, SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL};
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
-    translate::Frontend,
+    translate::{Backend, Frontend, FrontendKey as ServiceKey},
 };
 use weir_tests::packets::Pkt;
 
@@ -231,7 +228,7 @@ fn programmed(size: usize) -> Result<Dataplane> {
     let mut desired = workload::desired(&w.state());
     desired.frontends.insert(
         ServiceKey {
-            addr: SELF_VIP.octets(),
+            addr: SELF_VIP.into(),
             port: TCP_PORT,
             proto: PROTO_TCP,
             scope: SCOPE_EXTERNAL,
@@ -239,7 +236,7 @@ fn programmed(size: usize) -> Result<Dataplane> {
         Frontend {
             service: ObjectRef::new(workload::NAMESPACE, "self"),
             backends: vec![Backend {
-                addr: SELF_VIP.octets(),
+                addr: SELF_VIP.into(),
                 port: TCP_PORT,
                 proto: PROTO_TCP,
                 state: BACKEND_ACTIVE | BACKEND_LOCAL,

@@ -96,7 +96,7 @@ impl Workload {
             NODE_NAME.into(),
             Node {
                 name: NODE_NAME.into(),
-                addresses: vec![NODE_IP],
+                addresses: vec![NODE_IP.into()],
                 ..Default::default()
             },
         );
@@ -129,7 +129,7 @@ impl Workload {
                     } else {
                         ServiceType::ClusterIp
                     },
-                    cluster_ips: vec![ip],
+                    cluster_ips: vec![ip.into()],
                     ports,
                     ..Default::default()
                 }),
@@ -141,11 +141,12 @@ impl Workload {
                     std::sync::Arc::new(EndpointSlice {
                         id: slice_id,
                         service_name: name.clone(),
+                        family: weir::model::Family::V4,
                         ports: slice_ports,
                         endpoints: addrs
                             .into_iter()
                             .map(|address| Endpoint {
-                                address,
+                                address: address.into(),
                                 ready: true,
                                 serving: true,
                                 terminating: false,

@@ -51,6 +51,20 @@ pub fn filter_bit(half: Half, addr: [u8; 4], port: u16, proto: u8) -> FilterBit 
     }
 }
 
+/// An IPv6 address folded to 32 bits for `filter_bit` (the XOR of its four
+/// words): IPv6 frontends and reply sources share the filter with IPv4
+/// ones; a collision only sends a packet down the full path.
+#[inline(always)]
+pub fn fold6(addr: [u8; 16]) -> [u8; 4] {
+    let mut out = [0u8; 4];
+    let mut i = 0;
+    while i < 16 {
+        out[i % 4] ^= addr[i];
+        i += 1;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;

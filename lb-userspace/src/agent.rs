@@ -672,8 +672,8 @@ mod tests {
 
     #[test]
     fn a_failed_frontend_write_names_its_service() {
-        let key = lb_common::ServiceKey {
-            addr: [198, 19, 0, 10],
+        let key = crate::frontend::FrontendKey {
+            addr: [198, 19, 0, 10].into(),
             port: 80,
             proto: lb_common::PROTO_TCP,
             scope: lb_common::SCOPE_EXTERNAL,

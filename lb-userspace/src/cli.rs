@@ -1,6 +1,6 @@
 //! `weir service list`: every frontend with its backends, read from the
 //! pinned maps (like `cilium service list`).
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::fmt::Write as _;
 
 use lb_common::SCOPE_INTERNAL;
 use serde::Serialize;
@@ -43,43 +43,40 @@ pub fn service_rows(p: &Programmed) -> Vec<ServiceRow> {
     let mut rows: Vec<ServiceRow> = p
         .services
         .iter()
-        .map(|(key, svc)| {
-            let addr = Ipv4Addr::from(key.addr);
-            ServiceRow {
-                id: svc.value.id,
-                frontend: format!("{addr}:{}/{}", key.port, protocol(key.proto)),
-                address: addr.to_string(),
-                port: key.port,
-                protocol: protocol(key.proto),
-                scope: if key.scope == SCOPE_INTERNAL {
-                    "internal"
-                } else {
-                    "external"
-                }
-                .into(),
-                algorithm: algorithm_name(svc.value.algorithm).into(),
-                affinity_timeout: svc.value.affinity_timeout,
-                backends: svc
-                    .backend_ids
-                    .iter()
-                    .map(|id| match p.backends.get(id) {
-                        Some(b) => BackendRow {
-                            id: *id,
-                            address: Ipv4Addr::from(b.addr).to_string(),
-                            port: b.port,
-                            protocol: protocol(b.proto),
-                            state: state_name(b.state),
-                        },
-                        None => BackendRow {
-                            id: *id,
-                            address: "?".into(),
-                            port: 0,
-                            protocol: "?".into(),
-                            state: "missing".into(),
-                        },
-                    })
-                    .collect(),
+        .map(|(key, svc)| ServiceRow {
+            id: svc.value.id,
+            frontend: key.to_string(),
+            address: key.addr.to_string(),
+            port: key.port,
+            protocol: protocol(key.proto),
+            scope: if key.scope == SCOPE_INTERNAL {
+                "internal"
+            } else {
+                "external"
             }
+            .into(),
+            algorithm: algorithm_name(svc.value.algorithm).into(),
+            affinity_timeout: svc.value.affinity_timeout,
+            backends: svc
+                .backend_ids
+                .iter()
+                .map(|id| match p.backends.get(id) {
+                    Some(b) => BackendRow {
+                        id: *id,
+                        address: b.addr.to_string(),
+                        port: b.port,
+                        protocol: protocol(b.proto),
+                        state: state_name(b.state),
+                    },
+                    None => BackendRow {
+                        id: *id,
+                        address: "?".into(),
+                        port: 0,
+                        protocol: "?".into(),
+                        state: "missing".into(),
+                    },
+                })
+                .collect(),
         })
         .collect();
     rows.sort_by_key(|r| r.id);

@@ -100,11 +100,20 @@ impl Ingress {
         self.table.clone()
     }
 
-    /// The node's primary addresses (its Node object's InternalIP/ExternalIP,
-    /// else its uplinks') and the extra ones.
+    /// The node's primary IPv4 addresses (its Node object's
+    /// InternalIP/ExternalIP, else its uplinks') and the extra ones. The
+    /// hand-off is IPv4 only so far.
     pub fn addresses(&self, state: &ClusterState, node: &NodeFacts) -> BTreeSet<Ipv4Addr> {
         let mut set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
-        set.extend(self.primary(state, node).addresses);
+        set.extend(
+            self.primary(state, node)
+                .addresses
+                .into_iter()
+                .filter_map(|a| match a {
+                    std::net::IpAddr::V4(a) => Some(a),
+                    std::net::IpAddr::V6(_) => None,
+                }),
+        );
         set
     }
 
@@ -264,10 +273,10 @@ pub fn parse_pool(s: &str) -> Result<AddressPool, String> {
         .ok()
         .filter(|p| (16..=32).contains(p))
         .ok_or_else(|| format!("{s:?}: the prefix must be 16 to 32"))?;
-    if crate::node_addrs::network(network, prefix) != network.octets() {
+    let masked = crate::node_addrs::network(network.into(), prefix);
+    if masked != std::net::IpAddr::V4(network) {
         return Err(format!(
-            "{s:?}: host bits are set (the network is {}/{prefix})",
-            Ipv4Addr::from(crate::node_addrs::network(network, prefix))
+            "{s:?}: host bits are set (the network is {masked}/{prefix})"
         ));
     }
     Ok(AddressPool { network, prefix })

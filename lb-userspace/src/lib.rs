@@ -6,6 +6,7 @@ pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod dataplane;
+pub mod frontend;
 pub mod health;
 pub mod ingress;
 pub mod inspect;

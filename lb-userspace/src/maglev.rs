@@ -5,7 +5,7 @@
 //! indices into the backend list, which must be in the same order on every
 //! node (translate sorts backends), and backends are hashed by address, port
 //! and protocol, never by node-local ids, so every node builds the same table.
-use lb_common::Backend;
+use crate::frontend::Backend;
 
 /// Whether `n` is prime (trial division; M is at most a few million).
 pub fn is_prime(n: u32) -> bool {
@@ -21,8 +21,13 @@ pub fn is_prime(n: u32) -> bool {
 fn hash(backend: &Backend, seed: u64) -> u64 {
     // FNV-1a over the identity, then splitmix64's finaliser to decorrelate seeds.
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
-    for b in backend
-        .addr
+    // An IPv4 address hashes as its 4 bytes, as before IPv6 existed, so
+    // that tables stay the same across an upgrade.
+    let addr = match backend.addr {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    for b in addr
         .iter()
         .chain(&backend.port.to_be_bytes())
         .chain(&[backend.proto])

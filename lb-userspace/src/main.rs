@@ -650,6 +650,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             nodeport_selection,
             local: Default::default(),
             nodeport_range: args.service_node_port_range,
+            ipv6: false,
         },
         socket_lb: match args.socket_lb {
             SocketLbArg::All => weir::dataplane::socket_lb::SocketLbMode::All,

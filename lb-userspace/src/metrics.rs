@@ -7,7 +7,7 @@
 //! flows/packets/bytes, drops by reason, and map fill levels.
 use std::{
     collections::HashMap,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     sync::{atomic::AtomicU64, Arc, Mutex},
 };
@@ -146,7 +146,7 @@ pub struct Metrics {
     /// so that each scrape adds only the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
     /// Each programmed frontend's Service and port name, from the last sync.
-    services: Mutex<HashMap<lb_common::ServiceKey, (crate::model::ObjectRef, String)>>,
+    services: Mutex<HashMap<crate::frontend::FrontendKey, (crate::model::ObjectRef, String)>>,
 }
 
 impl Default for Metrics {
@@ -299,14 +299,17 @@ impl Metrics {
                 ""
             };
             let mut label = FrontendLabel {
-                frontend: format!("{}:{}/{proto}{scope}", Ipv4Addr::from(key.addr), key.port),
+                frontend: format!(
+                    "{}/{proto}{scope}",
+                    std::net::SocketAddr::new(key.addr.into(), key.port)
+                ),
                 ..Default::default()
             };
             if let Some((svc, port)) = self
                 .services
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&key)
+                .get(&crate::dataplane::maps::frontend_key(&key))
             {
                 label.namespace = svc.namespace.clone();
                 label.name = svc.name.clone();

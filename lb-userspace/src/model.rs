@@ -5,7 +5,7 @@ pub mod gateway;
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -73,6 +73,37 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// An IP address family (spec.ipFamilies, an EndpointSlice's addressType).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The API's name: "IPv4" or "IPv6".
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.api_name())
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ServiceType {
     #[default]
@@ -97,15 +128,16 @@ pub struct ServicePort {
 pub struct Service {
     pub id: ObjectRef,
     pub service_type: ServiceType,
-    /// IPv4 cluster IPs; empty for headless services (clusterIP: None).
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// Cluster IPs of both families (spec.clusterIPs, each checked against
+    /// spec.ipFamilies); empty for headless services (clusterIP: None).
+    pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<ServicePort>,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
-    /// spec.externalIPs (IPv4).
-    pub external_ips: Vec<Ipv4Addr>,
-    /// status.loadBalancer.ingress[].ip (IPv4).
-    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// spec.externalIPs (either family).
+    pub external_ips: Vec<IpAddr>,
+    /// status.loadBalancer.ingress[].ip (either family).
+    pub load_balancer_ips: Vec<IpAddr>,
     /// sessionAffinity ClientIP: the configured timeout in seconds, unvalidated
     /// (translate checks the range); None without affinity.
     pub session_affinity_timeout: Option<i64>,
@@ -118,8 +150,26 @@ pub struct Service {
     pub health_check_node_port: Option<u16>,
     /// spec.loadBalancerSourceRanges (or the older
     /// service.beta.kubernetes.io/load-balancer-source-ranges annotation):
-    /// IPv4 CIDRs as (network, prefix); empty allows every client.
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// CIDRs of either family as (network, prefix); a family without any
+    /// allows every client of that family (kube-proxy's rule).
+    pub source_ranges: Vec<(IpAddr, u8)>,
+    /// What the source skipped of the object and why, with the field (e.g. a
+    /// clusterIP whose family is not the one spec.ipFamilies gives): reported
+    /// with the Service's name by `translate`, while the rest is served.
+    pub problems: Vec<String>,
+}
+
+impl Service {
+    /// The families the Service has a cluster IP of, in spec order.
+    pub fn families(&self) -> impl Iterator<Item = Family> + '_ {
+        self.cluster_ips.iter().map(|a| Family::of(*a))
+    }
+
+    /// Its primary family: its first cluster IP's (IPv4 for a Service
+    /// without one, as the API defaults a single-stack Service).
+    pub fn primary_family(&self) -> Family {
+        self.families().next().unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +182,7 @@ pub struct EndpointPort {
 /// One endpoint of a slice. Conditions follow the API: a missing `ready` means ready.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -144,7 +194,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A ready endpoint with no node, zone or hints.
-    pub fn ready(address: Ipv4Addr) -> Self {
+    pub fn ready(address: IpAddr) -> Self {
         Self {
             address,
             ready: true,
@@ -162,6 +212,8 @@ pub struct EndpointSlice {
     pub id: ObjectRef,
     /// The `kubernetes.io/service-name` label: the service in the same namespace.
     pub service_name: String,
+    /// addressType: every endpoint's address is of this family.
+    pub family: Family,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<Endpoint>,
 }
@@ -170,8 +222,8 @@ pub struct EndpointSlice {
 pub struct Node {
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// status.addresses of type InternalIP and ExternalIP (IPv4).
-    pub addresses: Vec<Ipv4Addr>,
+    /// status.addresses of type InternalIP and ExternalIP (both families).
+    pub addresses: Vec<IpAddr>,
 }
 
 /// The node label that names its zone.
@@ -457,6 +509,7 @@ mod tests {
         EndpointSlice {
             id: ObjectRef::new("ns", name),
             service_name: "svc".into(),
+            family: Family::V4,
             ports: Vec::new(),
             endpoints: vec![Endpoint::ready(addr.into())],
         }

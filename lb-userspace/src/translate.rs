@@ -1,18 +1,19 @@
 //! Pure translation: cluster state + node facts -> the frontends and backends
 //! the datapath should hold. No I/O; everything here is unit-tested.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{collections::BTreeMap, net::IpAddr};
 
 use lb_common::{
-    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL,
-    BACKEND_TERMINATING, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL,
+    ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL, BACKEND_TERMINATING,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL,
     SVC_FLAG_SOURCE_RANGES,
 };
 
+pub use crate::frontend::{Backend, FrontendKey};
 use crate::{
     health::ServiceHealth,
     model::{
-        ClusterState, EndpointSlice, ObjectRef, Protocol, Service, ServicePort, ServiceType,
-        SliceIndex, ZONE_LABEL,
+        ClusterState, EndpointSlice, Family, ObjectRef, Protocol, Service, ServicePort,
+        ServiceType, SliceIndex, ZONE_LABEL,
     },
     node_addrs::{node_port_addresses, Chosen, LocalAddresses, NodePortAddress},
     source::convert::DEFAULT_AFFINITY_TIMEOUT,
@@ -31,7 +32,7 @@ pub struct NodeFacts {
     pub default_algorithm: u8,
     /// Addresses NodePorts are served on, given outright; empty means they
     /// are chosen by `nodeport_selection` (see node_addrs).
-    pub nodeport_addresses: Vec<Ipv4Addr>,
+    pub nodeport_addresses: Vec<IpAddr>,
     /// nodePortAddresses: `primary`, `all` and CIDRs (empty: primary).
     pub nodeport_selection: Vec<NodePortAddress>,
     /// This node's own addresses (uplinks and every device), for NodePorts
@@ -40,6 +41,9 @@ pub struct NodeFacts {
     /// The apiserver's --service-node-port-range: NodePorts outside it are
     /// not served (the apiserver would have rejected them).
     pub nodeport_range: (u16, u16),
+    /// Whether IPv6 frontends are served (the datapath's IPv6 side is
+    /// being built: until it is, an IPv6 family is reported and skipped).
+    pub ipv6: bool,
 }
 
 pub const DEFAULT_NODEPORT_RANGE: (u16, u16) = (30000, 32767);
@@ -53,6 +57,7 @@ impl Default for NodeFacts {
             nodeport_selection: Vec::new(),
             local: LocalAddresses::default(),
             nodeport_range: DEFAULT_NODEPORT_RANGE,
+            ipv6: false,
         }
     }
 }
@@ -68,14 +73,15 @@ pub struct Frontend {
     pub backends: Vec<Backend>,
     /// lb_common::SVC_FLAG_* bits.
     pub flags: u16,
-    /// Clients allowed with SVC_FLAG_SOURCE_RANGES: (network, prefix).
-    pub source_ranges: Vec<(Ipv4Addr, u8)>,
+    /// Clients allowed with SVC_FLAG_SOURCE_RANGES: (network, prefix), of
+    /// the frontend's family.
+    pub source_ranges: Vec<(IpAddr, u8)>,
 }
 
 /// The whole desired datapath state, plus warnings about what was skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub frontends: BTreeMap<ServiceKey, Frontend>,
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
     /// healthCheckNodePort -> what it reports (LoadBalancer, externalTrafficPolicy Local).
     pub health_checks: BTreeMap<u16, ServiceHealth>,
     pub warnings: Vec<String>,
@@ -175,7 +181,7 @@ impl Context {
 pub enum Item {
     Warning(String),
     Frontend {
-        key: ServiceKey,
+        key: FrontendKey,
         frontend: Frontend,
         /// Only if the frontend before it was granted (an internal-scope
         /// view exists only beside its external entry).
@@ -194,7 +200,7 @@ pub struct ServiceOutput {
 
 impl ServiceOutput {
     /// The frontend keys it asks for.
-    pub fn keys(&self) -> impl Iterator<Item = &ServiceKey> {
+    pub fn keys(&self) -> impl Iterator<Item = &FrontendKey> {
         self.items.iter().filter_map(|i| match i {
             Item::Frontend { key, .. } => Some(key),
             Item::Warning(_) => None,
@@ -224,10 +230,7 @@ pub fn assemble(desired: &mut Desired, id: &ObjectRef, out: &ServiceOutput) {
                 granted = match desired.frontends.get(key) {
                     Some(other) if other.service != *id => {
                         desired.warnings.push(format!(
-                            "Service {id}: frontend {}:{}/{} is already used by Service {}; skipped",
-                            Ipv4Addr::from(key.addr),
-                            key.port,
-                            Protocol::name_of(key.proto),
+                            "Service {id}: frontend {key} is already used by Service {}; skipped",
                             other.service
                         ));
                         false
@@ -261,9 +264,54 @@ pub fn service_output(
         health: health_check(svc, slices, &node.node_name),
         ..ServiceOutput::default()
     };
-    let mut warnings = Vec::new();
+    let mut warnings: Vec<String> = svc
+        .problems
+        .iter()
+        .map(|p| format!("Service {}: {p}", svc.id))
+        .collect();
     let algorithm = algorithm(svc, node, &mut warnings);
     let affinity_timeout = affinity_timeout(svc, &mut warnings);
+    // Addresses of a family the Service has no cluster IP of have no
+    // endpoints of that family to go to (kube-proxy's proxier of that
+    // family does not see the Service).
+    let families: Vec<Family> = svc
+        .families()
+        .filter(|f| {
+            let served = *f == Family::V4 || node.ipv6;
+            if !served {
+                warnings.push(format!(
+                    "Service {}: its {f} cluster IP is not served: this datapath does not serve IPv6 yet",
+                    svc.id
+                ));
+            }
+            served
+        })
+        .collect();
+    let mut served = |field: &str, ips: &[IpAddr]| -> Vec<IpAddr> {
+        let (ok, other): (Vec<IpAddr>, Vec<IpAddr>) = ips
+            .iter()
+            .partition(|a| families.contains(&Family::of(**a)));
+        // A family the Service has but this node does not serve was
+        // reported above.
+        for a in other
+            .into_iter()
+            .filter(|a| !svc.families().any(|f| f == Family::of(*a)))
+        {
+            warnings.push(format!(
+                "Service {}: {field}: {a} is an {} address but the Service has no {} cluster IP; not served",
+                svc.id,
+                Family::of(a),
+                Family::of(a)
+            ));
+        }
+        ok
+    };
+    let external_ips = served("spec.externalIPs", &svc.external_ips);
+    let load_balancer_ips = if svc.service_type == ServiceType::LoadBalancer {
+        served("status.loadBalancer.ingress", &svc.load_balancer_ips)
+    } else {
+        Vec::new()
+    };
     out.items.extend(warnings.into_iter().map(Item::Warning));
     for port in &svc.ports {
         if port.protocol == Protocol::Sctp {
@@ -273,25 +321,20 @@ pub fn service_output(
             )));
             continue;
         }
-        let candidates = candidates(slices, port, &node.node_name);
-        let cluster = apply_topology(svc, zone, pick(candidates.iter()));
-        let local: Vec<Backend> = pick(candidates.iter().filter(|c| c.local))
-            .into_iter()
-            .map(|c| c.backend)
+        // Each family's frontends go to that family's endpoints.
+        let views: Vec<(Family, Views)> = families
+            .iter()
+            .map(|f| (*f, Views::new(svc, zone, slices, *f, port, &node.node_name)))
             .collect();
-        let internal = if svc.internal_policy_local {
-            &local
-        } else {
-            &cluster
-        };
-        let external = if svc.external_policy_local {
-            &local
-        } else {
-            &cluster
+        let views_of = |a: IpAddr| {
+            views
+                .iter()
+                .find(|(f, _)| *f == Family::of(a))
+                .map(|(_, v)| v)
         };
         // loadBalancerSourceRanges guard the LoadBalancer IPs, from
         // wherever the client comes (kube-proxy's KUBE-FW chains).
-        let mut externals: Vec<(Ipv4Addr, u16, u16)> = Vec::new();
+        let mut externals: Vec<(IpAddr, u16, u16)> = Vec::new();
         if matches!(
             svc.service_type,
             ServiceType::NodePort | ServiceType::LoadBalancer
@@ -304,7 +347,12 @@ pub fn service_output(
                         svc.id, port.port, port.protocol, node.nodeport_range.0, node.nodeport_range.1
                     )));
                 }
-                Some(np) => externals.extend(node_ips.iter().map(|ip| (*ip, np, 0))),
+                Some(np) => externals.extend(
+                    node_ips
+                        .iter()
+                        .filter(|ip| families.contains(&Family::of(**ip)))
+                        .map(|ip| (*ip, np, 0)),
+                ),
                 None => {}
             }
         }
@@ -314,28 +362,18 @@ pub fn service_output(
             } else {
                 SVC_FLAG_SOURCE_RANGES
             };
-            externals.extend(
-                svc.load_balancer_ips
-                    .iter()
-                    .map(|ip| (*ip, port.port, ranges)),
-            );
+            externals.extend(load_balancer_ips.iter().map(|ip| (*ip, port.port, ranges)));
         }
-        externals.extend(svc.external_ips.iter().map(|ip| (*ip, port.port, 0)));
-        // externalTrafficPolicy Local with endpoints only elsewhere: drop.
-        let drop_if_empty = if svc.external_policy_local && !cluster.is_empty() {
-            SVC_FLAG_DROP_IF_EMPTY
-        } else {
-            0
-        };
+        externals.extend(external_ips.iter().map(|ip| (*ip, port.port, 0)));
         // Asks for a frontend (granted in `assemble`).
-        let mut add = |addr: Ipv4Addr,
+        let mut add = |addr: IpAddr,
                        port_number: u16,
                        scope: u8,
                        backends: &Vec<Backend>,
                        flags: u16,
                        if_previous: bool| {
-            let key = ServiceKey {
-                addr: addr.octets(),
+            let key = FrontendKey {
+                addr,
                 port: port_number,
                 proto: port.protocol.number(),
                 scope,
@@ -348,7 +386,11 @@ pub fn service_output(
                 backends: backends.clone(),
                 flags,
                 source_ranges: if flags & SVC_FLAG_SOURCE_RANGES != 0 {
-                    svc.source_ranges.clone()
+                    svc.source_ranges
+                        .iter()
+                        .filter(|(net, _)| Family::of(*net) == Family::of(addr))
+                        .copied()
+                        .collect()
                 } else {
                     Vec::new()
                 },
@@ -361,21 +403,92 @@ pub fn service_output(
         };
         // ClusterIPs are only reached from inside the cluster.
         for ip in &svc.cluster_ips {
-            add(*ip, port.port, SCOPE_EXTERNAL, internal, 0, false);
+            if let Some(v) = views_of(*ip) {
+                add(*ip, port.port, SCOPE_EXTERNAL, v.internal(svc), 0, false);
+            }
         }
         // External frontends: the external view follows externalTrafficPolicy.
         // With Local, pods get their own (internal) view with the cluster-wide
         // endpoints, as kube-proxy short-circuits pod traffic to external
         // addresses to its cluster policy chain.
         for (ip, port_number, ranges) in externals {
+            let Some(v) = views_of(ip) else { continue };
+            // A source range of another family guards nothing here.
+            let ranges = if svc
+                .source_ranges
+                .iter()
+                .any(|(n, _)| Family::of(*n) == Family::of(ip))
+            {
+                ranges
+            } else {
+                0
+            };
+            // externalTrafficPolicy Local with endpoints only elsewhere: drop.
+            let drop_if_empty = if svc.external_policy_local && !v.cluster.is_empty() {
+                SVC_FLAG_DROP_IF_EMPTY
+            } else {
+                0
+            };
             let flags = SVC_FLAG_EXTERNAL | ranges | drop_if_empty;
-            add(ip, port_number, SCOPE_EXTERNAL, external, flags, false);
+            add(
+                ip,
+                port_number,
+                SCOPE_EXTERNAL,
+                v.external(svc),
+                flags,
+                false,
+            );
             if svc.external_policy_local {
-                add(ip, port_number, SCOPE_INTERNAL, &cluster, ranges, true);
+                add(ip, port_number, SCOPE_INTERNAL, &v.cluster, ranges, true);
             }
         }
     }
     Some(out)
+}
+
+/// The backends of one service port and family: cluster-wide (with
+/// topology) and this node's.
+struct Views {
+    cluster: Vec<Backend>,
+    local: Vec<Backend>,
+}
+
+impl Views {
+    fn new(
+        svc: &Service,
+        zone: Option<&str>,
+        slices: &[&EndpointSlice],
+        family: Family,
+        port: &ServicePort,
+        node_name: &str,
+    ) -> Self {
+        let candidates = candidates(slices, family, port, node_name);
+        Self {
+            cluster: apply_topology(svc, zone, pick(candidates.iter())),
+            local: pick(candidates.iter().filter(|c| c.local))
+                .into_iter()
+                .map(|c| c.backend)
+                .collect(),
+        }
+    }
+
+    /// What pods get: internalTrafficPolicy.
+    fn internal(&self, svc: &Service) -> &Vec<Backend> {
+        if svc.internal_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        }
+    }
+
+    /// What external clients get: externalTrafficPolicy.
+    fn external(&self, svc: &Service) -> &Vec<Backend> {
+        if svc.external_policy_local {
+            &self.local
+        } else {
+            &self.cluster
+        }
+    }
 }
 
 /// A LoadBalancer service with externalTrafficPolicy Local and a
@@ -390,17 +503,25 @@ fn health_check(
         return None;
     }
     let port = svc.health_check_node_port?;
-    let local: std::collections::BTreeSet<Ipv4Addr> = slices
-        .iter()
-        .flat_map(|s| &s.endpoints)
-        .filter(|e| e.ready && !node_name.is_empty() && e.node_name.as_deref() == Some(node_name))
-        .map(|e| e.address)
-        .collect();
+    // A dual-stack pod is in a slice of each family: count the family with
+    // the most, not both.
+    let local = |family: Family| {
+        slices
+            .iter()
+            .filter(|s| s.family == family)
+            .flat_map(|s| &s.endpoints)
+            .filter(|e| {
+                e.ready && !node_name.is_empty() && e.node_name.as_deref() == Some(node_name)
+            })
+            .map(|e| e.address)
+            .collect::<std::collections::BTreeSet<IpAddr>>()
+            .len()
+    };
     Some((
         port,
         ServiceHealth {
             service: svc.id.clone(),
-            local_endpoints: local.len(),
+            local_endpoints: local(Family::V4).max(local(Family::V6)),
         },
     ))
 }
@@ -443,12 +564,17 @@ struct Candidate {
     hint_zones: Option<Vec<String>>,
 }
 
-/// The endpoints of one service port: from every slice (merged, deduplicated
-/// by address; the first slice wins) whose slice port has the service port's
-/// name and protocol.
-fn candidates(slices: &[&EndpointSlice], port: &ServicePort, node_name: &str) -> Vec<Candidate> {
+/// The endpoints of one service port and family: from every slice of that
+/// family (merged, deduplicated by address; the first slice wins) whose
+/// slice port has the service port's name and protocol.
+fn candidates(
+    slices: &[&EndpointSlice],
+    family: Family,
+    port: &ServicePort,
+    node_name: &str,
+) -> Vec<Candidate> {
     let mut seen = BTreeMap::new();
-    for slice in slices {
+    for slice in slices.iter().filter(|s| s.family == family) {
         let Some(slice_port) = slice
             .ports
             .iter()
@@ -459,7 +585,7 @@ fn candidates(slices: &[&EndpointSlice], port: &ServicePort, node_name: &str) ->
         for ep in &slice.endpoints {
             let local = !node_name.is_empty() && ep.node_name.as_deref() == Some(node_name);
             let backend = Backend {
-                addr: ep.address.octets(),
+                addr: ep.address,
                 port: slice_port.port,
                 proto: port.protocol.number(),
                 state: if local { BACKEND_LOCAL } else { BACKEND_ACTIVE },
@@ -532,10 +658,11 @@ fn apply_topology(svc: &Service, zone: Option<&str>, endpoints: Vec<Candidate>) 
     }
 }
 
-/// The backends of one service port, cluster-wide and without topology: ready
-/// endpoints, or serving-and-terminating ones when none is ready.
-pub fn backends(slices: &[&EndpointSlice], port: &ServicePort) -> Vec<Backend> {
-    pick(candidates(slices, port, "").iter())
+/// The backends of one service port and family, cluster-wide and without
+/// topology: ready endpoints, or serving-and-terminating ones when none is
+/// ready.
+pub fn backends(slices: &[&EndpointSlice], family: Family, port: &ServicePort) -> Vec<Backend> {
+    pick(candidates(slices, family, port, "").iter())
         .into_iter()
         .map(|c| c.backend)
         .collect()

@@ -11,7 +11,7 @@
 //! gets a contested key depends on the order of all of them).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lb_common::ServiceKey;
+use crate::frontend::FrontendKey as ServiceKey;
 
 use crate::{
     model::{Changes, ClusterState, EndpointSlice, ObjectRef},

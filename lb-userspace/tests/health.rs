@@ -83,7 +83,7 @@ fn the_proxy_is_unhealthy_before_its_first_sync_and_when_a_change_waits_too_long
 
 fn endpoint(last: u8, node: &str, ready: bool, terminating: bool) -> Endpoint {
     Endpoint {
-        address: Ipv4Addr::new(198, 18, 1, last),
+        address: Ipv4Addr::new(198, 18, 1, last).into(),
         ready,
         serving: true,
         terminating,
@@ -102,7 +102,7 @@ fn lb_state(
     let svc = Service {
         id: id.clone(),
         service_type,
-        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 20)],
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 20).into()],
         ports: vec![ServicePort {
             name: "http".into(),
             port: 80,
@@ -117,6 +117,7 @@ fn lb_state(
     let slice = EndpointSlice {
         id: ObjectRef::new("web", "shop-1"),
         service_name: "shop".into(),
+        family: weir::model::Family::V4,
         ports: vec![EndpointPort {
             name: "http".into(),
             port: 8080,

@@ -1,13 +1,14 @@
 //! Maglev table properties from the paper (Eisenbud et al., NSDI 2016).
 use std::collections::BTreeMap;
 
-use lb_common::{Backend, BACKEND_ACTIVE, PROTO_TCP};
+use lb_common::{BACKEND_ACTIVE, PROTO_TCP};
 use weir::maglev::{is_prime, table};
+use weir::translate::Backend;
 
 fn backends(n: u8) -> Vec<Backend> {
     (0..n)
         .map(|i| Backend {
-            addr: [198, 18, 10 + i / 200, 1 + i % 200],
+            addr: [198, 18, 10 + i / 200, 1 + i % 200].into(),
             port: 8080,
             proto: PROTO_TCP,
             state: BACKEND_ACTIVE,

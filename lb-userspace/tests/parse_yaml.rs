@@ -1,11 +1,14 @@
 //! `source::parse::parse_documents`: multi-document YAML -> model objects, and
 //! per-document errors that name the file, document, object and field.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use weir::{
     model::{
-        Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service, ServicePort,
-        ServiceType,
+        Endpoint, EndpointPort, EndpointSlice, Family, Node, ObjectRef, Protocol, Service,
+        ServicePort, ServiceType,
     },
     source::parse::{parse_documents, DocumentError, Object},
 };
@@ -147,7 +150,7 @@ fn multi_document_file_yields_the_expected_objects() {
     let expected_service = Service {
         id: ObjectRef::new("demo", "echo"),
         service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 10)],
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 10).into()],
         ports: vec![
             ServicePort {
                 name: "http".into(),
@@ -169,7 +172,7 @@ fn multi_document_file_yields_the_expected_objects() {
         ..Default::default()
     };
     let endpoint = |last: u8, ready, serving, terminating| Endpoint {
-        address: Ipv4Addr::new(198, 18, 1, last),
+        address: Ipv4Addr::new(198, 18, 1, last).into(),
         ready,
         serving,
         terminating,
@@ -180,6 +183,7 @@ fn multi_document_file_yields_the_expected_objects() {
     let expected_slice = EndpointSlice {
         id: ObjectRef::new("demo", "echo-abc12"),
         service_name: "echo".into(),
+        family: weir::model::Family::V4,
         ports: vec![
             EndpointPort {
                 name: "http".into(),
@@ -317,7 +321,7 @@ spec:
 }
 
 #[test]
-fn dual_stack_service_keeps_its_ipv4_address() {
+fn dual_stack_service_keeps_both_families_in_spec_order() {
     let svc = only_service(
         r#"
 apiVersion: v1
@@ -327,15 +331,62 @@ spec:
   clusterIP: 2001:db8::10
   clusterIPs: [2001:db8::10, 198.19.0.13]
   ipFamilies: [IPv6, IPv4]
+  ipFamilyPolicy: RequireDualStack
+  externalIPs: [198.18.9.1, "2001:db8:9::1"]
   ports:
   - {port: 80}
 "#,
     );
-    assert_eq!(svc.cluster_ips, vec![Ipv4Addr::new(198, 19, 0, 13)]);
+    let v6: IpAddr = "2001:db8::10".parse().unwrap();
+    assert_eq!(
+        svc.cluster_ips,
+        vec![v6, Ipv4Addr::new(198, 19, 0, 13).into()]
+    );
+    assert_eq!(svc.primary_family(), Family::V6);
+    assert_eq!(
+        svc.external_ips,
+        vec![
+            IpAddr::from([198, 18, 9, 1]),
+            "2001:db8:9::1".parse::<IpAddr>().unwrap()
+        ]
+    );
+    assert!(svc.problems.is_empty(), "{:?}", svc.problems);
 }
 
 #[test]
-fn ipv6_and_fqdn_slices_are_skipped_without_error() {
+fn a_cluster_ip_of_the_wrong_family_is_skipped_and_named_while_the_other_family_stays() {
+    // clusterIPs[1] is IPv4 where ipFamilies[1] says IPv6; a third address
+    // repeats a family.
+    let svc = only_service(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {name: mixed, namespace: demo}
+spec:
+  clusterIPs: [198.19.0.14, 198.19.0.15, 198.19.0.16]
+  ipFamilies: [IPv4, IPv6]
+  ports:
+  - {port: 80}
+"#,
+    );
+    assert_eq!(svc.cluster_ips, vec![IpAddr::from([198, 19, 0, 14])]);
+    assert_eq!(svc.problems.len(), 2, "{:?}", svc.problems);
+    assert!(
+        svc.problems[0].starts_with(
+            "spec.clusterIPs[1]: 198.19.0.15 is an IPv4 address but spec.ipFamilies[1] is \"IPv6\""
+        ),
+        "{}",
+        svc.problems[0]
+    );
+    assert!(
+        svc.problems[1].starts_with("spec.clusterIPs[2]: a second IPv4 cluster IP (198.19.0.16)"),
+        "{}",
+        svc.problems[1]
+    );
+}
+
+#[test]
+fn ipv6_slices_are_converted_and_fqdn_slices_skipped_without_error() {
     let objects = parse_ok(
         r#"
 apiVersion: discovery.k8s.io/v1
@@ -371,7 +422,60 @@ endpoints:
 - addresses: [198.18.1.1]
 "#,
     );
+    assert_eq!(
+        names(&objects),
+        ["EndpointSlice demo/echo-v6", "EndpointSlice demo/echo-v4"]
+    );
+    let Object::EndpointSlice(v6) = &objects[0] else {
+        panic!("{objects:?}")
+    };
+    assert_eq!(v6.family, Family::V6);
+    assert_eq!(
+        v6.endpoints[0].address,
+        "2001:db8::1".parse::<IpAddr>().unwrap()
+    );
+}
+
+#[test]
+fn a_slice_address_of_the_other_family_fails_that_slice_only() {
+    let (error, objects) = one_error(
+        r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-v6-bad
+  namespace: demo
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: ["2001:db8::1"]
+- addresses: [198.18.1.2]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-v4
+  namespace: demo
+  labels: {kubernetes.io/service-name: echo}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [198.18.1.1]
+"#,
+    );
     assert_eq!(names(&objects), ["EndpointSlice demo/echo-v4"]);
+    assert_eq!(
+        error.object.as_deref(),
+        Some("EndpointSlice demo/echo-v6-bad")
+    );
+    assert_eq!(error.field.as_deref(), Some("endpoints[1].addresses[0]"));
+    assert!(
+        error
+            .to_string()
+            .contains("\"198.18.1.2\" is not an IPv6 address (addressType IPv6)"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -719,8 +823,9 @@ fn load_balancer_source_ranges_come_from_the_spec_or_else_the_annotation() {
     assert_eq!(
         spec.source_ranges,
         vec![
-            (Ipv4Addr::new(198, 18, 50, 0), 24),
-            (Ipv4Addr::new(198, 18, 60, 7), 32)
+            (Ipv4Addr::new(198, 18, 50, 0).into(), 24),
+            (Ipv4Addr::new(198, 18, 60, 7).into(), 32),
+            ("2001:db8::".parse().unwrap(), 32)
         ]
     );
     let annotated = only_service(&lb_service(
@@ -730,8 +835,8 @@ fn load_balancer_source_ranges_come_from_the_spec_or_else_the_annotation() {
     assert_eq!(
         annotated.source_ranges,
         vec![
-            (Ipv4Addr::new(198, 18, 70, 0), 24),
-            (Ipv4Addr::new(198, 18, 80, 0), 28)
+            (Ipv4Addr::new(198, 18, 70, 0).into(), 24),
+            (Ipv4Addr::new(198, 18, 80, 0).into(), 28)
         ]
     );
     assert!(only_service(&lb_service("", "")).source_ranges.is_empty());

@@ -3,11 +3,13 @@
 mod common;
 use std::collections::BTreeMap;
 
+use std::net::{IpAddr, SocketAddr};
+
 use lb_common::{
-    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
-    BACKEND_ACTIVE, BACKEND_TERMINATING, NO_MAGLEV_TABLE, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
-    SCOPE_INTERNAL,
+    ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING,
+    NO_MAGLEV_TABLE, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL,
 };
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     cli::{service_rows, service_table},
     dataplane::sync::{plan, plan_with, restore, Op, PlanConfig, Programmed},
@@ -23,7 +25,7 @@ fn key(last: u8, port: u16) -> ServiceKey {
 
 fn key_proto(last: u8, port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
-        addr: [198, 19, 0, last],
+        addr: [198, 19, 0, last].into(),
         port,
         proto,
         scope: SCOPE_EXTERNAL,
@@ -32,7 +34,7 @@ fn key_proto(last: u8, port: u16, proto: u8) -> ServiceKey {
 
 fn be(last: u8) -> Backend {
     Backend {
-        addr: [198, 18, 1, last],
+        addr: [198, 18, 1, last].into(),
         port: 8080,
         proto: PROTO_TCP,
         state: BACKEND_ACTIVE,
@@ -75,12 +77,8 @@ fn value(id: u32, count: u32, algorithm: u8) -> ServiceValue {
     }
 }
 
-fn revnat(k: ServiceKey) -> RevNat {
-    RevNat {
-        addr: k.addr,
-        port: k.port,
-        _pad: 0,
-    }
+fn revnat(k: ServiceKey) -> SocketAddr {
+    SocketAddr::new(k.addr, k.port)
 }
 
 fn service_id(p: &Programmed, k: ServiceKey) -> u32 {
@@ -116,9 +114,9 @@ struct Maps {
     services: BTreeMap<ServiceKey, ServiceValue>,
     slots: BTreeMap<SlotKey, u32>,
     backends: BTreeMap<u32, Backend>,
-    revnat: BTreeMap<u32, RevNat>,
+    revnat: BTreeMap<u32, SocketAddr>,
     maglev: BTreeMap<u32, Vec<u32>>,
-    source_ranges: std::collections::BTreeSet<(u32, [u8; 4], u8)>,
+    source_ranges: std::collections::BTreeSet<(u32, IpAddr, u8)>,
 }
 
 impl Maps {
@@ -280,14 +278,7 @@ fn from_empty_puts_backends_slots_revnat_then_service() {
             Op::PutBackend(2, be(2)),
             Op::PutSlot(slot(1, 1), 1),
             Op::PutSlot(slot(1, 2), 2),
-            Op::PutRevNat(
-                1,
-                RevNat {
-                    addr: [198, 19, 0, 10],
-                    port: 80,
-                    _pad: 0
-                }
-            ),
+            Op::PutRevNat(1, SocketAddr::new([198, 19, 0, 10].into(), 80)),
             Op::PutService(k, value(1, 2, ALG_HASH)),
         ]
     );
@@ -970,13 +961,13 @@ fn many(n: u32) -> Desired {
         frontends: (0..n)
             .map(|i| {
                 let k = ServiceKey {
-                    addr: addr([198, 19, 0, 0], i),
+                    addr: addr([198, 19, 0, 0], i).into(),
                     port: 80,
                     proto: PROTO_TCP,
                     scope: SCOPE_EXTERNAL,
                 };
                 let b = Backend {
-                    addr: addr([198, 18, 0, 0], i),
+                    addr: addr([198, 18, 0, 0], i).into(),
                     ..be(0)
                 };
                 (k, frontend(ALG_RANDOM, &[b]))
@@ -1011,7 +1002,10 @@ fn capacities_above_65536_get_ids_above_65535() {
     // Every slot names the backend id of its own service's backend.
     for (k, s) in &p.next.services {
         let b = p.next.backends[&s.backend_ids[0]];
-        let offset = |a: [u8; 4], base: [u8; 4]| u32::from_be_bytes(a) - u32::from_be_bytes(base);
+        let offset = |a: IpAddr, base: [u8; 4]| match a {
+            IpAddr::V4(a) => u32::from(a) - u32::from_be_bytes(base),
+            IpAddr::V6(_) => unreachable!("IPv4 only"),
+        };
         assert_eq!(
             offset(b.addr, [198, 18, 0, 0]),
             offset(k.addr, [198, 19, 0, 0])
@@ -1023,7 +1017,7 @@ fn capacities_above_65536_get_ids_above_65535() {
 fn guarded(ranges: &[(std::net::Ipv4Addr, u8)]) -> Frontend {
     Frontend {
         flags: lb_common::SVC_FLAG_EXTERNAL | lb_common::SVC_FLAG_SOURCE_RANGES,
-        source_ranges: ranges.to_vec(),
+        source_ranges: ranges.iter().map(|(a, p)| ((*a).into(), *p)).collect(),
         ..frontend(ALG_RANDOM, &[be(1)])
     }
 }
@@ -1051,8 +1045,8 @@ fn source_ranges_are_written_before_the_service_and_removed_after_it() {
     assert_eq!(
         ranges,
         vec![
-            &Op::PutSourceRange(id, [198, 18, 0, 0], 16),
-            &Op::PutSourceRange(id, [198, 19, 5, 5], 32)
+            &Op::PutSourceRange(id, [198, 18, 0, 0].into(), 16),
+            &Op::PutSourceRange(id, [198, 19, 5, 5].into(), 32)
         ]
     );
     let flags = maps.services[&k].flags;
@@ -1065,7 +1059,10 @@ fn source_ranges_are_written_before_the_service_and_removed_after_it() {
     want.frontends
         .insert(k, guarded(&[(Ipv4Addr::new(198, 18, 0, 0), 16)]));
     let (ops, second) = step(&mut maps, &first, &want);
-    assert_eq!(ops, vec![Op::DelSourceRange(id, [198, 19, 5, 5], 32)]);
+    assert_eq!(
+        ops,
+        vec![Op::DelSourceRange(id, [198, 19, 5, 5].into(), 32)]
+    );
 
     // The service goes: its entry first, then its range.
     let (ops, _) = step(&mut maps, &second, &Desired::default());
@@ -1128,7 +1125,7 @@ fn random_frontend(r: &mut Rng, state_of: &dyn Fn(u8) -> u8) -> Frontend {
         f.source_ranges = (0..1 + r.below(2))
             .map(|i| {
                 (
-                    std::net::Ipv4Addr::new(198, 18, r.below(3) as u8, 0),
+                    std::net::Ipv4Addr::new(198, 18, r.below(3) as u8, 0).into(),
                     16 + i as u8 * 8,
                 )
             })
@@ -1181,7 +1178,10 @@ fn a_plan_of_changes_programs_what_a_full_plan_does() {
         let before = want.clone();
         for f in want.frontends.values_mut() {
             for b in &mut f.backends {
-                b.state = state_of(b.addr[3]);
+                b.state = state_of(match b.addr {
+                    IpAddr::V4(a) => a.octets()[3],
+                    IpAddr::V6(a) => a.octets()[15],
+                });
             }
         }
         for _ in 0..1 + r.below(3) {

@@ -2,9 +2,9 @@
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{
-    Backend, ServiceKey, ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING, PROTO_TCP,
-    PROTO_UDP, SCOPE_EXTERNAL,
+    ALG_HASH, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     model::{
         ClusterState, Endpoint, EndpointPort, EndpointSlice, ObjectRef, Protocol, Service,
@@ -27,7 +27,7 @@ fn svc(ns: &str, name: &str, ip: Ipv4Addr) -> Service {
     Service {
         id: ObjectRef::new(ns, name),
         service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![ip],
+        cluster_ips: vec![ip.into()],
         ..Default::default()
     }
 }
@@ -63,6 +63,7 @@ fn slice(ns: &str, name: &str, service: &str) -> EndpointSlice {
     EndpointSlice {
         id: ObjectRef::new(ns, name),
         service_name: service.into(),
+        family: weir::model::Family::V4,
         ports: vec![],
         endpoints: vec![],
     }
@@ -86,7 +87,7 @@ impl SliceExt for EndpointSlice {
     }
     fn ep(mut self, last: u8, ready: bool, serving: bool, terminating: bool) -> Self {
         self.endpoints.push(Endpoint {
-            address: ep_ip(last),
+            address: ep_ip(last).into(),
             ready,
             serving,
             terminating,
@@ -111,7 +112,7 @@ fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Desired {
 
 fn key(ip: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
     ServiceKey {
-        addr: ip.octets(),
+        addr: ip.into(),
         port,
         proto,
         scope: SCOPE_EXTERNAL,
@@ -120,7 +121,7 @@ fn key(ip: Ipv4Addr, port: u16, proto: u8) -> ServiceKey {
 
 fn backend(last: u8, port: u16, proto: u8, state: u8) -> Backend {
     Backend {
-        addr: ep_ip(last).octets(),
+        addr: ep_ip(last).into(),
         port,
         proto,
         state,
@@ -157,7 +158,9 @@ fn one_frontend_per_ip_port_and_protocol() {
         .port("dns", 53, Protocol::Udp)
         .port("dns-tcp", 53, Protocol::Tcp);
     let mut service2 = service.clone();
-    service2.cluster_ips.push(Ipv4Addr::new(198, 19, 0, 11));
+    service2
+        .cluster_ips
+        .push(Ipv4Addr::new(198, 19, 0, 11).into());
     let slices = vec![slice("demo", "echo-1", "echo")
         .port("http", 8080, Protocol::Tcp)
         .port("dns", 5353, Protocol::Udp)
@@ -177,7 +180,7 @@ fn one_frontend_per_ip_port_and_protocol() {
     );
     // The key holds the address in network order and the port in host order.
     let k = keys[2];
-    assert_eq!(k.addr, [198, 19, 0, 10]);
+    assert_eq!(k.addr, std::net::IpAddr::from([198, 19, 0, 10]));
     assert_eq!(k.port, 80);
     assert_eq!(k.proto, 6);
     assert_eq!(k.scope, SCOPE_EXTERNAL);
@@ -558,11 +561,11 @@ fn slices_of_many_services_go_to_their_own_services() {
                     port,
                     Protocol::Tcp,
                 );
-                sl.endpoints.push(Endpoint::ready(addr));
+                sl.endpoints.push(Endpoint::ready(addr.into()));
                 want.push((
                     sl.id.name.clone(),
                     Backend {
-                        addr: addr.octets(),
+                        addr: addr.into(),
                         port,
                         proto: PROTO_TCP,
                         state: BACKEND_ACTIVE,

@@ -7,10 +7,11 @@ use std::{
 };
 
 use lb_common::{
-    Backend, ServiceKey, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL,
-    BACKEND_TERMINATING, PROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
+    ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL, BACKEND_TERMINATING, PROTO_TCP,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_SOURCE_RANGES,
 };
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     model::{
         ClusterState, Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service,
@@ -44,7 +45,7 @@ fn svc(ns: &str, name: &str, ip: Ipv4Addr) -> Service {
     Service {
         id: ObjectRef::new(ns, name),
         service_type: ServiceType::ClusterIp,
-        cluster_ips: vec![ip],
+        cluster_ips: vec![ip.into()],
         ports: vec![ServicePort {
             name: "http".into(),
             port: 80,
@@ -72,7 +73,7 @@ fn echo_node_port() -> Service {
 fn echo_load_balancer() -> Service {
     let mut s = echo_node_port();
     s.service_type = ServiceType::LoadBalancer;
-    s.load_balancer_ips = vec![LB_IP];
+    s.load_balancer_ips = vec![LB_IP.into()];
     s
 }
 
@@ -81,6 +82,7 @@ fn slice(name: &str, service: &str) -> EndpointSlice {
     EndpointSlice {
         id: ObjectRef::new("demo", name),
         service_name: service.into(),
+        family: weir::model::Family::V4,
         ports: vec![EndpointPort {
             name: "http".into(),
             port: 8080,
@@ -92,7 +94,7 @@ fn slice(name: &str, service: &str) -> EndpointSlice {
 
 fn endpoint(last: u8, node: Option<&str>) -> Endpoint {
     Endpoint {
-        address: ep_ip(last),
+        address: ep_ip(last).into(),
         ready: true,
         serving: true,
         terminating: false,
@@ -155,7 +157,7 @@ fn node(name: &str, zone: Option<&str>, addresses: &[Ipv4Addr]) -> Node {
     Node {
         name: name.into(),
         labels,
-        addresses: addresses.to_vec(),
+        addresses: addresses.iter().map(|a| (*a).into()).collect(),
     }
 }
 
@@ -188,7 +190,7 @@ fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Desired {
 
 fn ext(ip: Ipv4Addr, port: u16) -> ServiceKey {
     ServiceKey {
-        addr: ip.octets(),
+        addr: ip.into(),
         port,
         proto: PROTO_TCP,
         scope: SCOPE_EXTERNAL,
@@ -204,7 +206,7 @@ fn int(ip: Ipv4Addr, port: u16) -> ServiceKey {
 
 fn active(last: u8) -> Backend {
     Backend {
-        addr: ep_ip(last).octets(),
+        addr: ep_ip(last).into(),
         port: 8080,
         proto: PROTO_TCP,
         state: BACKEND_ACTIVE,
@@ -474,7 +476,7 @@ fn hints_are_ignored_without_prefer_close_or_auto() {
 #[test]
 fn topology_applies_to_external_frontends_with_policy_cluster() {
     let mut service = prefer_close();
-    service.external_ips = vec![EXTERNAL_IP];
+    service.external_ips = vec![EXTERNAL_IP.into()];
     let d = run(vec![service], vec![hinted_slice()]);
     assert_eq!(keys(&d), set([ext(CLUSTER_IP, 80), ext(EXTERNAL_IP, 80)]));
     assert_eq!(backends_of(&d, ext(EXTERNAL_IP, 80)), actives(&[1, 3]));
@@ -514,7 +516,7 @@ fn node_port_frontends_on_this_nodes_addresses() {
 fn nodeport_addresses_replace_the_node_addresses() {
     let only = Ipv4Addr::new(198, 18, 0, 100);
     let node_facts = NodeFacts {
-        nodeport_addresses: vec![only],
+        nodeport_addresses: vec![only.into()],
         ..facts()
     };
     let state = cluster(
@@ -546,8 +548,8 @@ fn node_port_without_a_node_object_is_served_on_the_uplink_addresses() {
     let uplink = Ipv4Addr::new(198, 18, 100, 21);
     let node_facts = NodeFacts {
         local: weir::node_addrs::LocalAddresses {
-            uplinks: vec![uplink],
-            all: vec![uplink, Ipv4Addr::new(198, 19, 9, 1)],
+            uplinks: vec![uplink.into()],
+            all: vec![uplink.into(), Ipv4Addr::new(198, 19, 9, 1).into()],
         },
         ..facts()
     };
@@ -592,14 +594,14 @@ fn load_balancer_frontends_on_ingress_ips_with_the_service_port() {
 #[test]
 fn external_ips_get_frontends_for_every_type() {
     let mut cluster_ip = echo();
-    cluster_ip.external_ips = vec![EXTERNAL_IP];
+    cluster_ip.external_ips = vec![EXTERNAL_IP.into()];
     let d = run(vec![cluster_ip], vec![two_node_slice()]);
     no_warnings(&d);
     assert_eq!(keys(&d), set([ext(CLUSTER_IP, 80), ext(EXTERNAL_IP, 80)]));
     assert_eq!(backends_of(&d, ext(EXTERNAL_IP, 80)), actives(&[1, 2]));
 
     let mut node_port = echo_node_port();
-    node_port.external_ips = vec![EXTERNAL_IP];
+    node_port.external_ips = vec![EXTERNAL_IP.into()];
     let d = run(vec![node_port], vec![two_node_slice()]);
     assert_eq!(
         keys(&d),
@@ -612,7 +614,7 @@ fn external_ips_get_frontends_for_every_type() {
     );
 
     let mut lb = echo_load_balancer();
-    lb.external_ips = vec![EXTERNAL_IP];
+    lb.external_ips = vec![EXTERNAL_IP.into()];
     let d = run(vec![lb], vec![two_node_slice()]);
     assert_eq!(
         keys(&d),
@@ -638,7 +640,7 @@ fn cluster_ip_service_with_a_node_port_gets_no_node_port_frontend() {
 /// NodePort + LoadBalancer + externalIP, all on one service.
 fn everything(external_local: bool, internal_local: bool) -> Service {
     let mut s = echo_load_balancer();
-    s.external_ips = vec![EXTERNAL_IP];
+    s.external_ips = vec![EXTERNAL_IP.into()];
     s.external_policy_local = external_local;
     s.internal_policy_local = internal_local;
     s
@@ -762,7 +764,7 @@ fn both_policies_local_internal_scope_entries_are_still_cluster_wide() {
 #[test]
 fn type_changes_give_exactly_the_frontends_of_the_current_type() {
     let with_external_ip = |mut s: Service| {
-        s.external_ips = vec![EXTERNAL_IP];
+        s.external_ips = vec![EXTERNAL_IP.into()];
         s
     };
     let cluster_ip = with_external_ip(echo());
@@ -799,10 +801,10 @@ fn type_changes_give_exactly_the_frontends_of_the_current_type() {
 /// namespace/name is "a-team/zeta" (namespace sorts before name).
 fn claimants(first_local: bool, second_local: bool) -> (Service, Service, Vec<EndpointSlice>) {
     let mut first = svc("a-team", "zeta", CLUSTER_IP);
-    first.external_ips = vec![EXTERNAL_IP];
+    first.external_ips = vec![EXTERNAL_IP.into()];
     first.external_policy_local = first_local;
     let mut second = svc("b-team", "alpha", OTHER_CLUSTER_IP);
-    second.external_ips = vec![EXTERNAL_IP];
+    second.external_ips = vec![EXTERNAL_IP.into()];
     second.external_policy_local = second_local;
     let slices = vec![
         EndpointSlice {
@@ -1237,8 +1239,8 @@ fn endpoints_on_this_node_are_marked_local() {
     assert_eq!(
         b.iter().map(|b| (b.addr, b.state)).collect::<Vec<_>>(),
         vec![
-            (ep_ip(1).octets(), BACKEND_LOCAL),
-            (ep_ip(2).octets(), BACKEND_ACTIVE)
+            (ep_ip(1).into(), BACKEND_LOCAL),
+            (ep_ip(2).into(), BACKEND_ACTIVE)
         ]
     );
     let d = run(
@@ -1293,13 +1295,16 @@ fn external_policy_local_drops_on_a_node_without_local_endpoints_but_rejects_wit
 #[test]
 fn source_ranges_guard_only_the_load_balancer_ips_in_both_views() {
     let mut s = everything(true, false);
-    s.source_ranges = vec![(Ipv4Addr::new(198, 18, 100, 0), 24)];
+    s.source_ranges = vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)];
     let d = run(vec![s], vec![two_node_slice()]);
     no_warnings(&d);
     for key in [ext(LB_IP, 80), int(LB_IP, 80)] {
         let f = &d.frontends[&key];
         assert_ne!(f.flags & SVC_FLAG_SOURCE_RANGES, 0, "{key:?}");
-        assert_eq!(f.source_ranges, vec![(Ipv4Addr::new(198, 18, 100, 0), 24)]);
+        assert_eq!(
+            f.source_ranges,
+            vec![(Ipv4Addr::new(198, 18, 100, 0).into(), 24)]
+        );
     }
     for key in [
         ext(NODE_A_IP, NODE_PORT),

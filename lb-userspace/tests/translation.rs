@@ -19,7 +19,7 @@ use common::Rng;
 fn node() -> NodeFacts {
     NodeFacts {
         node_name: "node-a".into(),
-        nodeport_addresses: vec![Ipv4Addr::new(198, 18, 100, 1)],
+        nodeport_addresses: vec![Ipv4Addr::new(198, 18, 100, 1).into()],
         ..NodeFacts::default()
     }
 }
@@ -33,7 +33,7 @@ fn random_service(r: &mut Rng, i: u64) -> Service {
             ServiceType::NodePort,
             ServiceType::LoadBalancer,
         ][r.below(3) as usize],
-        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, i as u8 + 1)],
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, i as u8 + 1).into()],
         ..Default::default()
     };
     for p in 0..1 + r.below(2) {
@@ -52,16 +52,16 @@ fn random_service(r: &mut Rng, i: u64) -> Service {
         });
     }
     if r.chance(30) {
-        svc.external_ips = vec![Ipv4Addr::new(198, 18, 200, r.below(3) as u8)];
+        svc.external_ips = vec![Ipv4Addr::new(198, 18, 200, r.below(3) as u8).into()];
     }
     if svc.service_type == ServiceType::LoadBalancer {
-        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 201, r.below(3) as u8)];
+        svc.load_balancer_ips = vec![Ipv4Addr::new(198, 18, 201, r.below(3) as u8).into()];
         svc.external_policy_local = r.chance(50);
         if svc.external_policy_local {
             svc.health_check_node_port = Some(32000 + r.below(3) as u16);
         }
         if r.chance(30) {
-            svc.source_ranges = vec![(Ipv4Addr::new(198, 18, 0, 0), 16)];
+            svc.source_ranges = vec![(Ipv4Addr::new(198, 18, 0, 0).into(), 16)];
         }
     }
     svc.internal_policy_local = r.chance(20);
@@ -75,6 +75,7 @@ fn random_slice(r: &mut Rng, service: u64, n: u64) -> EndpointSlice {
     EndpointSlice {
         id: ObjectRef::new("ns", format!("svc-{service}-{n}")),
         service_name: format!("svc-{service}"),
+        family: weir::model::Family::V4,
         ports: (0..2)
             .map(|p| EndpointPort {
                 name: format!("p{p}"),
@@ -87,7 +88,7 @@ fn random_slice(r: &mut Rng, service: u64, n: u64) -> EndpointSlice {
                 node_name: r.chance(50).then(|| "node-a".to_string()),
                 ready: r.chance(80),
                 terminating: r.chance(20),
-                ..Endpoint::ready(Ipv4Addr::new(198, 18, 1, r.below(20) as u8 + 1))
+                ..Endpoint::ready(Ipv4Addr::new(198, 18, 1, r.below(20) as u8 + 1).into())
             })
             .collect(),
     }
@@ -153,7 +154,7 @@ fn a_standing_warning_is_reported_once() {
     let facts = node();
     let mut svc = Service {
         id: ObjectRef::new("ns", "svc-0"),
-        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 1)],
+        cluster_ips: vec![Ipv4Addr::new(198, 19, 0, 1).into()],
         session_affinity_timeout: Some(-1),
         ..Default::default()
     };

@@ -5,7 +5,8 @@ use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, PacketBuilderSt
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use lb_common::{Backend, CtKey, BACKEND_ACTIVE};
+use lb_common::{CtKey, BACKEND_ACTIVE};
+use weir::translate::Backend;
 
 use crate::{
     cmd::{ip, run},
@@ -135,7 +136,7 @@ pub fn ct_key(saddr: [u8; 4], sport: u16, daddr: [u8; 4], dport: u16, proto: u8)
 /// An active backend.
 pub fn backend(addr: [u8; 4], port: u16, proto: u8) -> Backend {
     Backend {
-        addr,
+        addr: addr.into(),
         port,
         proto,
         state: BACKEND_ACTIVE,

@@ -35,7 +35,7 @@ fn a_full_services_map_leaves_new_frontends_out_whole_and_keeps_the_rest() -> Re
     let programmed: Vec<&str> = rows.iter().map(|r| r.frontend.as_str()).collect();
     assert_eq!(programmed, ["198.19.0.21:80/TCP", "198.19.0.22:80/TCP"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !s.agent.log_text().contains("capacity/three: frontend 198.19.0.23:80 not programmed: the services map is full (2 frontends)") {
+    while !s.agent.log_text().contains("capacity/three: frontend 198.19.0.23:80/TCP not programmed: the services map is full (2 frontends)") {
         assert!(std::time::Instant::now() < deadline, "no report of the full map; log:\n{}", s.agent.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -135,11 +135,11 @@ fn full_backends_and_slots_maps_leave_new_frontends_out_whole() -> Result<()> {
     }
     wait_log(
         &s,
-        "capacity/two: frontend 198.19.0.22:80 not programmed: the backends map is full (3 backends)",
+        "capacity/two: frontend 198.19.0.22:80/TCP not programmed: the backends map is full (3 backends)",
     )?;
     wait_log(
         &s,
-        "capacity/three: frontend 198.19.0.23:80 not programmed: the slots map is full (4 backend slots)",
+        "capacity/three: frontend 198.19.0.23:80/TCP not programmed: the slots map is full (4 backend slots)",
     )?;
     let rows = s.agent.wait_frontend("198.19.0.21:80/TCP", 2)?;
     assert_eq!(rows.backends.len(), 2);

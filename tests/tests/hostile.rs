@@ -19,9 +19,10 @@
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_LOCAL, PROTO_TCP, PROTO_UDP,
-    SCOPE_EXTERNAL, SVC_FLAG_EXTERNAL,
+    ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_LOCAL, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    SVC_FLAG_EXTERNAL,
 };
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     dataplane::{
         loader::{tc_program, xdp_program, LoadOptions},
@@ -281,7 +282,7 @@ fn frontend(
     backends: Vec<Backend>,
 ) -> (ServiceKey, Frontend) {
     let key = ServiceKey {
-        addr,
+        addr: addr.into(),
         port,
         proto,
         scope: SCOPE_EXTERNAL,

@@ -186,10 +186,10 @@ fn frontends(state: &ClusterState) -> Vec<(String, Vec<String>)> {
         .iter()
         .map(|(k, f)| {
             (
-                format!("{}:{}", Ipv4Addr::from(k.addr), k.port),
+                format!("{}:{}", k.addr, k.port),
                 f.backends
                     .iter()
-                    .map(|b| format!("{}:{}", Ipv4Addr::from(b.addr), b.port))
+                    .map(|b| format!("{}:{}", b.addr, b.port))
                     .collect(),
             )
         })

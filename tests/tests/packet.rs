@@ -6,9 +6,10 @@ use std::net::Ipv4Addr;
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    flow_hash, AffinityKey, AffinityValue, Backend, ServiceKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM,
-    CT_FORWARD, CT_REPLY, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
+    flow_hash, AffinityKey, AffinityValue, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, CT_FORWARD, CT_REPLY,
+    PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
@@ -25,7 +26,7 @@ const B2: [u8; 4] = [198, 18, 1, 12];
 fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
     (
         ServiceKey {
-            addr: VIP,
+            addr: VIP.into(),
             port,
             proto,
             scope: SCOPE_EXTERNAL,
@@ -616,7 +617,7 @@ fn a_reply_to_a_node_port_goes_straight_to_the_clients_device() -> Result<()> {
         ALG_RANDOM,
         vec![backend(B1, 8080, PROTO_TCP)],
     );
-    key.addr = NODE_IP;
+    key.addr = NODE_IP.into();
     let mut dp = dataplane(vec![(key, f)])?;
     let syn = Pkt::tcp(UPLINK_CLIENT, 40010, NODE_IP, 30080);
     let (action, out) = run_in(&fib, &mut dp, &syn.build())?;

@@ -640,13 +640,16 @@ fn a_restarted_agent_prunes_what_went_away_while_it_was_down_and_keeps_the_rest(
     let steady = |p: &weir::dataplane::sync::Programmed| {
         p.services
             .iter()
-            .filter(|(k, _)| k.addr == CLUSTER_IP.octets())
+            .filter(|(k, _)| k.addr == std::net::IpAddr::from(CLUSTER_IP))
             .map(|(k, v)| (*k, v.value.id, v.backend_ids.clone()))
             .collect::<Vec<_>>()
     };
     assert_eq!(after.services.len(), 2, "{after:?}");
     assert!(
-        after.services.keys().all(|k| k.addr != gone_ip.octets()),
+        after
+            .services
+            .keys()
+            .all(|k| k.addr != std::net::IpAddr::from(gone_ip)),
         "the removed service is still programmed"
     );
     assert_eq!(steady(&after), steady(&before), "the kept services changed");

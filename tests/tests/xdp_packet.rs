@@ -7,11 +7,12 @@
 use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
-    Backend, ServiceKey, ALG_RANDOM, BACKEND_LOCAL, CT_FORWARD, DROP_NO_LOCAL_ENDPOINT,
-    DROP_SOURCE_RANGE, PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN,
-    SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
+    ALG_RANDOM, BACKEND_LOCAL, CT_FORWARD, DROP_NO_LOCAL_ENDPOINT, DROP_SOURCE_RANGE, PROTO_TCP,
+    PROTO_UDP, SCOPE_EXTERNAL, SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_DROP_IF_EMPTY,
+    SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 use std::net::Ipv4Addr;
+use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     dataplane::{loader::xdp_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
@@ -51,7 +52,7 @@ fn frontend(
 ) -> (ServiceKey, Frontend) {
     (
         ServiceKey {
-            addr,
+            addr: addr.into(),
             port,
             proto,
             scope: SCOPE_EXTERNAL,
@@ -220,7 +221,7 @@ fn a_client_outside_the_source_ranges_is_dropped_and_counted() -> Result<()> {
         SVC_FLAG_EXTERNAL | SVC_FLAG_SOURCE_RANGES,
         vec![local(LOCAL_POD, 8080, PROTO_TCP)],
     );
-    lb.source_ranges = vec![(Ipv4Addr::new(198, 18, 50, 0), 24)];
+    lb.source_ranges = vec![(Ipv4Addr::new(198, 18, 50, 0).into(), 24)];
     let mut dp = dataplane(vec![(key, lb)])?;
     let outside = Pkt::tcp(CLIENT, 40002, LB_IP, 80).build();
     let (action, out) = run(&mut dp, &outside, None)?;

@@ -76,7 +76,11 @@ pub fn service_ports(state: &ClusterState) -> Vec<SvcPort> {
         {
             continue;
         }
-        let Some(cluster_ip) = svc.cluster_ips.first() else {
+        // kube-proxy's IPv4 proxier: the Service's IPv4 cluster IP.
+        let Some(cluster_ip) = svc.cluster_ips.iter().find_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        }) else {
             continue;
         };
         let slices = index.of(&svc.id);
@@ -84,16 +88,19 @@ pub fn service_ports(state: &ClusterState) -> Vec<SvcPort> {
             if port.protocol == Protocol::Sctp {
                 continue;
             }
-            let endpoints = backends(slices, port)
+            let endpoints = backends(slices, weir::model::Family::V4, port)
                 .iter()
-                .map(|b| (Ipv4Addr::from(b.addr), b.port))
+                .filter_map(|b| match b.addr {
+                    std::net::IpAddr::V4(a) => Some((a, b.port)),
+                    std::net::IpAddr::V6(_) => None,
+                })
                 .collect();
             out.push(SvcPort {
                 namespace: svc.id.namespace.clone(),
                 name: svc.id.name.clone(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
-                cluster_ip: *cluster_ip,
+                cluster_ip,
                 port: port.port,
                 node_port: (svc.service_type == ServiceType::NodePort)
                     .then_some(port.node_port)
@@ -175,6 +182,7 @@ pub(crate) mod fixture {
                 std::sync::Arc::new(EndpointSlice {
                     id: slice,
                     service_name: name.into(),
+                    family: weir::model::Family::V4,
                     ports: vec![EndpointPort {
                         name: "p".into(),
                         port: target,

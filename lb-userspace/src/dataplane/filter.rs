@@ -15,12 +15,15 @@
 //!   restart never lets a packet of a live flow through untranslated.
 use std::collections::HashMap;
 
+use std::net::IpAddr;
+
 use lb_common::{
-    filter::{filter_bit, FilterBit, Half, FILTER_HALF_WORDS, FILTER_WORDS},
-    Backend, CtKey, ServiceKey,
+    filter::{filter_bit, fold6, FilterBit, Half, FILTER_HALF_WORDS, FILTER_WORDS},
+    CtKey,
 };
 
 use super::sync::{Op, Programmed};
+use crate::frontend::{Backend, FrontendKey};
 
 /// The filter's words, wherever they live (the mmapped map, or a test's Vec).
 pub trait Words {
@@ -37,12 +40,21 @@ impl Words for Vec<u64> {
     }
 }
 
-pub fn frontend_bit(k: &ServiceKey) -> FilterBit {
-    filter_bit(Half::Frontend, k.addr, k.port, k.proto)
+/// The 32 bits of an address the filter hashes (lb_common::filter::fold6
+/// for IPv6, as the kernel does).
+fn filter_addr(addr: IpAddr) -> [u8; 4] {
+    match addr {
+        IpAddr::V4(a) => a.octets(),
+        IpAddr::V6(a) => fold6(a.octets()),
+    }
+}
+
+pub fn frontend_bit(k: &FrontendKey) -> FilterBit {
+    filter_bit(Half::Frontend, filter_addr(k.addr), k.port, k.proto)
 }
 
 pub fn backend_bit(b: &Backend) -> FilterBit {
-    filter_bit(Half::Reply, b.addr, b.port, b.proto)
+    filter_bit(Half::Reply, filter_addr(b.addr), b.port, b.proto)
 }
 
 /// The bit of a conntrack entry's packets' source: for a reply entry, the
@@ -324,9 +336,9 @@ mod tests {
         Filter::new(vec![0; FILTER_WORDS as usize])
     }
 
-    fn key(addr: [u8; 4], port: u16) -> ServiceKey {
-        ServiceKey {
-            addr,
+    fn key(addr: [u8; 4], port: u16) -> FrontendKey {
+        FrontendKey {
+            addr: addr.into(),
             port,
             proto: PROTO_TCP,
             scope: SCOPE_EXTERNAL,
@@ -347,14 +359,14 @@ mod tests {
 
     fn backend(addr: [u8; 4]) -> Backend {
         Backend {
-            addr,
+            addr: addr.into(),
             port: 8080,
             proto: PROTO_TCP,
             state: BACKEND_ACTIVE,
         }
     }
 
-    fn with_service(k: ServiceKey) -> Programmed {
+    fn with_service(k: FrontendKey) -> Programmed {
         let mut p = Programmed::default();
         p.services.insert(
             k,

@@ -399,7 +399,7 @@ impl Dataplane {
     pub fn sync_changes(
         &mut self,
         desired: &Desired,
-        changed: &std::collections::BTreeSet<lb_common::ServiceKey>,
+        changed: &std::collections::BTreeSet<crate::frontend::FrontendKey>,
     ) -> Result<SyncStats, LoadError> {
         if self.full_sync_needed {
             return self.sync(desired);

@@ -14,7 +14,10 @@ use lb_common::{
     MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
 };
 
+use std::net::{IpAddr, SocketAddr};
+
 use super::sync::{restore, Op, Programmed};
+use crate::frontend::{Backend as AnyBackend, FrontendKey};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -24,6 +27,12 @@ pub enum MapsError {
     Map {
         name: &'static str,
         source: MapError,
+    },
+    /// An entry of a family the loaded datapath has no maps for.
+    #[error("{what}: the datapath has no {family} maps")]
+    Family {
+        what: String,
+        family: crate::model::Family,
     },
     /// A planned write failed.
     #[error("map {}: {}: {}", .0.name, .0.what, .0.source)]
@@ -37,25 +46,20 @@ pub struct WriteFailure {
     /// E.g. "writing frontend 198.19.0.10:80/TCP".
     pub what: String,
     /// The frontend written, when the entry is one (to name its Service).
-    pub frontend: Option<ServiceKey>,
+    pub frontend: Option<FrontendKey>,
     pub source: MapError,
 }
 
 /// What an operation writes, for error messages.
-fn describe(op: &Op) -> (String, Option<ServiceKey>) {
-    let addr = |a: [u8; 4]| std::net::Ipv4Addr::from(a);
-    let frontend = |k: &ServiceKey| {
-        format!(
-            "frontend {}:{}/{}",
-            addr(k.addr),
-            k.port,
-            crate::model::Protocol::name_of(k.proto)
-        )
-    };
+fn describe(op: &Op) -> (String, Option<FrontendKey>) {
+    let frontend = |k: &FrontendKey| format!("frontend {k}");
     match op {
         Op::PutMaglev(t, _) => (format!("writing Maglev table {t}"), None),
         Op::PutBackend(id, b) => (
-            format!("writing backend {id} ({}:{})", addr(b.addr), b.port),
+            format!(
+                "writing backend {id} ({})",
+                std::net::SocketAddr::new(b.addr, b.port)
+            ),
             None,
         ),
         Op::PutSlot(k, _) => (
@@ -65,12 +69,12 @@ fn describe(op: &Op) -> (String, Option<ServiceKey>) {
         Op::PutRevNat(id, _) => (format!("writing reverse NAT of service id {id}"), None),
         Op::PutService(k, _) => (format!("writing {}", frontend(k)), Some(*k)),
         Op::PutSourceRange(id, a, p) => (
-            format!("writing source range {}/{p} of service id {id}", addr(*a)),
+            format!("writing source range {a}/{p} of service id {id}"),
             None,
         ),
         Op::DelService(k) => (format!("removing {}", frontend(k)), Some(*k)),
         Op::DelSourceRange(id, a, p) => (
-            format!("removing source range {}/{p} of service id {id}", addr(*a)),
+            format!("removing source range {a}/{p} of service id {id}"),
             None,
         ),
         Op::DelSlot(k) => (
@@ -225,9 +229,15 @@ impl Maps {
     /// Reads what the maps hold (entries that fail to read are skipped).
     pub fn read(&self) -> Programmed {
         let mut p = restore(
-            self.services.iter().filter_map(Result::ok),
+            self.services
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (frontend_key(&k), v)),
             self.slots.iter().filter_map(Result::ok),
-            self.backends.iter().filter_map(Result::ok),
+            self.backends
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(id, b)| (id, any_backend(&b))),
         );
         p.source_ranges = self
             .src_ranges
@@ -237,7 +247,7 @@ impl Maps {
                 let r = k.data();
                 (
                     u32::from_be_bytes(r.service_id),
-                    r.addr,
+                    IpAddr::from(r.addr),
                     k.prefix_len().saturating_sub(32) as u8,
                 )
             })
@@ -258,6 +268,10 @@ impl Maps {
                 }))
             }
         };
+        let family = |what: &str, addr: IpAddr| MapsError::Family {
+            what: what.to_string(),
+            family: crate::model::Family::of(addr),
+        };
         match *op {
             Op::PutMaglev(table, ref entries) => {
                 let base = table * maglev_m;
@@ -268,25 +282,94 @@ impl Maps {
                 }
                 Ok(())
             }
-            Op::PutBackend(id, b) => self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS)),
+            Op::PutBackend(id, b) => {
+                let b = backend4(&b).ok_or_else(|| family("backend", b.addr))?;
+                self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS))
+            }
             Op::PutSlot(k, id) => self.slots.insert(k, id, 0).map_err(e(MAP_SLOTS)),
-            Op::PutRevNat(id, r) => self.revnat.insert(id, r, 0).map_err(e(MAP_REVNAT)),
-            Op::PutService(k, v) => self.services.insert(k, v, 0).map_err(e(MAP_SERVICES)),
-            Op::DelService(k) => ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES)),
+            Op::PutRevNat(id, r) => {
+                let r = revnat4(r).ok_or_else(|| family("reverse NAT", r.ip()))?;
+                self.revnat.insert(id, r, 0).map_err(e(MAP_REVNAT))
+            }
+            Op::PutService(k, v) => {
+                let k = service_key4(&k).ok_or_else(|| family("frontend", k.addr))?;
+                self.services.insert(k, v, 0).map_err(e(MAP_SERVICES))
+            }
+            Op::DelService(k) => {
+                let k = service_key4(&k).ok_or_else(|| family("frontend", k.addr))?;
+                ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES))
+            }
             Op::DelSlot(k) => ignore_missing(self.slots.remove(&k)).map_err(e(MAP_SLOTS)),
             Op::DelRevNat(id) => ignore_missing(self.revnat.remove(&id)).map_err(e(MAP_REVNAT)),
-            Op::PutSourceRange(id, addr, prefix) => self
-                .src_ranges
-                .insert(&source_range_key(id, addr, prefix), 1, 0)
-                .map_err(e(MAP_SOURCE_RANGES)),
+            Op::PutSourceRange(id, addr, prefix) => {
+                let a = v4(addr).ok_or_else(|| family("source range", addr))?;
+                self.src_ranges
+                    .insert(&source_range_key(id, a, prefix), 1, 0)
+                    .map_err(e(MAP_SOURCE_RANGES))
+            }
             Op::DelSourceRange(id, addr, prefix) => {
-                ignore_missing(self.src_ranges.remove(&source_range_key(id, addr, prefix)))
+                let a = v4(addr).ok_or_else(|| family("source range", addr))?;
+                ignore_missing(self.src_ranges.remove(&source_range_key(id, a, prefix)))
                     .map_err(e(MAP_SOURCE_RANGES))
             }
             Op::DelBackend(id) => {
                 ignore_missing(self.backends.remove(&id)).map_err(e(MAP_BACKENDS))
             }
         }
+    }
+}
+
+/// The octets of an IPv4 address; None for IPv6.
+pub fn v4(addr: IpAddr) -> Option<[u8; 4]> {
+    match addr {
+        IpAddr::V4(a) => Some(a.octets()),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// The kernel's IPv4 frontend key of `k`.
+pub fn service_key4(k: &FrontendKey) -> Option<ServiceKey> {
+    Some(ServiceKey {
+        addr: v4(k.addr)?,
+        port: k.port,
+        proto: k.proto,
+        scope: k.scope,
+    })
+}
+
+/// The kernel's IPv4 backend of `b`.
+pub fn backend4(b: &AnyBackend) -> Option<Backend> {
+    Some(Backend {
+        addr: v4(b.addr)?,
+        port: b.port,
+        proto: b.proto,
+        state: b.state,
+    })
+}
+
+fn revnat4(a: SocketAddr) -> Option<RevNat> {
+    Some(RevNat {
+        addr: v4(a.ip())?,
+        port: a.port(),
+        _pad: 0,
+    })
+}
+
+pub fn frontend_key(k: &ServiceKey) -> FrontendKey {
+    FrontendKey {
+        addr: IpAddr::from(k.addr),
+        port: k.port,
+        proto: k.proto,
+        scope: k.scope,
+    }
+}
+
+pub fn any_backend(b: &Backend) -> AnyBackend {
+    AnyBackend {
+        addr: IpAddr::from(b.addr),
+        port: b.port,
+        proto: b.proto,
+        state: b.state,
     }
 }
 

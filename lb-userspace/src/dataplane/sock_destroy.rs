@@ -17,10 +17,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
 };
 
-use lb_common::{Backend, BACKEND_TERMINATING, PROTO_TCP, PROTO_UDP};
+use lb_common::{BACKEND_TERMINATING, PROTO_TCP, PROTO_UDP};
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
@@ -32,13 +32,15 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 /// A backend whose sockets are to be ended: address, port (host order), protocol.
-pub type Endpoint = (Ipv4Addr, u16, u8);
+pub type Endpoint = (IpAddr, u16, u8);
+
+use crate::frontend::Backend;
 
 /// The backends of `before` that `after` no longer has (all their sockets
 /// end), and those `after` has only as terminating while `before` had them
 /// active (their UDP sockets end). Pure.
 pub fn gone(before: &BTreeMap<u32, Backend>, after: &BTreeMap<u32, Backend>) -> Vec<Endpoint> {
-    let key = |b: &Backend| (Ipv4Addr::from(b.addr), b.port, b.proto);
+    let key = |b: &Backend| (b.addr, b.port, b.proto);
     let now: BTreeMap<Endpoint, bool> = after.values().fold(BTreeMap::new(), |mut m, b| {
         let active = b.state & BACKEND_TERMINATING == 0;
         *m.entry(key(b)).or_insert(false) |= active;
@@ -66,7 +68,7 @@ pub fn gone(before: &BTreeMap<u32, Backend>, after: &BTreeMap<u32, Backend>) -> 
 /// could not be (e.g. a kernel without CONFIG_INET_DIAG_DESTROY).
 pub fn end_sockets(
     gone: &[Endpoint],
-    translated: &BTreeSet<(u64, Ipv4Addr, u16)>,
+    translated: &BTreeSet<(u64, IpAddr, u16)>,
 ) -> io::Result<(usize, Vec<String>)> {
     let mut ended = 0;
     let mut failed = Vec::new();
@@ -75,9 +77,7 @@ pub fn end_sockets(
             continue;
         }
         for id in dump(proto)? {
-            let (IpAddr::V4(dst), port) = (id.destination_address, id.destination_port) else {
-                continue;
-            };
+            let (dst, port) = (id.destination_address, id.destination_port);
             let cookie = u64::from_ne_bytes(id.cookie);
             let wanted =
                 gone.contains(&(dst, port, proto)) && translated.contains(&(cookie, dst, port));
@@ -178,7 +178,7 @@ mod tests {
 
     fn backend(last: u8, proto: u8, state: u8) -> Backend {
         Backend {
-            addr: [198, 18, 1, last],
+            addr: [198, 18, 1, last].into(),
             port: 53,
             proto,
             state,
@@ -201,7 +201,7 @@ mod tests {
             // 15 moved to another id, still active: stays.
             (9, backend(15, PROTO_UDP, BACKEND_ACTIVE)),
         ]);
-        let ip = |last| Ipv4Addr::new(198, 18, 1, last);
+        let ip = |last| IpAddr::from([198, 18, 1, last]);
         assert_eq!(
             gone(&before, &after),
             vec![

@@ -297,7 +297,7 @@ impl Dataplane {
     /// others could not be ended.
     pub fn end_sockets_of_gone_backends(
         &self,
-        before: &std::collections::BTreeMap<u32, lb_common::Backend>,
+        before: &std::collections::BTreeMap<u32, crate::frontend::Backend>,
     ) -> std::io::Result<(usize, Vec<String>)> {
         let gone = super::sock_destroy::gone(before, &self.programmed().backends);
         if gone.is_empty() {
@@ -311,7 +311,7 @@ impl Dataplane {
             .map(|k| {
                 (
                     k.cookie,
-                    std::net::Ipv4Addr::from(k.backend_addr),
+                    std::net::IpAddr::from(k.backend_addr),
                     k.backend_port,
                 )
             })

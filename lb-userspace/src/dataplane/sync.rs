@@ -7,16 +7,20 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use std::sync::Arc;
 
+use std::net::{IpAddr, SocketAddr};
+
 use lb_common::{
-    Backend, RevNat, ServiceKey, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, DEFAULT_MAGLEV_M,
-    MAX_BACKENDS, MAX_SERVICES, NO_MAGLEV_TABLE, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    SVC_FLAG_HAS_INTERNAL,
+    ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, DEFAULT_MAGLEV_M, MAX_BACKENDS, MAX_SERVICES,
+    NO_MAGLEV_TABLE, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_HAS_INTERNAL,
 };
 
-use crate::translate::Desired;
+use crate::{
+    frontend::{Backend, FrontendKey},
+    translate::Desired,
+};
 
 /// A backend's identity: address, port and protocol (its state may change).
-pub type BackendAddr = ([u8; 4], u16, u8);
+pub type BackendAddr = (IpAddr, u16, u8);
 
 pub fn backend_addr(b: &Backend) -> BackendAddr {
     (b.addr, b.port, b.proto)
@@ -33,7 +37,7 @@ pub struct ProgrammedService {
 /// at start so that ids (and with them live conntrack entries) stay valid.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Programmed {
-    pub services: BTreeMap<ServiceKey, ProgrammedService>,
+    pub services: BTreeMap<FrontendKey, ProgrammedService>,
     pub backends: BTreeMap<u32, Backend>,
     /// The last ids handed out: allocation continues after them, so an id
     /// freed by one sync is not reused by the next one while conntrack
@@ -62,7 +66,7 @@ pub struct Index {
 }
 
 /// A source range of one service id: (service id, network address, prefix).
-pub type SourceRangeEntry = (u32, [u8; 4], u8);
+pub type SourceRangeEntry = (u32, IpAddr, u8);
 
 /// `addr/prefix` with the host bits cleared: the LPM trie treats
 /// 198.18.0.5/16 and 198.18.0.0/16 as one key, so the plan must too.
@@ -112,13 +116,14 @@ pub enum Op {
     PutMaglev(u32, Arc<Vec<u32>>),
     PutBackend(u32, Backend),
     PutSlot(SlotKey, u32),
-    PutRevNat(u32, RevNat),
-    PutService(ServiceKey, ServiceValue),
+    /// The frontend restored as the source of replies, by service id.
+    PutRevNat(u32, SocketAddr),
+    PutService(FrontendKey, ServiceValue),
     /// A loadBalancerSourceRanges entry (service id, network, prefix),
     /// written before the service entry that turns the check on.
-    PutSourceRange(u32, [u8; 4], u8),
-    DelService(ServiceKey),
-    DelSourceRange(u32, [u8; 4], u8),
+    PutSourceRange(u32, IpAddr, u8),
+    DelService(FrontendKey),
+    DelSourceRange(u32, IpAddr, u8),
     DelSlot(SlotKey),
     DelRevNat(u32),
     DelBackend(u32),
@@ -244,10 +249,8 @@ pub fn fit(current: &Programmed, desired: &Desired, cfg: &PlanConfig) -> (Desire
         };
         if let Some(reason) = full {
             warnings.push(format!(
-                "Service {}: frontend {}:{} not programmed: {reason}",
+                "Service {}: frontend {key} not programmed: {reason}",
                 frontend.service,
-                std::net::Ipv4Addr::from(key.addr),
-                key.port
             ));
             continue;
         }
@@ -327,7 +330,7 @@ pub(super) fn maglev_tables_used(p: &Programmed) -> BTreeSet<u32> {
 /// the source range entries it needs.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn plan_frontend(
-    key: &ServiceKey,
+    key: &FrontendKey,
     frontend: &crate::translate::Frontend,
     old: Option<&ProgrammedService>,
     id: u32,
@@ -357,14 +360,8 @@ pub(super) fn plan_frontend(
         }));
     }
     if old.is_none() {
-        ops.put_revnat.push(Op::PutRevNat(
-            id,
-            RevNat {
-                addr: key.addr,
-                port: key.port,
-                _pad: 0,
-            },
-        ));
+        ops.put_revnat
+            .push(Op::PutRevNat(id, SocketAddr::new(key.addr, key.port)));
     }
     let mut algorithm = frontend.algorithm;
     let mut maglev_table = NO_MAGLEV_TABLE;
@@ -384,17 +381,15 @@ pub(super) fn plan_frontend(
             maglev_table = t;
         } else {
             warnings.push(format!(
-                "Service {}: all {} Maglev tables are in use (--maglev-max-services); using hash for {}:{}",
+                "Service {}: all {} Maglev tables are in use (--maglev-max-services); using hash for {key}",
                 frontend.service,
                 cfg.maglev_tables,
-                std::net::Ipv4Addr::from(key.addr),
-                key.port
             ));
             algorithm = ALG_HASH;
             ops.maglev_fallbacks += 1;
         }
     }
-    let internal = ServiceKey {
+    let internal = FrontendKey {
         scope: SCOPE_INTERNAL,
         ..*key
     };
@@ -415,7 +410,8 @@ pub(super) fn plan_frontend(
     let mut ranges = Vec::new();
     if frontend.flags & lb_common::SVC_FLAG_SOURCE_RANGES != 0 {
         for (addr, prefix) in &frontend.source_ranges {
-            let entry = (id, network(*addr, *prefix), (*prefix).min(32));
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let entry = (id, network(*addr, *prefix), (*prefix).min(max));
             if !ranges.contains(&entry) {
                 ranges.push(entry);
             }
@@ -429,7 +425,7 @@ pub(super) fn plan_frontend(
 
 /// Plans the removal of frontend `key` (programmed as `old`); its source
 /// ranges are the caller's.
-pub(super) fn remove_frontend(key: &ServiceKey, old: &ProgrammedService, ops: &mut Ops) {
+pub(super) fn remove_frontend(key: &FrontendKey, old: &ProgrammedService, ops: &mut Ops) {
     ops.removals.push(Op::DelService(*key));
     for slot in 1..=old.backend_ids.len() as u32 {
         ops.removals.push(Op::DelSlot(SlotKey {
@@ -551,12 +547,12 @@ pub fn plan_with(
 
 /// Rebuilds `Programmed` from map contents (services, slots, backends).
 pub fn restore(
-    services: impl IntoIterator<Item = (ServiceKey, ServiceValue)>,
+    services: impl IntoIterator<Item = (FrontendKey, ServiceValue)>,
     slots: impl IntoIterator<Item = (SlotKey, u32)>,
     backends: impl IntoIterator<Item = (u32, Backend)>,
 ) -> Programmed {
     let slots: BTreeMap<SlotKey, u32> = slots.into_iter().collect();
-    let services: BTreeMap<ServiceKey, ProgrammedService> = services
+    let services: BTreeMap<FrontendKey, ProgrammedService> = services
         .into_iter()
         .map(|(key, value)| {
             let backend_ids = (1..=value.count)

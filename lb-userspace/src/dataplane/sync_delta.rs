@@ -10,13 +10,18 @@
 //! frontends stay out. The caller plans in full instead.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use lb_common::{Backend, ServiceKey, SCOPE_EXTERNAL, SCOPE_INTERNAL};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{SCOPE_EXTERNAL, SCOPE_INTERNAL};
 
 use super::sync::{
     allocate_where, backend_addr, maglev_tables_used, plan_frontend, remove_frontend, BackendAddr,
     Op, Ops, PlanConfig, PlanError, Programmed, ProgrammedService, SourceRangeEntry,
 };
-use crate::translate::Desired;
+use crate::{
+    frontend::{Backend, FrontendKey},
+    translate::Desired,
+};
 
 /// A plan of changes, and what it does to `Programmed` once applied.
 #[derive(Debug, Default)]
@@ -26,7 +31,7 @@ pub struct Delta {
     /// As `Plan::maglev_fallbacks`.
     pub maglev_fallbacks: usize,
     /// Frontends written (Some) or removed (None).
-    services: Vec<(ServiceKey, Option<ProgrammedService>)>,
+    services: Vec<(FrontendKey, Option<ProgrammedService>)>,
     /// Backends written (Some) or removed (None).
     backends: Vec<(u32, Option<Backend>)>,
     ranges_added: Vec<SourceRangeEntry>,
@@ -37,11 +42,11 @@ pub struct Delta {
 
 /// The keys to plan for a change of `changed`: an internal-scope entry
 /// comes and goes with a flag on its external sibling, so that is planned too.
-fn with_siblings(changed: &BTreeSet<ServiceKey>) -> BTreeSet<ServiceKey> {
+fn with_siblings(changed: &BTreeSet<FrontendKey>) -> BTreeSet<FrontendKey> {
     let mut keys = changed.clone();
     for k in changed {
         if k.scope == SCOPE_INTERNAL {
-            keys.insert(ServiceKey {
+            keys.insert(FrontendKey {
                 scope: SCOPE_EXTERNAL,
                 ..*k
             });
@@ -53,7 +58,10 @@ fn with_siblings(changed: &BTreeSet<ServiceKey>) -> BTreeSet<ServiceKey> {
 /// The source range entries of service id `id` in `p`.
 fn ranges_of(p: &Programmed, id: u32) -> Vec<SourceRangeEntry> {
     p.source_ranges
-        .range((id, [0; 4], 0)..=(id, [255; 4], u8::MAX))
+        .range(
+            (id, IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
+                ..=(id, IpAddr::V6(Ipv6Addr::from(u128::MAX)), u8::MAX),
+        )
         .copied()
         .collect()
 }
@@ -64,7 +72,7 @@ fn ranges_of(p: &Programmed, id: u32) -> Vec<SourceRangeEntry> {
 pub fn plan_delta(
     current: &Programmed,
     desired: &Desired,
-    changed: &BTreeSet<ServiceKey>,
+    changed: &BTreeSet<FrontendKey>,
     cfg: &PlanConfig,
 ) -> Result<Option<Delta>, PlanError> {
     let keys = with_siblings(changed);

@@ -183,10 +183,30 @@ pub fn device_addrs() -> BTreeMap<String, Ipv4Addr> {
     out
 }
 
+/// Every address of both families but IPv6 link-local ones (fe80::/10,
+/// which name no node to a client elsewhere), by device name.
+fn ip_addrs() -> Vec<(String, std::net::IpAddr)> {
+    nix::ifaddrs::getifaddrs()
+        .into_iter()
+        .flatten()
+        .filter_map(|ifa| {
+            let a = ifa.address.as_ref()?;
+            let ip = match (a.as_sockaddr_in(), a.as_sockaddr_in6()) {
+                (Some(v4), _) => std::net::IpAddr::V4(v4.ip()),
+                (None, Some(v6)) if v6.ip().segments()[0] & 0xffc0 != 0xfe80 => {
+                    std::net::IpAddr::V6(v6.ip())
+                }
+                _ => return None,
+            };
+            Some((ifa.interface_name, ip))
+        })
+        .collect()
+}
+
 /// This node's addresses: those of the uplinks `devices` (in their order)
-/// and every non-loopback one.
+/// and every non-loopback one, of both families.
 pub fn local_addresses(devices: &[String]) -> crate::node_addrs::LocalAddresses {
-    let addrs = ipv4_addrs();
+    let addrs = ip_addrs();
     let mut local = crate::node_addrs::LocalAddresses::default();
     for device in devices {
         for (_, addr) in addrs.iter().filter(|(name, _)| name == device) {

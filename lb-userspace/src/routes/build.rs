@@ -2,7 +2,7 @@
 //! of what was skipped (each naming its object) out.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{SocketAddr, SocketAddrV4},
+    net::SocketAddr,
     sync::Arc,
 };
 
@@ -319,15 +319,21 @@ impl Upstreams {
 /// The endpoints of a Service port for the proxy, by the L4 datapath's rules:
 /// every slice merged and deduplicated, ready endpoints (serving-terminating
 /// ones when none is ready), and with internalTrafficPolicy Local only this
-/// node's.
+/// node's. The endpoints are those of the Service's primary family (its
+/// first cluster IP's), so that a dual-stack pod is not counted twice.
 pub fn endpoints(
     state: &ClusterState,
     svc: &Service,
     port_name: &str,
     node_name: &str,
 ) -> Vec<SocketAddr> {
-    let mut seen: BTreeMap<SocketAddrV4, (bool, bool)> = BTreeMap::new();
-    for slice in state.slices_of(&svc.id) {
+    let mut seen: BTreeMap<SocketAddr, (bool, bool)> = BTreeMap::new();
+    // A headless Service has no primary family: every slice counts.
+    let family = (!svc.cluster_ips.is_empty()).then(|| svc.primary_family());
+    for slice in state
+        .slices_of(&svc.id)
+        .filter(|s| family.is_none_or(|f| s.family == f))
+    {
         let Some(sp) = slice
             .ports
             .iter()
@@ -341,20 +347,20 @@ pub fn endpoints(
             {
                 continue;
             }
-            seen.entry(SocketAddrV4::new(ep.address, sp.port))
+            seen.entry(SocketAddr::new(ep.address, sp.port))
                 .or_insert((ep.ready, ep.serving && ep.terminating));
         }
     }
     let ready: Vec<SocketAddr> = seen
         .iter()
         .filter(|(_, (ready, _))| *ready)
-        .map(|(a, _)| SocketAddr::V4(*a))
+        .map(|(a, _)| *a)
         .collect();
     if !ready.is_empty() {
         return ready;
     }
     seen.iter()
         .filter(|(_, (_, st))| *st)
-        .map(|(a, _)| SocketAddr::V4(*a))
+        .map(|(a, _)| *a)
         .collect()
 }

@@ -1,5 +1,5 @@
 //! k8s-openapi objects -> model, with validation. Each error names the field.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use k8s_openapi::api::{
     core::v1::{Node as K8sNode, Service as K8sService},
@@ -8,7 +8,7 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, Node, ObjectRef, Protocol, Service, ServicePort,
+    Endpoint, EndpointPort, EndpointSlice, Family, Node, ObjectRef, Protocol, Service, ServicePort,
     ServiceType,
 };
 
@@ -85,18 +85,8 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
         (_, Some(ip)) => vec![("spec.clusterIP".into(), ip.clone())],
         _ => vec![],
     };
-    let mut cluster_ips = Vec::new();
-    for (field, ip) in ips {
-        if ip.is_empty() || ip == "None" {
-            continue;
-        }
-        match ip.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(v4)) => cluster_ips.push(v4),
-            // IPv6 is not in the datapath yet; dual-stack services keep their IPv4 side.
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => return Err(err(field, format!("invalid IP address {ip:?}"))),
-        }
-    }
+    let families = spec.ip_families.clone().unwrap_or_default();
+    let (cluster_ips, problems) = cluster_ips(&ips, &families)?;
     let mut ports = Vec::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = |f: &str| format!("spec.ports[{i}].{f}");
@@ -111,7 +101,7 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
             app_protocol: p.app_protocol.clone(),
         });
     }
-    let external_ips = ipv4_list(
+    let external_ips = ip_list(
         spec.external_ips.iter().flatten().map(String::as_str),
         "spec.externalIPs",
     )?;
@@ -122,7 +112,7 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
         .and_then(|lb| lb.ingress.as_ref())
         .map(|ingress| ingress.iter().filter_map(|i| i.ip.clone()).collect())
         .unwrap_or_default();
-    let load_balancer_ips = ipv4_list(
+    let load_balancer_ips = ip_list(
         lb_ingress.iter().map(String::as_str),
         "status.loadBalancer.ingress",
     )?;
@@ -179,29 +169,63 @@ pub fn service(svc: &K8sService) -> Result<Service, FieldError> {
                 .unwrap_or_default(),
             svc.metadata.annotations.as_ref(),
         )?,
+        problems,
     })
+}
+
+/// The cluster IPs of `ips` (field, value), each checked against
+/// spec.ipFamilies (`families`, by index; absent in older objects and
+/// hand-written files, where an address's own family counts). An address of
+/// the wrong family, or a second one of a family, is skipped with a problem
+/// naming the field, so that the Service's other family is still served; an
+/// address that does not parse fails the Service.
+fn cluster_ips(
+    ips: &[(String, String)],
+    families: &[String],
+) -> Result<(Vec<IpAddr>, Vec<String>), FieldError> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, (field, ip)) in ips.iter().enumerate() {
+        if ip.is_empty() || ip == "None" {
+            continue;
+        }
+        let addr = ip
+            .parse::<IpAddr>()
+            .map_err(|_| err(field.as_str(), format!("invalid IP address {ip:?}")))?;
+        let family = Family::of(addr);
+        if let Some(wanted) = families.get(i) {
+            if wanted != family.api_name() {
+                problems.push(format!(
+                    "{field}: {addr} is an {family} address but spec.ipFamilies[{i}] is {wanted:?}; that address is not served"
+                ));
+                continue;
+            }
+        }
+        if out.iter().any(|a| Family::of(*a) == family) {
+            problems.push(format!(
+                "{field}: a second {family} cluster IP ({addr}); only the first is served"
+            ));
+            continue;
+        }
+        out.push(addr);
+    }
+    Ok((out, problems))
 }
 
 /// sessionAffinityConfig.clientIP.timeoutSeconds when unset (3 hours, as in the API).
 pub const DEFAULT_AFFINITY_TIMEOUT: i64 = 10_800;
 
-/// IPv4 addresses from a list field; IPv6 entries are skipped (not in the datapath yet).
-fn ipv4_list<'a>(
+/// The addresses of a list field (either family).
+fn ip_list<'a>(
     values: impl Iterator<Item = &'a str>,
     field: &str,
-) -> Result<Vec<Ipv4Addr>, FieldError> {
+) -> Result<Vec<IpAddr>, FieldError> {
     let mut out = Vec::new();
     for (i, v) in values.enumerate() {
-        match v.parse::<std::net::IpAddr>() {
-            Ok(std::net::IpAddr::V4(ip)) => out.push(ip),
-            Ok(std::net::IpAddr::V6(_)) => {}
-            Err(_) => {
-                return Err(err(
-                    format!("{field}[{i}]"),
-                    format!("invalid IP address {v:?}"),
-                ))
-            }
-        }
+        let ip = v
+            .parse::<IpAddr>()
+            .map_err(|_| err(format!("{field}[{i}]"), format!("invalid IP address {v:?}")))?;
+        out.push(ip);
     }
     Ok(out)
 }
@@ -214,7 +238,7 @@ pub const SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-bala
 fn source_ranges(
     spec: &[String],
     annotations: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Vec<(Ipv4Addr, u8)>, FieldError> {
+) -> Result<Vec<(IpAddr, u8)>, FieldError> {
     let (field, values): (String, Vec<&str>) = if spec.is_empty() {
         let value = annotations
             .and_then(|a| a.get(SOURCE_RANGES_ANNOTATION))
@@ -238,13 +262,12 @@ fn source_ranges(
         let invalid = || err(format!("{field}[{i}]"), format!("invalid CIDR {v:?}"));
         let (addr, prefix) = v.split_once('/').ok_or_else(invalid)?;
         let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-        match addr.parse::<std::net::IpAddr>().map_err(|_| invalid())? {
-            std::net::IpAddr::V4(a) if prefix <= 32 => out.push((a, prefix)),
-            std::net::IpAddr::V4(_) => return Err(invalid()),
-            // IPv6 ranges concern IPv6 clients, which this datapath does not serve yet.
-            std::net::IpAddr::V6(_) if prefix <= 128 => {}
-            std::net::IpAddr::V6(_) => return Err(invalid()),
+        let addr = addr.parse::<IpAddr>().map_err(|_| invalid())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        if prefix > max {
+            return Err(invalid());
         }
+        out.push((addr, prefix));
     }
     Ok(out)
 }
@@ -265,20 +288,23 @@ pub fn trigger_time(
     humantime::parse_rfc3339_weak(value.trim()).ok()
 }
 
-/// Converts an EndpointSlice. Slices of another address type than IPv4 are
-/// `Ok(None)`: valid, but not for this datapath.
+/// Converts an EndpointSlice. FQDN slices are `Ok(None)`: valid, but not
+/// for a datapath of addresses. An address that is not of the slice's
+/// addressType fails the slice (its Service's other slices, and the slices
+/// of its other family, are still served).
 pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldError> {
     let id = object_ref(&slice.metadata)?;
-    match slice.address_type.as_str() {
-        "IPv4" => {}
-        "IPv6" | "FQDN" => return Ok(None),
+    let family = match slice.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        "FQDN" => return Ok(None),
         other => {
             return Err(err(
                 "addressType",
                 format!("unknown address type {other:?}"),
             ))
         }
-    }
+    };
     let service_name = slice
         .metadata
         .labels
@@ -304,12 +330,16 @@ pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldEr
             .addresses
             .first()
             .ok_or_else(|| err(format!("endpoints[{i}].addresses"), "empty"))?;
-        let address = first.parse::<Ipv4Addr>().map_err(|_| {
-            err(
-                format!("endpoints[{i}].addresses[0]"),
-                format!("invalid IPv4 address {first:?}"),
-            )
-        })?;
+        let address = first
+            .parse::<IpAddr>()
+            .ok()
+            .filter(|a| Family::of(*a) == family)
+            .ok_or_else(|| {
+                err(
+                    format!("endpoints[{i}].addresses[0]"),
+                    format!("{first:?} is not an {family} address (addressType {family})"),
+                )
+            })?;
         let c = e.conditions.clone().unwrap_or_default();
         let ready = c.ready.unwrap_or(true);
         endpoints.push(Endpoint {
@@ -330,6 +360,7 @@ pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldEr
     Ok(Some(EndpointSlice {
         id,
         service_name,
+        family,
         ports,
         endpoints,
     }))
@@ -349,7 +380,7 @@ pub fn node(node: &K8sNode) -> Result<Node, FieldError> {
         .map(|list| {
             list.iter()
                 .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-                .filter_map(|a| a.address.parse::<Ipv4Addr>().ok())
+                .filter_map(|a| a.address.parse::<IpAddr>().ok())
                 .collect()
         })
         .unwrap_or_default();
