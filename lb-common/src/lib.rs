@@ -9,6 +9,8 @@
 #![no_std]
 
 pub mod filter;
+pub mod v6;
+pub use v6::*;
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -71,6 +73,10 @@ pub const SNAT_PORT_TRIES: u32 = 8;
 /// Cilium does, because a packet from the pod's own address would be dropped
 /// as martian.
 pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+/// The IPv6 hairpin source: 100::42:1, in the discard-only prefix 100::/64
+/// (RFC 6666). Not link-local, so the pod routes its reply to its default
+/// gateway (the node), where tc reverse-translates it; it never leaves.
+pub const HAIRPIN_ADDR6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x42, 0, 1];
 
 /// Map names. The `_V1` suffix is the layout version: an incompatible layout
 /// gets a new name so that an old pin is never reused with the wrong types.
@@ -88,7 +94,19 @@ pub const MAP_MONITOR: &str = "MONITOR_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
 pub const MAP_SOURCE_RANGES: &str = "SRC_RANGES_V1";
 pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS_V1";
-pub const ALL_MAPS: [&str; 16] = [
+/// The IPv6 twins of the maps keyed or valued by addresses (v6.rs types);
+/// slots, Maglev tables and counters are shared by both families, since
+/// service and backend ids are unique across them.
+pub const MAP_SERVICES6: &str = "SERVICES6_V1";
+pub const MAP_BACKENDS6: &str = "BACKENDS6_V1";
+pub const MAP_REVNAT6: &str = "REVNAT6_V1";
+pub const MAP_CT6: &str = "CT6_V1";
+pub const MAP_AFFINITY6: &str = "AFFINITY6_V1";
+pub const MAP_SOURCE_RANGES6: &str = "SRC_RANGES6_V1";
+pub const MAP_NODE_ADDRS6: &str = "NODE_ADDRS6_V1";
+/// Packets passed untranslated for a reason worth counting (PASS_*).
+pub const MAP_PASSED: &str = "PASSED_V1";
+pub const ALL_MAPS: [&str; 24] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -105,6 +123,14 @@ pub const ALL_MAPS: [&str; 16] = [
     sock::MAP_SOCK_REVNAT,
     sock::MAP_SOCK_STATS,
     filter::MAP_FILTER,
+    MAP_SERVICES6,
+    MAP_BACKENDS6,
+    MAP_REVNAT6,
+    MAP_CT6,
+    MAP_AFFINITY6,
+    MAP_SOURCE_RANGES6,
+    MAP_NODE_ADDRS6,
+    MAP_PASSED,
 ];
 
 /// Pins of older layouts whose entries a new agent carries over: (old pin,
@@ -181,6 +207,14 @@ pub const DROP_REASON_NAMES: [&str; 5] = [
     "no_local_endpoint",
     "snat_failed",
 ];
+
+/// Reasons counted in PASSED_V1 (per-CPU u64 by index): packets that may be
+/// for a service but were passed on untranslated.
+/// An IPv6 packet with extension headers (the datapath does not walk them).
+pub const PASS_IPV6_EXT: u32 = 0;
+pub const PASS_REASONS: u32 = 4;
+/// Names of the pass reasons, by index, for metrics and the CLI.
+pub const PASS_REASON_NAMES: [&str; 1] = ["ipv6_extension_header"];
 
 /// Global in lb-ebpf holding the Maglev table size M (set at load time).
 pub const GLOBAL_MAGLEV_M: &str = "MAGLEV_M";
@@ -335,6 +369,22 @@ pub fn csum_replace4(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     )
 }
 
+/// As csum_replace4, for a 16-byte field (an IPv6 address).
+#[inline(always)]
+pub fn csum_replace16(check: u16, old: [u8; 16], new: [u8; 16]) -> u16 {
+    let mut c = check;
+    let mut i = 0;
+    while i < 16 {
+        c = csum_replace4(
+            c,
+            [old[i], old[i + 1], old[i + 2], old[i + 3]],
+            [new[i], new[i + 1], new[i + 2], new[i + 3]],
+        );
+        i += 4;
+    }
+    c
+}
+
 /// Per-service counters (per CPU, indexed by service id): new flows, and
 /// packets and bytes the datapath translated towards the service.
 #[repr(C)]
@@ -370,6 +420,18 @@ pub fn flow_hash(saddr: [u8; 4], daddr: [u8; 4], sport: u16, dport: u16, proto: 
     h = fmix(h ^ u32::from_be_bytes(daddr).rotate_left(13));
     h = fmix(h ^ (((sport as u32) << 16) | dport as u32));
     fmix(h ^ proto as u32)
+}
+
+/// `flow_hash` for IPv6: the addresses folded to 32 bits first.
+#[inline(always)]
+pub fn flow_hash6(saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16, proto: u8) -> u32 {
+    flow_hash(
+        filter::fold6(saddr),
+        filter::fold6(daddr),
+        sport,
+        dport,
+        proto,
+    )
 }
 
 #[inline(always)]

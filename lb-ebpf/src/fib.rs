@@ -16,24 +16,57 @@ use aya_ebpf::{
 
 use crate::{
     packet::{Packet, Tc, Xdp},
-    parse::{ETH_HLEN, IP_DST_OFF, IP_SRC_OFF},
+    parse::{ETH_HLEN, ETH_P_IPV6, IP_DST_OFF, IP_SRC_OFF},
+    parse6::{IP6_DST_OFF, IP6_HLEN, IP6_SRC_OFF},
 };
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 const BPF_FIB_LKUP_RET_NO_NEIGH: i64 = 7;
 
-/// The lookup request for the IPv4 packet in `p`, received on `ifindex`.
+/// The lookup request for the IPv4 or IPv6 packet in `p`, received on
+/// `ifindex`, with its length for the MTU check.
 #[inline(always)]
 fn request<P: Packet>(p: &P, ifindex: u32) -> Result<bpf_fib_lookup, i64> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = p.load::<u8>(ETH_HLEN + 9)?;
     params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.load::<[u8; 4]>(IP_SRC_OFF)?);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.load::<[u8; 4]>(IP_DST_OFF)?);
+    if u16::from_be_bytes(p.load::<[u8; 2]>(12)?) == ETH_P_IPV6 {
+        params.family = AF_INET6;
+        params.l4_protocol = p.load::<u8>(ETH_HLEN + 6)?;
+        params.__bindgen_anon_3.ipv6_src = words(p.load::<[u8; 16]>(IP6_SRC_OFF)?);
+        params.__bindgen_anon_4.ipv6_dst = words(p.load::<[u8; 16]>(IP6_DST_OFF)?);
+    } else {
+        params.family = AF_INET;
+        params.l4_protocol = p.load::<u8>(ETH_HLEN + 9)?;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.load::<[u8; 4]>(IP_SRC_OFF)?);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(p.load::<[u8; 4]>(IP_DST_OFF)?);
+    }
     Ok(params)
+}
+
+/// The IP packet's length, for the FIB's MTU check (XDP frames are never
+/// GSO, so their length is what goes on the wire).
+#[inline(always)]
+fn ip_len<P: Packet>(p: &P, family: u8) -> Result<u16, i64> {
+    if family == AF_INET6 {
+        let payload = u16::from_be_bytes(p.load::<[u8; 2]>(ETH_HLEN + 4)?);
+        Ok(payload.saturating_add(IP6_HLEN as u16))
+    } else {
+        Ok(u16::from_be_bytes(p.load::<[u8; 2]>(ETH_HLEN + 2)?))
+    }
+}
+
+/// An IPv6 address as the four network-order words bpf_fib_lookup holds.
+#[inline(always)]
+fn words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
 }
 
 /// Writes the looked-up MAC addresses into the Ethernet header.
@@ -52,8 +85,8 @@ pub fn xdp_forward(ctx: &XdpContext, ifindex: u32) -> Option<u32> {
     let p = Xdp(ctx);
     let mut params = request(&p, ifindex).ok()?;
     // The MTU check needs the packet's length.
-    if let Ok(len) = p.load::<[u8; 2]>(ETH_HLEN + 2) {
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(len);
+    if let Ok(len) = ip_len(&p, params.family) {
+        params.__bindgen_anon_1.tot_len = len;
     }
     // SAFETY: params is a valid, writable bpf_fib_lookup of the size given.
     let rc = unsafe {

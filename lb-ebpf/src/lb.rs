@@ -1,93 +1,25 @@
 //! The service load-balancing decision for one packet, shared by the tc and
 //! XDP entry points (which differ only in what they do with the verdict).
+//! Written once for both address families: each family module (v4.rs,
+//! v6.rs) includes this file with its own `fam` (types, maps, parsing).
 use lb_common::{
     filter::{filter_bit, Half},
-    MonitorEvent, ServiceKey, ServiceValue, BACKEND_LOCAL, CT_REPLY, DROP_NO_ENDPOINT,
-    DROP_NO_LOCAL_ENDPOINT, DROP_REWRITE_FAILED, DROP_SNAT_FAILED, DROP_SOURCE_RANGE, EVENT_DROP,
-    EVENT_FLOW, HAIRPIN_ADDR, SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY,
-    SVC_FLAG_EXTERNAL, SVC_FLAG_HAS_INTERNAL, SVC_FLAG_SOURCE_RANGES,
+    ServiceValue, BACKEND_LOCAL, CT_REPLY, DROP_NO_ENDPOINT, DROP_NO_LOCAL_ENDPOINT,
+    DROP_REWRITE_FAILED, DROP_SNAT_FAILED, DROP_SOURCE_RANGE, EVENT_DROP, EVENT_FLOW,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, SVC_FLAG_DROP_IF_EMPTY, SVC_FLAG_EXTERNAL,
+    SVC_FLAG_HAS_INTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 
 use aya_log_ebpf::{debug, info};
 
-use crate::{
-    conntrack::{self, Nat},
-    maps::{self, BACKENDS, SERVICES},
-    nat,
-    packet::Packet,
-    parse::{parse_ipv4, Flow},
-    select,
+pub use crate::verdict::{Action, Hook};
+use crate::{addr::Addr as _, maps, packet::Packet};
+
+use super::{
+    conntrack::{self, Translation, TRANSLATE_DST, TRANSLATE_SRC},
+    fam::{self, Flow, ServiceKey, BACKENDS, HAIRPIN, SERVICES, ZERO},
+    nat, select,
 };
-
-/// Where the program runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Hook {
-    /// tc ingress on pod devices: every frontend, the internal view first;
-    /// SNAT only for hairpin flows.
-    Pod,
-    /// An uplink (by ifindex), in XDP or, for what XDP leaves to it, tc:
-    /// external frontends only, their external view; flows to remote
-    /// backends are SNATed to the node's address.
-    Uplink { ifindex: u32, xdp: bool },
-}
-
-/// What to do with the packet.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Hand it to the stack (translated or not).
-    Pass,
-    /// Translated: send it straight to its egress device (fib.rs): an
-    /// SNATed flow from an uplink, or a reverse-NATed reply. XDP undoes the
-    /// translation with the verdict's flow and leaves the packet to tc when
-    /// the FIB has no neighbour entry yet.
-    Forward,
-    /// No usable endpoint: answer with a TCP RST or ICMP port unreachable.
-    Reject,
-    /// Drop it (counted and reported already).
-    Drop,
-}
-
-/// The action and the packet's flow as it arrived. A struct, not an enum
-/// with the flow in some variants: a variant without it would leave the
-/// flow's registers undefined, and LLVM may copy those, which the verifier
-/// rejects. The flow is all zero when the packet was not parsed.
-pub struct Verdict {
-    pub action: Action,
-    pub flow: Flow,
-}
-
-impl Verdict {
-    #[inline(always)]
-    fn new(action: Action, flow: Flow) -> Self {
-        Self { action, flow }
-    }
-}
-
-#[inline(always)]
-pub fn event(
-    flow: &Flow,
-    kind: u8,
-    reason: u8,
-    service_id: u32,
-    nat_addr: [u8; 4],
-    nat_port: u16,
-) -> MonitorEvent {
-    MonitorEvent {
-        saddr: flow.saddr,
-        daddr: flow.daddr,
-        nat_addr,
-        sport: flow.sport,
-        dport: flow.dport,
-        nat_port,
-        proto: flow.proto,
-        kind,
-        reason,
-        _pad: [0; 3],
-        service_id,
-        _pad2: 0,
-        netns_cookie: 0,
-    }
-}
 
 /// A drop reason's name, for log messages (the names of DROP_REASON_NAMES;
 /// a match, since a table of string pointers cannot be relocated in BPF).
@@ -109,7 +41,7 @@ fn reason_name(reason: u32) -> &'static str {
 #[inline(always)]
 fn dropped(flow: &Flow, service_id: u32, reason: u32) {
     maps::count_drop(reason);
-    maps::report(event(flow, EVENT_DROP, reason as u8, service_id, [0; 4], 0));
+    fam::report(flow, EVENT_DROP, reason as u8, service_id, ZERO, 0);
     // aya-log-ebpf 0.2 evaluates its context argument and nothing more.
     info!(
         &(),
@@ -124,132 +56,193 @@ fn dropped(flow: &Flow, service_id: u32, reason: u32) {
     );
 }
 
-#[inline(always)]
-pub fn process<P: Packet>(p: &P, hook: Hook) -> Verdict {
-    match decide(p, hook) {
-        Ok(v) => v,
-        Err(e) => {
-            maps::count_drop(DROP_REWRITE_FAILED);
-            info!(&(), "rewrite failed (helper returned {}); packet passed", e);
-            Verdict::new(Action::Pass, Flow::default())
-        }
+/// Where a packet's path goes next. The path is cut into phases, each a
+/// BPF subprogram that entry.rs calls in turn: a program's stack is 512
+/// bytes along its whole call chain, and the IPv6 path's phases do not fit
+/// in one frame together. `State` carries what they found from one to the
+/// next, in the entry point's frame.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Done: act on the packet (after writing the translation, if any).
+    Done(Action),
+    /// A new flow to the service in `State::svc`: choose a backend.
+    New,
+    /// Claim an SNAT port towards the chosen backend, then create.
+    Claim,
+    /// Record the new flow in conntrack.
+    Create,
+}
+
+/// What the phases found: the packet's flow as parsed, the frontend it is
+/// for, and its translation. In per-CPU scratch space (entry.rs).
+#[repr(C)]
+pub struct State {
+    pub flow: Flow,
+    pub svc: ServiceValue,
+    pub t: Translation,
+}
+
+impl State {
+    /// Forgets the last packet's translation (the phases set every other
+    /// field before they read it).
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        self.t.rewrite = 0;
+        self.t.claimed = false;
     }
 }
 
 /// SNATed flows on an uplink go straight to their device; the rest to the stack.
 #[inline(always)]
-fn onward(hook: Hook, snat: bool, flow: Flow) -> Verdict {
+fn onward(hook: Hook, snat: bool) -> Step {
     match hook {
-        Hook::Uplink { .. } if snat => Verdict::new(Action::Forward, flow),
-        _ => Verdict::new(Action::Pass, flow),
+        Hook::Uplink { .. } if snat => Step::Done(Action::Forward),
+        _ => Step::Done(Action::Pass),
     }
 }
 
+/// The first phase, for a parsed packet: no service at all, a reply of a
+/// tracked flow, a packet of an established flow, a drop by source range,
+/// or a new flow.
 #[inline(always)]
-fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
-    let Some(flow) = parse_ipv4(p) else {
-        return Ok(Verdict::new(Action::Pass, Flow::default()));
-    };
+pub fn decide<P: Packet>(p: &P, hook: Hook, st: &mut State) -> Step {
+    let flow = &st.flow;
     // Neither to a frontend nor from a backend: no lookup can match.
     let to_frontend = maps::filter_has(filter_bit(
         Half::Frontend,
-        flow.daddr,
+        fam::filter_addr(flow.daddr),
         flow.dport,
         flow.proto,
     ));
     if !to_frontend
-        && !maps::filter_has(filter_bit(Half::Reply, flow.saddr, flow.sport, flow.proto))
+        && !maps::filter_has(filter_bit(
+            Half::Reply,
+            fam::filter_addr(flow.saddr),
+            flow.sport,
+            flow.proto,
+        ))
     {
-        return Ok(Verdict::new(Action::Pass, flow));
+        return Step::Done(Action::Pass);
     }
-    let ct_key = conntrack::key(&flow);
-    let existing = conntrack::lookup(&ct_key).filter(|ct| !conntrack::reopens(ct, &flow));
-    if let Some(&ct) = existing {
+    let ct_key = conntrack::key(flow);
+    let existing = conntrack::lookup(&ct_key).filter(|ct| !conntrack::reopens(ct, flow));
+    if let Some(ct) = existing {
         if ct.kind == CT_REPLY {
-            let snat = ct.snat_addr != [0; 4];
+            let snat = !ct.snat_addr.is_zero();
             if matches!(hook, Hook::Uplink { xdp: true, .. }) && !snat {
                 // A reply to a pod on this node: tc on the uplink translates
                 // it and hands it to the pod's device.
-                return Ok(Verdict::new(Action::Pass, flow));
+                return Step::Done(Action::Pass);
             }
-            conntrack::touch(&ct_key, ct, &flow);
-            nat::rewrite_src(p, &flow, ct.nat_addr, ct.nat_port)?;
+            conntrack::touch(&ct_key, ct, flow);
+            // The frontend as source; with SNAT the client as destination.
+            st.t.src_addr = ct.nat_addr;
+            st.t.src_port = ct.nat_port;
+            st.t.rewrite = TRANSLATE_SRC;
             if snat {
-                nat::rewrite_dst(p, &flow, ct.snat_addr, ct.snat_port)?;
+                st.t.dst_addr = ct.snat_addr;
+                st.t.dst_port = ct.snat_port;
+                st.t.rewrite |= TRANSLATE_DST;
             }
-            return Ok(Verdict::new(Action::Forward, flow));
+            return Step::Done(Action::Forward);
         }
     }
     if !to_frontend {
-        return Ok(Verdict::new(Action::Pass, flow));
+        return Step::Done(Action::Pass);
     }
-    let Some(svc) = service(&flow, hook) else {
-        return Ok(Verdict::new(Action::Pass, flow));
+    let Some(svc) = service(flow, hook) else {
+        return Step::Done(Action::Pass);
     };
-    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !maps::source_allowed(svc.id, flow.saddr) {
-        dropped(&flow, svc.id, DROP_SOURCE_RANGE);
-        return Ok(Verdict::new(Action::Drop, flow));
+    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 && !fam::source_allowed(svc.id, flow.saddr) {
+        dropped(flow, svc.id, DROP_SOURCE_RANGE);
+        return Step::Done(Action::Drop);
     }
-    if let Some(&ct) = existing {
+    if let Some(ct) = existing {
         // An established flow keeps its backend while both it and the
         // service it was chosen for still exist.
         if ct.service_id == svc.id {
-            // SAFETY: the value is copied out at once.
-            if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id).copied() } {
-                conntrack::touch(&ct_key, ct, &flow);
+            // SAFETY: a map value, read while the program runs (RCU).
+            if let Some(backend) = unsafe { BACKENDS.get(ct.backend_id) } {
+                conntrack::touch(&ct_key, ct, flow);
                 maps::count(svc.id, p.len(), false);
-                nat::rewrite_dst(p, &flow, backend.addr, backend.port)?;
-                let snat = ct.snat_addr != [0; 4];
+                st.t.dst_addr = backend.addr;
+                st.t.dst_port = backend.port;
+                st.t.rewrite = TRANSLATE_DST;
+                let snat = !ct.snat_addr.is_zero();
                 if snat {
-                    nat::rewrite_src(p, &flow, ct.snat_addr, ct.snat_port)?;
+                    st.t.src_addr = ct.snat_addr;
+                    st.t.src_port = ct.snat_port;
+                    st.t.rewrite |= TRANSLATE_SRC;
                 }
-                return Ok(onward(hook, snat, flow));
+                return onward(hook, snat);
             }
         }
     }
+    st.svc = svc;
+    Step::New
+}
+
+/// A new flow to `st.svc`: its backend, and whether it needs SNAT.
+#[inline(always)]
+pub fn choose(hook: Hook, st: &mut State) -> Step {
+    let (flow, svc) = (&st.flow, &st.svc);
     if svc.count == 0 {
         if svc.flags & SVC_FLAG_DROP_IF_EMPTY != 0 {
-            dropped(&flow, svc.id, DROP_NO_LOCAL_ENDPOINT);
-            return Ok(Verdict::new(Action::Drop, flow));
+            dropped(flow, svc.id, DROP_NO_LOCAL_ENDPOINT);
+            return Step::Done(Action::Drop);
         }
-        dropped(&flow, svc.id, DROP_NO_ENDPOINT);
-        return Ok(Verdict::new(Action::Reject, flow));
+        dropped(flow, svc.id, DROP_NO_ENDPOINT);
+        return Step::Done(Action::Reject);
     }
-    let Some(backend_id) = select::backend_id(&svc, &flow) else {
-        return Ok(Verdict::new(Action::Pass, flow));
+    let Some(backend_id) = select::backend_id(svc, flow) else {
+        return Step::Done(Action::Pass);
     };
-    // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
-        return Ok(Verdict::new(Action::Pass, flow));
+    // SAFETY: a map value, read while the program runs (RCU).
+    let Some(backend) = (unsafe { BACKENDS.get(backend_id) }) else {
+        return Step::Done(Action::Pass);
     };
-    let mut nat = Nat {
-        backend_id,
-        backend,
-        snat_addr: [0; 4],
-        snat_port: 0,
-    };
-    let mut claimed = false;
+    st.t.backend_id = backend_id;
+    st.t.backend_state = backend.state;
+    st.t.dst_addr = backend.addr;
+    st.t.dst_port = backend.port;
+    st.t.rewrite = TRANSLATE_DST;
     match hook {
         Hook::Uplink { ifindex, .. } if backend.state & BACKEND_LOCAL == 0 => {
-            let Some(addr) = maps::node_addr(ifindex) else {
-                dropped(&flow, svc.id, DROP_SNAT_FAILED);
-                return Ok(Verdict::new(Action::Drop, flow));
+            let Some(addr) = fam::node_addr(ifindex) else {
+                dropped(flow, svc.id, DROP_SNAT_FAILED);
+                return Step::Done(Action::Drop);
             };
-            nat.snat_addr = addr;
-            if !conntrack::claim_snat_port(&flow, svc.id, &mut nat) {
-                dropped(&flow, svc.id, DROP_SNAT_FAILED);
-                return Ok(Verdict::new(Action::Drop, flow));
-            }
-            claimed = true;
+            st.t.src_addr = addr;
+            st.t.rewrite |= TRANSLATE_SRC;
+            Step::Claim
         }
-        Hook::Pod if backend.addr == flow.saddr => {
+        Hook::Pod if backend.addr.same(&flow.saddr) => {
             // Hairpin: the pod reached its own service and got itself.
-            nat.snat_addr = HAIRPIN_ADDR;
-            nat.snat_port = flow.sport;
+            st.t.src_addr = HAIRPIN;
+            st.t.src_port = flow.sport;
+            st.t.rewrite |= TRANSLATE_SRC;
+            Step::Create
         }
-        _ => {}
+        _ => Step::Create,
     }
-    conntrack::create(&flow, svc.id, &nat, claimed);
+}
+
+/// An SNATed new flow: a free source port, claimed by its reply entry.
+#[inline(always)]
+pub fn claim(st: &mut State) -> Step {
+    if conntrack::claim_snat_port(&st.flow, st.svc.id, &mut st.t) {
+        Step::Create
+    } else {
+        dropped(&st.flow, st.svc.id, DROP_SNAT_FAILED);
+        Step::Done(Action::Drop)
+    }
+}
+
+/// Records the new flow and counts it.
+#[inline(always)]
+pub fn create<P: Packet>(p: &P, hook: Hook, st: &State) -> Step {
+    let (flow, svc, t) = (&st.flow, &st.svc, &st.t);
+    conntrack::create(flow, svc.id, t);
     maps::count(svc.id, p.len(), true);
     debug!(
         &(),
@@ -259,26 +252,36 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
         flow.daddr,
         flow.dport,
         flow.proto,
-        backend.addr,
-        backend.port,
+        t.dst_addr,
+        t.dst_port,
         svc.id
     );
     if maps::trace_flows() {
-        maps::report(event(
-            &flow,
-            EVENT_FLOW,
-            0,
-            svc.id,
-            backend.addr,
-            backend.port,
-        ));
+        fam::report(flow, EVENT_FLOW, 0, svc.id, t.dst_addr, t.dst_port);
     }
-    nat::rewrite_dst(p, &flow, backend.addr, backend.port)?;
-    let snat = nat.snat_addr != [0; 4];
-    if snat {
-        nat::rewrite_src(p, &flow, nat.snat_addr, nat.snat_port)?;
+    onward(hook, t.snat())
+}
+
+/// Writes the translation into the packet. A failed write is counted; the
+/// packet is passed as it is then.
+#[inline(always)]
+pub fn translate<P: Packet>(p: &P, st: &State) -> bool {
+    let (flow, t) = (&st.flow, &st.t);
+    let mut written = Ok(());
+    if t.rewrite & TRANSLATE_DST != 0 {
+        written = nat::rewrite_dst(p, flow, t.dst_addr, t.dst_port);
     }
-    Ok(onward(hook, snat, flow))
+    if written.is_ok() && t.rewrite & TRANSLATE_SRC != 0 {
+        written = nat::rewrite_src(p, flow, t.src_addr, t.src_port);
+    }
+    match written {
+        Ok(()) => true,
+        Err(e) => {
+            maps::count_drop(DROP_REWRITE_FAILED);
+            info!(&(), "rewrite failed (helper returned {}); packet passed", e);
+            false
+        }
+    }
 }
 
 /// The frontend `flow` is addressed to. Pods (tc) use the internal scope
@@ -286,12 +289,13 @@ fn decide<P: Packet>(p: &P, hook: Hook) -> Result<Verdict, i64> {
 /// the external view of external frontends.
 #[inline(always)]
 pub fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
-    let mut key = ServiceKey {
-        addr: flow.daddr,
-        port: flow.dport,
-        proto: flow.proto,
-        scope: SCOPE_EXTERNAL,
-    };
+    // Zeroed, then filled: the IPv6 key has padding the literal cannot name.
+    // SAFETY: the key is plain integers; all zero is a valid value.
+    let mut key: ServiceKey = unsafe { core::mem::zeroed() };
+    key.addr = flow.daddr;
+    key.port = flow.dport;
+    key.proto = flow.proto;
+    key.scope = SCOPE_EXTERNAL;
     // SAFETY: the value is copied out at once.
     let v = unsafe { SERVICES.get(key).copied() }?;
     match hook {
@@ -309,7 +313,7 @@ pub fn service(flow: &Flow, hook: Hook) -> Option<ServiceValue> {
 /// translated packet cannot be forwarded from there).
 #[inline(always)]
 pub fn undo<P: Packet>(p: &P, flow: &Flow) -> Result<(), i64> {
-    let now = parse_ipv4(p).ok_or(-1i64)?;
+    let now = fam::parse(p).ok_or(-1i64)?;
     nat::rewrite_dst(p, &now, flow.daddr, flow.dport)?;
     nat::rewrite_src(p, &now, flow.saddr, flow.sport)
 }

@@ -2,33 +2,49 @@
 #![no_std]
 #![no_main]
 
-mod conntrack;
+mod addr;
 mod fib;
 mod ingress;
-mod lb;
 mod maps;
-mod nat;
 mod packet;
 mod parse;
+mod parse6;
 mod reject;
-mod select;
+mod reject6;
 mod sock;
+mod time;
+mod v4;
+mod v6;
+mod verdict;
 
 use aya_ebpf::{
-    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::bpf_redirect,
+    bindings::xdp_action,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb::{Action, Hook};
-use packet::{Tc, Xdp};
-use reject::Rejected;
+use packet::{Packet, Tc, Xdp};
+use parse::ETH_P_IPV6;
+
+/// Whether the frame carries IPv6 (its ethertype); everything else takes
+/// the IPv4 path, which passes what is not IPv4.
+#[inline(always)]
+fn is_ipv6<P: Packet>(p: &P) -> bool {
+    let ethertype = match p.head::<14>() {
+        // SAFETY: head checked that the bytes are in the packet.
+        Some(h) => unsafe { [(*h)[12], (*h)[13]] },
+        None => match p.load::<[u8; 2]>(12) {
+            Ok(t) => t,
+            Err(_) => return false,
+        },
+    };
+    u16::from_be_bytes(ethertype) == ETH_P_IPV6
+}
 
 /// tc ingress on pod devices (what pods send): service DNAT and reverse NAT
 /// of replies.
 #[classifier]
 pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
-    tc(&ctx, Hook::Pod)
+    tc(&ctx, 0)
 }
 
 /// tc ingress on uplinks: what the XDP program leaves to the stack (replies
@@ -38,30 +54,16 @@ pub fn weir_tc_ingress(ctx: TcContext) -> i32 {
 pub fn weir_tc_uplink(ctx: TcContext) -> i32 {
     // SAFETY: the skb pointer is valid for the program's run.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    tc(
-        &ctx,
-        Hook::Uplink {
-            ifindex,
-            xdp: false,
-        },
-    )
+    tc(&ctx, ifindex)
 }
 
+/// tc on a pod device (`uplink` 0) or on uplink `uplink`.
 #[inline(always)]
-fn tc(ctx: &TcContext, hook: Hook) -> i32 {
-    let p = Tc(ctx);
-    let v = lb::process(&p, hook);
-    match v.action {
-        Action::Pass => TC_ACT_OK as i32,
-        Action::Forward => fib::tc_forward(ctx),
-        Action::Drop => TC_ACT_SHOT as i32,
-        Action::Reject => match reject::reject(&p, &v.flow) {
-            // Back out of the device it came in on.
-            // SAFETY: the skb pointer is valid for the program's run.
-            Rejected::Answered => unsafe { bpf_redirect((*ctx.skb.skb).ifindex, 0) as i32 },
-            Rejected::Ignored => TC_ACT_OK as i32,
-            Rejected::Failed => TC_ACT_SHOT as i32,
-        },
+fn tc(ctx: &TcContext, uplink: u32) -> i32 {
+    if is_ipv6(&Tc(ctx)) {
+        v6::entry::tc(ctx.skb.skb, uplink)
+    } else {
+        v4::entry::tc(ctx.skb.skb, uplink)
     }
 }
 
@@ -69,26 +71,11 @@ fn tc(ctx: &TcContext, hook: Hook) -> i32 {
 /// external clients, before the stack spends anything on it.
 #[xdp]
 pub fn weir_xdp(ctx: XdpContext) -> u32 {
-    let p = Xdp(&ctx);
     let ifindex = ctx.ingress_ifindex() as u32;
-    let v = lb::process(&p, Hook::Uplink { ifindex, xdp: true });
-    match v.action {
-        Action::Pass => xdp_action::XDP_PASS,
-        Action::Drop => xdp_action::XDP_DROP,
-        Action::Forward => match fib::xdp_forward(&ctx, ifindex) {
-            Some(action) => action,
-            // No neighbour entry yet: tc on the uplink translates the packet
-            // again from conntrack and lets the kernel resolve the neighbour.
-            None => match lb::undo(&p, &v.flow) {
-                Ok(()) => xdp_action::XDP_PASS,
-                Err(_) => xdp_action::XDP_DROP,
-            },
-        },
-        Action::Reject => match reject::reject(&p, &v.flow) {
-            Rejected::Answered => xdp_action::XDP_TX,
-            Rejected::Ignored => xdp_action::XDP_PASS,
-            Rejected::Failed => xdp_action::XDP_DROP,
-        },
+    if is_ipv6(&Xdp(&ctx)) {
+        v6::entry::xdp(ctx.ctx, ifindex)
+    } else {
+        v4::entry::xdp(ctx.ctx, ifindex)
     }
 }
 

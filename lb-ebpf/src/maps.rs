@@ -5,9 +5,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, MonitorEvent, RevNat, ServiceKey,
-    ServiceStats, ServiceValue, SlotKey, SourceRange, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS,
-    MAX_CT, MAX_NODE_ADDRS, MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, CtKey, CtKey6, CtValue, CtValue6,
+    MonitorEvent, RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceStats, ServiceValue, SlotKey,
+    SourceRange, SourceRange6, DROP_REASONS, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_NODE_ADDRS,
+    MAX_SERVICES, MAX_SLOTS, MAX_SOURCE_RANGES, PASS_REASONS,
 };
 
 #[btf_map(name = "SERVICES_V1")]
@@ -65,6 +66,18 @@ pub fn count(id: u32, len: u32, new_flow: bool) {
                 (*s).flows += 1;
             }
         }
+    }
+}
+
+/// Packets passed untranslated, by reason (lb_common::PASS_*).
+#[btf_map(name = "PASSED_V1")]
+pub static PASSED: PerCpuArray<u64, { PASS_REASONS as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count_passed(reason: u32) {
+    if let Some(d) = PASSED.get_ptr_mut(reason) {
+        // SAFETY: a per-CPU slot.
+        unsafe { *d += 1 };
     }
 }
 
@@ -137,4 +150,73 @@ pub static FILTER: Array<
 #[inline(always)]
 pub fn filter_has(bit: lb_common::filter::FilterBit) -> bool {
     FILTER.get(bit.word).is_some_and(|w| *w & bit.mask != 0)
+}
+
+// ---- IPv6: the twins of the address-keyed maps (lb_common::v6). Slots,
+// Maglev tables, counters and the filter are shared with IPv4. ----
+
+#[btf_map(name = "SERVICES6_V1")]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue, { MAX_SERVICES as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "BACKENDS6_V1")]
+pub static BACKENDS6: HashMap<u32, Backend6, { MAX_BACKENDS as usize }> = HashMap::new();
+
+#[btf_map(name = "REVNAT6_V1")]
+pub static REVNAT6: HashMap<u32, RevNat6, { MAX_SERVICES as usize }> = HashMap::new();
+
+#[btf_map(name = "CT6_V1")]
+pub static CT6: LruHashMap<CtKey6, CtValue6, { MAX_CT as usize }> = LruHashMap::new();
+
+#[btf_map(name = "AFFINITY6_V1")]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue, { MAX_AFFINITY as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SRC_RANGES6_V1")]
+pub static SRC_RANGES6: LpmTrie<SourceRange6, u8, { MAX_SOURCE_RANGES as usize }> = LpmTrie::new();
+
+/// Whether `client` may reach service `service_id` (which has source ranges).
+#[inline(always)]
+pub fn source_allowed6(service_id: u32, client: [u8; 16]) -> bool {
+    let key = Key::new(
+        32 + 128,
+        SourceRange6 {
+            service_id: service_id.to_be_bytes(),
+            addr: client,
+        },
+    );
+    SRC_RANGES6.get(&key).is_some()
+}
+
+/// The node's IPv6 address on each uplink, by ifindex: the source of
+/// SNATed IPv6 flows.
+#[btf_map(name = "NODE_ADDRS6_V1")]
+pub static NODE_ADDRS6: HashMap<u32, [u8; 16], { MAX_NODE_ADDRS as usize }> = HashMap::new();
+
+#[inline(always)]
+pub fn node_addr6(ifindex: u32) -> Option<[u8; 16]> {
+    // SAFETY: the value is copied out at once.
+    unsafe { NODE_ADDRS6.get(ifindex).copied() }
+}
+
+/// Per-CPU room for a packet's path state (lb::State of either family),
+/// which the path's phases share: in the entry point's stack frame it would
+/// leave the phases too little of the 512 bytes a call chain may use. Not
+/// pinned: nothing outlives a packet in it. A program runs to its end on
+/// its CPU before another packet's program does there.
+#[btf_map]
+pub static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
+
+pub const SCRATCH_WORDS: usize = 16;
+
+/// The scratch space, as a `T` (at most SCRATCH_WORDS words, 8-aligned).
+#[inline(always)]
+pub fn scratch<T>() -> Option<&'static mut T> {
+    const { assert!(core::mem::size_of::<T>() <= SCRATCH_WORDS * 8) };
+    const { assert!(core::mem::align_of::<T>() <= 8) };
+    let p = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a per-CPU map value of the right size and alignment (asserted
+    // above), used by one program at a time on this CPU; T is plain data
+    // for which any bytes the previous packet left are a valid value.
+    Some(unsafe { &mut *(p as *mut T) })
 }

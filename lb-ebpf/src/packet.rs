@@ -11,10 +11,14 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
-use lb_common::{csum_replace2, csum_replace4, PROTO_TCP, PROTO_UDP};
+use lb_common::{csum_replace16, csum_replace2, csum_replace4, PROTO_TCP, PROTO_UDP};
 
-use crate::parse::{
-    direct_access, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, TCP_HEADERS, UDP_HEADERS,
+use crate::{
+    addr::{words6, Addr as _},
+    parse::{
+        direct_access, Flow, IP_CSUM_OFF, IP_DST_OFF, IP_SRC_OFF, L4_OFF, TCP_HEADERS, UDP_HEADERS,
+    },
+    parse6::{Flow6, IP6_DST_OFF, IP6_SRC_OFF, L4_OFF6, TCP6_HEADERS, UDP6_HEADERS},
 };
 
 /// A helper's return value as a Result (negative: an errno).
@@ -53,9 +57,18 @@ impl Side {
         }
     }
 
+    /// The offset of its IPv6 address.
+    #[inline(always)]
+    fn addr6_off(self) -> usize {
+        match self {
+            Side::Src => IP6_SRC_OFF,
+            Side::Dst => IP6_DST_OFF,
+        }
+    }
+
     /// What `flow` has there: address and port.
     #[inline(always)]
-    fn of(self, flow: &Flow) -> ([u8; 4], u16) {
+    fn of<A: Copy>(self, flow: &Flow<A>) -> (A, u16) {
         match self {
             Side::Src => (flow.saddr, flow.sport),
             Side::Dst => (flow.daddr, flow.dport),
@@ -80,6 +93,30 @@ pub trait Packet {
     /// Replaces `side`'s address and port of `flow` with `addr:port`,
     /// updating the IP and L4 checksums.
     fn rewrite(&self, flow: &Flow, side: Side, addr: [u8; 4], port: u16) -> Result<(), i64>;
+    /// The same for an IPv6 packet (which has no IP checksum; the L4 one
+    /// covers the addresses through the pseudo-header).
+    fn rewrite6(&self, flow: &Flow6, side: Side, addr: [u8; 16], port: u16) -> Result<(), i64>;
+}
+
+/// Writes a 16-byte address at `ADDR` and a port at `PORT` of headers in place.
+#[inline(always)]
+fn put6<const N: usize, const ADDR: usize, const PORT: usize>(
+    h: &mut [u8; N],
+    addr: Option<[u8; 16]>,
+    port: Option<u16>,
+) {
+    if let Some(a) = addr {
+        let mut i = 0;
+        while i < 16 {
+            h[ADDR + i] = a[i];
+            i += 1;
+        }
+    }
+    if let Some(p) = port {
+        let p = p.to_be_bytes();
+        h[PORT] = p[0];
+        h[PORT + 1] = p[1];
+    }
 }
 
 /// The first `N` bytes of a packet spanning `data..data_end`, if it has them.
@@ -182,6 +219,57 @@ impl Packet for Tc<'_> {
         }
         Ok(())
     }
+
+    #[inline(always)]
+    fn rewrite6(&self, flow: &Flow6, side: Side, addr: [u8; 16], port: u16) -> Result<(), i64> {
+        let ctx = self.0;
+        let (old_addr, old_port) = side.of(flow);
+        let mangled = if flow.proto == PROTO_UDP {
+            BPF_F_MARK_MANGLED_0 as u64
+        } else {
+            0
+        };
+        let csum_off = flow.l4_csum_off();
+        let addr_changes = !old_addr.same(&addr);
+        let port_changes = old_port != port;
+        if addr_changes {
+            let (from, to) = (words6(&old_addr), words6(&addr));
+            for i in 0..4 {
+                if from[i] != to[i] {
+                    ctx.l4_csum_replace(
+                        csum_off,
+                        from[i] as u64,
+                        to[i] as u64,
+                        BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+                    )?;
+                }
+            }
+        }
+        if port_changes {
+            let from = u16::from_ne_bytes(old_port.to_be_bytes()) as u64;
+            let to = u16::from_ne_bytes(port.to_be_bytes()) as u64;
+            ctx.l4_csum_replace(csum_off, from, to, mangled | 2)?;
+        }
+        if direct_access() && flow.l4_off == L4_OFF6 {
+            if let Some(h) = self.head::<UDP6_HEADERS>() {
+                // SAFETY: head checked that the bytes are in the packet.
+                let h = unsafe { &mut *h };
+                let (a, p) = (addr_changes.then_some(addr), port_changes.then_some(port));
+                match side {
+                    Side::Src => put6::<UDP6_HEADERS, IP6_SRC_OFF, L4_OFF6>(h, a, p),
+                    Side::Dst => put6::<UDP6_HEADERS, IP6_DST_OFF, { L4_OFF6 + 2 }>(h, a, p),
+                }
+                return Ok(());
+            }
+        }
+        if addr_changes {
+            ctx.store(side.addr6_off(), &addr, 0)?;
+        }
+        if port_changes {
+            ctx.store(flow.l4_off + side.port_off(), &port.to_be_bytes(), 0)?;
+        }
+        Ok(())
+    }
 }
 
 /// Writes an address at `ADDR` and a port at `PORT` of headers in place.
@@ -226,6 +314,37 @@ impl Xdp<'_> {
         self.store(off, &v.to_be_bytes())
     }
 
+    /// Rewrites an IPv6 packet in place; false if its headers are not all
+    /// in the frame (then the helpers take it).
+    #[inline(always)]
+    fn rewrite6_in_place(&self, flow: &Flow6, side: Side, addr: [u8; 16], port: u16) -> bool {
+        let (old_addr, old_port) = side.of(flow);
+        let tcp = flow.proto == PROTO_TCP;
+        macro_rules! fields {
+            ($n:expr, $csum:expr) => {{
+                let Some(h) = self.head::<{ $n }>() else {
+                    return false;
+                };
+                // SAFETY: head checked that the bytes are in the frame.
+                let h = unsafe { &mut *h };
+                match side {
+                    Side::Src => update6::<{ $n }, IP6_SRC_OFF, L4_OFF6, { $csum }>(
+                        h, !tcp, old_addr, addr, old_port, port,
+                    ),
+                    Side::Dst => update6::<{ $n }, IP6_DST_OFF, { L4_OFF6 + 2 }, { $csum }>(
+                        h, !tcp, old_addr, addr, old_port, port,
+                    ),
+                }
+            }};
+        }
+        if tcp {
+            fields!(TCP6_HEADERS, L4_OFF6 + 16)
+        } else {
+            fields!(UDP6_HEADERS, L4_OFF6 + 6)
+        }
+        true
+    }
+
     /// Rewrites a packet without IP options in place; false if its headers
     /// are not all in the frame (then the helpers take it).
     #[inline(always)]
@@ -256,6 +375,43 @@ impl Xdp<'_> {
             fields!(UDP_HEADERS, L4_OFF + 6)
         }
         true
+    }
+}
+
+/// The same update as the helper path of `Xdp::rewrite6`, on IPv6 headers
+/// in place: the address at `ADDR`, the port at `PORT`, the L4 checksum at
+/// `CSUM`.
+#[inline(always)]
+fn update6<const N: usize, const ADDR: usize, const PORT: usize, const CSUM: usize>(
+    h: &mut [u8; N],
+    udp: bool,
+    old_addr: [u8; 16],
+    addr: [u8; 16],
+    old_port: u16,
+    port: u16,
+) {
+    let mut l4 = u16::from_be_bytes([h[CSUM], h[CSUM + 1]]);
+    // In IPv6 a UDP checksum is mandatory; 0 is still left as it came.
+    let l4_none = udp && l4 == 0;
+    let addr_changes = !old_addr.same(&addr);
+    if addr_changes {
+        l4 = csum_replace16(l4, old_addr, addr);
+    }
+    if old_port != port {
+        l4 = csum_replace2(l4, old_port, port);
+    }
+    put6::<N, ADDR, PORT>(
+        h,
+        addr_changes.then_some(addr),
+        (old_port != port).then_some(port),
+    );
+    if !l4_none {
+        if udp && l4 == 0 {
+            l4 = 0xffff;
+        }
+        let c = l4.to_be_bytes();
+        h[CSUM] = c[0];
+        h[CSUM + 1] = c[1];
     }
 }
 
@@ -380,6 +536,35 @@ impl Packet for Xdp<'_> {
         }
         if !l4_none {
             // In UDP a computed 0 is sent as 0xffff (0 would mean "none").
+            if flow.proto == PROTO_UDP && l4 == 0 {
+                l4 = 0xffff;
+            }
+            self.store_u16(csum_off, l4)?;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn rewrite6(&self, flow: &Flow6, side: Side, addr: [u8; 16], port: u16) -> Result<(), i64> {
+        if direct_access()
+            && flow.l4_off == L4_OFF6
+            && self.rewrite6_in_place(flow, side, addr, port)
+        {
+            return Ok(());
+        }
+        let (old_addr, old_port) = side.of(flow);
+        let csum_off = flow.l4_csum_off();
+        let mut l4 = self.load_u16(csum_off)?;
+        let l4_none = flow.proto == PROTO_UDP && l4 == 0;
+        if !old_addr.same(&addr) {
+            l4 = csum_replace16(l4, old_addr, addr);
+            self.store(side.addr6_off(), &addr)?;
+        }
+        if old_port != port {
+            l4 = csum_replace2(l4, old_port, port);
+            self.store(flow.l4_off + side.port_off(), &port.to_be_bytes())?;
+        }
+        if !l4_none {
             if flow.proto == PROTO_UDP && l4 == 0 {
                 l4 = 0xffff;
             }

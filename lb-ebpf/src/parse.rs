@@ -10,7 +10,8 @@ use lb_common::{PROTO_TCP, PROTO_UDP};
 use crate::packet::Packet;
 
 pub const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 pub const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 pub const IP_SRC_OFF: usize = ETH_HLEN + 12;
 pub const IP_DST_OFF: usize = ETH_HLEN + 16;
@@ -32,20 +33,23 @@ pub fn direct_access() -> bool {
     unsafe { core::ptr::read_volatile(&DIRECT_ACCESS) != 0 }
 }
 
-/// The parts of a packet the load balancer looks at. Ports in host order.
+/// The parts of a packet the load balancer looks at, for addresses `A` of
+/// either family ([u8; 4] or [u8; 16]). Ports in host order. The addresses
+/// come first, at 8-byte aligned offsets, so that they move in word loads.
 #[derive(Clone, Copy, Default)]
-pub struct Flow {
+#[repr(C, align(8))]
+pub struct Flow<A = [u8; 4]> {
+    pub saddr: A,
+    pub daddr: A,
     pub l4_off: usize,
     pub proto: u8,
-    pub saddr: [u8; 4],
-    pub daddr: [u8; 4],
     pub sport: u16,
     pub dport: u16,
     /// TCP flags (0 for UDP).
     pub tcp_flags: u8,
 }
 
-impl Flow {
+impl<A> Flow<A> {
     /// Offset of the L4 checksum field.
     #[inline(always)]
     pub fn l4_csum_off(&self) -> usize {

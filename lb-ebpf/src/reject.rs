@@ -51,16 +51,22 @@ pub fn reject<P: Packet>(ctx: &P, flow: &Flow) -> Rejected {
 #[inline(always)]
 fn answerable<P: Packet>(ctx: &P, flow: &Flow) -> bool {
     if flow.proto == PROTO_TCP {
-        ctx.load::<u8>(flow.l4_off + 13)
-            .is_ok_and(|flags| flags & TCP_RST == 0)
+        not_a_reset(ctx, flow)
     } else {
         flow.l4_off == ETH_HLEN + IP_HLEN
     }
 }
 
+/// Whether the TCP segment of `flow` is not itself a reset.
+#[inline(always)]
+pub fn not_a_reset<P: Packet, A>(ctx: &P, flow: &Flow<A>) -> bool {
+    ctx.load::<u8>(flow.l4_off + 13)
+        .is_ok_and(|flags| flags & TCP_RST == 0)
+}
+
 /// One's-complement sum of big-endian 16-bit words.
 #[inline(always)]
-fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
+pub fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
     let mut i = 0;
     while i + 1 < bytes.len() {
         acc += u16::from_be_bytes([bytes[i], bytes[i + 1]]) as u32;
@@ -70,7 +76,7 @@ fn sum_words(bytes: &[u8], mut acc: u32) -> u32 {
 }
 
 #[inline(always)]
-fn fold(mut acc: u32) -> u16 {
+pub fn fold(mut acc: u32) -> u16 {
     acc = (acc & 0xffff) + (acc >> 16);
     acc = (acc & 0xffff) + (acc >> 16);
     !(acc as u16)
@@ -103,17 +109,17 @@ fn write_eth_ip<P: Packet>(
     ctx.store(ETH_HLEN, &ip)
 }
 
-/// RFC 793 reset: with ACK in the segment, SEQ=SEG.ACK; else SEQ=0, ACK=SEG.SEQ+SEG.LEN.
+/// The reset answering a TCP segment whose header is `hdr` and whose L4
+/// part (header and data) is `l4_len` bytes, from its destination port back
+/// to its source port, without a checksum. RFC 793: with ACK in the segment,
+/// SEQ=SEG.ACK; else SEQ=0, ACK=SEG.SEQ+SEG.LEN.
 #[inline(always)]
-fn tcp_rst<P: Packet>(ctx: &P, flow: &Flow) -> Result<(), i64> {
-    let hdr: [u8; 20] = ctx.load(flow.l4_off)?;
+pub fn rst_segment<A>(hdr: &[u8; 20], l4_len: u32, flow: &Flow<A>) -> [u8; 20] {
     let flags = hdr[13];
     let seq = u32::from_be_bytes([hdr[4], hdr[5], hdr[6], hdr[7]]);
     let ack = u32::from_be_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]);
-    let ip_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?) as u32;
     let doff = ((hdr[12] >> 4) as u32) * 4;
-    let ihl = (flow.l4_off - ETH_HLEN) as u32;
-    let mut seg_len = ip_len.saturating_sub(ihl + doff);
+    let mut seg_len = l4_len.saturating_sub(doff);
     if flags & TCP_SYN != 0 {
         seg_len += 1;
     }
@@ -125,19 +131,27 @@ fn tcp_rst<P: Packet>(ctx: &P, flow: &Flow) -> Result<(), i64> {
     } else {
         (0, seq.wrapping_add(seg_len), TCP_RST | TCP_ACK)
     };
-    let macs: [u8; 12] = ctx.load(0)?;
-    ctx.resize(ETH_HLEN + IP_HLEN + 20)?;
-    write_eth_ip(ctx, macs, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
     let (sp, dp, s, a) = (
         flow.dport.to_be_bytes(),
         flow.sport.to_be_bytes(),
         rst_seq.to_be_bytes(),
         rst_ack.to_be_bytes(),
     );
-    let mut tcp = [
+    [
         sp[0], sp[1], dp[0], dp[1], s[0], s[1], s[2], s[3], a[0], a[1], a[2], a[3], 0x50,
         rst_flags, 0, 0, 0, 0, 0, 0,
-    ];
+    ]
+}
+
+#[inline(always)]
+fn tcp_rst<P: Packet>(ctx: &P, flow: &Flow) -> Result<(), i64> {
+    let hdr: [u8; 20] = ctx.load(flow.l4_off)?;
+    let ip_len = u16::from_be(ctx.load::<u16>(ETH_HLEN + 2)?) as u32;
+    let ihl = (flow.l4_off - ETH_HLEN) as u32;
+    let mut tcp = rst_segment(&hdr, ip_len.saturating_sub(ihl), flow);
+    let macs: [u8; 12] = ctx.load(0)?;
+    ctx.resize(ETH_HLEN + IP_HLEN + 20)?;
+    write_eth_ip(ctx, macs, PROTO_TCP, 40, flow.daddr, flow.saddr)?;
     let pseudo = sum_words(&flow.daddr, sum_words(&flow.saddr, PROTO_TCP as u32 + 20));
     let csum = fold(sum_words(&tcp, pseudo)).to_be_bytes();
     tcp[16] = csum[0];

@@ -1,15 +1,14 @@
 //! Backend selection for a new flow: session affinity first, then the
 //! service's algorithm (random, flow hash, or Maglev). Returns a backend id.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{
-    flow_hash, AffinityKey, AffinityValue, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV,
-};
+use lb_common::{AffinityValue, ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV};
 
 use crate::{
-    conntrack::now,
-    maps::{maglev_m, AFFINITY, BACKENDS, MAGLEV, SLOTS},
-    parse::Flow,
+    maps::{maglev_m, MAGLEV, SLOTS},
+    time::now,
 };
+
+use super::fam::{flow_hash, AffinityKey, Flow, AFFINITY, BACKENDS};
 
 /// Picks the backend id for a new flow of `svc` (count > 0).
 #[inline(always)]
@@ -63,10 +62,7 @@ fn maglev(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
 /// The backend this client used within the timeout, if it still exists.
 #[inline(always)]
 fn affine(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
-    let key = AffinityKey {
-        service_id: svc.id,
-        client: flow.saddr,
-    };
+    let key = affinity_key(svc, flow);
     // SAFETY: the value is copied out at once.
     let entry = unsafe { AFFINITY.get(key).copied() }?;
     let timeout_ns = svc.affinity_timeout as u64 * 1_000_000_000;
@@ -80,14 +76,22 @@ fn affine(svc: &ServiceValue, flow: &Flow) -> Option<u32> {
 
 #[inline(always)]
 fn remember(svc: &ServiceValue, flow: &Flow, backend_id: u32) {
-    let key = AffinityKey {
-        service_id: svc.id,
-        client: flow.saddr,
-    };
+    let key = affinity_key(svc, flow);
     let value = AffinityValue {
         backend_id,
         _pad: 0,
         last_used_ns: now(),
     };
     let _ = AFFINITY.insert(key, value, 0);
+}
+
+/// The affinity key of `flow`'s client (zeroed first: the IPv6 key has
+/// padding).
+#[inline(always)]
+fn affinity_key(svc: &ServiceValue, flow: &Flow) -> AffinityKey {
+    // SAFETY: the key is plain integers; all zero is a valid value.
+    let mut key: AffinityKey = unsafe { core::mem::zeroed() };
+    key.service_id = svc.id;
+    key.client = flow.saddr;
+    key
 }

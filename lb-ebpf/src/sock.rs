@@ -20,10 +20,12 @@ use lb_common::{
 };
 
 use crate::{
-    lb::{self, Hook},
-    maps::{self, BACKENDS},
-    parse::Flow,
-    select,
+    maps,
+    v4::{
+        fam::{self, Flow, BACKENDS},
+        lb::{self, Hook},
+        select,
+    },
 };
 
 #[btf_map(name = "SOCK_REVNAT_V1")]
@@ -84,7 +86,7 @@ fn report(
     } else {
         0
     };
-    let mut e = lb::event(flow, kind, reason, service_id, nat_addr, nat_port);
+    let mut e = fam::event(flow, kind, reason, service_id, nat_addr, nat_port);
     // SAFETY: the helper takes the program's context.
     e.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     // The socket has no source port yet; the cookie stood in for it.

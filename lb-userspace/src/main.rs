@@ -145,6 +145,9 @@ struct AgentArgs {
     /// XDP on the uplinks for external clients: auto (native, else generic), native, generic, or off.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     xdp_mode: XdpModeArg,
+    /// Serve IPv6 frontends (the IPv6 families of single-stack IPv6 and dual-stack Services). Off, the IPv6 maps hold one entry each and IPv6 cluster IPs are reported and not served.
+    #[arg(long)]
+    ipv6: bool,
     /// Socket-level load balancing at connect()/sendmsg(): all sockets under --cgroup-root, only the host network namespace's (host-only), or off.
     #[arg(long, value_enum, default_value_t = SocketLbArg::All)]
     socket_lb: SocketLbArg,
@@ -650,7 +653,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             nodeport_selection,
             local: Default::default(),
             nodeport_range: args.service_node_port_range,
-            ipv6: false,
+            ipv6: args.ipv6,
         },
         socket_lb: match args.socket_lb {
             SocketLbArg::All => weir::dataplane::socket_lb::SocketLbMode::All,
@@ -673,6 +676,7 @@ fn run_agent(args: AgentArgs) -> Result<()> {
             max_backends: args.max_backends,
             max_slots: args.max_slots.max(1),
             max_conntrack: conntrack_size(&proxy.config.conntrack),
+            ipv6: args.ipv6,
         },
     };
     tokio::runtime::Builder::new_current_thread()

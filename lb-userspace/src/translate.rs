@@ -41,8 +41,8 @@ pub struct NodeFacts {
     /// The apiserver's --service-node-port-range: NodePorts outside it are
     /// not served (the apiserver would have rejected them).
     pub nodeport_range: (u16, u16),
-    /// Whether IPv6 frontends are served (the datapath's IPv6 side is
-    /// being built: until it is, an IPv6 family is reported and skipped).
+    /// Whether IPv6 frontends are served (`--ipv6`); without, a Service's
+    /// IPv6 family is reported and skipped.
     pub ipv6: bool,
 }
 
@@ -280,7 +280,7 @@ pub fn service_output(
             let served = *f == Family::V4 || node.ipv6;
             if !served {
                 warnings.push(format!(
-                    "Service {}: its {f} cluster IP is not served: this datapath does not serve IPv6 yet",
+                    "Service {}: its {f} cluster IP is not served: the agent runs without --ipv6",
                     svc.id
                 ));
             }

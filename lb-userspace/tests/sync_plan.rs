@@ -761,6 +761,7 @@ const SMALL: PlanConfig = PlanConfig {
     max_backends: lb_common::MAX_BACKENDS,
     max_slots: lb_common::MAX_SLOTS,
     max_conntrack: lb_common::MAX_CT,
+    ipv6: false,
 };
 
 /// Plans with SMALL, applies to the simulated maps (checking consistency after every op).

@@ -189,7 +189,7 @@ fn without_ipv6_the_ipv4_family_is_served_and_the_other_reported() {
     assert_eq!(keys(&d), ["198.19.0.14:80/TCP"]);
     assert_eq!(
         d.warnings,
-        ["Service demo/web: its IPv6 cluster IP is not served: this datapath does not serve IPv6 yet"]
+        ["Service demo/web: its IPv6 cluster IP is not served: the agent runs without --ipv6"]
     );
 }
 

@@ -153,6 +153,11 @@ pub const NODE2_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x0c];
 pub const UPLINK_CLIENT: [u8; 4] = [198, 18, 100, 100];
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x64, 0x64];
 
+/// The IPv6 twins of NODE_IP, NODE2_IP and UPLINK_CLIENT (on 2001:db8:0:100::/64).
+pub const NODE_IP6: [u8; 16] = v6(0x100, 0x11);
+pub const NODE2_IP6: [u8; 16] = v6(0x100, 0x12);
+pub const UPLINK_CLIENT6: [u8; 16] = v6(0x100, 0x100);
+
 /// A namespace to run BPF_PROG_TEST_RUN in, so that the FIB lookups the
 /// programs make have a fixed answer whatever the machine's routes are.
 pub struct FibNs {
@@ -228,6 +233,57 @@ impl FibNs {
         Ok(fib)
     }
 
+    /// `with_uplink`, and IPv6 on it: NODE_IP6/64 on up0, permanent
+    /// neighbour entries for NODE2_IP6 and UPLINK_CLIENT6, and a route to the
+    /// other node's pods (2001:db8:12::/64) through it.
+    pub fn with_uplink6() -> Result<Self> {
+        let fib = Self::with_uplink()?;
+        let n = fib.ns.name.clone();
+        let n = n.as_str();
+        let node = format!("{}/64", std::net::Ipv6Addr::from(NODE_IP6));
+        ip(&["-n", n, "-6", "addr", "add", &node, "dev", "up0", "nodad"])?;
+        for (addr, m) in [(NODE2_IP6, NODE2_MAC), (UPLINK_CLIENT6, CLIENT_MAC)] {
+            let addr = std::net::Ipv6Addr::from(addr).to_string();
+            ip(&[
+                "-n",
+                n,
+                "-6",
+                "neigh",
+                "add",
+                &addr,
+                "lladdr",
+                &mac(m),
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ])?;
+        }
+        let via = std::net::Ipv6Addr::from(NODE2_IP6).to_string();
+        ip(&[
+            "-n",
+            n,
+            "-6",
+            "route",
+            "add",
+            "2001:db8:0:12::/64",
+            "via",
+            &via,
+        ])?;
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                n,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        )?;
+        Ok(fib)
+    }
+
     /// Runs `f` on a thread inside the namespace.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         let name = self.ns.name.clone();
@@ -240,4 +296,143 @@ impl FibNs {
             .map_err(|_| anyhow::anyhow!("test thread panicked"))?
         })
     }
+}
+
+/// An IPv6 packet description (as `Pkt`); `build` turns it into bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Pkt6 {
+    pub l4: L4,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    /// A hop-by-hop options header (8 bytes of padding options) before
+    /// the L4 header.
+    pub hop_by_hop: bool,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+impl Pkt6 {
+    pub fn tcp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Self {
+        Self {
+            l4: L4::Tcp,
+            src,
+            dst,
+            sport,
+            dport,
+            hop_by_hop: false,
+            src_mac: MAC_POD,
+            dst_mac: MAC_NODE,
+        }
+    }
+
+    pub fn udp(src: [u8; 16], sport: u16, dst: [u8; 16], dport: u16) -> Self {
+        Self {
+            l4: L4::Udp,
+            ..Self::tcp(src, sport, dst, dport)
+        }
+    }
+
+    pub fn with_src(self, src: [u8; 16], sport: u16) -> Self {
+        Self { src, sport, ..self }
+    }
+
+    pub fn with_dst(self, dst: [u8; 16], dport: u16) -> Self {
+        Self { dst, dport, ..self }
+    }
+
+    pub fn with_macs(self, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Self {
+        Self {
+            src_mac,
+            dst_mac,
+            ..self
+        }
+    }
+
+    /// Ethernet + IPv6 + TCP (SYN) or UDP with a small payload and correct
+    /// checksums (etherparse's).
+    pub fn build(&self) -> Vec<u8> {
+        let builder = PacketBuilder::ethernet2(self.src_mac, self.dst_mac);
+        let payload = b"weir packet test";
+        let mut out = Vec::new();
+        if self.hop_by_hop {
+            let mut ip = etherparse::Ipv6Header {
+                traffic_class: 0,
+                flow_label: Default::default(),
+                payload_length: 0,
+                next_header: IpNumber::IPV6_HEADER_HOP_BY_HOP,
+                hop_limit: 64,
+                source: self.src,
+                destination: self.dst,
+            };
+            let proto = match self.l4 {
+                L4::Tcp => IpNumber::TCP,
+                L4::Udp => IpNumber::UDP,
+            };
+            // Next header, length 0 (8 bytes), a PadN option of 4 bytes.
+            let hbh = [proto.0, 0, 1, 4, 0, 0, 0, 0];
+            let mut l4 = Vec::new();
+            let inner = PacketBuilder::ipv6(self.src, self.dst, 64);
+            match self.l4 {
+                L4::Tcp => inner
+                    .tcp(self.sport, self.dport, 1000, 64240)
+                    .syn()
+                    .write(&mut l4, payload),
+                L4::Udp => inner.udp(self.sport, self.dport).write(&mut l4, payload),
+            }
+            .expect("packet fits");
+            let l4 = &l4[40..];
+            ip.payload_length = (hbh.len() + l4.len()) as u16;
+            let mut eth = Vec::new();
+            etherparse::Ethernet2Header {
+                source: self.src_mac,
+                destination: self.dst_mac,
+                ether_type: etherparse::EtherType::IPV6,
+            }
+            .write(&mut eth)
+            .expect("ethernet");
+            out.extend(eth);
+            ip.write(&mut out).expect("ipv6");
+            out.extend(hbh);
+            out.extend(l4);
+            return out;
+        }
+        let builder = builder.ipv6(self.src, self.dst, 64);
+        match self.l4 {
+            L4::Tcp => builder
+                .tcp(self.sport, self.dport, 1000, 64240)
+                .syn()
+                .write(&mut out, payload),
+            L4::Udp => builder.udp(self.sport, self.dport).write(&mut out, payload),
+        }
+        .expect("packet fits");
+        out
+    }
+}
+
+/// The Ethernet and IPv6 headers of an answer the datapath builds itself:
+/// towards the sender, hop limit 64.
+pub fn answer6(src: [u8; 16], dst: [u8; 16]) -> PacketBuilderStep<IpHeaders> {
+    PacketBuilder::ethernet2(MAC_NODE, MAC_POD).ipv6(src, dst, 64)
+}
+
+/// An active IPv6 backend.
+pub fn backend6(addr: [u8; 16], port: u16, proto: u8) -> Backend {
+    Backend {
+        addr: addr.into(),
+        port,
+        proto,
+        state: BACKEND_ACTIVE,
+    }
+}
+
+/// The IPv6 address 2001:db8:0:`net`::`last` (in 2001:db8::/32; each `net`
+/// a /64 of its own).
+pub const fn v6(net: u16, last: u16) -> [u8; 16] {
+    let n = net.to_be_bytes();
+    let l = last.to_be_bytes();
+    [
+        0x20, 0x01, 0x0d, 0xb8, 0, 0, n[0], n[1], 0, 0, 0, 0, 0, 0, l[0], l[1],
+    ]
 }

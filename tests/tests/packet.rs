@@ -147,7 +147,7 @@ fn a_reply_after_its_service_was_removed_is_still_reverse_nated() -> Result<()> 
     let reply = Pkt::tcp(B1, 8080, CLIENT, 40100);
     for _ in 0..3 {
         assert_rewrites(&mut dp, &reply, &reply.with_src(VIP, 80))?;
-        let gc = dp.gc_conntrack(&weir::dataplane::ct_gc::CtTimeouts::default());
+        let gc = dp.gc_conntrack(&weir::dataplane::ct_gc::CtTimeouts::default())?;
         assert_eq!(gc.removed, 0);
     }
     Ok(())

@@ -4,9 +4,9 @@
 //! tcpEstablishedTimeout, closing TCP after the close timeout, UDP after
 //! udpTimeout. Both directions of a flow share one fate: a flow is closing
 //! when either direction saw FIN/RST. The decision is pure and unit-tested.
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, hash::Hash, net::IpAddr, time::Duration};
 
-use lb_common::{CtKey, CtValue, CT_FLAG_CLOSING, CT_FORWARD, PROTO_UDP};
+use lb_common::{CtKey, CtKey6, CtValue, CtValue6, CT_FLAG_CLOSING, CT_FORWARD, PROTO_UDP};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtTimeouts {
@@ -54,45 +54,87 @@ impl CtGc {
     }
 }
 
+/// A conntrack key of either family (CT_V2 or CT6_V1) and what the agent
+/// reads of its value: the two families' types have the same fields.
+pub trait CtEntry: Copy + Eq + Hash + aya::Pod {
+    type Value: Copy + aya::Pod;
+    /// The key of the other direction of the flow the entry belongs to.
+    fn partner(&self, value: &Self::Value) -> Self;
+    fn proto(&self) -> u8;
+    /// The packets' source: for a reply entry, the backend.
+    fn source(&self) -> (IpAddr, u16);
+    fn flags(value: &Self::Value) -> u8;
+    fn kind(value: &Self::Value) -> u8;
+    fn last_seen_ns(value: &Self::Value) -> u64;
+}
+
+macro_rules! ct_entry {
+    ($key:ty, $value:ty) => {
+        impl CtEntry for $key {
+            type Value = $value;
+            fn partner(&self, value: &$value) -> Self {
+                if value.kind == CT_FORWARD {
+                    // client -> frontend; the reply entry is backend -> client.
+                    Self {
+                        saddr: value.nat_addr,
+                        daddr: self.saddr,
+                        sport: value.nat_port,
+                        dport: self.sport,
+                        proto: self.proto,
+                        _pad: [0; 3],
+                    }
+                } else {
+                    // backend -> client; the forward entry is client -> frontend.
+                    Self {
+                        saddr: self.daddr,
+                        daddr: value.nat_addr,
+                        sport: self.dport,
+                        dport: value.nat_port,
+                        proto: self.proto,
+                        _pad: [0; 3],
+                    }
+                }
+            }
+            fn proto(&self) -> u8 {
+                self.proto
+            }
+            fn source(&self) -> (IpAddr, u16) {
+                (IpAddr::from(self.saddr), self.sport)
+            }
+            fn flags(value: &$value) -> u8 {
+                value.flags
+            }
+            fn kind(value: &$value) -> u8 {
+                value.kind
+            }
+            fn last_seen_ns(value: &$value) -> u64 {
+                value.last_seen_ns
+            }
+        }
+    };
+}
+
+ct_entry!(CtKey, CtValue);
+ct_entry!(CtKey6, CtValue6);
+
 /// The key of the other direction of the flow an entry belongs to.
-pub fn partner(key: &CtKey, value: &CtValue) -> CtKey {
-    if value.kind == CT_FORWARD {
-        // client -> frontend; the reply entry is backend -> client.
-        CtKey {
-            saddr: value.nat_addr,
-            daddr: key.saddr,
-            sport: value.nat_port,
-            dport: key.sport,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
-    } else {
-        // backend -> client; the forward entry is client -> frontend.
-        CtKey {
-            saddr: key.daddr,
-            daddr: value.nat_addr,
-            sport: key.dport,
-            dport: value.nat_port,
-            proto: key.proto,
-            _pad: [0; 3],
-        }
-    }
+pub fn partner<K: CtEntry>(key: &K, value: &K::Value) -> K {
+    key.partner(value)
 }
 
 /// The entries to delete at `now_ns` (CLOCK_MONOTONIC, as the kernel stamps them).
-pub fn expired(entries: &[(CtKey, CtValue)], now_ns: u64, t: &CtTimeouts) -> Vec<CtKey> {
-    let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
+pub fn expired<K: CtEntry>(entries: &[(K, K::Value)], now_ns: u64, t: &CtTimeouts) -> Vec<K> {
+    let by_key: HashMap<K, &K::Value> = entries.iter().map(|(k, v)| (*k, v)).collect();
     entries
         .iter()
         .filter(|(key, value)| {
-            let other = by_key.get(&partner(key, value));
-            let closing = value.flags & CT_FLAG_CLOSING != 0
-                || other.is_some_and(|o| o.flags & CT_FLAG_CLOSING != 0);
+            let other = by_key.get(&key.partner(value));
+            let closing = K::flags(value) & CT_FLAG_CLOSING != 0
+                || other.is_some_and(|o| K::flags(o) & CT_FLAG_CLOSING != 0);
             // The flow is as fresh as its most recent direction.
-            let last = other.map_or(value.last_seen_ns, |o| {
-                o.last_seen_ns.max(value.last_seen_ns)
-            });
-            let timeout = if key.proto == PROTO_UDP {
+            let seen = K::last_seen_ns(value);
+            let last = other.map_or(seen, |o| K::last_seen_ns(o).max(seen));
+            let timeout = if key.proto() == PROTO_UDP {
                 t.udp
             } else if closing {
                 t.tcp_closing

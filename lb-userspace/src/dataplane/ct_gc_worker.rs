@@ -10,10 +10,10 @@
 use std::collections::HashSet;
 
 use aya::maps::{HashMap, Map, MapData};
-use lb_common::{CtKey, CtValue, CT_REPLY};
+use lb_common::{CtKey, CtKey6, CtValue, CtValue6, CT_REPLY};
 
 use super::{
-    ct_gc::{expired, CtGc, CtTimeouts},
+    ct_gc::{expired, CtEntry, CtGc, CtTimeouts},
     filter::{reply_bit, ReplyBits},
 };
 
@@ -26,36 +26,54 @@ pub struct Collected {
 }
 
 /// The filter's reply bits of the reply entries among `entries`.
-pub fn reply_bits<'a>(entries: impl IntoIterator<Item = (&'a CtKey, &'a CtValue)>) -> ReplyBits {
+pub fn reply_bits<'a, K: CtEntry + 'a>(
+    entries: impl IntoIterator<Item = (&'a K, &'a K::Value)>,
+) -> ReplyBits {
     entries
         .into_iter()
-        .filter(|(_, v)| v.kind == CT_REPLY)
+        .filter(|(_, v)| K::kind(v) == CT_REPLY)
         .map(|(k, _)| reply_bit(k))
         .collect()
 }
 
-/// Deletes the expired entries of `ct` (of `capacity` entries).
-pub fn collect(
-    ct: &mut HashMap<MapData, CtKey, CtValue>,
+/// The conntrack maps of both families (handles of the worker's own).
+pub struct CtMaps {
+    pub v4: HashMap<MapData, CtKey, CtValue>,
+    pub v6: HashMap<MapData, CtKey6, CtValue6>,
+}
+
+/// Deletes the expired entries of one family's map: (removed, left, the
+/// reply bits of the entries left).
+fn collect_family<K: CtEntry>(
+    ct: &mut HashMap<MapData, K, K::Value>,
     timeouts: &CtTimeouts,
-    capacity: usize,
-) -> Collected {
+    now: u64,
+) -> (usize, usize, ReplyBits) {
     let entries: Vec<_> = ct.iter().filter_map(Result::ok).collect();
-    let now = crate::inspect::monotonic_ns();
-    let removed: HashSet<CtKey> = expired(&entries, now, timeouts)
+    let removed: HashSet<K> = expired(&entries, now, timeouts)
         .into_iter()
         .filter(|k| ct.remove(k).is_ok())
         .collect();
-    let reply_bits = reply_bits(
+    let bits = reply_bits(
         entries
             .iter()
             .filter(|(k, _)| !removed.contains(k))
             .map(|(k, v)| (k, v)),
     );
+    (removed.len(), entries.len() - removed.len(), bits)
+}
+
+/// Deletes the expired entries of both maps (of `capacity` entries each).
+pub fn collect(ct: &mut CtMaps, timeouts: &CtTimeouts, capacity: usize) -> Collected {
+    let now = crate::inspect::monotonic_ns();
+    let (removed, entries, mut reply_bits) = collect_family(&mut ct.v4, timeouts, now);
+    let (removed6, entries6, bits6) = collect_family(&mut ct.v6, timeouts, now);
+    reply_bits.union(&bits6);
     Collected {
+        // The fuller family decides whether conntrack counts as full.
         gc: CtGc {
-            removed: removed.len(),
-            entries: entries.len() - removed.len(),
+            removed: removed + removed6,
+            entries: entries.max(entries6),
             capacity,
         },
         reply_bits,
@@ -71,11 +89,7 @@ pub struct GcWorker {
 
 impl GcWorker {
     /// Starts a worker on `ct` (a handle of its own on the conntrack map).
-    pub fn start(
-        mut ct: HashMap<MapData, CtKey, CtValue>,
-        timeouts: CtTimeouts,
-        capacity: usize,
-    ) -> std::io::Result<Self> {
+    pub fn start(mut ct: CtMaps, timeouts: CtTimeouts, capacity: usize) -> std::io::Result<Self> {
         let (requests, asked) = std::sync::mpsc::channel::<()>();
         let (done, results) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -98,9 +112,9 @@ impl GcWorker {
 }
 
 /// A second handle on the conntrack map of `map` (a duplicated fd).
-pub fn conntrack_handle(
+pub fn conntrack_handle<K: CtEntry>(
     map: &MapData,
-) -> Result<HashMap<MapData, CtKey, CtValue>, aya::maps::MapError> {
+) -> Result<HashMap<MapData, K, K::Value>, aya::maps::MapError> {
     use std::os::fd::AsFd;
     let fd = map.fd().as_fd().try_clone_to_owned().map_err(|io_error| {
         aya::maps::MapError::SyscallError(aya::sys::SyscallError {

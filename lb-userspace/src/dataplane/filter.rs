@@ -17,10 +17,7 @@ use std::collections::HashMap;
 
 use std::net::IpAddr;
 
-use lb_common::{
-    filter::{filter_bit, fold6, FilterBit, Half, FILTER_HALF_WORDS, FILTER_WORDS},
-    CtKey,
-};
+use lb_common::filter::{filter_bit, fold6, FilterBit, Half, FILTER_HALF_WORDS, FILTER_WORDS};
 
 use super::sync::{Op, Programmed};
 use crate::frontend::{Backend, FrontendKey};
@@ -59,8 +56,9 @@ pub fn backend_bit(b: &Backend) -> FilterBit {
 
 /// The bit of a conntrack entry's packets' source: for a reply entry, the
 /// backend's address and port.
-pub fn reply_bit(k: &CtKey) -> FilterBit {
-    filter_bit(Half::Reply, k.saddr, k.sport, k.proto)
+pub fn reply_bit<K: super::ct_gc::CtEntry>(k: &K) -> FilterBit {
+    let (addr, port) = k.source();
+    filter_bit(Half::Reply, filter_addr(addr), port, k.proto())
 }
 
 /// A set of reply bits as a bitmap of the filter's reply half: at 100k
@@ -95,6 +93,13 @@ impl ReplyBits {
 
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
+    }
+
+    /// Adds every bit of `other`.
+    pub fn union(&mut self, other: &ReplyBits) {
+        for (w, o) in self.0.iter_mut().zip(&other.0) {
+            *w |= *o;
+        }
     }
 }
 
@@ -330,7 +335,9 @@ impl Drop for MappedWords {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{ServiceValue, BACKEND_ACTIVE, NO_MAGLEV_TABLE, PROTO_TCP, SCOPE_EXTERNAL};
+    use lb_common::{
+        CtKey, ServiceValue, BACKEND_ACTIVE, NO_MAGLEV_TABLE, PROTO_TCP, SCOPE_EXTERNAL,
+    };
 
     fn filter() -> Filter<Vec<u64>> {
         Filter::new(vec![0; FILTER_WORDS as usize])

@@ -112,6 +112,9 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
     // see a half-written service), so at its peak a map holds the old and the
     // new state together: twice the capacity the planner fills (sync::fit).
     let doubled = |n: u32| n.saturating_mul(2);
+    // Without IPv6 its maps hold one entry each (the kernel wants at least
+    // one): preallocated at full size they would cost tens of MiB for nothing.
+    let v6 = |n: u32| if cfg.ipv6 { n } else { 1 };
     Ok(HashMap::from([
         (MAP_MAGLEV, entries),
         (lb_common::MAP_SERVICES, doubled(cfg.max_services)),
@@ -121,6 +124,15 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
         (lb_common::MAP_CT, cfg.max_conntrack),
         // Counters by service id: index 0 is unused, ids run 1..=service_ids.
         (lb_common::MAP_STATS, cfg.service_ids().saturating_add(1)),
+        (lb_common::MAP_SERVICES6, v6(doubled(cfg.max_services))),
+        (lb_common::MAP_REVNAT6, v6(doubled(cfg.max_services))),
+        (lb_common::MAP_BACKENDS6, v6(doubled(cfg.max_backends))),
+        (lb_common::MAP_CT6, v6(cfg.max_conntrack)),
+        (lb_common::MAP_AFFINITY6, v6(lb_common::MAX_AFFINITY)),
+        (
+            lb_common::MAP_SOURCE_RANGES6,
+            v6(lb_common::MAX_SOURCE_RANGES),
+        ),
     ]))
 }
 
@@ -327,7 +339,11 @@ impl Dataplane {
         // Before anything is attached: every bit a live flow needs.
         let mut filter = Filter::new(MappedWords::map(&maps.filter)?);
         let entries: Vec<_> = maps.ct.iter().filter_map(Result::ok).collect();
-        let replies = super::ct_gc_worker::reply_bits(entries.iter().map(|(k, v)| (k, v)));
+        let mut replies = super::ct_gc_worker::reply_bits(entries.iter().map(|(k, v)| (k, v)));
+        let entries6: Vec<_> = maps.ct6.iter().filter_map(Result::ok).collect();
+        replies.union(&super::ct_gc_worker::reply_bits(
+            entries6.iter().map(|(k, v)| (k, v)),
+        ));
         filter.restore(&programmed, replies);
         Ok(Self {
             ebpf,
@@ -347,11 +363,26 @@ impl Dataplane {
 
     /// Deletes the conntrack entries whose flows have expired, here and now
     /// (tests; the agent uses `ct_gc_worker`), and prunes the filter.
-    pub fn gc_conntrack(&mut self, timeouts: &super::ct_gc::CtTimeouts) -> super::ct_gc::CtGc {
+    pub fn gc_conntrack(
+        &mut self,
+        timeouts: &super::ct_gc::CtTimeouts,
+    ) -> Result<super::ct_gc::CtGc, LoadError> {
         let capacity = self.cfg.max_conntrack as usize;
-        let collected = super::ct_gc_worker::collect(&mut self.maps.ct, timeouts, capacity);
+        let mut ct = self.conntrack_handles()?;
+        let collected = super::ct_gc_worker::collect(&mut ct, timeouts, capacity);
         self.prune_filter(collected.reply_bits);
-        collected.gc
+        Ok(collected.gc)
+    }
+
+    /// Handles of their own on both conntrack maps (duplicated fds).
+    fn conntrack_handles(&self) -> Result<super::ct_gc_worker::CtMaps, LoadError> {
+        use super::ct_gc_worker::conntrack_handle;
+        use aya::maps::IterableMap;
+        let e = |name| move |source| LoadError::from(MapsError::Map { name, source });
+        Ok(super::ct_gc_worker::CtMaps {
+            v4: conntrack_handle(self.maps.ct.map()).map_err(e(lb_common::MAP_CT))?,
+            v6: conntrack_handle(self.maps.ct6.map()).map_err(e(lb_common::MAP_CT6))?,
+        })
     }
 
     /// A worker thread collecting conntrack on a handle of its own.
@@ -359,13 +390,7 @@ impl Dataplane {
         &self,
         timeouts: super::ct_gc::CtTimeouts,
     ) -> Result<super::ct_gc_worker::GcWorker, LoadError> {
-        use aya::maps::IterableMap;
-        let ct = super::ct_gc_worker::conntrack_handle(self.maps.ct.map()).map_err(|source| {
-            MapsError::Map {
-                name: lb_common::MAP_CT,
-                source,
-            }
-        })?;
+        let ct = self.conntrack_handles()?;
         super::ct_gc_worker::GcWorker::start(ct, timeouts, self.cfg.max_conntrack as usize)
             .map_err(|e| LoadError::Config(format!("starting the conntrack GC thread: {e}")))
     }

@@ -9,12 +9,14 @@ use aya::maps::{
 use lb_common::{
     filter::MAP_FILTER,
     sock::{SockRevKey, SockRevValue, MAP_SOCK_REVNAT, MAP_SOCK_STATS},
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceStats,
-    ServiceValue, SlotKey, SourceRange, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_DROPS, MAP_MAGLEV,
-    MAP_NODE_ADDRS, MAP_REVNAT, MAP_SERVICES, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_STATS,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, CtKey, CtKey6, CtValue, CtValue6,
+    RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceStats, ServiceValue, SlotKey, SourceRange,
+    SourceRange6, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKENDS, MAP_BACKENDS6, MAP_CT, MAP_CT6,
+    MAP_DROPS, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_NODE_ADDRS6, MAP_PASSED, MAP_REVNAT, MAP_REVNAT6,
+    MAP_SERVICES, MAP_SERVICES6, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_SOURCE_RANGES6, MAP_STATS,
 };
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use super::sync::{restore, Op, Programmed};
 use crate::frontend::{Backend as AnyBackend, FrontendKey};
@@ -27,12 +29,6 @@ pub enum MapsError {
     Map {
         name: &'static str,
         source: MapError,
-    },
-    /// An entry of a family the loaded datapath has no maps for.
-    #[error("{what}: the datapath has no {family} maps")]
-    Family {
-        what: String,
-        family: crate::model::Family,
     },
     /// A planned write failed.
     #[error("map {}: {}: {}", .0.name, .0.what, .0.source)]
@@ -104,9 +100,18 @@ pub struct Maps {
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
     /// The no-service filter (an mmapable array: filter::MappedWords).
     pub filter: MapData,
+    /// Packets passed untranslated, by reason (lb_common::PASS_*).
+    pub passed: PerCpuArray<MapData, u64>,
+    pub services6: HashMap<MapData, ServiceKey6, ServiceValue>,
+    pub backends6: HashMap<MapData, u32, Backend6>,
+    pub revnat6: HashMap<MapData, u32, RevNat6>,
+    pub ct6: HashMap<MapData, CtKey6, CtValue6>,
+    pub affinity6: HashMap<MapData, AffinityKey6, AffinityValue>,
+    pub src_ranges6: LpmTrie<MapData, SourceRange6, u8>,
+    pub node_addrs6: HashMap<MapData, u32, [u8; 16]>,
 }
 
-fn lpm(name: &'static str, map: Map) -> Result<LpmTrie<MapData, SourceRange, u8>, MapsError> {
+fn lpm<K: aya::Pod>(name: &'static str, map: Map) -> Result<LpmTrie<MapData, K, u8>, MapsError> {
     LpmTrie::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
@@ -115,6 +120,17 @@ pub fn source_range_key(service_id: u32, addr: [u8; 4], prefix: u8) -> Key<Sourc
     Key::new(
         SourceRange::prefix_len(prefix),
         SourceRange {
+            service_id: service_id.to_be_bytes(),
+            addr,
+        },
+    )
+}
+
+/// The LPM key of IPv6 range `addr/prefix` of service `service_id`.
+pub fn source_range_key6(service_id: u32, addr: [u8; 16], prefix: u8) -> Key<SourceRange6> {
+    Key::new(
+        SourceRange::prefix_len(prefix),
+        SourceRange6 {
             service_id: service_id.to_be_bytes(),
             addr,
         },
@@ -198,6 +214,14 @@ impl Maps {
             sock_stats: per_cpu(MAP_SOCK_STATS, take(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, take(MAP_SOCK_REVNAT)?)?,
             filter: array_data(MAP_FILTER, take(MAP_FILTER)?)?,
+            passed: per_cpu(MAP_PASSED, take(MAP_PASSED)?)?,
+            services6: typed(MAP_SERVICES6, take(MAP_SERVICES6)?)?,
+            backends6: typed(MAP_BACKENDS6, take(MAP_BACKENDS6)?)?,
+            revnat6: typed(MAP_REVNAT6, take(MAP_REVNAT6)?)?,
+            ct6: typed(MAP_CT6, take(MAP_CT6)?)?,
+            affinity6: typed(MAP_AFFINITY6, take(MAP_AFFINITY6)?)?,
+            src_ranges6: lpm(MAP_SOURCE_RANGES6, take(MAP_SOURCE_RANGES6)?)?,
+            node_addrs6: typed(MAP_NODE_ADDRS6, take(MAP_NODE_ADDRS6)?)?,
         })
     }
 
@@ -223,34 +247,49 @@ impl Maps {
             sock_stats: per_cpu(MAP_SOCK_STATS, open(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, open(MAP_SOCK_REVNAT)?)?,
             filter: array_data(MAP_FILTER, open(MAP_FILTER)?)?,
+            passed: per_cpu(MAP_PASSED, open(MAP_PASSED)?)?,
+            services6: typed(MAP_SERVICES6, open(MAP_SERVICES6)?)?,
+            backends6: typed(MAP_BACKENDS6, open(MAP_BACKENDS6)?)?,
+            revnat6: typed(MAP_REVNAT6, open(MAP_REVNAT6)?)?,
+            ct6: typed(MAP_CT6, open(MAP_CT6)?)?,
+            affinity6: typed(MAP_AFFINITY6, open(MAP_AFFINITY6)?)?,
+            src_ranges6: lpm(MAP_SOURCE_RANGES6, open(MAP_SOURCE_RANGES6)?)?,
+            node_addrs6: typed(MAP_NODE_ADDRS6, open(MAP_NODE_ADDRS6)?)?,
         })
     }
 
     /// Reads what the maps hold (entries that fail to read are skipped).
     pub fn read(&self) -> Programmed {
+        let services6 = self.services6.iter().filter_map(Result::ok);
+        let backends6 = self.backends6.iter().filter_map(Result::ok);
         let mut p = restore(
             self.services
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(k, v)| (frontend_key(&k), v)),
+                .map(|(k, v)| (frontend_key(&k), v))
+                .chain(services6.map(|(k, v)| (frontend_key6(&k), v))),
             self.slots.iter().filter_map(Result::ok),
             self.backends
                 .iter()
                 .filter_map(Result::ok)
-                .map(|(id, b)| (id, any_backend(&b))),
+                .map(|(id, b)| (id, any_backend(&b)))
+                .chain(backends6.map(|(id, b)| (id, any_backend6(&b)))),
         );
+        let prefix = |len: u32| len.saturating_sub(32) as u8;
         p.source_ranges = self
             .src_ranges
             .keys()
             .filter_map(Result::ok)
             .map(|k| {
                 let r = k.data();
-                (
-                    u32::from_be_bytes(r.service_id),
-                    IpAddr::from(r.addr),
-                    k.prefix_len().saturating_sub(32) as u8,
-                )
+                let id = u32::from_be_bytes(r.service_id);
+                (id, IpAddr::from(r.addr), prefix(k.prefix_len()))
             })
+            .chain(self.src_ranges6.keys().filter_map(Result::ok).map(|k| {
+                let r = k.data();
+                let id = u32::from_be_bytes(r.service_id);
+                (id, IpAddr::from(r.addr), prefix(k.prefix_len()))
+            }))
             .collect();
         p
     }
@@ -268,10 +307,6 @@ impl Maps {
                 }))
             }
         };
-        let family = |what: &str, addr: IpAddr| MapsError::Family {
-            what: what.to_string(),
-            family: crate::model::Family::of(addr),
-        };
         match *op {
             Op::PutMaglev(table, ref entries) => {
                 let base = table * maglev_m;
@@ -282,77 +317,134 @@ impl Maps {
                 }
                 Ok(())
             }
-            Op::PutBackend(id, b) => {
-                let b = backend4(&b).ok_or_else(|| family("backend", b.addr))?;
-                self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS))
-            }
             Op::PutSlot(k, id) => self.slots.insert(k, id, 0).map_err(e(MAP_SLOTS)),
-            Op::PutRevNat(id, r) => {
-                let r = revnat4(r).ok_or_else(|| family("reverse NAT", r.ip()))?;
-                self.revnat.insert(id, r, 0).map_err(e(MAP_REVNAT))
-            }
-            Op::PutService(k, v) => {
-                let k = service_key4(&k).ok_or_else(|| family("frontend", k.addr))?;
-                self.services.insert(k, v, 0).map_err(e(MAP_SERVICES))
-            }
-            Op::DelService(k) => {
-                let k = service_key4(&k).ok_or_else(|| family("frontend", k.addr))?;
-                ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES))
-            }
             Op::DelSlot(k) => ignore_missing(self.slots.remove(&k)).map_err(e(MAP_SLOTS)),
-            Op::DelRevNat(id) => ignore_missing(self.revnat.remove(&id)).map_err(e(MAP_REVNAT)),
-            Op::PutSourceRange(id, addr, prefix) => {
-                let a = v4(addr).ok_or_else(|| family("source range", addr))?;
-                self.src_ranges
-                    .insert(&source_range_key(id, a, prefix), 1, 0)
-                    .map_err(e(MAP_SOURCE_RANGES))
-            }
-            Op::DelSourceRange(id, addr, prefix) => {
-                let a = v4(addr).ok_or_else(|| family("source range", addr))?;
-                ignore_missing(self.src_ranges.remove(&source_range_key(id, a, prefix)))
-                    .map_err(e(MAP_SOURCE_RANGES))
+            Op::PutBackend(id, b) => match b.addr {
+                IpAddr::V4(a) => {
+                    let b = Backend {
+                        addr: a.octets(),
+                        port: b.port,
+                        proto: b.proto,
+                        state: b.state,
+                    };
+                    self.backends.insert(id, b, 0).map_err(e(MAP_BACKENDS))
+                }
+                IpAddr::V6(a) => {
+                    let b = Backend6 {
+                        addr: a.octets(),
+                        port: b.port,
+                        proto: b.proto,
+                        state: b.state,
+                        _pad: 0,
+                    };
+                    self.backends6.insert(id, b, 0).map_err(e(MAP_BACKENDS6))
+                }
+            },
+            Op::PutRevNat(id, r) => match r.ip() {
+                IpAddr::V4(a) => {
+                    let v = RevNat {
+                        addr: a.octets(),
+                        port: r.port(),
+                        _pad: 0,
+                    };
+                    self.revnat.insert(id, v, 0).map_err(e(MAP_REVNAT))
+                }
+                IpAddr::V6(a) => {
+                    let v = RevNat6 {
+                        addr: a.octets(),
+                        port: r.port(),
+                        _pad: 0,
+                        _pad2: 0,
+                    };
+                    self.revnat6.insert(id, v, 0).map_err(e(MAP_REVNAT6))
+                }
+            },
+            Op::PutService(k, v) => match service_key(&k) {
+                Key4or6::V4(k) => self.services.insert(k, v, 0).map_err(e(MAP_SERVICES)),
+                Key4or6::V6(k) => self.services6.insert(k, v, 0).map_err(e(MAP_SERVICES6)),
+            },
+            Op::DelService(k) => match service_key(&k) {
+                Key4or6::V4(k) => ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES)),
+                Key4or6::V6(k) => {
+                    ignore_missing(self.services6.remove(&k)).map_err(e(MAP_SERVICES6))
+                }
+            },
+            // Ids are unique across the families: the entry is in one of
+            // the two maps (IPv4 first: the common case costs one call).
+            Op::DelRevNat(id) => {
+                if gone(self.revnat.remove(&id)).map_err(e(MAP_REVNAT))? {
+                    ignore_missing(self.revnat6.remove(&id)).map_err(e(MAP_REVNAT6))?;
+                }
+                Ok(())
             }
             Op::DelBackend(id) => {
-                ignore_missing(self.backends.remove(&id)).map_err(e(MAP_BACKENDS))
+                if gone(self.backends.remove(&id)).map_err(e(MAP_BACKENDS))? {
+                    ignore_missing(self.backends6.remove(&id)).map_err(e(MAP_BACKENDS6))?;
+                }
+                Ok(())
             }
+            Op::PutSourceRange(id, addr, prefix) => match addr {
+                IpAddr::V4(a) => self
+                    .src_ranges
+                    .insert(&source_range_key(id, a.octets(), prefix), 1, 0)
+                    .map_err(e(MAP_SOURCE_RANGES)),
+                IpAddr::V6(a) => self
+                    .src_ranges6
+                    .insert(&source_range_key6(id, a.octets(), prefix), 1, 0)
+                    .map_err(e(MAP_SOURCE_RANGES6)),
+            },
+            Op::DelSourceRange(id, addr, prefix) => match addr {
+                IpAddr::V4(a) => ignore_missing(self.src_ranges.remove(&source_range_key(
+                    id,
+                    a.octets(),
+                    prefix,
+                )))
+                .map_err(e(MAP_SOURCE_RANGES)),
+                IpAddr::V6(a) => ignore_missing(self.src_ranges6.remove(&source_range_key6(
+                    id,
+                    a.octets(),
+                    prefix,
+                )))
+                .map_err(e(MAP_SOURCE_RANGES6)),
+            },
         }
     }
 }
 
-/// The octets of an IPv4 address; None for IPv6.
-pub fn v4(addr: IpAddr) -> Option<[u8; 4]> {
-    match addr {
-        IpAddr::V4(a) => Some(a.octets()),
-        IpAddr::V6(_) => None,
+/// A frontend key as the kernel map of its family holds it.
+pub enum Key4or6 {
+    V4(ServiceKey),
+    V6(ServiceKey6),
+}
+
+pub fn service_key(k: &FrontendKey) -> Key4or6 {
+    match k.addr {
+        IpAddr::V4(a) => Key4or6::V4(ServiceKey {
+            addr: a.octets(),
+            port: k.port,
+            proto: k.proto,
+            scope: k.scope,
+        }),
+        IpAddr::V6(a) => Key4or6::V6(ServiceKey6 {
+            addr: a.octets(),
+            port: k.port,
+            proto: k.proto,
+            scope: k.scope,
+            _pad: 0,
+        }),
     }
 }
 
-/// The kernel's IPv4 frontend key of `k`.
-pub fn service_key4(k: &FrontendKey) -> Option<ServiceKey> {
-    Some(ServiceKey {
-        addr: v4(k.addr)?,
-        port: k.port,
-        proto: k.proto,
-        scope: k.scope,
-    })
-}
-
-/// The kernel's IPv4 backend of `b`.
-pub fn backend4(b: &AnyBackend) -> Option<Backend> {
-    Some(Backend {
-        addr: v4(b.addr)?,
-        port: b.port,
-        proto: b.proto,
-        state: b.state,
-    })
-}
-
-fn revnat4(a: SocketAddr) -> Option<RevNat> {
-    Some(RevNat {
-        addr: v4(a.ip())?,
-        port: a.port(),
-        _pad: 0,
-    })
+/// Whether a removal found nothing to remove (an error otherwise).
+fn gone(r: Result<(), MapError>) -> Result<bool, MapError> {
+    match r {
+        Ok(()) => Ok(false),
+        Err(MapError::KeyNotFound) => Ok(true),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+            Ok(true)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub fn frontend_key(k: &ServiceKey) -> FrontendKey {
@@ -361,6 +453,24 @@ pub fn frontend_key(k: &ServiceKey) -> FrontendKey {
         port: k.port,
         proto: k.proto,
         scope: k.scope,
+    }
+}
+
+pub fn frontend_key6(k: &ServiceKey6) -> FrontendKey {
+    FrontendKey {
+        addr: IpAddr::from(k.addr),
+        port: k.port,
+        proto: k.proto,
+        scope: k.scope,
+    }
+}
+
+pub fn any_backend6(b: &Backend6) -> AnyBackend {
+    AnyBackend {
+        addr: IpAddr::from(b.addr),
+        port: b.port,
+        proto: b.proto,
+        state: b.state,
     }
 }
 
@@ -375,9 +485,5 @@ pub fn any_backend(b: &Backend) -> AnyBackend {
 
 /// Deleting an entry that is already gone is success.
 fn ignore_missing(r: Result<(), MapError>) -> Result<(), MapError> {
-    match r {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-        other => other,
-    }
+    gone(r).map(|_| ())
 }

@@ -18,9 +18,10 @@ use std::{
 
 use aya::maps::{Map, MapData, MapError, MapInfo};
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, CtKey, CtValue, RevNat, ServiceKey, ServiceValue, SlotKey,
-    ALL_MAPS, MAP_AFFINITY, MAP_BACKENDS, MAP_CT, MAP_MIGRATIONS, MAP_NODE_ADDRS, MAP_REVNAT,
-    MAP_SERVICES, MAP_SLOTS,
+    AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, CtKey, CtKey6, CtValue, CtValue6,
+    RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceValue, SlotKey, ALL_MAPS, MAP_AFFINITY,
+    MAP_AFFINITY6, MAP_BACKENDS, MAP_BACKENDS6, MAP_CT, MAP_CT6, MAP_MIGRATIONS, MAP_NODE_ADDRS,
+    MAP_NODE_ADDRS6, MAP_REVNAT, MAP_REVNAT6, MAP_SERVICES, MAP_SERVICES6, MAP_SLOTS,
 };
 
 /// Kernel map types whose entries are copied when a pin is recreated.
@@ -356,6 +357,12 @@ pub fn migrate(bpffs: &Path, pending: &mut Pending) -> Result<Vec<PinAction>, Pi
             MAP_NODE_ADDRS => copy::<u32, [u8; 4], _>(old, new, Some),
             MAP_CT if from == MAP_CT => copy::<CtKey, CtValue, _>(old, new, Some),
             MAP_CT => copy::<CtKey, CtValue, [u8; CT_V1_VALUE]>(old, new, ct_v1_to_v2),
+            MAP_SERVICES6 => copy::<ServiceKey6, ServiceValue, _>(old, new, Some),
+            MAP_BACKENDS6 => copy::<u32, Backend6, _>(old, new, Some),
+            MAP_REVNAT6 => copy::<u32, RevNat6, _>(old, new, Some),
+            MAP_AFFINITY6 => copy::<AffinityKey6, AffinityValue, _>(old, new, Some),
+            MAP_NODE_ADDRS6 => copy::<u32, [u8; 16], _>(old, new, Some),
+            MAP_CT6 => copy::<CtKey6, CtValue6, _>(old, new, Some),
             _ => continue,
         };
         actions.push(match copied {

@@ -173,8 +173,11 @@ pub struct PlanConfig {
     pub max_backends: u32,
     /// Capacity of the slots map: backends summed over frontends.
     pub max_slots: u32,
-    /// Capacity of the conntrack map (entries; two per flow).
+    /// Capacity of the conntrack map (entries; two per flow), per family.
     pub max_conntrack: u32,
+    /// Whether IPv6 frontends are served: without, the IPv6 maps are
+    /// created with one entry each (`--ipv6`).
+    pub ipv6: bool,
 }
 
 pub const DEFAULT_MAGLEV_TABLES: u32 = 32;
@@ -203,6 +206,7 @@ impl Default for PlanConfig {
             max_backends: MAX_BACKENDS,
             max_slots: lb_common::MAX_SLOTS,
             max_conntrack: lb_common::MAX_CT,
+            ipv6: false,
         }
     }
 }

@@ -183,6 +183,17 @@ pub fn device_addrs() -> BTreeMap<String, Ipv4Addr> {
     out
 }
 
+/// The first IPv6 address of each device that is not link-local, by name.
+pub fn device_addrs6() -> BTreeMap<String, std::net::Ipv6Addr> {
+    let mut out = BTreeMap::new();
+    for (name, addr) in ip_addrs() {
+        if let std::net::IpAddr::V6(a) = addr {
+            out.entry(name).or_insert(a);
+        }
+    }
+    out
+}
+
 /// Every address of both families but IPv6 link-local ones (fe80::/10,
 /// which name no node to a client elsewhere), by device name.
 fn ip_addrs() -> Vec<(String, std::net::IpAddr)> {
@@ -350,6 +361,30 @@ impl Dataplane {
             .collect();
         for ifindex in stale {
             let _ = self.maps.node_addrs.remove(&ifindex);
+        }
+        // The same for IPv6 (NODE_ADDRS6_V1, the source of SNATed IPv6 flows).
+        let addrs6 = device_addrs6();
+        for (name, ifindex) in uplinks {
+            match addrs6.get(name) {
+                Some(addr) => {
+                    if self.maps.node_addrs6.get(ifindex, 0).ok() != Some(addr.octets()) {
+                        let _ = self.maps.node_addrs6.insert(*ifindex, addr.octets(), 0);
+                    }
+                }
+                None => {
+                    let _ = self.maps.node_addrs6.remove(ifindex);
+                }
+            }
+        }
+        let stale6: Vec<u32> = self
+            .maps
+            .node_addrs6
+            .keys()
+            .flatten()
+            .filter(|i| !uplinks.iter().any(|(_, u)| u == i))
+            .collect();
+        for ifindex in stale6 {
+            let _ = self.maps.node_addrs6.remove(&ifindex);
         }
         report
     }
