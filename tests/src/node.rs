@@ -89,3 +89,61 @@ pub fn add_pod(
         netns,
     })
 }
+
+/// The IPv6 gateway address pods route through (held by every host-side
+/// device, as GATEWAY).
+pub const GATEWAY6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// Gives `pod` (in node namespace `node_ns`) the IPv6 address `addr` too, as
+/// a dual-stack CNI does: a /128 on the pod's eth0 and a default route to
+/// GATEWAY6 on its host-side device, a /128 route on the node. No duplicate
+/// address detection, so the addresses work at once. Forwarding for IPv6 is
+/// turned on in the node.
+pub fn add_pod_ipv6(node_ns: &str, pod: &Pod, addr: std::net::Ipv6Addr) -> Result<()> {
+    let (pod_ns, device) = (pod.netns.name.as_str(), pod.device.as_str());
+    let (a, gw) = (format!("{addr}/128"), GATEWAY6.to_string());
+    let gw_host = format!("{gw}/128");
+    let steps: [&[&str]; 5] = [
+        &[
+            "-n", node_ns, "-6", "addr", "add", &gw_host, "dev", device, "nodad",
+        ],
+        &["-n", node_ns, "-6", "route", "add", &a, "dev", device],
+        &[
+            "-n", pod_ns, "-6", "addr", "add", &a, "dev", "eth0", "nodad",
+        ],
+        &["-n", pod_ns, "-6", "route", "add", &gw_host, "dev", "eth0"],
+        &[
+            "-n", pod_ns, "-6", "route", "add", "default", "via", &gw, "dev", "eth0",
+        ],
+    ];
+    for step in steps {
+        ip(step).with_context(|| format!("giving pod {} an IPv6 address", pod.name))?;
+    }
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            node_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv6.conf.all.forwarding=1",
+        ],
+    )?;
+    // Neighbour discovery needs the link-local addresses, which stay
+    // tentative (duplicate address detection) for a second or two after
+    // the link came up: wait for both ends, at most 10 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for (ns, dev) in [(node_ns, device), (pod_ns, "eth0")] {
+        while !ip(&["-n", ns, "-6", "addr", "show", "dev", dev, "tentative"])?
+            .trim()
+            .is_empty()
+        {
+            if std::time::Instant::now() > deadline {
+                bail!("{dev} in {ns} still has tentative IPv6 addresses after 10 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! End-to-end IPv6 and dual-stack tests in network namespaces: the real
+//! agent (with --ipv6) on a directory source, the real tc program on the
+//! pods' host-side veths, real TCP clients and servers. The pods are
+//! dual-stack, as a dual-stack CNI wires them; the servers are the pods'
+//! own (a test helper listening on the pod's IPv6 address, as a real
+//! workload would). What is asserted is what the client sees: the backend
+//! that answered, the address it saw, and a refused connection.
+use std::{
+    io::{Read, Write},
+    net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use weir_tests::{
+    echo::Proto,
+    netns::in_netns,
+    node::add_pod_ipv6,
+    scenario::{backends_of, names, Scenario},
+};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0x19, 0, 0, 0, 0x10);
+const EMPTY_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0x19, 0, 0, 0, 0x11);
+
+fn pod6(last: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, last)
+}
+
+/// A TCP server on `addr:port` in namespace `ns` that answers every
+/// connection with "NAME PEER" and closes it; it stops after a minute.
+fn serve6(ns: &str, name: &str, addr: Ipv6Addr, port: u16) -> Result<()> {
+    let name = name.to_string();
+    let listener = in_netns(ns, move || {
+        TcpListener::bind(SocketAddr::new(addr.into(), port))
+    })??;
+    listener.set_nonblocking(true)?;
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = s.write_all(format!("{name} {}\n", peer.ip()).as_bytes());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// One TCP request from namespace `ns` to `addr:port`: the answering
+/// backend and the address it saw.
+fn request6(ns: &str, addr: Ipv6Addr, port: u16) -> Result<(String, String)> {
+    let reply = in_netns(ns, move || -> Result<String> {
+        let mut s = TcpStream::connect_timeout(
+            &SocketAddr::new(addr.into(), port),
+            Duration::from_secs(2),
+        )?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    let (name, peer) = reply
+        .trim()
+        .split_once(' ')
+        .with_context(|| format!("reply {reply:?}"))?;
+    Ok((name.to_string(), peer.to_string()))
+}
+
+const SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: e2e}
+spec:
+  clusterIPs: [198.19.0.10, \"2001:db8:0:19::10\"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: e2e}
+spec:
+  clusterIPs: [\"2001:db8:0:19::11\"]
+  ipFamilies: [IPv6]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+";
+
+/// The two families of `web` have different endpoints: both backends over
+/// IPv4, only be1 over IPv6.
+fn slices() -> String {
+    format!(
+        "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v4, namespace: e2e, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [198.18.1.11]
+- addresses: [198.18.1.12]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-v6, namespace: e2e, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [\"{}\"]
+",
+        pod6(0x11)
+    )
+}
+
+#[test]
+fn a_dual_stack_service_serves_each_family_from_its_own_endpoints() -> Result<()> {
+    let mut s = Scenario::start_with(2, &[(Proto::Tcp, 8080)], &["--ipv6"])?;
+    for (pod, last) in [("client", 2), ("be1", 0x11), ("be2", 0x12)] {
+        add_pod_ipv6(&s.sandbox.node.name, s.sandbox.pod(pod), pod6(last))?;
+    }
+    for (pod, last) in [("be1", 0x11), ("be2", 0x12)] {
+        serve6(&s.sandbox.pod(pod).netns.name, pod, pod6(last), 8080)?;
+    }
+    s.manifests.write("svc.yaml", SERVICE)?;
+    s.manifests.write("slices.yaml", &slices())?;
+    s.agent.wait_frontend("[2001:db8:0:19::10]:80/TCP", 1)?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 2)?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    // Over IPv6: always be1, which sees the client's own IPv6 address.
+    for _ in 0..10 {
+        let (backend, peer) = request6(&client, VIP6, 80)?;
+        assert_eq!(backend, "be1");
+        assert_eq!(peer, pod6(2).to_string());
+    }
+    // Over IPv4 the same Service spreads over both backends.
+    let v4 = s.send_ok(Proto::Tcp, 80, 30)?;
+    assert_eq!(backends_of(&v4), names(&["be1", "be2"]));
+    // An IPv6 frontend without endpoints refuses at once (a RST from tc).
+    let started = Instant::now();
+    let refused = request6(&client, EMPTY_VIP6, 80).expect_err("no endpoints");
+    let kind = refused
+        .downcast_ref::<std::io::Error>()
+        .map(std::io::Error::kind);
+    assert_eq!(
+        kind,
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "{refused:#}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+#[test]
+fn without_ipv6_a_dual_stack_service_is_served_over_ipv4_and_its_ipv6_side_reported() -> Result<()>
+{
+    let mut s = Scenario::start(2, &[(Proto::Tcp, 8080)])?;
+    s.manifests.write("svc.yaml", SERVICE)?;
+    s.manifests.write("slices.yaml", &slices())?;
+    s.agent.wait_frontend("198.19.0.10:80/TCP", 2)?;
+    let v4 = s.send_ok(Proto::Tcp, 80, 20)?;
+    assert_eq!(backends_of(&v4), names(&["be1", "be2"]));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !s.agent.log_text().contains(
+        "Service e2e/web: its IPv6 cluster IP is not served: the agent runs without --ipv6",
+    ) {
+        assert!(Instant::now() < deadline, "log:\n{}", s.agent.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rows = s.agent.programmed()?;
+    assert!(rows.services.keys().all(|k| k.addr.is_ipv4()), "{rows:?}");
+    Ok(())
+}
