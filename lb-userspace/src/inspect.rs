@@ -3,19 +3,21 @@
 //! from rendering so that tests compare rows with the maps directly.
 use std::{
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     path::Path,
     time::{Duration, SystemTime},
 };
 
 use aya::maps::{IterableMap, MapData};
 use lb_common::{
-    CtKey, CtValue, CT_FORWARD, CT_REPLY, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES,
-    MAX_SLOTS,
+    CT_FORWARD, CT_REPLY, MAX_AFFINITY, MAX_BACKENDS, MAX_CT, MAX_SERVICES, MAX_SLOTS,
 };
 use serde::Serialize;
 
-use crate::{dataplane::maps::Maps, model::Protocol};
+use crate::{
+    dataplane::{ct_gc::CtEntry, maps::Maps},
+    model::Protocol,
+};
 
 fn proto(n: u8) -> String {
     Protocol::name_of(n)
@@ -55,9 +57,9 @@ pub struct LbTables {
 
 pub fn lb_tables(maps: &Maps) -> LbTables {
     let mut t = LbTables::default();
-    for (k, v) in maps.services.iter().filter_map(Result::ok) {
+    for (k, v) in maps.frontends() {
         t.frontends.push(FrontendRow {
-            frontend: format!("{}:{}/{}", Ipv4Addr::from(k.addr), k.port, proto(k.proto)),
+            frontend: k.to_string(),
             scope: if k.scope == lb_common::SCOPE_INTERNAL {
                 "internal"
             } else {
@@ -71,17 +73,17 @@ pub fn lb_tables(maps: &Maps) -> LbTables {
             maglev_table: (v.maglev_table != lb_common::NO_MAGLEV_TABLE).then_some(v.maglev_table),
         });
     }
-    for (id, b) in maps.backends.iter().filter_map(Result::ok) {
+    for (id, b) in maps.backend_entries() {
         t.backends.push(BackendRow {
             id,
-            backend: format!("{}:{}/{}", Ipv4Addr::from(b.addr), b.port, proto(b.proto)),
+            backend: format!("{}/{}", SocketAddr::new(b.addr, b.port), proto(b.proto)),
             state: backend_state(b.state).into(),
         });
     }
-    for (id, r) in maps.revnat.iter().filter_map(Result::ok) {
+    for (id, r) in maps.revnat_entries() {
         t.revnat.push(RevNatRow {
             service_id: id,
-            frontend: format!("{}:{}", Ipv4Addr::from(r.addr), r.port),
+            frontend: r.to_string(),
         });
     }
     t.frontends.sort_by_key(|r| r.service_id);
@@ -112,35 +114,40 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn ct_row(k: &CtKey, v: &CtValue, now_ns: u64) -> CtRow {
+/// A conntrack entry of either family as a row.
+pub fn ct_row<K: CtEntry>(k: &K, v: &K::Value, now_ns: u64) -> CtRow {
+    let (s, sp) = k.source();
+    let (d, dp) = k.destination();
+    let (n, np) = K::nat(v);
+    let (service_id, backend_id) = K::ids(v);
     CtRow {
-        kind: match v.kind {
+        kind: match K::kind(v) {
             CT_FORWARD => "forward".into(),
             CT_REPLY => "reply".into(),
             other => format!("kind {other}"),
         },
         tuple: format!(
-            "{}:{} -> {}:{}/{}",
-            Ipv4Addr::from(k.saddr),
-            k.sport,
-            Ipv4Addr::from(k.daddr),
-            k.dport,
-            proto(k.proto)
+            "{} -> {}/{}",
+            SocketAddr::new(s, sp),
+            SocketAddr::new(d, dp),
+            proto(k.proto())
         ),
-        nat: format!("{}:{}", Ipv4Addr::from(v.nat_addr), v.nat_port),
-        service_id: v.service_id,
-        backend_id: v.backend_id,
-        age_seconds: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+        nat: SocketAddr::new(n, np).to_string(),
+        service_id,
+        backend_id,
+        age_seconds: now_ns.saturating_sub(K::last_seen_ns(v)) / 1_000_000_000,
     }
 }
 
 pub fn ct_rows(maps: &Maps) -> Vec<CtRow> {
     let now = monotonic_ns();
+    let v6 = maps.ct6.iter().filter_map(Result::ok);
     let mut rows: Vec<CtRow> = maps
         .ct
         .iter()
         .filter_map(Result::ok)
         .map(|(k, v)| ct_row(&k, &v, now))
+        .chain(v6.map(|(k, v)| ct_row(&k, &v, now)))
         .collect();
     rows.sort_by(|a, b| a.tuple.cmp(&b.tuple));
     rows
@@ -288,6 +295,19 @@ pub fn status(bpffs: &Path, maps: &Maps) -> Status {
                 m.src_ranges.keys().count(),
                 lb_common::MAX_SOURCE_RANGES,
             ),
+            fill(
+                lb_common::MAP_SERVICES6,
+                &m.services6,
+                m.services6.keys().count(),
+                MAX_SERVICES,
+            ),
+            fill(
+                lb_common::MAP_BACKENDS6,
+                &m.backends6,
+                m.backends6.keys().count(),
+                MAX_BACKENDS,
+            ),
+            fill(lb_common::MAP_CT6, &m.ct6, m.ct6.keys().count(), MAX_CT),
         ],
     }
 }

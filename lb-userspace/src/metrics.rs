@@ -26,7 +26,7 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{dataplane::maps::Maps, health, inspect, model::Protocol};
+use crate::{dataplane::maps::Maps, health, inspect};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
@@ -139,6 +139,8 @@ pub struct Metrics {
     packets: Family<FrontendLabel, Counter>,
     bytes: Family<FrontendLabel, Counter>,
     drops: Family<ReasonLabel, Counter>,
+    /// Packets passed untranslated, by reason (PASSED_V1).
+    passed: Family<ReasonLabel, Counter>,
     /// Socket-level translations (connect/sendmsg to a frontend) and refusals (no endpoint).
     socket_translations: Counter,
     socket_refusals: Counter,
@@ -175,6 +177,7 @@ impl Metrics {
             packets: Family::default(),
             bytes: Family::default(),
             drops: Family::default(),
+            passed: Family::default(),
             socket_translations: Counter::default(),
             socket_refusals: Counter::default(),
             last: Mutex::default(),
@@ -251,6 +254,11 @@ impl Metrics {
             m.drops.clone(),
         );
         registry.register(
+            "passed_untranslated",
+            "Packets that may be for a service passed on untranslated, by reason (ipv6_extension_header: the datapath does not walk IPv6 extension headers)",
+            m.passed.clone(),
+        );
+        registry.register(
             "socket_lb_translations",
             "connect() and sendmsg() calls sent to a backend by socket LB",
             m.socket_translations.clone(),
@@ -289,27 +297,41 @@ impl Metrics {
         family.get_or_create(label).inc_by(delta);
     }
 
+    /// Adds what a cumulative kernel counter of `reason` gained since the
+    /// last refresh.
+    fn add_reason(
+        &self,
+        family: &Family<ReasonLabel, Counter>,
+        reason: &str,
+        what: &'static str,
+        now: u64,
+    ) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = last.insert((reason.to_string(), what), now).unwrap_or(0);
+        family
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc_by(now.saturating_sub(prev));
+    }
+
     /// Brings the map-derived metrics up to date.
     pub fn refresh(&self, maps: &Maps, bpffs: &std::path::Path) {
-        for (key, value) in maps.services.iter().filter_map(Result::ok) {
-            let proto = Protocol::name_of(key.proto);
+        for (key, value) in maps.frontends() {
             let scope = if key.scope == SCOPE_INTERNAL {
                 " (internal)"
             } else {
                 ""
             };
             let mut label = FrontendLabel {
-                frontend: format!(
-                    "{}/{proto}{scope}",
-                    std::net::SocketAddr::new(key.addr.into(), key.port)
-                ),
+                frontend: format!("{key}{scope}"),
                 ..Default::default()
             };
             if let Some((svc, port)) = self
                 .services
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .get(&crate::dataplane::maps::frontend_key(&key))
+                .get(&key)
             {
                 label.namespace = svc.namespace.clone();
                 label.name = svc.name.clone();
@@ -322,13 +344,11 @@ impl Metrics {
         }
         for (i, name) in DROP_REASON_NAMES.iter().enumerate() {
             let now = maps.drops(i as u32);
-            let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-            let prev = last.insert((name.to_string(), "drops"), now).unwrap_or(0);
-            self.drops
-                .get_or_create(&ReasonLabel {
-                    reason: name.to_string(),
-                })
-                .inc_by(now.saturating_sub(prev));
+            self.add_reason(&self.drops, name, "drops", now);
+        }
+        for (i, name) in lb_common::PASS_REASON_NAMES.iter().enumerate() {
+            let now = maps.passed(i as u32);
+            self.add_reason(&self.passed, name, "passed", now);
         }
         for (stat, counter, key) in [
             (

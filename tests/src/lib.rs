@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod node;
 pub mod packets;
 pub mod prom;
+pub mod rng;
 pub mod sandbox;
 pub mod scenario;
 pub mod tag;

@@ -32,7 +32,10 @@ use weir::{
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::{backend, hex, FibNs};
+use weir_tests::{
+    packets::{backend, hex, FibNs},
+    rng::{fold, sum16, Rng},
+};
 
 const PACKETS: usize = 100_000;
 const VIP: [u8; 4] = [198, 19, 0, 10];
@@ -42,46 +45,6 @@ const B1: [u8; 4] = [198, 18, 1, 11];
 const B2: [u8; 4] = [198, 18, 12, 3];
 const ADDRS: [[u8; 4]; 5] = [VIP, NODE, CLIENT, B1, B2];
 const PORTS: [u16; 8] = [80, 81, 82, 53, 8080, 5353, 30080, 40000];
-
-/// xorshift64*: a fixed seed, so a failure is reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    fn byte(&mut self) -> u8 {
-        self.next() as u8
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.byte()).collect()
-    }
-}
-
-/// The ones' complement sum of `data` folded to 16 bits, added to `sum`.
-fn sum16(mut sum: u32, data: &[u8]) -> u32 {
-    for chunk in data.chunks(2) {
-        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-        sum += u32::from(word);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum
-}
-
-fn fold(sum: u32) -> u16 {
-    !(sum as u16)
-}
 
 /// A well-formed, unfragmented IPv4 TCP/UDP packet's parts, by offsets.
 struct Parsed {

@@ -116,6 +116,23 @@ fn tcp_to_an_ipv6_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<(
         .ct6
         .get(&ct_key(B1, 8080, CLIENT, 40000, PROTO_TCP), 0)?;
     assert_eq!((rev.kind, rev.nat_addr, rev.nat_port), (CT_REPLY, VIP, 80));
+    // `weir bpf ct list` and `weir bpf lb list` show the addresses readably.
+    let rows = weir::inspect::ct_rows(&dp.maps);
+    let row = rows
+        .iter()
+        .find(|r| r.kind == "forward")
+        .context("a forward row")?;
+    assert_eq!(
+        (row.tuple.as_str(), row.nat.as_str()),
+        (
+            "[2001:db8:0:1::2]:40000 -> [2001:db8:0:19::10]:80/TCP",
+            "[2001:db8:0:1::11]:8080"
+        )
+    );
+    let lb = weir::inspect::lb_tables(&dp.maps);
+    assert_eq!(lb.frontends[0].frontend, "[2001:db8:0:19::10]:80/TCP");
+    assert_eq!(lb.backends[0].backend, "[2001:db8:0:1::11]:8080/TCP");
+    assert_eq!(lb.revnat[0].frontend, "[2001:db8:0:19::10]:80");
     // A second packet of the flow takes the established path.
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
     // The backend's answer gets the frontend back as its source.

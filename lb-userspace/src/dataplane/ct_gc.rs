@@ -63,9 +63,14 @@ pub trait CtEntry: Copy + Eq + Hash + aya::Pod {
     fn proto(&self) -> u8;
     /// The packets' source: for a reply entry, the backend.
     fn source(&self) -> (IpAddr, u16);
+    /// The packets' destination.
+    fn destination(&self) -> (IpAddr, u16);
     fn flags(value: &Self::Value) -> u8;
     fn kind(value: &Self::Value) -> u8;
     fn last_seen_ns(value: &Self::Value) -> u64;
+    /// The value's translation (backend or frontend) and ids.
+    fn nat(value: &Self::Value) -> (IpAddr, u16);
+    fn ids(value: &Self::Value) -> (u32, u32);
 }
 
 macro_rules! ct_entry {
@@ -100,6 +105,16 @@ macro_rules! ct_entry {
             }
             fn source(&self) -> (IpAddr, u16) {
                 (IpAddr::from(self.saddr), self.sport)
+            }
+            fn destination(&self) -> (IpAddr, u16) {
+                (IpAddr::from(self.daddr), self.dport)
+            }
+            fn nat(value: &$value) -> (IpAddr, u16) {
+                (IpAddr::from(value.nat_addr), value.nat_port)
+            }
+            /// (service id, backend id)
+            fn ids(value: &$value) -> (u32, u32) {
+                (value.service_id, value.backend_id)
             }
             fn flags(value: &$value) -> u8 {
                 value.flags

@@ -196,6 +196,47 @@ impl Maps {
             .unwrap_or(0)
     }
 
+    /// Every frontend of both families.
+    pub fn frontends(&self) -> Vec<(FrontendKey, ServiceValue)> {
+        let v6 = self.services6.iter().filter_map(Result::ok);
+        self.services
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| (frontend_key(&k), v))
+            .chain(v6.map(|(k, v)| (frontend_key6(&k), v)))
+            .collect()
+    }
+
+    /// Every backend of both families, by id.
+    pub fn backend_entries(&self) -> Vec<(u32, AnyBackend)> {
+        let v6 = self.backends6.iter().filter_map(Result::ok);
+        self.backends
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, b)| (id, any_backend(&b)))
+            .chain(v6.map(|(id, b)| (id, any_backend6(&b))))
+            .collect()
+    }
+
+    /// Every reverse NAT entry of both families: the frontend by service id.
+    pub fn revnat_entries(&self) -> Vec<(u32, std::net::SocketAddr)> {
+        let v6 = self.revnat6.iter().filter_map(Result::ok);
+        self.revnat
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(id, r)| (id, (IpAddr::from(r.addr), r.port).into()))
+            .chain(v6.map(|(id, r)| (id, (IpAddr::from(r.addr), r.port).into())))
+            .collect()
+    }
+
+    /// Packets passed untranslated for `reason` (lb_common::PASS_*), summed over CPUs.
+    pub fn passed(&self, reason: u32) -> u64 {
+        self.passed
+            .get(&reason, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or(0)
+    }
+
     /// Takes the maps out of a loaded object.
     pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self, MapsError> {
         let mut take = |name: &'static str| ebpf.take_map(name).ok_or(MapsError::Missing { name });
@@ -260,20 +301,10 @@ impl Maps {
 
     /// Reads what the maps hold (entries that fail to read are skipped).
     pub fn read(&self) -> Programmed {
-        let services6 = self.services6.iter().filter_map(Result::ok);
-        let backends6 = self.backends6.iter().filter_map(Result::ok);
         let mut p = restore(
-            self.services
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(k, v)| (frontend_key(&k), v))
-                .chain(services6.map(|(k, v)| (frontend_key6(&k), v))),
+            self.frontends(),
             self.slots.iter().filter_map(Result::ok),
-            self.backends
-                .iter()
-                .filter_map(Result::ok)
-                .map(|(id, b)| (id, any_backend(&b)))
-                .chain(backends6.map(|(id, b)| (id, any_backend6(&b)))),
+            self.backend_entries(),
         );
         let prefix = |len: u32| len.saturating_sub(32) as u8;
         p.source_ranges = self
