@@ -14,7 +14,15 @@
 //!   established flow to a frontend whose backend is the frontend's own
 //!   address and port (the full established path, rewriting bytes to the
 //!   same values), and a packet that is not for any service.
-use std::{net::Ipv4Addr, os::fd::AsFd};
+//!
+//! The maps are dual-stack: every generated frontend also has an IPv6 twin
+//! (its IPv4 address embedded in 2001:db8:4::/96, with IPv6 backends), so
+//! "N services" is N of each family, and the IPv6 rows take the same paths
+//! with Ethernet + IPv6 + TCP packets.
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::AsFd,
+};
 
 use anyhow::Result;
 use aya::programs::Xdp;
@@ -24,7 +32,7 @@ use weir::{
     model::ObjectRef,
     translate::{Backend, Frontend, FrontendKey as ServiceKey},
 };
-use weir_tests::packets::Pkt;
+use weir_tests::packets::{Pkt, Pkt6};
 
 use crate::{
     raw_bpf::{load_noop, test_run, ProgKind},
@@ -44,6 +52,29 @@ const NOT_A_SERVICE: Ipv4Addr = Ipv4Addr::new(198, 19, 255, 1);
 const POD: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
 /// External clients (for NodePort through XDP) live here.
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 2);
+
+/// The IPv6 twin of an IPv4 address of the workload: embedded in
+/// 2001:db8:4::/96.
+fn twin(a: Ipv4Addr) -> Ipv6Addr {
+    let [x, y, z, w] = a.octets();
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        4,
+        0,
+        0,
+        0,
+        u16::from_be_bytes([x, y]),
+        u16::from_be_bytes([z, w]),
+    )
+}
+
+fn twin_ip(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(a) => IpAddr::V6(twin(a)),
+        v6 => v6,
+    }
+}
 
 struct Params {
     sizes: Vec<usize>,
@@ -154,6 +185,49 @@ pub fn run(mode: Mode) -> Result<Section> {
             size,
             repeated(tc, &other, p.repeat)?,
         );
+        // The same paths for IPv6.
+        let vip6 = twin(vip);
+        let new_flows: Vec<Vec<u8>> = (0..p.calls)
+            .map(|i| flow6(POD, i, vip6, TCP_PORT).build())
+            .collect();
+        push(
+            "tc ClusterIP IPv6, new flow",
+            ProgKind::Tc,
+            false,
+            size,
+            per_call(tc, &new_flows)?,
+        );
+        let est = flow6(POD, p.calls + 1, vip6, TCP_PORT).build();
+        per_call(tc, std::slice::from_ref(&est))?;
+        push(
+            "tc ClusterIP IPv6, established flow",
+            ProgKind::Tc,
+            false,
+            size,
+            per_call(tc, &vec![est; p.calls])?,
+        );
+        let same = Pkt6::tcp(twin(POD).octets(), 40000, twin(SELF_VIP).octets(), TCP_PORT).build();
+        push(
+            "tc ClusterIP IPv6, established flow",
+            ProgKind::Tc,
+            true,
+            size,
+            repeated(tc, &same, p.repeat)?,
+        );
+        let other = Pkt6::tcp(
+            twin(POD).octets(),
+            40000,
+            twin(NOT_A_SERVICE).octets(),
+            TCP_PORT,
+        )
+        .build();
+        push(
+            "tc, IPv6 packet for no service",
+            ProgKind::Tc,
+            true,
+            size,
+            repeated(tc, &other, p.repeat)?,
+        );
         if let Some(xdp) = xdp_fd(&mut dp)? {
             xdp_present = true;
             let xdp = xdp.as_fd();
@@ -193,6 +267,34 @@ pub fn run(mode: Mode) -> Result<Section> {
                 size,
                 repeated(xdp, &other, p.repeat)?,
             );
+            let same6 = Pkt6::tcp(
+                twin(EXTERNAL).octets(),
+                40000,
+                twin(SELF_VIP).octets(),
+                TCP_PORT,
+            )
+            .build();
+            push(
+                "XDP external IP IPv6, established flow",
+                ProgKind::Xdp,
+                true,
+                size,
+                repeated(xdp, &same6, p.repeat)?,
+            );
+            let other6 = Pkt6::tcp(
+                twin(EXTERNAL).octets(),
+                40000,
+                twin(NOT_A_SERVICE).octets(),
+                TCP_PORT,
+            )
+            .build();
+            push(
+                "XDP, IPv6 packet for no service",
+                ProgKind::Xdp,
+                true,
+                size,
+                repeated(xdp, &other6, p.repeat)?,
+            );
         }
     }
     // The no-op programs, measured the same ways (once: they have no maps).
@@ -215,6 +317,17 @@ fn flow(src: Ipv4Addr, i: usize, dst: Ipv4Addr, dport: u16) -> Pkt {
     Pkt::tcp(
         src.octets(),
         10_000 + (i % 50_000) as u16,
+        dst.octets(),
+        dport,
+    )
+}
+
+/// flow(), for IPv6: the twins of its addresses.
+fn flow6(src: Ipv4Addr, i: usize, dst: Ipv6Addr, dport: u16) -> Pkt6 {
+    let v4 = flow(src, i, Ipv4Addr::UNSPECIFIED, dport);
+    Pkt6::tcp(
+        twin(Ipv4Addr::from(v4.src)).octets(),
+        v4.sport,
         dst.octets(),
         dport,
     )
@@ -247,6 +360,23 @@ fn programmed(size: usize) -> Result<Dataplane> {
             ..Default::default()
         },
     );
+    // Every frontend's IPv6 twin, with the twins of its backends.
+    let twins: Vec<_> = desired
+        .frontends
+        .iter()
+        .map(|(k, f)| {
+            let mut f = f.clone();
+            for b in &mut f.backends {
+                b.addr = twin_ip(b.addr);
+            }
+            let k = ServiceKey {
+                addr: twin_ip(k.addr),
+                ..*k
+            };
+            (k, f)
+        })
+        .collect();
+    desired.frontends.extend(twins);
     let defaults = PlanConfig::default();
     let frontends = desired.frontends.len() as u32;
     let slots: u32 = desired
@@ -258,6 +388,7 @@ fn programmed(size: usize) -> Result<Dataplane> {
         max_services: defaults.max_services.max(frontends + 16),
         max_backends: defaults.max_backends.max(slots + 16),
         max_slots: defaults.max_slots.max(slots + 16),
+        ipv6: true,
         ..defaults
     };
     let mut dp = Dataplane::load_unpinned(cfg)?;
@@ -363,8 +494,10 @@ fn section(
     Section {
         title: "1. Datapath cost per packet (BPF_PROG_TEST_RUN)".into(),
         intro: format!(
-            "Weir's programs run on one TCP SYN (Ethernet + IPv4 + TCP, 70 bytes) through \
-             BPF_PROG_TEST_RUN, with N generated ClusterIP services of 2 endpoints each \
+            "Weir's programs run on one TCP SYN (Ethernet + IPv4 + TCP, 70 bytes; the IPv6 \
+             rows Ethernet + IPv6 + TCP, 90 bytes) through \
+             BPF_PROG_TEST_RUN, with N generated dual-stack ClusterIP services of 2 endpoints \
+             each (N frontends of each family) \
              written by Weir's `translate` and `Dataplane::sync` into private maps, sized as \
              `--max-services`/`--max-backends` would size them to fit. The no-op is a \
              two-instruction program of the same type (`return TC_ACT_OK` / `XDP_PASS`), \

@@ -417,6 +417,22 @@ pub fn answer6(src: [u8; 16], dst: [u8; 16]) -> PacketBuilderStep<IpHeaders> {
     PacketBuilder::ethernet2(MAC_NODE, MAC_POD).ipv6(src, dst, 64)
 }
 
+/// Unpinned maps with IPv6 on (`--ipv6`), holding `frontends`.
+pub fn ipv6_dataplane(
+    frontends: Vec<(weir::translate::FrontendKey, weir::translate::Frontend)>,
+) -> Result<weir::dataplane::Dataplane> {
+    let cfg = weir::dataplane::sync::PlanConfig {
+        ipv6: true,
+        ..Default::default()
+    };
+    let mut dp = weir::dataplane::Dataplane::load_unpinned(cfg)?;
+    dp.sync(&weir::translate::Desired {
+        frontends: frontends.into_iter().collect(),
+        ..Default::default()
+    })?;
+    Ok(dp)
+}
+
 /// An active IPv6 backend.
 pub fn backend6(addr: [u8; 16], port: u16, proto: u8) -> Backend {
     Backend {

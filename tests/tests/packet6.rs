@@ -9,9 +9,9 @@ use lb_common::{
     PROTO_TCP, PROTO_UDP, SCOPE_EXTERNAL,
 };
 use weir::{
-    dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
+    dataplane::{loader::tc_program, Dataplane},
     model::ObjectRef,
-    translate::{Backend, Desired, Frontend, FrontendKey},
+    translate::{Backend, Frontend, FrontendKey},
 };
 use weir_tests::packets::{answer6, backend6, hex, v6, FibNs, Pkt, Pkt6};
 
@@ -45,16 +45,7 @@ fn frontend(
 }
 
 fn dataplane(frontends: Vec<(FrontendKey, Frontend)>) -> Result<Dataplane> {
-    let cfg = PlanConfig {
-        ipv6: true,
-        ..PlanConfig::default()
-    };
-    let mut dp = Dataplane::load_unpinned(cfg)?;
-    dp.sync(&Desired {
-        frontends: frontends.into_iter().collect(),
-        ..Default::default()
-    })?;
-    Ok(dp)
+    weir_tests::packets::ipv6_dataplane(frontends)
 }
 
 /// Runs the tc program on `packet` in an empty namespace (replies find no

@@ -10,9 +10,9 @@ use lb_common::{
     SNAT_PORT_MAX, SNAT_PORT_MIN, SVC_FLAG_EXTERNAL, SVC_FLAG_SOURCE_RANGES,
 };
 use weir::{
-    dataplane::{loader::xdp_program, sync::PlanConfig, Dataplane},
+    dataplane::{loader::xdp_program, Dataplane},
     model::ObjectRef,
-    translate::{Backend, Desired, Frontend, FrontendKey},
+    translate::{Backend, Frontend, FrontendKey},
 };
 use weir_tests::packets::{
     answer6, backend6, hex, v6, FibNs, Pkt6, CLIENT_MAC, NODE2_MAC, NODE_IP6, NODE_MAC,
@@ -64,16 +64,7 @@ fn node_port(proto: u8, backends: Vec<Backend>) -> (FrontendKey, Frontend) {
 }
 
 fn dataplane(frontends: Vec<(FrontendKey, Frontend)>) -> Result<Dataplane> {
-    let cfg = PlanConfig {
-        ipv6: true,
-        ..PlanConfig::default()
-    };
-    let mut dp = Dataplane::load_unpinned(cfg)?;
-    dp.sync(&Desired {
-        frontends: frontends.into_iter().collect(),
-        ..Default::default()
-    })?;
-    Ok(dp)
+    weir_tests::packets::ipv6_dataplane(frontends)
 }
 
 /// Runs the XDP program on `packet` as received on `ifindex` (0: loopback).

@@ -234,6 +234,35 @@ pub fn local_addresses(devices: &[String]) -> crate::node_addrs::LocalAddresses 
     local
 }
 
+/// Writes each uplink's address (`addr` of its name) into a NODE_ADDRS map
+/// of one family, and removes the entries of uplinks without one or gone.
+fn write_node_addrs<A: aya::Pod + PartialEq>(
+    map: &mut aya::maps::HashMap<aya::maps::MapData, u32, A>,
+    uplinks: &[(String, u32)],
+    addr: impl Fn(&str) -> Option<A>,
+) {
+    for (name, ifindex) in uplinks {
+        match addr(name) {
+            Some(a) => {
+                if map.get(ifindex, 0).ok() != Some(a) {
+                    let _ = map.insert(*ifindex, a, 0);
+                }
+            }
+            None => {
+                let _ = map.remove(ifindex);
+            }
+        }
+    }
+    let stale: Vec<u32> = map
+        .keys()
+        .flatten()
+        .filter(|i| !uplinks.iter().any(|(_, u)| u == i))
+        .collect();
+    for ifindex in stale {
+        let _ = map.remove(&ifindex);
+    }
+}
+
 impl Dataplane {
     /// Attaches XDP to every wanted uplink (name, ifindex) not yet attached,
     /// in the mode `choose_modes` picks for it, adopting pinned links of that
@@ -340,52 +369,14 @@ impl Dataplane {
             }
         }
         let addrs = device_addrs();
-        for (name, ifindex) in uplinks {
-            match addrs.get(name) {
-                Some(addr) => {
-                    if self.maps.node_addrs.get(ifindex, 0).ok() != Some(addr.octets()) {
-                        let _ = self.maps.node_addrs.insert(*ifindex, addr.octets(), 0);
-                    }
-                }
-                None => {
-                    let _ = self.maps.node_addrs.remove(ifindex);
-                }
-            }
-        }
-        let stale: Vec<u32> = self
-            .maps
-            .node_addrs
-            .keys()
-            .flatten()
-            .filter(|i| !uplinks.iter().any(|(_, u)| u == i))
-            .collect();
-        for ifindex in stale {
-            let _ = self.maps.node_addrs.remove(&ifindex);
-        }
+        write_node_addrs(&mut self.maps.node_addrs, uplinks, |n| {
+            addrs.get(n).map(|a| a.octets())
+        });
         // The same for IPv6 (NODE_ADDRS6_V1, the source of SNATed IPv6 flows).
         let addrs6 = device_addrs6();
-        for (name, ifindex) in uplinks {
-            match addrs6.get(name) {
-                Some(addr) => {
-                    if self.maps.node_addrs6.get(ifindex, 0).ok() != Some(addr.octets()) {
-                        let _ = self.maps.node_addrs6.insert(*ifindex, addr.octets(), 0);
-                    }
-                }
-                None => {
-                    let _ = self.maps.node_addrs6.remove(ifindex);
-                }
-            }
-        }
-        let stale6: Vec<u32> = self
-            .maps
-            .node_addrs6
-            .keys()
-            .flatten()
-            .filter(|i| !uplinks.iter().any(|(_, u)| u == i))
-            .collect();
-        for ifindex in stale6 {
-            let _ = self.maps.node_addrs6.remove(&ifindex);
-        }
+        write_node_addrs(&mut self.maps.node_addrs6, uplinks, |n| {
+            addrs6.get(n).map(|a| a.octets())
+        });
         report
     }
 
