@@ -15,6 +15,7 @@ use aya_ebpf::{
 };
 
 use crate::{
+    addr::words6,
     packet::{Packet, Tc, Xdp},
     parse::{ETH_HLEN, ETH_P_IPV6, IP_DST_OFF, IP_SRC_OFF},
     parse6::{IP6_DST_OFF, IP6_HLEN, IP6_SRC_OFF},
@@ -35,8 +36,8 @@ fn request<P: Packet>(p: &P, ifindex: u32) -> Result<bpf_fib_lookup, i64> {
     if u16::from_be_bytes(p.load::<[u8; 2]>(12)?) == ETH_P_IPV6 {
         params.family = AF_INET6;
         params.l4_protocol = p.load::<u8>(ETH_HLEN + 6)?;
-        params.__bindgen_anon_3.ipv6_src = words(p.load::<[u8; 16]>(IP6_SRC_OFF)?);
-        params.__bindgen_anon_4.ipv6_dst = words(p.load::<[u8; 16]>(IP6_DST_OFF)?);
+        params.__bindgen_anon_3.ipv6_src = words6(&p.load::<[u8; 16]>(IP6_SRC_OFF)?);
+        params.__bindgen_anon_4.ipv6_dst = words6(&p.load::<[u8; 16]>(IP6_DST_OFF)?);
     } else {
         params.family = AF_INET;
         params.l4_protocol = p.load::<u8>(ETH_HLEN + 9)?;
@@ -56,17 +57,6 @@ fn ip_len<P: Packet>(p: &P, family: u8) -> Result<u16, i64> {
     } else {
         Ok(u16::from_be_bytes(p.load::<[u8; 2]>(ETH_HLEN + 2)?))
     }
-}
-
-/// An IPv6 address as the four network-order words bpf_fib_lookup holds.
-#[inline(always)]
-fn words(a: [u8; 16]) -> [u32; 4] {
-    [
-        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-    ]
 }
 
 /// Writes the looked-up MAC addresses into the Ethernet header.

@@ -179,7 +179,7 @@ pub static SRC_RANGES6: LpmTrie<SourceRange6, u8, { MAX_SOURCE_RANGES as usize }
 #[inline(always)]
 pub fn source_allowed6(service_id: u32, client: [u8; 16]) -> bool {
     let key = Key::new(
-        32 + 128,
+        SourceRange::prefix_len(128),
         SourceRange6 {
             service_id: service_id.to_be_bytes(),
             addr: client,

@@ -98,27 +98,6 @@ pub trait Packet {
     fn rewrite6(&self, flow: &Flow6, side: Side, addr: [u8; 16], port: u16) -> Result<(), i64>;
 }
 
-/// Writes a 16-byte address at `ADDR` and a port at `PORT` of headers in place.
-#[inline(always)]
-fn put6<const N: usize, const ADDR: usize, const PORT: usize>(
-    h: &mut [u8; N],
-    addr: Option<[u8; 16]>,
-    port: Option<u16>,
-) {
-    if let Some(a) = addr {
-        let mut i = 0;
-        while i < 16 {
-            h[ADDR + i] = a[i];
-            i += 1;
-        }
-    }
-    if let Some(p) = port {
-        let p = p.to_be_bytes();
-        h[PORT] = p[0];
-        h[PORT + 1] = p[1];
-    }
-}
-
 /// The first `N` bytes of a packet spanning `data..data_end`, if it has them.
 #[inline(always)]
 fn head_of<const N: usize>(data: usize, data_end: usize) -> Option<*mut [u8; N]> {
@@ -197,12 +176,12 @@ impl Packet for Tc<'_> {
                 // SAFETY: head checked that the bytes are in the packet.
                 let h = unsafe { &mut *h };
                 match side {
-                    Side::Src => put::<UDP_HEADERS, IP_SRC_OFF, L4_OFF>(
+                    Side::Src => put::<UDP_HEADERS, IP_SRC_OFF, L4_OFF, 4>(
                         h,
                         addr_changes.then_some(addr),
                         port_changes.then_some(port),
                     ),
-                    Side::Dst => put::<UDP_HEADERS, IP_DST_OFF, { L4_OFF + 2 }>(
+                    Side::Dst => put::<UDP_HEADERS, IP_DST_OFF, { L4_OFF + 2 }, 4>(
                         h,
                         addr_changes.then_some(addr),
                         port_changes.then_some(port),
@@ -256,8 +235,8 @@ impl Packet for Tc<'_> {
                 let h = unsafe { &mut *h };
                 let (a, p) = (addr_changes.then_some(addr), port_changes.then_some(port));
                 match side {
-                    Side::Src => put6::<UDP6_HEADERS, IP6_SRC_OFF, L4_OFF6>(h, a, p),
-                    Side::Dst => put6::<UDP6_HEADERS, IP6_DST_OFF, { L4_OFF6 + 2 }>(h, a, p),
+                    Side::Src => put::<UDP6_HEADERS, IP6_SRC_OFF, L4_OFF6, 16>(h, a, p),
+                    Side::Dst => put::<UDP6_HEADERS, IP6_DST_OFF, { L4_OFF6 + 2 }, 16>(h, a, p),
                 }
                 return Ok(());
             }
@@ -272,18 +251,20 @@ impl Packet for Tc<'_> {
     }
 }
 
-/// Writes an address at `ADDR` and a port at `PORT` of headers in place.
+/// Writes an address of `L` bytes (4 or 16) at `ADDR` and a port at `PORT`
+/// of headers in place.
 #[inline(always)]
-fn put<const N: usize, const ADDR: usize, const PORT: usize>(
+fn put<const N: usize, const ADDR: usize, const PORT: usize, const L: usize>(
     h: &mut [u8; N],
-    addr: Option<[u8; 4]>,
+    addr: Option<[u8; L]>,
     port: Option<u16>,
 ) {
     if let Some(a) = addr {
-        h[ADDR] = a[0];
-        h[ADDR + 1] = a[1];
-        h[ADDR + 2] = a[2];
-        h[ADDR + 3] = a[3];
+        let mut i = 0;
+        while i < L {
+            h[ADDR + i] = a[i];
+            i += 1;
+        }
     }
     if let Some(p) = port {
         let p = p.to_be_bytes();
@@ -400,7 +381,7 @@ fn update6<const N: usize, const ADDR: usize, const PORT: usize, const CSUM: usi
     if old_port != port {
         l4 = csum_replace2(l4, old_port, port);
     }
-    put6::<N, ADDR, PORT>(
+    put::<N, ADDR, PORT, 16>(
         h,
         addr_changes.then_some(addr),
         (old_port != port).then_some(port),
@@ -439,7 +420,7 @@ fn update<const N: usize, const ADDR: usize, const PORT: usize, const CSUM: usiz
     if old_port != port {
         l4 = csum_replace2(l4, old_port, port);
     }
-    put::<N, ADDR, PORT>(
+    put::<N, ADDR, PORT, 4>(
         h,
         (old_addr != addr).then_some(addr),
         (old_port != port).then_some(port),

@@ -82,6 +82,18 @@ pub fn fold(mut acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The answer's Ethernet header: the addresses of `macs` (the packet's
+/// destination and source) swapped, and `ethertype`. The ethertype is
+/// written too: after a prepend the header is new memory.
+#[inline(always)]
+pub fn write_eth<P: Packet>(ctx: &P, macs: [u8; 12], ethertype: [u8; 2]) -> Result<(), i64> {
+    let mut eth = [0u8; 14];
+    eth[..6].copy_from_slice(&macs[6..12]);
+    eth[6..12].copy_from_slice(&macs[..6]);
+    eth[12..].copy_from_slice(&ethertype);
+    ctx.store(0, &eth)
+}
+
 /// Ethernet with the addresses swapped + an IPv4 header from `src` to `dst`.
 #[inline(always)]
 fn write_eth_ip<P: Packet>(
@@ -92,12 +104,7 @@ fn write_eth_ip<P: Packet>(
     src: [u8; 4],
     dst: [u8; 4],
 ) -> Result<(), i64> {
-    // Ethertype included: after a prepend the header is new memory.
-    let mut eth = [0u8; 14];
-    eth[..6].copy_from_slice(&macs[6..12]);
-    eth[6..12].copy_from_slice(&macs[..6]);
-    eth[12..].copy_from_slice(&[0x08, 0x00]);
-    ctx.store(0, &eth)?;
+    write_eth(ctx, macs, [0x08, 0x00])?;
     let len = total_len.to_be_bytes();
     let mut ip = [
         0x45, 0, len[0], len[1], 0, 0, 0x40, 0, 64, proto, 0, 0, src[0], src[1], src[2], src[3],

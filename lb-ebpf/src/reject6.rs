@@ -8,7 +8,7 @@ use crate::{
     packet::Packet,
     parse::ETH_HLEN,
     parse6::{Flow6, IP6_HLEN, L4_OFF6},
-    reject::{fold, not_a_reset, rst_segment, sum_words, Rejected},
+    reject::{fold, not_a_reset, rst_segment, sum_words, write_eth, Rejected},
 };
 
 const IPPROTO_ICMPV6: u8 = 58;
@@ -51,11 +51,7 @@ fn write_eth_ip6<P: Packet>(
     src: [u8; 16],
     dst: [u8; 16],
 ) -> Result<(), i64> {
-    let mut eth = [0u8; 14];
-    eth[..6].copy_from_slice(&macs[6..12]);
-    eth[6..12].copy_from_slice(&macs[..6]);
-    eth[12..].copy_from_slice(&[0x86, 0xdd]);
-    ctx.store(0, &eth)?;
+    write_eth(ctx, macs, [0x86, 0xdd])?;
     let len = payload_len.to_be_bytes();
     let mut ip = [0u8; IP6_HLEN];
     ip[0] = 0x60;
