@@ -106,7 +106,7 @@ pub const MAP_SOURCE_RANGES6: &str = "SRC_RANGES6_V1";
 pub const MAP_NODE_ADDRS6: &str = "NODE_ADDRS6_V1";
 /// Packets passed untranslated for a reason worth counting (PASS_*).
 pub const MAP_PASSED: &str = "PASSED_V1";
-pub const ALL_MAPS: [&str; 24] = [
+pub const ALL_MAPS: [&str; 25] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -122,6 +122,7 @@ pub const ALL_MAPS: [&str; 24] = [
     MAP_NODE_ADDRS,
     sock::MAP_SOCK_REVNAT,
     sock::MAP_SOCK_STATS,
+    sock::MAP_SOCK_REVNAT6,
     filter::MAP_FILTER,
     MAP_SERVICES6,
     MAP_BACKENDS6,
@@ -527,13 +528,26 @@ pub mod sock {
     pub const PROG_SOCK_SENDMSG4: &str = "weir_sock_sendmsg4";
     pub const PROG_SOCK_RECVMSG4: &str = "weir_sock_recvmsg4";
     pub const PROG_SOCK_GETPEERNAME4: &str = "weir_sock_getpeername4";
+    /// The AF_INET6 hooks: IPv6 frontends, and IPv4 frontends reached
+    /// through IPv4-mapped addresses (::ffff:a.b.c.d) of dual-stack sockets.
+    pub const PROG_SOCK_CONNECT6: &str = "weir_sock_connect6";
+    pub const PROG_SOCK_SENDMSG6: &str = "weir_sock_sendmsg6";
+    pub const PROG_SOCK_RECVMSG6: &str = "weir_sock_recvmsg6";
+    pub const PROG_SOCK_GETPEERNAME6: &str = "weir_sock_getpeername6";
     /// Every socket program, in attach order (translation before restoring).
-    pub const PROGRAMS: [&str; 4] = [
+    pub const PROGRAMS: [&str; 8] = [
         PROG_SOCK_CONNECT4,
         PROG_SOCK_SENDMSG4,
         PROG_SOCK_RECVMSG4,
         PROG_SOCK_GETPEERNAME4,
+        PROG_SOCK_CONNECT6,
+        PROG_SOCK_SENDMSG6,
+        PROG_SOCK_RECVMSG6,
+        PROG_SOCK_GETPEERNAME6,
     ];
+    /// LRU: SOCK_REVNAT_V1 for sockets sent to IPv6 backends. Sockets sent
+    /// to IPv4 backends through mapped addresses use SOCK_REVNAT_V1.
+    pub const MAP_SOCK_REVNAT6: &str = "SOCK_REVNAT6_V1";
 
     /// Load-time global: which sockets are translated (SOCK_LB_*).
     pub const GLOBAL_SOCK_LB_MODE: &str = "SOCK_LB_MODE";
@@ -562,9 +576,32 @@ pub mod sock {
         pub service_id: u32,
     }
 
+    /// SockRevKey with an IPv6 backend.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct SockRevKey6 {
+        pub cookie: u64,
+        pub backend_addr: [u8; 16],
+        pub backend_port: u16,
+        pub _pad: u16,
+        pub _pad2: u32,
+    }
+
+    /// SockRevValue with an IPv6 service address.
+    #[repr(C, align(8))]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct SockRevValue6 {
+        pub addr: [u8; 16],
+        pub port: u16,
+        pub _pad: u16,
+        pub service_id: u32,
+    }
+
     const _: () = {
         assert!(core::mem::size_of::<SockRevKey>() == 16);
         assert!(core::mem::size_of::<SockRevValue>() == 12);
+        assert!(core::mem::size_of::<SockRevKey6>() == 32);
+        assert!(core::mem::size_of::<SockRevValue6>() == 24);
     };
 
     #[cfg(feature = "user")]
@@ -572,5 +609,7 @@ pub mod sock {
         // SAFETY: repr(C), padding-free (sizes asserted above), plain integers.
         unsafe impl aya::Pod for super::SockRevKey {}
         unsafe impl aya::Pod for super::SockRevValue {}
+        unsafe impl aya::Pod for super::SockRevKey6 {}
+        unsafe impl aya::Pod for super::SockRevValue6 {}
     }
 }

@@ -84,7 +84,29 @@ pub struct SourceRange6 {
     pub addr: [u8; 16],
 }
 
+/// A `weir monitor` event of an IPv6 flow (MonitorEvent with IPv6
+/// addresses; the same field names and meaning). The reader tells the two
+/// apart by their size.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorEvent6 {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub nat_addr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub nat_port: u16,
+    pub proto: u8,
+    pub kind: u8,
+    pub reason: u8,
+    pub _pad: [u8; 3],
+    pub service_id: u32,
+    pub _pad2: [u32; 2],
+    pub netns_cookie: u64,
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<MonitorEvent6>() == 80);
     assert!(core::mem::size_of::<ServiceKey6>() == 24);
     assert!(core::mem::size_of::<Backend6>() == 24);
     assert!(core::mem::size_of::<RevNat6>() == 24);
@@ -105,4 +127,5 @@ mod pod {
     unsafe impl aya::Pod for CtValue6 {}
     unsafe impl aya::Pod for AffinityKey6 {}
     unsafe impl aya::Pod for SourceRange6 {}
+    unsafe impl aya::Pod for MonitorEvent6 {}
 }

@@ -17,6 +17,7 @@ use crate::{addr::Addr as _, maps, packet::Packet};
 
 use super::{
     conntrack::{self, Translation, TRANSLATE_DST, TRANSLATE_SRC},
+    events,
     fam::{self, Flow, ServiceKey, BACKENDS, HAIRPIN, SERVICES, ZERO},
     nat, select,
 };
@@ -41,7 +42,7 @@ fn reason_name(reason: u32) -> &'static str {
 #[inline(always)]
 fn dropped(flow: &Flow, service_id: u32, reason: u32) {
     maps::count_drop(reason);
-    fam::report(flow, EVENT_DROP, reason as u8, service_id, ZERO, 0);
+    events::report(flow, EVENT_DROP, reason as u8, service_id, ZERO, 0, 0);
     // aya-log-ebpf 0.2 evaluates its context argument and nothing more.
     info!(
         &(),
@@ -257,7 +258,7 @@ pub fn create<P: Packet>(p: &P, hook: Hook, st: &State) -> Step {
         svc.id
     );
     if maps::trace_flows() {
-        fam::report(flow, EVENT_FLOW, 0, svc.id, t.dst_addr, t.dst_port);
+        events::report(flow, EVENT_FLOW, 0, svc.id, t.dst_addr, t.dst_port, 0);
     }
     onward(hook, t.snat())
 }

@@ -92,25 +92,50 @@ pub fn weir_xdp_pass(_ctx: XdpContext) -> u32 {
 /// connected UDP sockets (sock.rs).
 #[aya_ebpf::macros::cgroup_sock_addr(connect4)]
 pub fn weir_sock_connect4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::translate(&ctx, false)
+    sock::translate4(&ctx, false)
 }
 
 /// cgroup sendmsg4: unconnected UDP sends to a frontend.
 #[aya_ebpf::macros::cgroup_sock_addr(sendmsg4)]
 pub fn weir_sock_sendmsg4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::translate(&ctx, true)
+    sock::translate4(&ctx, true)
 }
 
 /// cgroup recvmsg4: UDP replies show the service address they were sent to.
 #[aya_ebpf::macros::cgroup_sock_addr(recvmsg4)]
 pub fn weir_sock_recvmsg4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::restore(&ctx)
+    sock::restore4(&ctx)
 }
 
 /// cgroup getpeername4: a translated socket's peer is the service address.
 #[aya_ebpf::macros::cgroup_sock_addr(getpeername4)]
 pub fn weir_sock_getpeername4(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
-    sock::restore(&ctx)
+    sock::restore4(&ctx)
+}
+
+/// cgroup connect6: the same for AF_INET6 sockets (IPv6 frontends, and
+/// IPv4 frontends through IPv4-mapped addresses).
+#[aya_ebpf::macros::cgroup_sock_addr(connect6)]
+pub fn weir_sock_connect6(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::translate6(&ctx, false)
+}
+
+/// cgroup sendmsg6.
+#[aya_ebpf::macros::cgroup_sock_addr(sendmsg6)]
+pub fn weir_sock_sendmsg6(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::translate6(&ctx, true)
+}
+
+/// cgroup recvmsg6.
+#[aya_ebpf::macros::cgroup_sock_addr(recvmsg6)]
+pub fn weir_sock_recvmsg6(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::restore6(&ctx)
+}
+
+/// cgroup getpeername6.
+#[aya_ebpf::macros::cgroup_sock_addr(getpeername6)]
+pub fn weir_sock_getpeername6(ctx: aya_ebpf::programs::SockAddrContext) -> i32 {
+    sock::restore6(&ctx)
 }
 
 /// sk_lookup in the node's network namespace: the ingress hand-off to the

@@ -104,12 +104,6 @@ pub fn trace_flows() -> bool {
         .is_some_and(|f| f & lb_common::FLAG_TRACE_FLOWS != 0)
 }
 
-#[inline(always)]
-pub fn report(event: MonitorEvent) {
-    // A full ring buffer loses the event, never the packet.
-    let _ = MONITOR.output(event, 0);
-}
-
 /// loadBalancerSourceRanges: (service id, client prefix) -> 1.
 #[btf_map(name = "SRC_RANGES_V1")]
 pub static SRC_RANGES: LpmTrie<SourceRange, u8, { MAX_SOURCE_RANGES as usize }> = LpmTrie::new();

@@ -1,9 +1,14 @@
 //! Socket-level load balancing (cgroup v2 sock_addr hooks): a connect() or
 //! sendmsg() to a service frontend is sent straight to a backend chosen by
-//! the same code as the packet path (lb::service, select::backend_id), and
+//! the same code as the packet path (sock_lb.rs, per family), and
 //! recvmsg()/getpeername() show the service address again. Packets of such
 //! sockets carry the backend's address from the start, so the tc and XDP
 //! programs see no frontend in them and never translate them twice.
+//!
+//! The AF_INET6 hooks serve IPv6 frontends, and IPv4 frontends a
+//! dual-stack socket reaches through an IPv4-mapped address
+//! (::ffff:a.b.c.d, as Java and Node.js clients connect): those take the
+//! IPv4 path and get a mapped backend address.
 use aya_ebpf::{
     btf_maps::{LruHashMap, PerCpuArray},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
@@ -12,24 +17,20 @@ use aya_ebpf::{
 };
 use lb_common::{
     sock::{
-        SockRevKey, SockRevValue, MAX_SOCK_REVNAT, SOCK_LB_HOST_ONLY, SOCK_STATS,
-        SOCK_STAT_REFUSED, SOCK_STAT_TRANSLATED,
+        SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, MAX_SOCK_REVNAT, SOCK_LB_HOST_ONLY,
+        SOCK_STATS,
     },
-    ALG_HASH, ALG_RANDOM, DROP_NO_ENDPOINT, EVENT_SOCK_FLOW, EVENT_SOCK_REFUSED, PROTO_TCP,
-    PROTO_UDP, SVC_FLAG_SOURCE_RANGES,
+    PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{
-    maps,
-    v4::{
-        fam::{self, Flow, BACKENDS},
-        lb::{self, Hook},
-        select,
-    },
-};
+use crate::{v4, v6};
 
 #[btf_map(name = "SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue, { MAX_SOCK_REVNAT as usize }> =
+    LruHashMap::new();
+
+#[btf_map(name = "SOCK_REVNAT6_V1")]
+pub static SOCK_REVNAT6: LruHashMap<SockRevKey6, SockRevValue6, { MAX_SOCK_REVNAT as usize }> =
     LruHashMap::new();
 
 #[btf_map(name = "SOCK_STATS_V1")]
@@ -47,173 +48,223 @@ const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 
+/// The IPv4-mapped IPv6 prefix ::ffff:0:0/96, as the first three words of
+/// user_ip6 (network order in memory).
+const MAPPED: [u32; 3] = [0, 0, u32::from_be(0xffff)];
+
 #[inline(always)]
-fn bump(stat: u32) {
+pub fn bump(stat: u32) {
     if let Some(c) = SOCK_STATS_MAP.get_ptr_mut(stat) {
         // SAFETY: a per-CPU slot.
         unsafe { *c += 1 };
     }
 }
 
-/// Whether the socket belongs to the host's network namespace.
-#[inline(always)]
-fn in_host_netns(ctx: &SockAddrContext) -> bool {
-    // SAFETY: a read of a load-time global; volatile so the loaded value is used.
-    let host = unsafe { core::ptr::read_volatile(&HOST_NETNS_COOKIE) };
-    // SAFETY: the helper takes the program's context.
-    host != 0 && unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) == host }
+/// The system call being translated.
+pub struct Call {
+    pub proto: u8,
+    /// The socket's cookie.
+    pub cookie: u64,
+    /// The socket's network namespace cookie.
+    pub netns_cookie: u64,
+    /// Whether the socket is in the host's network namespace.
+    pub host: bool,
+    /// sendmsg (an unconnected send) rather than connect.
+    pub sendmsg: bool,
 }
 
-#[inline(always)]
-fn in_scope(host: bool) -> bool {
-    // SAFETY: a read of a load-time global; volatile so the loaded value is used.
-    let mode = unsafe { core::ptr::read_volatile(&SOCK_LB_MODE) };
-    mode != SOCK_LB_HOST_ONLY || host
+/// What a family's translation decided for the destination.
+pub enum Verdict<A> {
+    /// Not a frontend, or left to the packet path.
+    Keep,
+    /// Send to this backend (address, host-order port).
+    Send(A, u16),
+    /// A frontend without endpoints: ECONNREFUSED.
+    Refuse,
 }
 
-/// Reports a socket-level event to `weir monitor`, with the socket's netns cookie.
+/// The call for `ctx`, if its socket is one socket LB translates.
 #[inline(always)]
-fn report(
-    ctx: &SockAddrContext,
-    flow: &Flow,
-    kind: u8,
-    service_id: u32,
-    nat_addr: [u8; 4],
-    nat_port: u16,
-) {
-    let reason = if kind == EVENT_SOCK_REFUSED {
-        DROP_NO_ENDPOINT as u8
-    } else {
-        0
-    };
-    let mut e = fam::event(flow, kind, reason, service_id, nat_addr, nat_port);
-    // SAFETY: the helper takes the program's context.
-    e.netns_cookie = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    // The socket has no source port yet; the cookie stood in for it.
-    e.sport = 0;
-    maps::report(e);
-}
-
-/// connect4 and sendmsg4 (`sendmsg`): the destination, if it is a frontend,
-/// becomes a backend. No usable endpoint: the call fails at once with
-/// ECONNREFUSED. Left to the packet path (tc on the pod's device): services
-/// with loadBalancerSourceRanges, which need the client's address, and,
-/// for sockets of pods, services with ClientIP affinity, which is per pod
-/// address (here the address is not known yet; the host is one client), and
-/// UDP (see below).
-#[inline(always)]
-pub fn translate(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
+fn call(ctx: &SockAddrContext, sendmsg: bool) -> Option<Call> {
     let sa = ctx.sock_addr;
-    // SAFETY: the context is valid for the program's run; these fields are readable.
-    let (ip, port, proto) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
-    let proto = proto as u8;
-    let host = in_host_netns(ctx);
-    if (proto != PROTO_TCP && proto != PROTO_UDP) || !in_scope(host) {
-        return ALLOW;
+    // SAFETY: the context is valid for the program's run; protocol is readable.
+    let proto = unsafe { (*sa).protocol } as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
     }
-    // SAFETY: the helper takes the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let flow = Flow {
-        l4_off: 0,
+    // SAFETY: the helpers take the program's context.
+    let netns_cookie = unsafe { bpf_get_netns_cookie(sa.cast()) };
+    // SAFETY: reads of load-time globals; volatile so the loaded values are used.
+    let (host_cookie, mode) = unsafe {
+        (
+            core::ptr::read_volatile(&HOST_NETNS_COOKIE),
+            core::ptr::read_volatile(&SOCK_LB_MODE),
+        )
+    };
+    let host = host_cookie != 0 && netns_cookie == host_cookie;
+    if mode == SOCK_LB_HOST_ONLY && !host {
+        return None;
+    }
+    Some(Call {
         proto,
-        // The client address is not known before the socket is bound: the
-        // node counts as one client (ClientIP affinity); the socket cookie
-        // stands in for the source port, so hash and Maglev spread sockets.
-        saddr: [0; 4],
-        daddr: ip.to_ne_bytes(),
-        sport: cookie as u16,
-        dport: u16::from_be(port as u16),
-        tcp_flags: 0,
-    };
-    let Some(mut svc) = lb::service(&flow, Hook::Pod) else {
-        return ALLOW;
-    };
-    if svc.flags & SVC_FLAG_SOURCE_RANGES != 0 || (svc.affinity_timeout != 0 && !host) {
-        return ALLOW;
+        // SAFETY: the helper takes the program's context.
+        cookie: unsafe { bpf_get_socket_cookie(sa.cast()) },
+        netns_cookie,
+        host,
+        sendmsg,
+    })
+}
+
+/// Acts on a verdict: rewrites the destination with `write`, or fails the
+/// call with ECONNREFUSED.
+#[inline(always)]
+fn apply<A>(verdict: Verdict<A>, write: impl FnOnce(A, u16)) -> i32 {
+    match verdict {
+        Verdict::Keep => ALLOW,
+        Verdict::Send(addr, port) => {
+            write(addr, port);
+            ALLOW
+        }
+        Verdict::Refuse => {
+            // SAFETY: sets this hook's return value for the system call.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            REJECT
+        }
     }
-    if proto == PROTO_UDP && !host {
-        // A pod's UDP socket stays on tc's path, whose conntrack moves a
-        // flow off a removed backend at once; a connected socket translated
-        // here would keep a dead backend, and the agent can end sockets only
-        // in its own network namespace (bpf_sock_destroy needs kfunc calls,
-        // which aya 0.14 cannot relocate).
-        return ALLOW;
-    }
-    if sendmsg && svc.algorithm == ALG_RANDOM {
-        // An unconnected socket's datagrams to one service stay on one
-        // backend (the cookie picks it), as conntrack keeps a UDP flow on one.
-        svc.algorithm = ALG_HASH;
-    }
-    if svc.count == 0 {
-        maps::count_drop(DROP_NO_ENDPOINT);
-        bump(SOCK_STAT_REFUSED);
-        report(ctx, &flow, EVENT_SOCK_REFUSED, svc.id, [0; 4], 0);
-        // SAFETY: sets this hook's return value for the system call.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return REJECT;
-    }
-    let Some(backend_id) = select::backend_id(&svc, &flow) else {
-        return ALLOW;
-    };
-    // SAFETY: the value is copied out at once.
-    let Some(backend) = (unsafe { BACKENDS.get(backend_id).copied() }) else {
-        return ALLOW;
-    };
-    let key = SockRevKey {
-        cookie,
-        backend_addr: backend.addr,
-        backend_port: backend.port,
-        _pad: 0,
-    };
-    let value = SockRevValue {
-        addr: flow.daddr,
-        port: flow.dport,
-        _pad: 0,
-        service_id: svc.id,
-    };
-    let _ = SOCK_REVNAT.insert(key, value, 0);
-    // SAFETY: connect4/sendmsg4 may write the destination.
+}
+
+/// The port of a sock_addr context (user_port: network order, low 16 bits).
+#[inline(always)]
+fn port(ctx: &SockAddrContext) -> u16 {
+    // SAFETY: the context is valid for the program's run; user_port is readable.
+    u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16)
+}
+
+#[inline(always)]
+fn set_port(ctx: &SockAddrContext, port: u16) {
+    // SAFETY: connect/sendmsg/recvmsg/getpeername may write user_port.
+    unsafe { (*ctx.sock_addr).user_port = u32::from(port.to_be()) };
+}
+
+/// user_ip6, word by word (the context allows 4-byte accesses).
+#[inline(always)]
+fn ip6(ctx: &SockAddrContext) -> [u32; 4] {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is valid for the program's run; user_ip6 is readable.
     unsafe {
-        (*sa).user_ip4 = u32::from_ne_bytes(backend.addr);
-        (*sa).user_port = u32::from(backend.port.to_be());
+        let w = core::ptr::addr_of!((*sa).user_ip6);
+        [
+            core::ptr::read_volatile(&(*w)[0]),
+            core::ptr::read_volatile(&(*w)[1]),
+            core::ptr::read_volatile(&(*w)[2]),
+            core::ptr::read_volatile(&(*w)[3]),
+        ]
     }
-    maps::count(svc.id, 0, !sendmsg);
-    bump(SOCK_STAT_TRANSLATED);
-    if maps::trace_flows() {
-        report(
-            ctx,
-            &flow,
-            EVENT_SOCK_FLOW,
-            svc.id,
-            backend.addr,
-            backend.port,
-        );
+}
+
+#[inline(always)]
+fn set_ip6_word(ctx: &SockAddrContext, i: usize, word: u32) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the AF_INET6 hooks may write user_ip6, word by word; i < 4.
+    unsafe {
+        let w = core::ptr::addr_of_mut!((*sa).user_ip6);
+        core::ptr::write_volatile(&mut (*w)[i & 3], word);
     }
-    ALLOW
+}
+
+#[inline(always)]
+fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        b[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
+        i += 1;
+    }
+    b
+}
+
+/// connect4 and sendmsg4.
+#[inline(always)]
+pub fn translate4(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
+    let Some(call) = call(ctx, sendmsg) else {
+        return ALLOW;
+    };
+    // SAFETY: the context is valid for the program's run; user_ip4 is readable.
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
+    let verdict = v4::sock::translate(&call, ip.to_ne_bytes(), port(ctx));
+    apply(verdict, |addr, port| {
+        // SAFETY: connect4/sendmsg4 may write the destination.
+        unsafe { (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(addr) };
+        set_port(ctx, port);
+    })
+}
+
+/// connect6 and sendmsg6: IPv6 frontends, and IPv4 ones through mapped addresses.
+#[inline(always)]
+pub fn translate6(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
+    let Some(call) = call(ctx, sendmsg) else {
+        return ALLOW;
+    };
+    let w = ip6(ctx);
+    if w[..3] == MAPPED {
+        let verdict = v4::sock::translate(&call, w[3].to_ne_bytes(), port(ctx));
+        return apply(verdict, |addr, port| {
+            set_ip6_word(ctx, 3, u32::from_ne_bytes(addr));
+            set_port(ctx, port);
+        });
+    }
+    let verdict = v6::sock::translate(&call, words_to_bytes(w), port(ctx));
+    apply(verdict, |addr, port| {
+        set_ip6_words(ctx, addr);
+        set_port(ctx, port);
+    })
+}
+
+#[inline(always)]
+fn set_ip6_words(ctx: &SockAddrContext, addr: [u8; 16]) {
+    let mut i = 0;
+    while i < 4 {
+        let word = u32::from_ne_bytes([
+            addr[i * 4],
+            addr[i * 4 + 1],
+            addr[i * 4 + 2],
+            addr[i * 4 + 3],
+        ]);
+        set_ip6_word(ctx, i, word);
+        i += 1;
+    }
 }
 
 /// recvmsg4 and getpeername4: a backend address a translated socket sees
 /// becomes the service address it asked for.
 #[inline(always)]
-pub fn restore(ctx: &SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
-    // SAFETY: the context is valid for the program's run.
-    let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+pub fn restore4(ctx: &SockAddrContext) -> i32 {
+    // SAFETY: the context is valid for the program's run; user_ip4 is readable.
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
     // SAFETY: the helper takes the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
-    let key = SockRevKey {
-        cookie,
-        backend_addr: ip.to_ne_bytes(),
-        backend_port: u16::from_be(port as u16),
-        _pad: 0,
-    };
-    // SAFETY: the value is copied out at once.
-    if let Some(v) = unsafe { SOCK_REVNAT.get(key).copied() } {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if let Some((addr, port)) = v4::sock::restore(cookie, ip.to_ne_bytes(), port(ctx)) {
         // SAFETY: recvmsg4/getpeername4 may write the address.
-        unsafe {
-            (*sa).user_ip4 = u32::from_ne_bytes(v.addr);
-            (*sa).user_port = u32::from(v.port.to_be());
+        unsafe { (*ctx.sock_addr).user_ip4 = u32::from_ne_bytes(addr) };
+        set_port(ctx, port);
+    }
+    ALLOW
+}
+
+/// recvmsg6 and getpeername6.
+#[inline(always)]
+pub fn restore6(ctx: &SockAddrContext) -> i32 {
+    let w = ip6(ctx);
+    // SAFETY: the helper takes the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+    if w[..3] == MAPPED {
+        if let Some((addr, port)) = v4::sock::restore(cookie, w[3].to_ne_bytes(), port(ctx)) {
+            set_ip6_word(ctx, 3, u32::from_ne_bytes(addr));
+            set_port(ctx, port);
         }
+    } else if let Some((addr, port)) = v6::sock::restore(cookie, words_to_bytes(w), port(ctx)) {
+        set_ip6_words(ctx, addr);
+        set_port(ctx, port);
     }
     ALLOW
 }

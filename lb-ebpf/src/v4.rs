@@ -5,7 +5,7 @@
 //! parsing, rewriting and rejection. The included files reach the family
 //! only through `super::fam`, so the two instances cannot drift apart.
 pub mod fam {
-    use lb_common::{MonitorEvent, HAIRPIN_ADDR};
+    use lb_common::HAIRPIN_ADDR;
 
     use crate::{
         maps,
@@ -14,7 +14,12 @@ pub mod fam {
 
     pub use crate::maps::{AFFINITY, BACKENDS, CT, SERVICES};
     pub use crate::reject::reject;
-    pub use lb_common::{flow_hash, AffinityKey, Backend, CtKey, CtValue, ServiceKey};
+    pub use crate::sock::SOCK_REVNAT;
+    pub use lb_common::{
+        flow_hash,
+        sock::{SockRevKey, SockRevValue},
+        AffinityKey, Backend, CtKey, CtValue, MonitorEvent, ServiceKey,
+    };
 
     pub type Addr = [u8; 4];
     pub type Flow = crate::parse::Flow<Addr>;
@@ -52,45 +57,6 @@ pub mod fam {
     pub fn node_addr(ifindex: u32) -> Option<Addr> {
         maps::node_addr(ifindex)
     }
-
-    #[inline(always)]
-    pub fn event(
-        flow: &Flow,
-        kind: u8,
-        reason: u8,
-        service_id: u32,
-        nat_addr: Addr,
-        nat_port: u16,
-    ) -> MonitorEvent {
-        MonitorEvent {
-            saddr: flow.saddr,
-            daddr: flow.daddr,
-            nat_addr,
-            sport: flow.sport,
-            dport: flow.dport,
-            nat_port,
-            proto: flow.proto,
-            kind,
-            reason,
-            _pad: [0; 3],
-            service_id,
-            _pad2: 0,
-            netns_cookie: 0,
-        }
-    }
-
-    /// Reports a datapath event to `weir monitor`.
-    #[inline(always)]
-    pub fn report(
-        flow: &Flow,
-        kind: u8,
-        reason: u8,
-        service_id: u32,
-        nat_addr: Addr,
-        nat_port: u16,
-    ) {
-        maps::report(event(flow, kind, reason, service_id, nat_addr, nat_port));
-    }
 }
 
 #[allow(clippy::duplicate_mod)]
@@ -100,6 +66,9 @@ pub mod conntrack;
 #[path = "entry.rs"]
 pub mod entry;
 #[allow(clippy::duplicate_mod)]
+#[path = "events.rs"]
+pub mod events;
+#[allow(clippy::duplicate_mod)]
 #[path = "lb.rs"]
 pub mod lb;
 #[allow(clippy::duplicate_mod)]
@@ -108,3 +77,6 @@ mod nat;
 #[allow(clippy::duplicate_mod)]
 #[path = "select.rs"]
 pub mod select;
+#[allow(clippy::duplicate_mod)]
+#[path = "sock_lb.rs"]
+pub mod sock;

@@ -13,9 +13,11 @@ pub mod fam {
         AFFINITY6 as AFFINITY, BACKENDS6 as BACKENDS, CT6 as CT, SERVICES6 as SERVICES,
     };
     pub use crate::reject6::reject;
+    pub use crate::sock::SOCK_REVNAT6 as SOCK_REVNAT;
+    pub use lb_common::sock::{SockRevKey6 as SockRevKey, SockRevValue6 as SockRevValue};
     pub use lb_common::{
         flow_hash6 as flow_hash, AffinityKey6 as AffinityKey, Backend6 as Backend, CtKey6 as CtKey,
-        CtValue6 as CtValue, ServiceKey6 as ServiceKey,
+        CtValue6 as CtValue, MonitorEvent6 as MonitorEvent, ServiceKey6 as ServiceKey,
     };
 
     pub type Addr = [u8; 16];
@@ -54,19 +56,6 @@ pub mod fam {
     pub fn node_addr(ifindex: u32) -> Option<Addr> {
         maps::node_addr6(ifindex)
     }
-
-    /// Events of IPv6 flows are not reported yet: MONITOR_V1's events hold
-    /// IPv4 addresses. Drops are still counted in DROPS_V1.
-    #[inline(always)]
-    pub fn report(
-        _flow: &Flow,
-        _kind: u8,
-        _reason: u8,
-        _service_id: u32,
-        _nat_addr: Addr,
-        _nat_port: u16,
-    ) {
-    }
 }
 
 #[allow(clippy::duplicate_mod)]
@@ -76,6 +65,9 @@ pub mod conntrack;
 #[path = "entry.rs"]
 pub mod entry;
 #[allow(clippy::duplicate_mod)]
+#[path = "events.rs"]
+pub mod events;
+#[allow(clippy::duplicate_mod)]
 #[path = "lb.rs"]
 pub mod lb;
 #[allow(clippy::duplicate_mod)]
@@ -84,3 +76,6 @@ mod nat;
 #[allow(clippy::duplicate_mod)]
 #[path = "select.rs"]
 pub mod select;
+#[allow(clippy::duplicate_mod)]
+#[path = "sock_lb.rs"]
+pub mod sock;

@@ -3,7 +3,7 @@
 //! from rendering so that tests compare rows with the maps directly.
 use std::{
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::Path,
     time::{Duration, SystemTime},
 };
@@ -552,7 +552,7 @@ pub struct EventRow {
     pub netns_cookie: Option<u64>,
 }
 
-pub fn event_row(e: &lb_common::MonitorEvent) -> EventRow {
+pub fn event_row(e: &crate::dataplane::monitor::Event) -> EventRow {
     let flow = matches!(e.kind, lb_common::EVENT_FLOW | lb_common::EVENT_SOCK_FLOW);
     let socket = matches!(
         e.kind,
@@ -575,15 +575,13 @@ pub fn event_row(e: &lb_common::MonitorEvent) -> EventRow {
                 .map_or_else(|| format!("reason {}", e.reason), |r| r.to_string())
         },
         tuple: format!(
-            "{}:{} -> {}:{}/{}",
-            Ipv4Addr::from(e.saddr),
-            e.sport,
-            Ipv4Addr::from(e.daddr),
-            e.dport,
+            "{} -> {}/{}",
+            SocketAddr::new(e.saddr, e.sport),
+            SocketAddr::new(e.daddr, e.dport),
             proto(e.proto)
         ),
         backend: if flow {
-            format!("{}:{}", Ipv4Addr::from(e.nat_addr), e.nat_port)
+            SocketAddr::new(e.nat_addr, e.nat_port).to_string()
         } else {
             String::new()
         },

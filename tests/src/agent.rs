@@ -229,6 +229,35 @@ impl Agent {
         serde_json::from_str(&text).with_context(|| format!("weir {args:?}: not JSON: {text}"))
     }
 
+    /// Starts `weir monitor -o json --timeout-secs TIMEOUT [--count COUNT]
+    /// ARGS` on this agent's maps, and waits 300 ms for it to open the ring.
+    pub fn monitor(
+        &self,
+        count: Option<u64>,
+        timeout_secs: u64,
+        args: &[&str],
+    ) -> Result<MonitorRun> {
+        let mut cmd = std::process::Command::new(weir_bin()?);
+        cmd.args([
+            "monitor",
+            "-o",
+            "json",
+            "--timeout-secs",
+            &timeout_secs.to_string(),
+        ])
+        .args(["--bpffs", &self.bpffs.to_string_lossy()])
+        .args(args);
+        if let Some(count) = count {
+            cmd.args(["--count", &count.to_string()]);
+        }
+        let child = cmd
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(MonitorRun(child))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -328,5 +357,24 @@ impl Drop for Agent {
         if !std::thread::panicking() {
             let _ = std::fs::remove_file(&self.log);
         }
+    }
+}
+
+/// A running `weir monitor` (Agent::monitor).
+pub struct MonitorRun(std::process::Child);
+
+impl MonitorRun {
+    /// Whether it still waits for events.
+    pub fn running(&mut self) -> Result<bool> {
+        Ok(self.0.try_wait()?.is_none())
+    }
+
+    /// Waits for it to end (COUNT events or its timeout): the events it printed.
+    pub fn events(self) -> Result<Vec<serde_json::Value>> {
+        let out = self.0.wait_with_output()?;
+        String::from_utf8(out.stdout)?
+            .lines()
+            .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+            .collect()
     }
 }

@@ -127,16 +127,28 @@ fn a_dual_stack_service_serves_each_family_from_its_own_endpoints() -> Result<()
     s.agent.wait_frontend("[2001:db8:0:19::10]:80/TCP", 1)?;
     s.agent.wait_frontend("198.19.0.10:80/TCP", 2)?;
     let client = s.sandbox.pod("client").netns.name.clone();
-    // Over IPv6: always be1, which sees the client's own IPv6 address.
+    // Over IPv6: always be1, which sees the client's own IPv6 address;
+    // `weir monitor --flows` shows each new flow with IPv6 addresses.
+    let monitor = s.agent.monitor(Some(10), 15, &["--flows"])?;
     for _ in 0..10 {
         let (backend, peer) = request6(&client, VIP6, 80)?;
         assert_eq!(backend, "be1");
         assert_eq!(peer, pod6(2).to_string());
     }
+    let flows = monitor.events()?;
+    assert_eq!(flows.len(), 10, "{flows:?}");
+    for f in &flows {
+        let tuple = f["tuple"].as_str().unwrap_or_default();
+        assert_eq!(f["event"], "flow", "{f}");
+        assert!(tuple.starts_with(&format!("[{}]:", pod6(2))), "{f}");
+        assert!(tuple.ends_with(&format!("-> [{VIP6}]:80/TCP")), "{f}");
+        assert_eq!(f["backend"], format!("[{}]:8080", pod6(0x11)), "{f}");
+    }
     // Over IPv4 the same Service spreads over both backends.
     let v4 = s.send_ok(Proto::Tcp, 80, 30)?;
     assert_eq!(backends_of(&v4), names(&["be1", "be2"]));
     // An IPv6 frontend without endpoints refuses at once (a RST from tc).
+    let monitor = s.agent.monitor(Some(1), 10, &[])?;
     let started = Instant::now();
     let refused = request6(&client, EMPTY_VIP6, 80).expect_err("no endpoints");
     let kind = refused
@@ -151,6 +163,15 @@ fn a_dual_stack_service_serves_each_family_from_its_own_endpoints() -> Result<()
         started.elapsed() < Duration::from_secs(1),
         "{:?}",
         started.elapsed()
+    );
+    let drops = monitor.events()?;
+    assert_eq!(drops.len(), 1, "{drops:?}");
+    assert_eq!(drops[0]["event"], "drop", "{drops:?}");
+    assert_eq!(drops[0]["reason"], "no_endpoint", "{drops:?}");
+    let tuple = drops[0]["tuple"].as_str().unwrap_or_default();
+    assert!(
+        tuple.ends_with(&format!("-> [{EMPTY_VIP6}]:80/TCP")),
+        "{drops:?}"
     );
     Ok(())
 }
@@ -173,5 +194,124 @@ fn without_ipv6_a_dual_stack_service_is_served_over_ipv4_and_its_ipv6_side_repor
     }
     let rows = s.agent.programmed()?;
     assert!(rows.services.keys().all(|k| k.addr.is_ipv4()), "{rows:?}");
+    Ok(())
+}
+
+/// A TCP and UDP service on one IPv6 cluster IP, for socket LB.
+const SOCK_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0x19, 0, 0, 0, 0x20);
+
+const SOCK_SERVICE: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: sock, namespace: e2e}
+spec:
+  clusterIPs: [\"2001:db8:0:19::20\"]
+  ipFamilies: [IPv6]
+  ports:
+  - {name: tcp, port: 80, protocol: TCP, targetPort: 8080}
+  - {name: udp, port: 53, protocol: UDP, targetPort: 5353}
+";
+
+fn sock_slice() -> String {
+    format!(
+        "\
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: sock-v6, namespace: e2e, labels: {{kubernetes.io/service-name: sock}}}}
+addressType: IPv6
+ports: [{{name: tcp, port: 8080, protocol: TCP}}, {{name: udp, port: 5353, protocol: UDP}}]
+endpoints:
+- addresses: [\"{}\"]
+- addresses: [\"{}\"]
+",
+        pod6(0x11),
+        pod6(0x12)
+    )
+}
+
+/// A UDP server on `addr:port` in namespace `ns` answering every datagram
+/// with "NAME PEER"; it stops after a minute.
+fn serve6_udp(ns: &str, name: &str, addr: Ipv6Addr, port: u16) -> Result<()> {
+    let name = name.to_string();
+    let socket = in_netns(ns, move || {
+        std::net::UdpSocket::bind(SocketAddr::new(addr.into(), port))
+    })??;
+    socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut buf = [0u8; 1500];
+        while Instant::now() < deadline {
+            if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                let _ = socket.send_to(format!("{name} {}", peer.ip()).as_bytes(), peer);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Socket LB for IPv6 (connect6, sendmsg6, recvmsg6, getpeername6): a
+/// process of the node reaches an IPv6 cluster IP, which nothing else on
+/// the node routes, over TCP, connected UDP and unconnected UDP; the
+/// backends see the node's own address, and the application sees the
+/// service address as its peer and as the source of UDP replies.
+#[test]
+fn host_processes_reach_an_ipv6_cluster_ip_through_socket_lb() -> Result<()> {
+    use weir_tests::cgroup::{sock_client, TestCgroup};
+    let cgroup = TestCgroup::create(&weir_tests::netns::unique_tag())?;
+    let root = format!("--cgroup-root={}", cgroup.path().display());
+    let mut s = Scenario::start_with(
+        2,
+        &[(Proto::Tcp, 8080)],
+        &["--ipv6", "--socket-lb=all", &root],
+    )?;
+    for (pod, last) in [("client", 2), ("be1", 0x11), ("be2", 0x12)] {
+        add_pod_ipv6(&s.sandbox.node.name, s.sandbox.pod(pod), pod6(last))?;
+    }
+    for (pod, last) in [("be1", 0x11), ("be2", 0x12)] {
+        let ns = s.sandbox.pod(pod).netns.name.clone();
+        serve6(&ns, pod, pod6(last), 8080)?;
+        serve6_udp(&ns, pod, pod6(last), 5353)?;
+    }
+    s.manifests.write("svc.yaml", SERVICE)?;
+    s.manifests.write("sock.yaml", SOCK_SERVICE)?;
+    s.manifests
+        .write("slices.yaml", &format!("{}---\n{}", slices(), sock_slice()))?;
+    s.agent.wait_frontend("[2001:db8:0:19::20]:80/TCP", 2)?;
+    s.agent.wait_frontend("[2001:db8:0:19::20]:53/UDP", 2)?;
+    s.agent.wait_frontend("[2001:db8:0:19::11]:80/TCP", 0)?;
+    s.agent.clear_conntrack()?;
+    let node = s.sandbox.node.name.clone();
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_weir-sock-client"));
+    let cg = Some(cgroup.path());
+    for (mode, port, field) in [
+        ("tcp", 80, "peer"),
+        ("udp", 53, "peer"),
+        ("udp-sendto", 53, "from"),
+    ] {
+        let service = SocketAddr::new(SOCK_VIP6.into(), port).to_string();
+        let replies = sock_client(bin, cg, &node, mode, &service, 12)?;
+        let mut backends = std::collections::BTreeSet::new();
+        for r in &replies {
+            assert_eq!(r["ok"], true, "{mode}: {r}");
+            assert_eq!(r[field], service, "{mode}: {r}");
+            let reply = r["reply"].as_str().unwrap_or_default();
+            let (backend, seen) = reply.split_once(' ').unwrap_or_default();
+            assert_eq!(seen, weir_tests::node::GATEWAY6.to_string(), "{mode}: {r}");
+            backends.insert(backend.to_string());
+        }
+        assert_eq!(backends, names(&["be1", "be2"]), "{mode}");
+    }
+    // Without endpoints the connect fails at once.
+    let empty = SocketAddr::new(EMPTY_VIP6.into(), 80).to_string();
+    for r in sock_client(bin, cg, &node, "tcp", &empty, 3)? {
+        assert_eq!(r["kind"], "ConnectionRefused", "{r}");
+        assert!(r["micros"].as_u64().unwrap_or(u64::MAX) < 100_000, "{r}");
+    }
+    // The same client outside the cgroup has no route to the service range.
+    let outside = sock_client(bin, None, &node, "tcp", &format!("[{SOCK_VIP6}]:80"), 1)?;
+    assert_eq!(outside[0]["ok"], false, "{}", outside[0]);
+    // Socket-level flows leave no conntrack entry.
+    let ct = s.agent.cli_json(&["bpf", "ct", "list"])?;
+    assert_eq!(ct, serde_json::json!([]), "socket-level flows in conntrack");
     Ok(())
 }

@@ -102,35 +102,13 @@ fn monitor_while(
     count: u64,
     addr: Ipv4Addr,
 ) -> Result<Vec<serde_json::Value>> {
-    use std::process::{Command, Stdio};
-    let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
-    let count_arg = count.to_string();
-    let mut child = Command::new(weir_tests::agent::weir_bin()?)
-        .args([
-            "monitor",
-            "-o",
-            "json",
-            "--timeout-secs",
-            "15",
-            "--count",
-            &count_arg,
-            "--bpffs",
-            &bpffs,
-        ])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut monitor = s.agent.monitor(Some(count), 15, args)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while child.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+    while monitor.running()? && std::time::Instant::now() < deadline {
         let _ = s.send("client", Proto::Tcp, addr, 80, 1)?;
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let out = child.wait_with_output()?;
-    String::from_utf8(out.stdout)?
-        .lines()
-        .map(|l| Ok(serde_json::from_str(l)?))
-        .collect()
+    monitor.events()
 }
 
 #[test]
@@ -171,30 +149,9 @@ fn weir_monitor_shows_drops_with_their_reason_and_optionally_every_flow() -> Res
             .ends_with("-> 198.19.0.10:80/TCP"));
     }
     // The flag is off again: served traffic alone produces no event.
-    let quiet = {
-        use std::process::Command;
-        let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
-        let child = Command::new(weir_tests::agent::weir_bin()?)
-            .args([
-                "monitor",
-                "-o",
-                "json",
-                "--timeout-secs",
-                "2",
-                "--bpffs",
-                &bpffs,
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()?;
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        s.send_ok(Proto::Tcp, 80, 3)?;
-        child.wait_with_output()?
-    };
-    assert!(
-        quiet.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&quiet.stdout)
-    );
+    let quiet = s.agent.monitor(None, 2, &[])?;
+    s.send_ok(Proto::Tcp, 80, 3)?;
+    let quiet = quiet.events()?;
+    assert!(quiet.is_empty(), "{quiet:?}");
     Ok(())
 }

@@ -246,22 +246,7 @@ fn source_ranges_admit_listed_clients_and_drops_show_in_monitor() -> Result<()> 
     c.start_agents(XDP)?;
     c.agent(1).wait_frontend(&format!("{LB_IP}:80/TCP"), 2)?;
 
-    let bpffs = c.agent(1).bpffs.to_string_lossy().into_owned();
-    let monitor = std::process::Command::new(weir_tests::agent::weir_bin()?)
-        .args([
-            "monitor",
-            "-o",
-            "json",
-            "--count",
-            "1",
-            "--timeout-secs",
-            "10",
-        ])
-        .args(["--bpffs", &bpffs])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
+    let monitor = c.agent(1).monitor(Some(1), 10, &[])?;
     let refused = requests(
         c.ext_ns(),
         Proto::Tcp,
@@ -270,13 +255,7 @@ fn source_ranges_admit_listed_clients_and_drops_show_in_monitor() -> Result<()> 
         Duration::from_secs(1),
     )?;
     assert!(refused[0].is_err(), "{:?}", refused[0]);
-    let out = monitor.wait_with_output()?;
-    let event: serde_json::Value = serde_json::from_str(
-        String::from_utf8(out.stdout)?
-            .lines()
-            .next()
-            .unwrap_or("null"),
-    )?;
+    let event = monitor.events()?.into_iter().next().unwrap_or_default();
     assert_eq!(event["event"], "drop", "{event}");
     assert_eq!(event["reason"], "source_range", "{event}");
 

@@ -163,6 +163,35 @@ fn host_processes_reach_cluster_ips_over_tcp_and_udp_and_see_the_service_address
     Ok(())
 }
 
+/// Dual-stack applications (Java, Node.js, Go with "tcp" on "[::]") open
+/// AF_INET6 sockets and reach IPv4 services through IPv4-mapped addresses:
+/// connect6 and sendmsg6 translate those with the IPv4 maps, and
+/// getpeername6 and recvmsg6 show the mapped service address. This needs no
+/// --ipv6: it is how an IPv4 cluster's host processes often connect.
+#[test]
+fn dual_stack_sockets_reach_ipv4_cluster_ips_through_mapped_addresses() -> Result<()> {
+    let cgroup = TestCgroup::create(&unique_tag())?;
+    let s = setup(&cgroup, "all")?;
+    s.agent.clear_conntrack()?;
+    let node = s.sandbox.node.name.clone();
+    let (bin, cg) = (client_bin(), Some(cgroup.path()));
+    let mapped = |ip: &dyn std::fmt::Display, port: u16| format!("[::ffff:{ip}]:{port}");
+    let tcp = sock_client(bin, cg, &node, "tcp", &mapped(&CLUSTER_IP, 80), 12)?;
+    assert_served(&tcp, "peer", &mapped(&CLUSTER_IP, 80));
+    let udp = sock_client(bin, cg, &node, "udp", &mapped(&CLUSTER_IP, 53), 12)?;
+    assert_served(&udp, "peer", &mapped(&CLUSTER_IP, 53));
+    let sendto = sock_client(bin, cg, &node, "udp-sendto", &mapped(&CLUSTER_IP, 53), 12)?;
+    assert_served(&sendto, "from", &mapped(&CLUSTER_IP, 53));
+    for mode in ["tcp", "udp", "udp-sendto"] {
+        let port = if mode == "tcp" { 80 } else { 53 };
+        let r = sock_client(bin, cg, &node, mode, &mapped(&EMPTY_IP, port), 3)?;
+        assert_refused_at_once(&r);
+    }
+    let ct = s.agent.cli_json(&["bpf", "ct", "list"])?;
+    assert_eq!(ct, serde_json::json!([]), "socket-level flows in conntrack");
+    Ok(())
+}
+
 #[test]
 fn host_only_leaves_pods_to_tc_and_all_translates_their_tcp_sockets_at_connect() -> Result<()> {
     for (mode, pod_flows_in_conntrack) in [("host-only", true), ("all", false)] {
@@ -239,14 +268,24 @@ fn socket_links_survive_restarts_and_uninstall_leaves_no_cgroup_attachment() -> 
             serde_json::from_str(if out.trim().is_empty() { "[]" } else { &out })?;
         Ok(v.as_array().map_or(0, Vec::len))
     };
-    assert_eq!(attached(cgroup.path())?, 4, "{}", s.agent.log_text());
+    assert_eq!(
+        attached(cgroup.path())?,
+        lb_common::sock::PROGRAMS.len(),
+        "{}",
+        s.agent.log_text()
+    );
     for _ in 0..2 {
         s.agent.kill();
         // While no agent runs, the pinned links keep translating.
         let r = sock_client(client_bin(), cg, &node, "tcp", &addr, 3)?;
         assert_served_or_one(&r, &addr);
         s.agent.start_again_synced()?;
-        assert_eq!(attached(cgroup.path())?, 4, "{}", s.agent.log_text());
+        assert_eq!(
+            attached(cgroup.path())?,
+            lb_common::sock::PROGRAMS.len(),
+            "{}",
+            s.agent.log_text()
+        );
     }
     assert!(s
         .agent
@@ -389,19 +428,11 @@ fn a_connected_udp_socket_moves_to_a_surviving_backend_within_a_second_of_its_re
 
 #[test]
 fn weir_monitor_shows_socket_translations_and_refusals_with_the_netns_cookie() -> Result<()> {
-    use std::process::{Command, Stdio};
     let cgroup = TestCgroup::create(&unique_tag())?;
     let s = setup(&cgroup, "all")?;
     let node = s.sandbox.node.name.clone();
-    let bpffs = s.agent.bpffs.to_string_lossy().into_owned();
     // 3 translations and 2 refusals: 5 events.
-    let monitor = Command::new(weir_tests::agent::weir_bin()?)
-        .args(["monitor", "-o", "json", "--flows", "--timeout-secs", "15"])
-        .args(["--count", "5", "--bpffs", &bpffs])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(500));
+    let monitor = s.agent.monitor(Some(5), 15, &["--flows"])?;
     let cg = Some(cgroup.path());
     sock_client(
         client_bin(),
@@ -412,11 +443,7 @@ fn weir_monitor_shows_socket_translations_and_refusals_with_the_netns_cookie() -
         3,
     )?;
     sock_client(client_bin(), cg, &node, "tcp", &format!("{EMPTY_IP}:80"), 2)?;
-    let out = monitor.wait_with_output()?;
-    let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(serde_json::from_str)
-        .collect::<Result<_, _>>()?;
+    let events = monitor.events()?;
     let of = |kind: &str| -> Vec<&serde_json::Value> {
         events.iter().filter(|e| e["event"] == kind).collect()
     };

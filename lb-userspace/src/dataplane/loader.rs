@@ -133,6 +133,10 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
             lb_common::MAP_SOURCE_RANGES6,
             v6(lb_common::MAX_SOURCE_RANGES),
         ),
+        (
+            lb_common::sock::MAP_SOCK_REVNAT6,
+            v6(lb_common::sock::MAX_SOCK_REVNAT),
+        ),
     ]))
 }
 

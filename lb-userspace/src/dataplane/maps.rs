@@ -8,7 +8,10 @@ use aya::maps::{
 };
 use lb_common::{
     filter::MAP_FILTER,
-    sock::{SockRevKey, SockRevValue, MAP_SOCK_REVNAT, MAP_SOCK_STATS},
+    sock::{
+        SockRevKey, SockRevKey6, SockRevValue, SockRevValue6, MAP_SOCK_REVNAT, MAP_SOCK_REVNAT6,
+        MAP_SOCK_STATS,
+    },
     AffinityKey, AffinityKey6, AffinityValue, Backend, Backend6, CtKey, CtKey6, CtValue, CtValue6,
     RevNat, RevNat6, ServiceKey, ServiceKey6, ServiceStats, ServiceValue, SlotKey, SourceRange,
     SourceRange6, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKENDS, MAP_BACKENDS6, MAP_CT, MAP_CT6,
@@ -98,6 +101,7 @@ pub struct Maps {
     pub sock_stats: PerCpuArray<MapData, u64>,
     /// Socket LB's reverse translations (an LRU hash).
     pub sock_revnat: HashMap<MapData, SockRevKey, SockRevValue>,
+    pub sock_revnat6: HashMap<MapData, SockRevKey6, SockRevValue6>,
     /// The no-service filter (an mmapable array: filter::MappedWords).
     pub filter: MapData,
     /// Packets passed untranslated, by reason (lb_common::PASS_*).
@@ -254,6 +258,7 @@ impl Maps {
             node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, take(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, take(MAP_SOCK_REVNAT)?)?,
+            sock_revnat6: typed(MAP_SOCK_REVNAT6, take(MAP_SOCK_REVNAT6)?)?,
             filter: array_data(MAP_FILTER, take(MAP_FILTER)?)?,
             passed: per_cpu(MAP_PASSED, take(MAP_PASSED)?)?,
             services6: typed(MAP_SERVICES6, take(MAP_SERVICES6)?)?,
@@ -287,6 +292,7 @@ impl Maps {
             node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,
             sock_stats: per_cpu(MAP_SOCK_STATS, open(MAP_SOCK_STATS)?)?,
             sock_revnat: typed(MAP_SOCK_REVNAT, open(MAP_SOCK_REVNAT)?)?,
+            sock_revnat6: typed(MAP_SOCK_REVNAT6, open(MAP_SOCK_REVNAT6)?)?,
             filter: array_data(MAP_FILTER, open(MAP_FILTER)?)?,
             passed: per_cpu(MAP_PASSED, open(MAP_PASSED)?)?,
             services6: typed(MAP_SERVICES6, open(MAP_SERVICES6)?)?,

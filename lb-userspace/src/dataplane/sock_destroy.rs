@@ -25,7 +25,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
 };
 use netlink_packet_sock_diag::{
-    constants::AF_INET,
+    constants::{AF_INET, AF_INET6},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
@@ -76,15 +76,22 @@ pub fn end_sockets(
         if !gone.iter().any(|(_, _, p)| *p == proto) {
             continue;
         }
-        for id in dump(proto)? {
-            let (dst, port) = (id.destination_address, id.destination_port);
-            let cookie = u64::from_ne_bytes(id.cookie);
-            let wanted =
-                gone.contains(&(dst, port, proto)) && translated.contains(&(cookie, dst, port));
-            if wanted {
-                match destroy(proto, id) {
-                    Ok(()) => ended += 1,
-                    Err(e) => failed.push(format!("{dst}:{port} (cookie {cookie}): {e}")),
+        for family in [AF_INET, AF_INET6] {
+            for id in dump(family, proto)? {
+                // An AF_INET6 socket sent to an IPv4 backend through a
+                // mapped address (::ffff:a.b.c.d) has it as its destination.
+                let (dst, port) = (id.destination_address.to_canonical(), id.destination_port);
+                let cookie = u64::from_ne_bytes(id.cookie);
+                let wanted =
+                    gone.contains(&(dst, port, proto)) && translated.contains(&(cookie, dst, port));
+                if wanted {
+                    match destroy(family, proto, id) {
+                        Ok(()) => ended += 1,
+                        Err(e) => failed.push(format!(
+                            "{} (cookie {cookie}): {e}",
+                            std::net::SocketAddr::new(dst, port)
+                        )),
+                    }
                 }
             }
         }
@@ -99,9 +106,9 @@ fn socket() -> io::Result<Socket> {
     Ok(s)
 }
 
-fn request(proto: u8, socket_id: SocketId) -> SockDiagMessage {
+fn request(family: u8, proto: u8, socket_id: SocketId) -> SockDiagMessage {
     SockDiagMessage::InetRequest(InetRequest {
-        family: AF_INET,
+        family,
         protocol: proto,
         extensions: ExtensionFlags::empty(),
         states: StateFlags::all(),
@@ -109,12 +116,17 @@ fn request(proto: u8, socket_id: SocketId) -> SockDiagMessage {
     })
 }
 
-/// Every IPv4 socket of `proto` in this namespace.
-fn dump(proto: u8) -> io::Result<Vec<SocketId>> {
+/// Every socket of `family` (AF_INET or AF_INET6) and `proto` in this namespace.
+fn dump(family: u8, proto: u8) -> io::Result<Vec<SocketId>> {
     let s = socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let mut msg = NetlinkMessage::new(header, request(proto, SocketId::new_v4()).into());
+    let any = if family == AF_INET6 {
+        SocketId::new_v6()
+    } else {
+        SocketId::new_v4()
+    };
+    let mut msg = NetlinkMessage::new(header, request(family, proto, any).into());
     msg.finalize();
     let mut buf = vec![0u8; msg.buffer_len()];
     msg.serialize(&mut buf);
@@ -149,13 +161,13 @@ fn dump(proto: u8) -> io::Result<Vec<SocketId>> {
 }
 
 /// SOCK_DESTROY of one socket, by its full id (cookie included).
-fn destroy(proto: u8, id: SocketId) -> io::Result<()> {
+fn destroy(family: u8, proto: u8, id: SocketId) -> io::Result<()> {
     let s = socket()?;
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_ACK;
     let mut msg = NetlinkMessage::new(
         header,
-        NetlinkPayload::from(SockDiagDestroy::new(request(proto, id))),
+        NetlinkPayload::from(SockDiagDestroy::new(request(family, proto, id))),
     );
     msg.finalize();
     let mut buf = vec![0u8; msg.buffer_len()];

@@ -303,19 +303,21 @@ impl Dataplane {
         if gone.is_empty() {
             return Ok((0, Vec::new()));
         }
-        let translated = self
-            .maps
-            .sock_revnat
-            .keys()
-            .flatten()
-            .map(|k| {
-                (
-                    k.cookie,
-                    std::net::IpAddr::from(k.backend_addr),
-                    k.backend_port,
-                )
-            })
-            .collect();
+        let v4 = self.maps.sock_revnat.keys().flatten().map(|k| {
+            (
+                k.cookie,
+                std::net::IpAddr::from(k.backend_addr),
+                k.backend_port,
+            )
+        });
+        let v6 = self.maps.sock_revnat6.keys().flatten().map(|k| {
+            (
+                k.cookie,
+                std::net::IpAddr::from(k.backend_addr),
+                k.backend_port,
+            )
+        });
+        let translated = v4.chain(v6).collect();
         super::sock_destroy::end_sockets(&gone, &translated)
     }
 

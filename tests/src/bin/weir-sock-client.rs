@@ -64,7 +64,7 @@ fn udp_stream(addr: SocketAddr, count: usize) -> Result<()> {
     use std::io::Write;
     let start = Instant::now();
     let connect = || -> Result<UdpSocket> {
-        let s = UdpSocket::bind("0.0.0.0:0")?;
+        let s = UdpSocket::bind(any(addr))?;
         s.connect(addr)?;
         s.set_read_timeout(Some(Duration::from_millis(200)))?;
         Ok(s)
@@ -94,6 +94,17 @@ fn udp_stream(addr: SocketAddr, count: usize) -> Result<()> {
     Ok(())
 }
 
+/// The wildcard address of `addr`'s family: an AF_INET6 socket for an
+/// IPv6 address, IPv4-mapped ones (::ffff:a.b.c.d) included, as a
+/// dual-stack application has.
+fn any(addr: SocketAddr) -> &'static str {
+    if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+}
+
 fn request(mode: &str, addr: SocketAddr) -> Result<serde_json::Value> {
     match mode {
         "tcp" => {
@@ -106,7 +117,7 @@ fn request(mode: &str, addr: SocketAddr) -> Result<serde_json::Value> {
             Ok(serde_json::json!({"reply": reply.trim(), "peer": peer.to_string()}))
         }
         "udp" => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(any(addr))?;
             s.connect(addr)?;
             let peer = s.peer_addr()?;
             s.set_read_timeout(Some(TIMEOUT))?;
@@ -117,7 +128,7 @@ fn request(mode: &str, addr: SocketAddr) -> Result<serde_json::Value> {
             Ok(serde_json::json!({"reply": reply, "peer": peer.to_string()}))
         }
         "udp-sendto" => {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(any(addr))?;
             s.set_read_timeout(Some(TIMEOUT))?;
             s.send_to(b"hello", addr)?;
             let mut buf = [0u8; 1500];
