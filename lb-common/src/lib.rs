@@ -490,20 +490,39 @@ pub mod ingress {
     pub const SOCKET_HTTPS: u32 = 1;
     /// TLS and TCP listeners of the Gateway API (byte streams).
     pub const SOCKET_STREAM: u32 = 2;
-    pub const SOCKETS: u32 = 3;
+    /// The proxy's IPv6 sockets follow its IPv4 ones: an IPv6 connection
+    /// goes to index SOCKET_* + SOCKETS_IPV6. (A dual-stack socket cannot
+    /// do both: bound to ::1, the kernel makes it IPv6-only.)
+    pub const SOCKETS_IPV6: u32 = 3;
+    pub const SOCKETS: u32 = 2 * SOCKETS_IPV6;
     pub const MAX_INGRESS_ADDRS: u32 = 4096;
 
-    /// A destination the proxy takes over: address (network order bytes) and
-    /// port (host order).
+    /// A destination the proxy takes over: address (network order bytes;
+    /// IPv4 as its IPv4-mapped IPv6 address, ::ffff:a.b.c.d, so that one
+    /// map serves both families) and port (host order).
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
     pub struct IngressKey {
-        pub addr: [u8; 4],
+        pub addr: [u8; 16],
         pub port: u16,
         pub _pad: u16,
     }
 
-    const _: () = assert!(core::mem::size_of::<IngressKey>() == 8);
+    impl IngressKey {
+        pub fn new(addr: core::net::IpAddr, port: u16) -> Self {
+            let addr = match addr {
+                core::net::IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+                core::net::IpAddr::V6(a) => a.octets(),
+            };
+            Self {
+                addr,
+                port,
+                _pad: 0,
+            }
+        }
+    }
+
+    const _: () = assert!(core::mem::size_of::<IngressKey>() == 20);
 
     #[cfg(feature = "user")]
     // SAFETY: repr(C), padding-free (size asserted above), plain integers.

@@ -3,7 +3,7 @@
 //! (swapped in whole) and the set of ingress addresses.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     sync::Arc,
 };
 
@@ -39,7 +39,7 @@ pub struct IngressConfig {
     pub http_port: u16,
     pub https_port: u16,
     /// Addresses taken over besides the node's own (e.g. LoadBalancer IPs routed to the node).
-    pub extra_addresses: Vec<Ipv4Addr>,
+    pub extra_addresses: Vec<IpAddr>,
     /// --gateway-address-pool: one address each for Gateways without spec.addresses.
     pub gateway_pool: Vec<Ipv4Addr>,
     /// Worker threads of the proxy's runtime.
@@ -53,11 +53,11 @@ pub struct Ingress {
     last_warnings: Vec<String>,
     /// Problems already reported (so each is reported once while it lasts).
     reported: BTreeSet<(ObjectRef, String)>,
-    last_addresses: Option<BTreeSet<Ipv4Addr>>,
+    last_addresses: Option<BTreeSet<IpAddr>>,
     /// The hand-off's entries written last (addresses, ports, sockets).
     last_entries: Vec<(IngressKey, u32)>,
     /// The pool address each Gateway has (kept while the Gateway lives).
-    gateway_pool_addresses: BTreeMap<ObjectRef, Ipv4Addr>,
+    gateway_pool_addresses: BTreeMap<ObjectRef, IpAddr>,
 }
 
 impl Ingress {
@@ -69,7 +69,7 @@ impl Ingress {
     ) -> Result<Self, IngressStartError> {
         let listeners = Listeners::bind(&cfg.proxy)?;
         let mut handoff = IngressHandoff::attach(dataplane)?;
-        handoff.set_sockets(&listeners.http, &listeners.https, &listeners.stream)?;
+        handoff.set_sockets(&listeners)?;
         let table = proxy::shared_table();
         proxy::start(
             listeners,
@@ -100,19 +100,15 @@ impl Ingress {
         self.table.clone()
     }
 
-    /// The node's primary IPv4 addresses (its Node object's
-    /// InternalIP/ExternalIP, else its uplinks') and the extra ones. The
-    /// hand-off is IPv4 only so far.
-    pub fn addresses(&self, state: &ClusterState, node: &NodeFacts) -> BTreeSet<Ipv4Addr> {
-        let mut set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
+    /// The node's primary addresses (its Node object's InternalIP/ExternalIP,
+    /// else its uplinks'; IPv6 ones only with --ipv6) and the extra ones.
+    pub fn addresses(&self, state: &ClusterState, node: &NodeFacts) -> BTreeSet<IpAddr> {
+        let mut set: BTreeSet<IpAddr> = self.cfg.extra_addresses.iter().copied().collect();
         set.extend(
             self.primary(state, node)
                 .addresses
                 .into_iter()
-                .filter_map(|a| match a {
-                    std::net::IpAddr::V4(a) => Some(a),
-                    std::net::IpAddr::V6(_) => None,
-                }),
+                .filter(|a| a.is_ipv4() || node.ipv6),
         );
         set
     }
@@ -130,10 +126,10 @@ impl Ingress {
     /// --ingress-addresses when given (the same on every node, so agents on
     /// several nodes agree), otherwise this node's ingress addresses.
     pub fn statuses(&self, state: &ClusterState, node: &NodeFacts) -> Statuses {
-        let addresses: Vec<Ipv4Addr> = if self.cfg.extra_addresses.is_empty() {
+        let addresses: Vec<IpAddr> = if self.cfg.extra_addresses.is_empty() {
             self.addresses(state, node).into_iter().collect()
         } else {
-            let set: BTreeSet<Ipv4Addr> = self.cfg.extra_addresses.iter().copied().collect();
+            let set: BTreeSet<IpAddr> = self.cfg.extra_addresses.iter().copied().collect();
             set.into_iter().collect()
         };
         state
@@ -154,7 +150,12 @@ impl Ingress {
             &RouteConfig {
                 node_name: node.node_name.clone(),
                 gateway_addresses: addresses.iter().copied().collect(),
-                gateway_pool: self.cfg.gateway_pool.clone(),
+                gateway_pool: self
+                    .cfg
+                    .gateway_pool
+                    .iter()
+                    .map(|a| IpAddr::V4(*a))
+                    .collect(),
                 gateway_previous: self.gateway_pool_addresses.clone(),
             },
         );
@@ -167,7 +168,7 @@ impl Ingress {
                 self.cfg
                     .gateway_pool
                     .contains(&a)
-                    .then(|| (ObjectRef::new(&g.namespace, &g.name), a))
+                    .then(|| (ObjectRef::new(&g.namespace, &g.name), IpAddr::V4(a)))
             })
             .collect();
         if table.warnings != self.last_warnings {
@@ -199,15 +200,9 @@ impl Ingress {
             .collect();
         gateway_keys.sort();
         for (key, socket) in &gateway_keys {
-            if let SocketAddr::V4(a) = key {
-                let k = IngressKey {
-                    addr: a.ip().octets(),
-                    port: a.port(),
-                    _pad: 0,
-                };
-                entries.retain(|(e, _)| *e != k);
-                entries.push((k, *socket));
-            }
+            let k = IngressKey::new(key.ip(), key.port());
+            entries.retain(|(e, _)| *e != k);
+            entries.push((k, *socket));
         }
         self.table.store(Arc::new(table));
         if self.last_addresses.as_ref() != Some(&addresses) && addresses.is_empty() {

@@ -205,9 +205,9 @@ struct IngressFlags {
     /// The HTTPS port taken over on the ingress addresses.
     #[arg(long, default_value_t = 443)]
     ingress_https_port: u16,
-    /// Ingress addresses besides the node's own (comma-separated IPv4), e.g. LoadBalancer IPs routed to the nodes.
+    /// Ingress addresses besides the node's own (comma-separated, IPv4 or IPv6), e.g. LoadBalancer IPs routed to the nodes.
     #[arg(long, value_delimiter = ',')]
-    ingress_addresses: Vec<std::net::Ipv4Addr>,
+    ingress_addresses: Vec<std::net::IpAddr>,
     /// Gateway API: an IPv4 CIDR (at most /16) from which each Gateway without spec.addresses gets an address of its own; the pool must be routed to the nodes and local on them. Without it such Gateways listen on the node's ingress addresses.
     #[arg(long, value_parser = weir::ingress::parse_pool)]
     gateway_address_pool: Option<weir::ingress::AddressPool>,

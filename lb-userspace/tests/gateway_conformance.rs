@@ -923,3 +923,39 @@ spec:
     assert_eq!(l.listeners.len(), 1);
     assert!(l.listeners[0].name.contains("/first/"));
 }
+
+#[test]
+fn a_gateway_with_ipv6_and_ipv4_addresses_listens_on_both_and_reports_both() {
+    let extra = format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: dual, namespace: {INFRA}}}
+spec:
+  gatewayClassName: weir
+  addresses: [{{value: "2001:db8:0:9::9"}}, {{value: 198.19.9.8}}, {{type: Hostname, value: gw.example}}]
+  listeners: [{{name: http, port: 80, protocol: HTTP}}]
+"#
+    );
+    let mut st = state("httproute-simple-same-namespace");
+    let (objects, errors) = parse_documents("dual.yaml", &extra);
+    assert!(errors.is_empty(), "{errors:#?}");
+    insert_all(&mut st, objects);
+    let t = build(&st, &config());
+    for addr in ["[2001:db8:0:9::9]:80", "198.19.9.8:80"] {
+        let l = t.gateway_at(addr.parse().unwrap());
+        assert!(
+            l.is_some_and(|l| l.listeners[0].name.contains("/dual/")),
+            "{addr}"
+        );
+    }
+    let status = t.gateway_status.gateway(INFRA, "dual").unwrap();
+    let listed: Vec<&str> = status.addresses.iter().map(|a| a.value.as_str()).collect();
+    assert_eq!(listed, ["2001:db8:0:9::9", "198.19.9.8"]);
+    assert!(
+        t.warnings
+            .iter()
+            .any(|w| w.contains("spec.addresses[2]: Hostname \"gw.example\" is not supported")),
+        "{:?}",
+        t.warnings
+    );
+}

@@ -54,6 +54,11 @@ pub struct HttpBackend {
 impl HttpBackend {
     /// Starts the backend `name` on 0.0.0.0:`port` in namespace `ns`; returns once it listens.
     pub fn start(ns: &str, name: &str, port: u16) -> Result<Self> {
+        Self::start_on(ns, name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+    }
+
+    /// Starts the backend `name` on `addr` (e.g. [::]:8080 for both families).
+    pub fn start_on(ns: &str, name: &str, addr: SocketAddr) -> Result<Self> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ns, name) = (ns.to_string(), name.to_string());
@@ -75,7 +80,6 @@ impl HttpBackend {
                 }
             };
             rt.block_on(async move {
-                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
                 let listener = match tokio::net::TcpListener::bind(addr).await {
                     Ok(l) => l,
                     Err(e) => {

@@ -315,3 +315,110 @@ fn host_processes_reach_an_ipv6_cluster_ip_through_socket_lb() -> Result<()> {
     assert_eq!(ct, serde_json::json!([]), "socket-level flows in conntrack");
     Ok(())
 }
+
+/// An extra IPv6 ingress address (--ingress-addresses), on the node's lo.
+const INGRESS_EXTRA6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0x99, 0, 0, 0, 1);
+
+/// GET http://ADDR/ with Host v6.example from `ns`, retried for up to 15 s
+/// until it answers 200 (the agent applies the manifests asynchronously).
+fn ingress_get(ns: &str, url: &str) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = weir_tests::ingress::curl(ns, &["-H", "Host: v6.example", url]);
+        match r {
+            Ok(c) if c.status == 200 => return c.json(),
+            other if Instant::now() > deadline => anyhow::bail!("{url}: {other:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// The ingress proxy on IPv6: the hand-off (sk_lookup) takes connections
+/// to the node's IPv6 InternalIP and to an extra IPv6 ingress address, the
+/// proxy routes them to the IPv6 endpoints of a single-stack IPv6 Service,
+/// and X-Forwarded-For carries the IPv6 client. The same dual-stack
+/// listener takes IPv4 connections, whose client shows as plain IPv4.
+#[test]
+fn the_ingress_proxy_takes_ipv6_connections_and_routes_to_ipv6_endpoints() -> Result<()> {
+    use weir_tests::{http_backend::HttpBackend, ingress::ingress_class};
+    let extra = format!("--ingress-addresses={INGRESS_EXTRA6}");
+    let s = Scenario::start_with(1, &[], &["--ipv6", "--ingress", &extra])?;
+    for (pod, last) in [("client", 2), ("be1", 0x11)] {
+        add_pod_ipv6(&s.sandbox.node.name, s.sandbox.pod(pod), pod6(last))?;
+    }
+    weir_tests::cmd::ip(&[
+        "-n",
+        &s.sandbox.node.name,
+        "-6",
+        "addr",
+        "add",
+        &format!("{INGRESS_EXTRA6}/128"),
+        "dev",
+        "lo",
+    ])?;
+    let _backend = HttpBackend::start_on(
+        &s.sandbox.pod("be1").netns.name,
+        "be1",
+        SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 8080),
+    )?;
+    let gateway6 = weir_tests::node::GATEWAY6;
+    let m = &s.manifests;
+    m.write("class.yaml", &ingress_class("weir", false))?;
+    m.write(
+        "node.yaml",
+        &format!(
+            "apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus:\n  addresses:\n    \
+             - {{type: InternalIP, address: 198.18.0.1}}\n    - {{type: InternalIP, address: \"{gateway6}\"}}\n"
+        ),
+    )?;
+    m.write(
+        "svc.yaml",
+        &format!(
+            "\
+apiVersion: v1
+kind: Service
+metadata: {{name: web6, namespace: e2e}}
+spec:
+  clusterIPs: [\"2001:db8:0:19::30\"]
+  ipFamilies: [IPv6]
+  ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web6-1, namespace: e2e, labels: {{kubernetes.io/service-name: web6}}}}
+addressType: IPv6
+ports: [{{name: http, port: 8080, protocol: TCP}}]
+endpoints:
+- addresses: [\"{}\"]
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {{name: web6, namespace: e2e}}
+spec:
+  ingressClassName: weir
+  rules:
+  - host: v6.example
+    http: {{paths: [{{path: /, pathType: Prefix, backend: {{service: {{name: web6, port: {{number: 80}}}}}}}}]}}
+",
+            pod6(0x11)
+        ),
+    )?;
+    let client = s.sandbox.pod("client").netns.name.clone();
+    for addr in [gateway6, INGRESS_EXTRA6] {
+        let seen = ingress_get(&client, &format!("http://[{addr}]/v6"))
+            .with_context(|| format!("agent log:\n{}", s.agent.log_text()))?;
+        assert_eq!(seen["backend"], "be1", "{addr}: {seen}");
+        assert_eq!(seen["path"], "/v6", "{addr}: {seen}");
+        assert_eq!(
+            seen["headers"]["x-forwarded-for"],
+            pod6(2).to_string(),
+            "{addr}: {seen}"
+        );
+    }
+    // IPv4 to the node's IPv4 InternalIP: the same listener, the client as
+    // IPv4 (not ::ffff:...), routed to the same IPv6 endpoint.
+    let seen = ingress_get(&client, "http://198.18.0.1/v4")?;
+    assert_eq!(seen["backend"], "be1", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-for"], "198.18.1.2", "{seen}");
+    Ok(())
+}

@@ -6,8 +6,7 @@
 //! anew, so a stale program never steers to nothing.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
-    os::fd::AsRawFd,
+    net::IpAddr,
 };
 
 use aya::{
@@ -15,11 +14,12 @@ use aya::{
     programs::SkLookup,
 };
 use lb_common::ingress::{
-    IngressKey, MAP_INGRESS_ADDRS, MAP_INGRESS_SOCKETS, PROG_INGRESS_LOOKUP, SOCKET_HTTP,
-    SOCKET_HTTPS, SOCKET_STREAM,
+    IngressKey, MAP_INGRESS_ADDRS, MAP_INGRESS_SOCKETS, PROG_INGRESS_LOOKUP, SOCKETS_IPV6,
+    SOCKET_HTTP, SOCKET_HTTPS, SOCKET_STREAM,
 };
 
 use super::Dataplane;
+use crate::proxy::Listeners;
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngressError {
@@ -72,22 +72,26 @@ impl IngressHandoff {
         })
     }
 
-    /// The listening sockets connections are handed to.
-    pub fn set_sockets(
-        &mut self,
-        http: &impl AsRawFd,
-        https: &impl AsRawFd,
-        stream: &impl AsRawFd,
-    ) -> Result<(), IngressError> {
-        self.sockets
-            .set(SOCKET_STREAM, stream, 0)
-            .map_err(map_err(MAP_INGRESS_SOCKETS))?;
-        self.sockets
-            .set(SOCKET_HTTP, http, 0)
-            .map_err(map_err(MAP_INGRESS_SOCKETS))?;
-        self.sockets
-            .set(SOCKET_HTTPS, https, 0)
-            .map_err(map_err(MAP_INGRESS_SOCKETS))
+    /// The listening sockets connections are handed to: IPv4 ones at
+    /// SOCKET_*, IPv6 ones at SOCKET_* + SOCKETS_IPV6.
+    pub fn set_sockets(&mut self, listeners: &Listeners) -> Result<(), IngressError> {
+        let families = [
+            (0, Some(&listeners.v4)),
+            (SOCKETS_IPV6, listeners.v6.as_ref()),
+        ];
+        for (offset, set) in families {
+            let Some(set) = set else { continue };
+            for (index, socket) in [
+                (SOCKET_STREAM, &set.stream),
+                (SOCKET_HTTP, &set.http),
+                (SOCKET_HTTPS, &set.https),
+            ] {
+                self.sockets
+                    .set(index + offset, socket, 0)
+                    .map_err(map_err(MAP_INGRESS_SOCKETS))?;
+            }
+        }
+        Ok(())
     }
 
     /// Takes over exactly `wanted` (new ones first, then the ones no longer
@@ -119,23 +123,15 @@ impl IngressHandoff {
 
 /// The map entries for `addresses` on both ports.
 pub fn keys(
-    addresses: &BTreeSet<Ipv4Addr>,
+    addresses: &BTreeSet<IpAddr>,
     http_port: u16,
     https_port: u16,
 ) -> Vec<(IngressKey, u32)> {
     addresses
         .iter()
         .flat_map(|a| {
-            [(http_port, SOCKET_HTTP), (https_port, SOCKET_HTTPS)].map(|(port, index)| {
-                (
-                    IngressKey {
-                        addr: a.octets(),
-                        port,
-                        _pad: 0,
-                    },
-                    index,
-                )
-            })
+            [(http_port, SOCKET_HTTP), (https_port, SOCKET_HTTPS)]
+                .map(|(port, index)| (IngressKey::new(*a, port), index))
         })
         .collect()
 }

@@ -64,7 +64,8 @@ impl Default for Timeouts {
 
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
-    /// Where the plain HTTP listener binds (the hand-off steers to it).
+    /// Where the plain HTTP listener binds (the hand-off steers IPv4
+    /// connections to it; IPv6 ones go to a twin on [::1], server::Listeners).
     pub http_bind: SocketAddr,
     pub https_bind: SocketAddr,
     /// Where the Gateway API's TLS and TCP listeners' socket binds.

@@ -13,7 +13,7 @@ use tokio::{
     net::TcpListener,
 };
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{
     forward::{handle, ConnInfo, Shared},
@@ -25,14 +25,23 @@ use super::{
 /// The bound listeners, before serving: the hand-off puts these very
 /// sockets into its socket map.
 pub struct Listeners {
+    pub v4: Sockets,
+    /// The IPv6 twins on [::1] (port 0), for IPv6 ingress addresses: a
+    /// socket bound to an IPv6 address takes IPv6 connections only. None on
+    /// a host without IPv6.
+    pub v6: Option<Sockets>,
+}
+
+/// One family's listening sockets, by role.
+pub struct Sockets {
     pub http: std::net::TcpListener,
     pub https: std::net::TcpListener,
     /// Gateway TLS and TCP listeners.
     pub stream: std::net::TcpListener,
 }
 
-impl Listeners {
-    pub fn bind(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+impl Sockets {
+    fn bind(http: SocketAddr, https: SocketAddr, stream: SocketAddr) -> Result<Self, ProxyError> {
         let bind = |addr: SocketAddr| {
             let l = std::net::TcpListener::bind(addr)
                 .map_err(|source| ProxyError::Bind { addr, source })?;
@@ -41,10 +50,34 @@ impl Listeners {
             Ok::<_, ProxyError>(l)
         };
         Ok(Self {
-            http: bind(cfg.http_bind)?,
-            https: bind(cfg.https_bind)?,
-            stream: bind(cfg.stream_bind)?,
+            http: bind(http)?,
+            https: bind(https)?,
+            stream: bind(stream)?,
         })
+    }
+
+    fn try_clone(&self) -> Result<Self, ProxyError> {
+        let clone = |l: &std::net::TcpListener| l.try_clone().map_err(ProxyError::Runtime);
+        Ok(Self {
+            http: clone(&self.http)?,
+            https: clone(&self.https)?,
+            stream: clone(&self.stream)?,
+        })
+    }
+}
+
+impl Listeners {
+    pub fn bind(cfg: &ProxyConfig) -> Result<Self, ProxyError> {
+        let v4 = Sockets::bind(cfg.http_bind, cfg.https_bind, cfg.stream_bind)?;
+        let loopback6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0));
+        let v6 = match Sockets::bind(loopback6, loopback6, loopback6) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("ingress proxy: {e}: IPv6 ingress addresses get no proxy");
+                None
+            }
+        };
+        Ok(Self { v4, v6 })
     }
 }
 
@@ -73,36 +106,42 @@ pub fn start(
         h2: Default::default(),
         metrics,
     });
-    if let (Ok(http), Ok(https)) = (listeners.http.local_addr(), listeners.https.local_addr()) {
-        info!(%http, %https, "ingress proxy listening");
+    if let (Ok(http), Ok(https)) = (
+        listeners.v4.http.local_addr(),
+        listeners.v4.https.local_addr(),
+    ) {
+        info!(%http, %https, ipv6 = listeners.v6.is_some(), "ingress proxy listening");
     }
     for i in 0..threads.max(1) {
-        let clone = |l: &std::net::TcpListener| l.try_clone().map_err(ProxyError::Runtime);
-        let (http, https, stream) = (
-            clone(&listeners.http)?,
-            clone(&listeners.https)?,
-            clone(&listeners.stream)?,
-        );
+        let sets: Vec<Sockets> = std::iter::once(&listeners.v4)
+            .chain(listeners.v6.as_ref())
+            .map(Sockets::try_clone)
+            .collect::<Result<_, _>>()?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(ProxyError::Runtime)?;
-        let (http, https, stream) = {
+        let mut tokio_sets = Vec::new();
+        {
             let _guard = runtime.enter();
-            (
-                TcpListener::from_std(http).map_err(ProxyError::Runtime)?,
-                TcpListener::from_std(https).map_err(ProxyError::Runtime)?,
-                TcpListener::from_std(stream).map_err(ProxyError::Runtime)?,
-            )
-        };
+            let listen = |l| TcpListener::from_std(l).map_err(ProxyError::Runtime);
+            for set in sets {
+                tokio_sets.push((listen(set.http)?, listen(set.https)?, listen(set.stream)?));
+            }
+        }
         let (shared, acceptor) = (shared.clone(), acceptor.clone());
         std::thread::Builder::new()
             .name(format!("weir-proxy-{i}"))
             .spawn(move || {
-                runtime.spawn(super::stream::accept_loop(stream, shared.clone()));
-                runtime.spawn(accept_loop(http, shared.clone(), None));
-                // The thread lives as long as the process.
-                runtime.block_on(accept_loop(https, shared, Some(acceptor)));
+                runtime.block_on(async move {
+                    for (http, https, stream) in tokio_sets {
+                        tokio::spawn(super::stream::accept_loop(stream, shared.clone()));
+                        tokio::spawn(accept_loop(http, shared.clone(), None));
+                        tokio::spawn(accept_loop(https, shared.clone(), Some(acceptor.clone())));
+                    }
+                    // The thread lives as long as the process.
+                    std::future::pending::<()>().await
+                })
             })
             .map_err(ProxyError::Runtime)?;
     }

@@ -23,13 +23,13 @@ pub struct RouteConfig {
     pub node_name: String,
     /// Where Gateways without spec.addresses listen when there is no pool:
     /// the node's ingress addresses.
-    pub gateway_addresses: Vec<std::net::Ipv4Addr>,
+    pub gateway_addresses: Vec<std::net::IpAddr>,
     /// --gateway-address-pool: each Gateway without spec.addresses gets one
     /// address of its own from it (the first free one, oldest Gateway first).
-    pub gateway_pool: Vec<std::net::Ipv4Addr>,
+    pub gateway_pool: Vec<std::net::IpAddr>,
     /// The pool addresses Gateways had in the last table: each keeps its
     /// own while it stays in the pool (so adding a Gateway moves no other).
-    pub gateway_previous: BTreeMap<ObjectRef, std::net::Ipv4Addr>,
+    pub gateway_previous: BTreeMap<ObjectRef, std::net::IpAddr>,
 }
 
 /// Whether Weir serves `ing`: its class is one whose controller is Weir's,

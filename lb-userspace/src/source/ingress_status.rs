@@ -5,7 +5,7 @@
 //! patch is retried with the next update. Events are best effort.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     time::Duration,
 };
 
@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use crate::model::ObjectRef;
 
 /// Ingress -> the addresses its status should list.
-pub type Statuses = BTreeMap<ObjectRef, Vec<Ipv4Addr>>;
+pub type Statuses = BTreeMap<ObjectRef, Vec<IpAddr>>;
 
 pub struct StatusWriter {
     tx: watch::Sender<Statuses>,
@@ -78,7 +78,7 @@ impl StatusWriter {
 }
 
 /// The merge patch that sets an Ingress's load-balancer status.
-pub fn status_patch(addresses: &[Ipv4Addr]) -> serde_json::Value {
+pub fn status_patch(addresses: &[IpAddr]) -> serde_json::Value {
     let ingress: Vec<serde_json::Value> = addresses
         .iter()
         .map(|ip| serde_json::json!({"ip": ip.to_string()}))
@@ -87,7 +87,7 @@ pub fn status_patch(addresses: &[Ipv4Addr]) -> serde_json::Value {
 }
 
 async fn run(client: Client, mut rx: watch::Receiver<Statuses>) {
-    let mut written: HashMap<ObjectRef, Vec<Ipv4Addr>> = HashMap::new();
+    let mut written: HashMap<ObjectRef, Vec<IpAddr>> = HashMap::new();
     loop {
         let wanted = rx.borrow_and_update().clone();
         let mut failed = false;

@@ -13,7 +13,7 @@
 //! - a backendRef that does not resolve answers 500 for its share.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -74,7 +74,7 @@ struct ListenerState<'a> {
 /// A Weir Gateway while the table is built.
 struct GatewayBuild<'a> {
     gw: &'a Gateway,
-    addresses: Vec<Ipv4Addr>,
+    addresses: Vec<IpAddr>,
     listeners: Vec<ListenerState<'a>>,
 }
 
@@ -105,7 +105,7 @@ pub fn build(
         })
         .collect();
     let mut gateways: Vec<GatewayBuild> = Vec::new();
-    let mut taken: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut taken: BTreeSet<IpAddr> = BTreeSet::new();
     let mut by_age: Vec<&Gateway> = gs
         .gateways
         .values()
@@ -116,12 +116,12 @@ pub fn build(
     // the pool addresses Gateways already had.
     for gw in &by_age {
         for (_, v) in &gw.addresses {
-            if let Ok(a) = v.parse::<Ipv4Addr>() {
+            if let Ok(a) = v.parse::<IpAddr>() {
                 taken.insert(a);
             }
         }
     }
-    let mut kept: BTreeMap<&ObjectRef, Ipv4Addr> = BTreeMap::new();
+    let mut kept: BTreeMap<&ObjectRef, IpAddr> = BTreeMap::new();
     for gw in by_age.iter().filter(|g| g.addresses.is_empty()) {
         if let Some(a) = cfg.gateway_previous.get(&gw.id) {
             if cfg.gateway_pool.contains(a) && taken.insert(*a) {
@@ -290,7 +290,7 @@ pub fn build(
             let keys: Vec<SocketAddr> = g
                 .addresses
                 .iter()
-                .map(|a| SocketAddr::new(IpAddr::V4(*a), l.listener.port))
+                .map(|a| SocketAddr::new(*a, l.listener.port))
                 .collect();
             let taken = keys.iter().find_map(|k| {
                 port_owners
@@ -348,7 +348,7 @@ pub fn build(
             if let (true, Some(mode)) = (l.usable, stream_mode) {
                 let mut routes = l.streams;
                 for (i, a) in g.addresses.iter().enumerate() {
-                    let key = SocketAddr::new(IpAddr::V4(*a), l.listener.port);
+                    let key = SocketAddr::new(*a, l.listener.port);
                     // Each address gets the routes; the last takes them over.
                     let routes = if i + 1 == g.addresses.len() {
                         std::mem::take(&mut routes)
@@ -372,7 +372,7 @@ pub fn build(
                 }
             } else if l.usable {
                 for a in &g.addresses {
-                    let key = SocketAddr::new(IpAddr::V4(*a), l.listener.port);
+                    let key = SocketAddr::new(*a, l.listener.port);
                     table.gateways.entry(key).or_default().add(ListenerRoutes {
                         name: format!("{}/{}", g.gw.id, l.listener.name),
                         hostname: l.listener.hostname.clone(),
@@ -447,21 +447,21 @@ fn clone_table(t: &HostTable) -> HostTable {
     }
 }
 
-/// The addresses a Gateway listens on: its spec.addresses (IPv4 only for
-/// now), else one address from the pool, else the node's.
+/// The addresses a Gateway listens on: its spec.addresses (IPv4 or IPv6),
+/// else one address from the pool, else the node's.
 fn addresses(
     gw: &Gateway,
     cfg: &RouteConfig,
-    taken: &mut BTreeSet<Ipv4Addr>,
+    taken: &mut BTreeSet<IpAddr>,
     warnings: &mut Vec<String>,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     if !gw.addresses.is_empty() {
         let mut out = Vec::new();
         for (i, (kind, value)) in gw.addresses.iter().enumerate() {
-            match (kind.as_str(), value.parse::<Ipv4Addr>()) {
+            match (kind.as_str(), value.parse::<IpAddr>()) {
                 ("IPAddress", Ok(a)) => out.push(a),
                 _ => warnings.push(format!(
-                    "spec.addresses[{i}]: {kind} {value:?} is not supported (IPv4 IPAddress only); ignored"
+                    "spec.addresses[{i}]: {kind} {value:?} is not supported (IPAddress only); ignored"
                 )),
             }
         }
