@@ -3,6 +3,8 @@
 pub trait Addr: Copy {
     fn same(&self, other: &Self) -> bool;
     fn is_zero(&self) -> bool;
+    /// A checksum over this address, updated for `old` becoming `new`.
+    fn csum_replace(check: u16, old: Self, new: Self) -> u16;
 }
 
 impl Addr for [u8; 4] {
@@ -14,6 +16,11 @@ impl Addr for [u8; 4] {
     #[inline(always)]
     fn is_zero(&self) -> bool {
         u32::from_ne_bytes(*self) == 0
+    }
+
+    #[inline(always)]
+    fn csum_replace(check: u16, old: Self, new: Self) -> u16 {
+        lb_common::csum_replace4(check, old, new)
     }
 }
 
@@ -39,5 +46,10 @@ impl Addr for [u8; 16] {
     fn is_zero(&self) -> bool {
         let a = words6(self);
         a[0] | a[1] | a[2] | a[3] == 0
+    }
+
+    #[inline(always)]
+    fn csum_replace(check: u16, old: Self, new: Self) -> u16 {
+        lb_common::csum_replace16(check, old, new)
     }
 }

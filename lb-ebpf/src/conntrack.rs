@@ -17,7 +17,7 @@ use super::fam::{flow_hash, Addr, CtKey, CtValue, Flow, CT, ZERO};
 /// The key of a tuple. Built on a zeroed key rather than with `_pad: [0; 3]`:
 /// LLVM turns that 3-byte array into a call to memset, in every packet's path.
 #[inline(always)]
-fn tuple(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8) -> CtKey {
+pub fn tuple(saddr: Addr, daddr: Addr, sport: u16, dport: u16, proto: u8) -> CtKey {
     // SAFETY: the key is plain integers; all zero is a valid value.
     let mut k: CtKey = unsafe { core::mem::zeroed() };
     k.saddr = saddr;

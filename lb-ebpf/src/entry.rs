@@ -23,6 +23,7 @@ use crate::{
 
 use super::{
     fam,
+    icmp::{self, Towards},
     lb::{self, State, Step},
 };
 
@@ -39,13 +40,13 @@ fn tc_hook(uplink: u32) -> Hook {
     }
 }
 
-/// Parses a tc packet into `st` and decides; not for the load balancer: Pass.
+/// Parses a tc packet into `st` and decides; not TCP or UDP: Other.
 #[inline(never)]
 fn tc_decide(skb: *mut __sk_buff, uplink: u32, st: &mut State) -> Step {
     let ctx = TcContext::new(skb);
     let p = Tc(&ctx);
     let Some(flow) = fam::parse(&p) else {
-        return Step::Done(Action::Pass);
+        return Step::Other;
     };
     st.flow = flow;
     lb::decide(&p, tc_hook(uplink), st)
@@ -79,6 +80,32 @@ fn tc_create(skb: *mut __sk_buff, uplink: u32, st: &State) -> Step {
 fn tc_translate(skb: *mut __sk_buff, st: &State) -> bool {
     let ctx = TcContext::new(skb);
     lb::translate(&Tc(&ctx), st)
+}
+
+/// A tc packet that is not TCP or UDP: an ICMP error about a tracked flow
+/// is translated (icmp.rs), in two phases.
+#[inline(never)]
+fn tc_icmp_find(skb: *mut __sk_buff) -> Towards {
+    icmp::find(&Tc(&TcContext::new(skb)))
+}
+
+#[inline(never)]
+fn tc_icmp_to_client(skb: *mut __sk_buff) -> Action {
+    icmp::to_client(&Tc(&TcContext::new(skb)))
+}
+
+#[inline(never)]
+fn tc_icmp_to_backend(skb: *mut __sk_buff) -> Action {
+    icmp::to_backend(&Tc(&TcContext::new(skb)))
+}
+
+#[inline(always)]
+fn tc_other(skb: *mut __sk_buff) -> Action {
+    match tc_icmp_find(skb) {
+        Towards::Nowhere => Action::Pass,
+        Towards::Client => tc_icmp_to_client(skb),
+        Towards::Backend => tc_icmp_to_backend(skb),
+    }
 }
 
 /// A translated tc packet straight to its egress device (fib.rs).
@@ -138,6 +165,12 @@ pub fn tc(skb: *mut __sk_buff, uplink: u32) -> i32 {
     };
     st.reset();
     let step = tc_decide(skb, uplink, st);
+    if step == Step::Other {
+        return match tc_other(skb) {
+            Action::Drop => TC_ACT_SHOT as i32,
+            _ => TC_ACT_OK as i32,
+        };
+    }
     let create = |st: &State| tc_create(skb, uplink, st);
     let translate = |st: &State| tc_translate(skb, st);
     match finish(step, st, create, translate, uplink, false) {
@@ -154,7 +187,7 @@ fn xdp_decide(md: *mut xdp_md, ifindex: u32, st: &mut State) -> Step {
     let ctx = XdpContext::new(md);
     let p = Xdp(&ctx);
     let Some(flow) = fam::parse(&p) else {
-        return Step::Done(Action::Pass);
+        return Step::Other;
     };
     st.flow = flow;
     lb::decide(&p, Hook::Uplink { ifindex, xdp: true }, st)
@@ -190,6 +223,31 @@ fn xdp_undo(md: *mut xdp_md, st: &State) -> u32 {
     }
 }
 
+/// A frame that is not TCP or UDP (as tc_other).
+#[inline(never)]
+fn xdp_icmp_find(md: *mut xdp_md) -> Towards {
+    icmp::find(&Xdp(&XdpContext::new(md)))
+}
+
+#[inline(never)]
+fn xdp_icmp_to_client(md: *mut xdp_md) -> Action {
+    icmp::to_client(&Xdp(&XdpContext::new(md)))
+}
+
+#[inline(never)]
+fn xdp_icmp_to_backend(md: *mut xdp_md) -> Action {
+    icmp::to_backend(&Xdp(&XdpContext::new(md)))
+}
+
+#[inline(always)]
+fn xdp_other(md: *mut xdp_md) -> Action {
+    match xdp_icmp_find(md) {
+        Towards::Nowhere => Action::Pass,
+        Towards::Client => xdp_icmp_to_client(md),
+        Towards::Backend => xdp_icmp_to_backend(md),
+    }
+}
+
 /// Answers a frame for a frontend without endpoints.
 #[inline(never)]
 fn xdp_reject(md: *mut xdp_md, st: &State) -> u32 {
@@ -209,6 +267,12 @@ pub fn xdp(md: *mut xdp_md, ifindex: u32) -> u32 {
     };
     st.reset();
     let step = xdp_decide(md, ifindex, st);
+    if step == Step::Other {
+        return match xdp_other(md) {
+            Action::Drop => xdp_action::XDP_DROP,
+            _ => xdp_action::XDP_PASS,
+        };
+    }
     let create = |st: &State| xdp_create(md, ifindex, st);
     let translate = |st: &State| xdp_translate(md, st);
     match finish(step, st, create, translate, ifindex, true) {

@@ -72,6 +72,9 @@ pub enum Step {
     Claim,
     /// Record the new flow in conntrack.
     Create,
+    /// Not TCP or UDP the load balancer parses: perhaps an ICMP error
+    /// about a translated flow (icmp.rs).
+    Other,
 }
 
 /// What the phases found: the packet's flow as parsed, the frontend it is

@@ -9,6 +9,7 @@ mod maps;
 mod packet;
 mod parse;
 mod parse6;
+mod quoted;
 mod reject;
 mod reject6;
 mod sock;

@@ -201,7 +201,7 @@ pub fn node_addr6(ifindex: u32) -> Option<[u8; 16]> {
 #[btf_map]
 pub static SCRATCH: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
 
-pub const SCRATCH_WORDS: usize = 16;
+pub const SCRATCH_WORDS: usize = 24;
 
 /// The scratch space, as a `T` (at most SCRATCH_WORDS words, 8-aligned).
 #[inline(always)]

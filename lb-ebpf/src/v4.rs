@@ -18,7 +18,7 @@ pub mod fam {
     pub use lb_common::{
         flow_hash,
         sock::{SockRevKey, SockRevValue},
-        AffinityKey, Backend, CtKey, CtValue, MonitorEvent, ServiceKey,
+        AffinityKey, CtKey, CtValue, MonitorEvent, ServiceKey,
     };
 
     pub type Addr = [u8; 4];
@@ -57,6 +57,18 @@ pub mod fam {
     pub fn node_addr(ifindex: u32) -> Option<Addr> {
         maps::node_addr(ifindex)
     }
+
+    /// Where an IP header keeps its addresses and (IPv4) its checksum, and
+    /// whether ICMP's checksum covers the IP addresses (ICMPv6's does).
+    pub const IP_SRC: usize = 12;
+    pub const IP_DST: usize = 16;
+    pub const IP_CSUM: Option<usize> = Some(10);
+    pub const ICMP_PSEUDO_HEADER: bool = false;
+
+    #[inline(always)]
+    pub fn icmp_error<P: Packet>(p: &P, q: &mut crate::quoted::Quoted<Addr>) -> bool {
+        crate::quoted::icmp_error(p, q)
+    }
 }
 
 #[allow(clippy::duplicate_mod)]
@@ -68,6 +80,9 @@ pub mod entry;
 #[allow(clippy::duplicate_mod)]
 #[path = "events.rs"]
 pub mod events;
+#[allow(clippy::duplicate_mod)]
+#[path = "icmp.rs"]
+pub mod icmp;
 #[allow(clippy::duplicate_mod)]
 #[path = "lb.rs"]
 pub mod lb;

@@ -16,8 +16,8 @@ pub mod fam {
     pub use crate::sock::SOCK_REVNAT6 as SOCK_REVNAT;
     pub use lb_common::sock::{SockRevKey6 as SockRevKey, SockRevValue6 as SockRevValue};
     pub use lb_common::{
-        flow_hash6 as flow_hash, AffinityKey6 as AffinityKey, Backend6 as Backend, CtKey6 as CtKey,
-        CtValue6 as CtValue, MonitorEvent6 as MonitorEvent, ServiceKey6 as ServiceKey,
+        flow_hash6 as flow_hash, AffinityKey6 as AffinityKey, CtKey6 as CtKey, CtValue6 as CtValue,
+        MonitorEvent6 as MonitorEvent, ServiceKey6 as ServiceKey,
     };
 
     pub type Addr = [u8; 16];
@@ -56,6 +56,18 @@ pub mod fam {
     pub fn node_addr(ifindex: u32) -> Option<Addr> {
         maps::node_addr6(ifindex)
     }
+
+    /// Where an IP header keeps its addresses and (IPv4) its checksum, and
+    /// whether ICMP's checksum covers the IP addresses (ICMPv6's does).
+    pub const IP_SRC: usize = 8;
+    pub const IP_DST: usize = 24;
+    pub const IP_CSUM: Option<usize> = None;
+    pub const ICMP_PSEUDO_HEADER: bool = true;
+
+    #[inline(always)]
+    pub fn icmp_error<P: Packet>(p: &P, q: &mut crate::quoted::Quoted<Addr>) -> bool {
+        crate::quoted::icmp6_error(p, q)
+    }
 }
 
 #[allow(clippy::duplicate_mod)]
@@ -67,6 +79,9 @@ pub mod entry;
 #[allow(clippy::duplicate_mod)]
 #[path = "events.rs"]
 pub mod events;
+#[allow(clippy::duplicate_mod)]
+#[path = "icmp.rs"]
+pub mod icmp;
 #[allow(clippy::duplicate_mod)]
 #[path = "lb.rs"]
 pub mod lb;

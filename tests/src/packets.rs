@@ -452,3 +452,49 @@ pub const fn v6(net: u16, last: u16) -> [u8; 16] {
         0x20, 0x01, 0x0d, 0xb8, 0, 0, n[0], n[1], 0, 0, 0, 0, 0, 0, l[0], l[1],
     ]
 }
+
+/// An ICMP error (`kind`) from `src` to `dst` quoting `quoted` (an IPv4
+/// packet, as many of its bytes as given), checksummed by etherparse.
+pub fn icmp_error(
+    src: [u8; 4],
+    dst: [u8; 4],
+    kind: etherparse::Icmpv4Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_POD, MAC_NODE)
+        .ipv4(src, dst, 64)
+        .icmpv4(kind)
+        .write(&mut out, quoted)
+        .expect("packet fits");
+    out
+}
+
+/// An ICMPv6 error (`kind`) from `src` to `dst` quoting `quoted` (an IPv6
+/// packet), checksummed by etherparse.
+pub fn icmp6_error(
+    src: [u8; 16],
+    dst: [u8; 16],
+    kind: etherparse::Icmpv6Type,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(MAC_POD, MAC_NODE)
+        .ipv6(src, dst, 64)
+        .icmpv6(kind)
+        .write(&mut out, quoted)
+        .expect("packet fits");
+    out
+}
+
+/// ICMPv4 "fragmentation needed" with a next-hop MTU of 1400.
+pub fn frag_needed() -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(
+        etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1400 },
+    )
+}
+
+/// ICMPv4 "port unreachable".
+pub fn port_unreachable() -> etherparse::Icmpv4Type {
+    etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port)
+}

@@ -15,7 +15,9 @@ use weir::{
     model::ObjectRef,
     translate::{Desired, Frontend},
 };
-use weir_tests::packets::{answer, backend, ct_key, hex, FibNs, Pkt};
+use weir_tests::packets::{
+    answer, backend, ct_key, frag_needed, hex, icmp_error, port_unreachable, FibNs, Pkt,
+};
 
 const TC_ACT_OK: u32 = 0;
 const VIP: [u8; 4] = [198, 19, 0, 10];
@@ -633,5 +635,92 @@ fn a_reply_to_a_node_port_goes_straight_to_the_clients_device() -> Result<()> {
         (action, hex(&out)),
         (TC_ACT_REDIRECT, hex(&expected.build()))
     );
+    Ok(())
+}
+
+/// A router between the node and the client.
+const ROUTER: [u8; 4] = [198, 18, 9, 9];
+
+/// The IP packet of `p` (no Ethernet header), its first `n` bytes.
+fn quote(p: &Pkt, n: usize) -> Vec<u8> {
+    let b = p.build();
+    b[14..n.saturating_add(14).min(b.len())].to_vec()
+}
+
+/// Path MTU discovery through a service, towards the client: a router's
+/// "fragmentation needed" about a translated packet (client -> backend)
+/// reaches the client quoting the packet the client sent (client ->
+/// frontend), whole (its TCP checksum updated too) or only its first 8
+/// bytes of TCP, as routers quote; every checksum is etherparse's.
+#[test]
+fn an_icmp_error_about_a_translated_packet_reaches_the_client_as_it_sent_it() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
+    let sent = syn.with_dst(B1, 8080);
+    for n in [usize::MAX, 28] {
+        let error = icmp_error(ROUTER, CLIENT, frag_needed(), &quote(&sent, n));
+        let expected = icmp_error(ROUTER, CLIENT, frag_needed(), &quote(&syn, n));
+        let (action, out) = run(&mut dp, &error)?;
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(hex(&out), hex(&expected), "quoting {n} bytes");
+    }
+    Ok(())
+}
+
+/// A backend's own "port unreachable" about a UDP datagram: the client
+/// sees it come from the frontend, about the datagram it sent, with the
+/// quoted UDP checksum updated.
+#[test]
+fn a_backends_port_unreachable_comes_from_the_frontend() -> Result<()> {
+    let mut dp = one_backend_udp()?;
+    let dgram = Pkt::udp(CLIENT, 40000, VIP, 53);
+    assert_rewrites(&mut dp, &dgram, &dgram.with_dst(B2, 5353))?;
+    let sent = dgram.with_dst(B2, 5353);
+    let error = icmp_error(B2, CLIENT, port_unreachable(), &quote(&sent, usize::MAX));
+    let expected = icmp_error(VIP, CLIENT, port_unreachable(), &quote(&dgram, usize::MAX));
+    let (action, out) = run(&mut dp, &error)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&expected));
+    Ok(())
+}
+
+/// Towards the backend: a router's "fragmentation needed" about a reply
+/// (frontend -> client, as the client's path saw it) goes to the backend
+/// that sent it, quoting backend -> client.
+#[test]
+fn an_icmp_error_about_a_reply_goes_to_the_backend_that_sent_it() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let syn = Pkt::tcp(CLIENT, 40000, VIP, 80);
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
+    let reply = Pkt::tcp(VIP, 80, CLIENT, 40000);
+    let error = icmp_error(ROUTER, VIP, frag_needed(), &quote(&reply, usize::MAX));
+    let sent = reply.with_src(B1, 8080);
+    let expected = icmp_error(ROUTER, B1, frag_needed(), &quote(&sent, usize::MAX));
+    let (action, out) = run(&mut dp, &error)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&expected));
+    Ok(())
+}
+
+/// ICMP errors about flows conntrack does not know, and other ICMP, pass
+/// byte for byte.
+#[test]
+fn icmp_about_untracked_flows_passes_unchanged() -> Result<()> {
+    let mut dp = one_backend_tcp()?;
+    let other = Pkt::tcp(CLIENT, 40001, B1, 8080);
+    for error in [
+        icmp_error(ROUTER, CLIENT, frag_needed(), &quote(&other, usize::MAX)),
+        icmp_error(
+            ROUTER,
+            CLIENT,
+            etherparse::Icmpv4Type::EchoRequest(etherparse::IcmpEchoHeader { id: 1, seq: 1 }),
+            b"ping",
+        ),
+    ] {
+        let (action, out) = run(&mut dp, &error)?;
+        assert_eq!(action, TC_ACT_OK);
+        assert_eq!(hex(&out), hex(&error));
+    }
     Ok(())
 }

@@ -13,7 +13,7 @@ use weir::{
     model::ObjectRef,
     translate::{Backend, Frontend, FrontendKey},
 };
-use weir_tests::packets::{answer6, backend6, hex, v6, FibNs, Pkt, Pkt6};
+use weir_tests::packets::{answer6, backend6, hex, icmp6_error, v6, FibNs, Pkt, Pkt6};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -294,5 +294,83 @@ fn ipv4_and_ipv6_frontends_work_side_by_side() -> Result<()> {
             .id,
     );
     assert_eq!((stats.flows, stats.packets), (1, 1));
+    Ok(())
+}
+
+/// A router between the node and the client.
+const ROUTER: [u8; 16] = v6(0x9, 0x9);
+
+fn quote(p: &Pkt6) -> Vec<u8> {
+    p.build()[14..].to_vec()
+}
+
+fn too_big() -> etherparse::Icmpv6Type {
+    etherparse::Icmpv6Type::PacketTooBig { mtu: 1280 }
+}
+
+/// Path MTU discovery through an IPv6 service, both ways: a router's
+/// "packet too big" about a translated packet reaches the client quoting
+/// the packet it sent (client -> frontend); one about a reply (frontend ->
+/// client) goes to the backend that sent it, quoting backend -> client. The
+/// ICMPv6 checksum (over the pseudo-header too) and the quoted TCP checksum
+/// are etherparse's.
+#[test]
+fn icmpv6_packet_too_big_is_translated_towards_the_client_and_the_backend() -> Result<()> {
+    let mut dp = dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend6(B1, 8080, PROTO_TCP)],
+    )])?;
+    let syn = Pkt6::tcp(CLIENT, 40000, VIP, 80);
+    assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
+
+    let error = icmp6_error(ROUTER, CLIENT, too_big(), &quote(&syn.with_dst(B1, 8080)));
+    let expected = icmp6_error(ROUTER, CLIENT, too_big(), &quote(&syn));
+    let (action, out) = run(&mut dp, &error)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&expected), "towards the client");
+
+    let reply = Pkt6::tcp(VIP, 80, CLIENT, 40000);
+    let error = icmp6_error(ROUTER, VIP, too_big(), &quote(&reply));
+    let expected = icmp6_error(ROUTER, B1, too_big(), &quote(&reply.with_src(B1, 8080)));
+    let (action, out) = run(&mut dp, &error)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&expected), "towards the backend");
+
+    // About a flow conntrack does not know: untouched.
+    let other = icmp6_error(
+        ROUTER,
+        CLIENT,
+        too_big(),
+        &quote(&Pkt6::tcp(CLIENT, 1, B1, 8080)),
+    );
+    let (_, out) = run(&mut dp, &other)?;
+    assert_eq!(hex(&out), hex(&other));
+    Ok(())
+}
+
+/// A backend's own ICMPv6 "port unreachable" about a UDP datagram comes to
+/// the client from the frontend.
+#[test]
+fn an_ipv6_backends_port_unreachable_comes_from_the_frontend() -> Result<()> {
+    let mut dp = dataplane(vec![frontend(
+        53,
+        PROTO_UDP,
+        ALG_RANDOM,
+        vec![backend6(B2, 5353, PROTO_UDP)],
+    )])?;
+    let query = Pkt6::udp(CLIENT, 33000, VIP, 53);
+    assert_rewrites(&mut dp, &query, &query.with_dst(B2, 5353))?;
+    let unreachable = || {
+        etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port,
+        )
+    };
+    let error = icmp6_error(B2, CLIENT, unreachable(), &quote(&query.with_dst(B2, 5353)));
+    let expected = icmp6_error(VIP, CLIENT, unreachable(), &quote(&query));
+    let (action, out) = run(&mut dp, &error)?;
+    assert_eq!(action, TC_ACT_OK);
+    assert_eq!(hex(&out), hex(&expected));
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! address, ECONNREFUSED at once without endpoints.
 use std::{path::Path, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use weir_tests::{
     cgroup::{sock_client, TestCgroup},
     echo::Proto,
@@ -340,9 +340,21 @@ fn a_cgroup_root_that_is_missing_or_not_cgroup2_stops_the_agent_with_its_path() 
     Ok(())
 }
 
+/// Both an AF_INET socket and an AF_INET6 one reaching the service through
+/// its IPv4-mapped address (sock_diag dumps both families).
 #[test]
 fn a_connected_udp_socket_moves_to_a_surviving_backend_within_a_second_of_its_removal() -> Result<()>
 {
+    for service in [
+        format!("{CLUSTER_IP}:53"),
+        format!("[::ffff:{CLUSTER_IP}]:53"),
+    ] {
+        connected_udp_socket_moves(&service).with_context(|| service.clone())?;
+    }
+    Ok(())
+}
+
+fn connected_udp_socket_moves(service_addr: &str) -> Result<()> {
     use std::io::BufRead;
     let cgroup = TestCgroup::create(&unique_tag())?;
     let s = setup(&cgroup, "all")?;
@@ -351,7 +363,7 @@ fn a_connected_udp_socket_moves_to_a_surviving_backend_within_a_second_of_its_re
     let mut child = std::process::Command::new(client_bin())
         .arg(cgroup.path())
         .arg(ns)
-        .args(["udp-stream", &format!("{CLUSTER_IP}:53"), "150"])
+        .args(["udp-stream", service_addr, "150"])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().expect("piped");

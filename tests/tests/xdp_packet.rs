@@ -105,6 +105,17 @@ fn run_on(fib: &FibNs, dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8
     fib.run(|| run(dp, packet, Some(fib.ifindex)))
 }
 
+/// A NodePort on the uplink with one backend on the other node (so flows
+/// are SNATed to the node's address), for `proto` to `port`.
+fn remote_node_port(uplink: &FibNs, proto: u8, port: u16) -> Result<Dataplane> {
+    let mut dp = dataplane(vec![node_port(
+        proto,
+        vec![backend(REMOTE_POD, port, proto)],
+    )])?;
+    dp.maps.node_addrs.insert(uplink.ifindex, NODE_IP, 0)?;
+    Ok(dp)
+}
+
 fn drops(dp: &Dataplane, reason: u32) -> u64 {
     dp.maps.drops(reason)
 }
@@ -157,11 +168,7 @@ fn udp_checksums_are_updated_in_software_and_a_zero_checksum_stays_zero() -> Res
 #[test]
 fn a_remote_backend_gets_the_flow_snated_to_the_node_and_forwarded_by_xdp() -> Result<()> {
     let uplink = FibNs::with_uplink()?;
-    let mut dp = dataplane(vec![node_port(
-        PROTO_TCP,
-        vec![backend(REMOTE_POD, 8080, PROTO_TCP)],
-    )])?;
-    dp.maps.node_addrs.insert(uplink.ifindex, NODE_IP, 0)?;
+    let mut dp = remote_node_port(&uplink, PROTO_TCP, 8080)?;
     let syn = Pkt::tcp(CLIENT, 40001, NODE_IP, NODE_PORT).with_macs(CLIENT_MAC, NODE_MAC);
     let (action, out) = run_on(&uplink, &mut dp, &syn.build())?;
     let fwd = dp
@@ -191,11 +198,7 @@ fn a_remote_backend_gets_the_flow_snated_to_the_node_and_forwarded_by_xdp() -> R
 #[test]
 fn two_clients_with_the_same_port_get_different_snat_ports() -> Result<()> {
     let uplink = FibNs::with_uplink()?;
-    let mut dp = dataplane(vec![node_port(
-        PROTO_UDP,
-        vec![backend(REMOTE_POD, 5353, PROTO_UDP)],
-    )])?;
-    dp.maps.node_addrs.insert(uplink.ifindex, NODE_IP, 0)?;
+    let mut dp = remote_node_port(&uplink, PROTO_UDP, 5353)?;
     let mut ports = std::collections::BTreeSet::new();
     for client in [
         [198, 18, 100, 100],
@@ -318,5 +321,50 @@ fn without_a_node_address_for_the_device_a_remote_flow_is_dropped_not_leaked() -
     let (action, _) = run(&mut dp, &syn, None).context("run")?;
     assert_eq!(action, XDP_DROP);
     assert_eq!(drops(&dp, lb_common::DROP_SNAT_FAILED), 1);
+    Ok(())
+}
+
+/// ICMP errors of an SNATed NodePort flow, through XDP: a router's
+/// "fragmentation needed" about the translated packet (node:port -> remote
+/// pod) comes to the node's address and goes on to the client, quoting
+/// what the client sent; the client's own about the reply it got (node
+/// port -> client) goes to the remote pod, quoting pod -> node:port. Both
+/// are passed to the stack, which routes them.
+#[test]
+fn icmp_errors_of_a_snated_flow_are_translated_both_ways_in_xdp() -> Result<()> {
+    use weir_tests::packets::{frag_needed, icmp_error};
+    const ROUTER: [u8; 4] = [198, 18, 9, 9];
+    let quote = |p: Pkt| p.build()[14..].to_vec();
+    let uplink = FibNs::with_uplink()?;
+    let mut dp = remote_node_port(&uplink, PROTO_TCP, 8080)?;
+    let syn = Pkt::tcp(CLIENT, 40001, NODE_IP, NODE_PORT);
+    let (action, _) = run_on(&uplink, &mut dp, &syn.build())?;
+    assert_eq!(action, XDP_TX);
+    let port = dp
+        .maps
+        .ct
+        .get(&ct_key(CLIENT, 40001, NODE_IP, NODE_PORT, PROTO_TCP), 0)?
+        .snat_port;
+
+    let sent = Pkt::tcp(NODE_IP, port, REMOTE_POD, 8080);
+    let error = icmp_error(ROUTER, NODE_IP, frag_needed(), &quote(sent));
+    let expected = icmp_error(ROUTER, CLIENT, frag_needed(), &quote(syn));
+    let (action, out) = run_on(&uplink, &mut dp, &error)?;
+    assert_eq!(
+        (action, hex(&out)),
+        (XDP_PASS, hex(&expected)),
+        "to the client"
+    );
+
+    let reply = Pkt::tcp(NODE_IP, NODE_PORT, CLIENT, 40001);
+    let error = icmp_error(CLIENT, NODE_IP, frag_needed(), &quote(reply));
+    let from_pod = Pkt::tcp(REMOTE_POD, 8080, NODE_IP, port);
+    let expected = icmp_error(CLIENT, REMOTE_POD, frag_needed(), &quote(from_pod));
+    let (action, out) = run_on(&uplink, &mut dp, &error)?;
+    assert_eq!(
+        (action, hex(&out)),
+        (XDP_PASS, hex(&expected)),
+        "to the backend"
+    );
     Ok(())
 }

@@ -55,7 +55,7 @@ impl IngressHandoff {
             .program_mut(PROG_INGRESS_LOOKUP)
             .ok_or(aya::programs::ProgramError::NotLoaded)?
             .try_into()?;
-        prog.load()?;
+        super::loader::load_retrying(|| prog.load())?;
         let netns = std::fs::File::open("/proc/self/ns/net").map_err(IngressError::Netns)?;
         // The link stays with the program in `ebpf`, which lives as long as the agent.
         prog.attach(&netns)?;

@@ -140,6 +140,26 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
     ]))
 }
 
+/// Loads a program, trying again (at most 5 times more) while the kernel
+/// answers EAGAIN: a transient failure, which libbpf retries too. The
+/// verifier returns it when the loading thread gets a signal during a long
+/// verification, as happens on a busy node (and once failed a CI run).
+pub fn load_retrying(
+    mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>,
+) -> Result<(), aya::programs::ProgramError> {
+    let eagain = |e: &aya::programs::ProgramError| {
+        matches!(e, aya::programs::ProgramError::LoadError { io_error, .. }
+            if io_error.raw_os_error() == Some(libc::EAGAIN))
+    };
+    let mut tries = 0;
+    loop {
+        match load() {
+            Err(e) if eagain(&e) && tries < 5 => tries += 1,
+            result => return result,
+        }
+    }
+}
+
 /// aya-log levels of the kernel programs: none, or all (`--bpf-log`).
 const BPF_LOG_OFF: u8 = 0;
 const BPF_LOG_ALL: u8 = 5;
@@ -320,8 +340,7 @@ impl Dataplane {
                 })?
                 .try_into()
                 .map_err(|source| LoadError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| LoadError::Program { name, source })?;
+            load_retrying(|| prog.load()).map_err(|source| LoadError::Program { name, source })?;
         }
         let xdp: &mut Xdp = ebpf
             .program_mut(PROG_XDP)
@@ -334,7 +353,7 @@ impl Dataplane {
                 name: PROG_XDP,
                 source,
             })?;
-        xdp.load().map_err(|source| LoadError::Program {
+        load_retrying(|| xdp.load()).map_err(|source| LoadError::Program {
             name: PROG_XDP,
             source,
         })?;

@@ -83,11 +83,11 @@ fn read<T: Copy + Default>(item: &[u8]) -> T {
     value
 }
 
-/// One ring buffer record as an event; None for a record of no known size.
-pub fn decode(item: &[u8]) -> Option<Event> {
-    if item.len() == size_of::<MonitorEvent6>() {
-        let e: MonitorEvent6 = read(item);
-        return Some(Event {
+/// The event of a MonitorEvent or MonitorEvent6 (the same field names).
+macro_rules! event_of {
+    ($e:expr) => {{
+        let e = $e;
+        Event {
             saddr: e.saddr.into(),
             daddr: e.daddr.into(),
             nat_addr: e.nat_addr.into(),
@@ -99,25 +99,19 @@ pub fn decode(item: &[u8]) -> Option<Event> {
             reason: e.reason,
             service_id: e.service_id,
             netns_cookie: e.netns_cookie,
-        });
+        }
+    }};
+}
+
+/// One ring buffer record as an event; None for a record of no known size.
+pub fn decode(item: &[u8]) -> Option<Event> {
+    match item.len() {
+        n if n == size_of::<MonitorEvent6>() => Some(event_of!(read::<MonitorEvent6>(item))),
+        n if n == size_of::<MonitorEvent>() || n == lb_common::MONITOR_EVENT_V1_SIZE => {
+            Some(event_of!(read::<MonitorEvent>(item)))
+        }
+        _ => None,
     }
-    if item.len() != lb_common::MONITOR_EVENT_V1_SIZE && item.len() != size_of::<MonitorEvent>() {
-        return None;
-    }
-    let e: MonitorEvent = read(item);
-    Some(Event {
-        saddr: e.saddr.into(),
-        daddr: e.daddr.into(),
-        nat_addr: e.nat_addr.into(),
-        sport: e.sport,
-        dport: e.dport,
-        nat_port: e.nat_port,
-        proto: e.proto,
-        kind: e.kind,
-        reason: e.reason,
-        service_id: e.service_id,
-        netns_cookie: e.netns_cookie,
-    })
 }
 
 #[cfg(test)]

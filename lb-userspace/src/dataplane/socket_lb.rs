@@ -238,7 +238,7 @@ impl Dataplane {
                 .ok_or(program_error(aya::programs::ProgramError::NotLoaded))?
                 .try_into()
                 .map_err(program_error)?;
-            prog.load().map_err(program_error)?;
+            super::loader::load_retrying(|| prog.load()).map_err(program_error)?;
             let pin = dir.as_ref().map(|d| d.join(pin_name(name, ino)));
             if let Some(path) = pin.as_ref().filter(|p| p.exists()) {
                 let taken = obj_get(path)

@@ -430,7 +430,7 @@ pub fn attach_peer_pass(device: &str) -> Result<PeerPass, super::LoadError> {
         .ok_or(program_error(aya::programs::ProgramError::NotLoaded))?
         .try_into()
         .map_err(program_error)?;
-    prog.load().map_err(program_error)?;
+    super::loader::load_retrying(|| prog.load()).map_err(program_error)?;
     prog.attach(device, XdpMode::Driver)
         .map_err(program_error)?;
     Ok(PeerPass { _ebpf: ebpf })
