@@ -135,7 +135,7 @@ pub fn run(mode: Mode) -> Result<Section> {
     let mut skipped = Vec::new();
     for &size in &p.sizes {
         eprintln!("bench: per-packet, {size} services");
-        let mut dp = match programmed(size) {
+        let mut dp = match programmed(size, 0) {
             Ok(dp) => dp,
             Err(e) => {
                 eprintln!("bench: per-packet, {size} services do not fit: {e}");
@@ -177,6 +177,18 @@ pub fn run(mode: Mode) -> Result<Section> {
             size,
             repeated(tc, &same, p.repeat)?,
         );
+        // The same with the shared service counters (a --max-services beyond
+        // PERCPU_STATS_MAX): locked adds instead of per-CPU ones.
+        let mut shared = programmed(size, lb_common::PERCPU_STATS_MAX + 1)?;
+        let shared_tc = tc_program(&mut shared.ebpf).fd()?.try_clone()?;
+        push(
+            "tc ClusterIP, established flow, shared counters",
+            ProgKind::Tc,
+            true,
+            size,
+            repeated(shared_tc.as_fd(), &same, p.repeat)?,
+        );
+        drop(shared);
         let other = Pkt::tcp(POD.octets(), 40000, NOT_A_SERVICE.octets(), TCP_PORT).build();
         push(
             "tc, packet for no service",
@@ -336,7 +348,8 @@ fn flow6(src: Ipv4Addr, i: usize, dst: Ipv6Addr, dport: u16) -> Pkt6 {
 /// Maps holding `size` generated services (2 endpoints each) as Weir's
 /// `translate` makes them, plus the frontend that is its own backend; the
 /// capacities are raised to fit (as `--max-services`/`--max-backends` do).
-fn programmed(size: usize) -> Result<Dataplane> {
+/// `size` services programmed, with at least `min_services` of map capacity.
+fn programmed(size: usize, min_services: u32) -> Result<Dataplane> {
     let w = Workload::new(size, 2);
     let mut desired = workload::desired(&w.state());
     desired.frontends.insert(
@@ -385,7 +398,7 @@ fn programmed(size: usize) -> Result<Dataplane> {
         .map(|f| f.backends.len() as u32)
         .sum();
     let cfg = PlanConfig {
-        max_services: defaults.max_services.max(frontends + 16),
+        max_services: defaults.max_services.max(frontends + 16).max(min_services),
         max_backends: defaults.max_backends.max(slots + 16),
         max_slots: defaults.max_slots.max(slots + 16),
         ipv6: true,

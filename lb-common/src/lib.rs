@@ -89,6 +89,9 @@ pub const MAP_CT: &str = "CT_V2";
 pub const MAP_AFFINITY: &str = "AFFINITY_V1";
 pub const MAP_MAGLEV: &str = "MAGLEV_V1";
 pub const MAP_STATS: &str = "STATS_V1";
+/// STATS_V1 as one array of atomic counters shared by all CPUs, for a
+/// service id space beyond PERCPU_STATS_MAX (STATS_V1 then holds one entry).
+pub const MAP_STATS_SHARED: &str = "STATS_SHARED_V1";
 pub const MAP_DROPS: &str = "DROPS_V1";
 pub const MAP_MONITOR: &str = "MONITOR_V1";
 pub const MAP_CONFIG: &str = "CONFIG_V1";
@@ -106,7 +109,7 @@ pub const MAP_SOURCE_RANGES6: &str = "SRC_RANGES6_V1";
 pub const MAP_NODE_ADDRS6: &str = "NODE_ADDRS6_V1";
 /// Packets passed untranslated for a reason worth counting (PASS_*).
 pub const MAP_PASSED: &str = "PASSED_V1";
-pub const ALL_MAPS: [&str; 25] = [
+pub const ALL_MAPS: [&str; 26] = [
     MAP_SERVICES,
     MAP_SLOTS,
     MAP_BACKENDS,
@@ -115,6 +118,7 @@ pub const ALL_MAPS: [&str; 25] = [
     MAP_AFFINITY,
     MAP_MAGLEV,
     MAP_STATS,
+    MAP_STATS_SHARED,
     MAP_DROPS,
     MAP_MONITOR,
     MAP_CONFIG,
@@ -219,6 +223,14 @@ pub const PASS_REASON_NAMES: [&str; 1] = ["ipv6_extension_header"];
 
 /// Global in lb-ebpf holding the Maglev table size M (set at load time).
 pub const GLOBAL_MAGLEV_M: &str = "MAGLEV_M";
+/// The kernel global that says which of STATS_V1 (0) and STATS_SHARED_V1
+/// (1) counts services.
+pub const GLOBAL_STATS_SHARED: &str = "STATS_SHARED";
+/// The largest service id space counted per CPU: 262,145 entries of 24
+/// bytes, 6 MiB per CPU. Beyond it (a larger `--max-services`) per-CPU
+/// counters would cost up to 96 MiB per CPU at MAX_CAPACITY; the shared
+/// array costs that once, and a locked add per packet.
+pub const PERCPU_STATS_MAX: u32 = 262_144;
 /// Default Maglev table size: prime, > 100 x the backends of services up to ~160 endpoints.
 pub const DEFAULT_MAGLEV_M: u32 = 16_381;
 /// No Maglev table (ServiceValue::maglev_table).

@@ -1,6 +1,9 @@
 //! Weir's kernel programs. Entry points stay thin; the logic lives in modules.
 #![no_std]
 #![no_main]
+// Locked adds for the shared service counters (maps.rs).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod addr;
 mod fib;

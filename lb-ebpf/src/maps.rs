@@ -46,7 +46,8 @@ pub fn maglev_m() -> u32 {
 }
 
 /// Per-service counters, by service id. Sized at load time to the service id
-/// space (1..=max(MAX_SERVICES, --max-services), plus the unused index 0).
+/// space (1..=max(MAX_SERVICES, --max-services), plus the unused index 0),
+/// up to lb_common::PERCPU_STATS_MAX; beyond it, 1 (STATS_SHARED_V1 counts).
 #[btf_map(name = "STATS_V1")]
 pub static STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize + 1 }> = PerCpuArray::new();
 
@@ -54,9 +55,49 @@ pub static STATS: PerCpuArray<ServiceStats, { MAX_SERVICES as usize + 1 }> = Per
 #[btf_map(name = "DROPS_V1")]
 pub static DROPS: PerCpuArray<u64, { DROP_REASONS as usize }> = PerCpuArray::new();
 
-/// Counts a packet of `len` bytes towards service `id`; `new_flow` also counts a flow.
+/// STATS_V1 shared by all CPUs, sized at load time (1 entry when unused).
+#[btf_map(name = "STATS_SHARED_V1")]
+pub static STATS_SHARED_MAP: Array<ServiceStats, 1> = Array::new();
+
+/// A locked add (BPF_XADD): core's AtomicU64 has no fetch_add on the BPF
+/// target, the intrinsic does.
+///
+/// # Safety
+/// `dst` must point at a u64 that stays valid for the call.
+#[inline(always)]
+unsafe fn add(dst: *mut u64, n: u64) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, n,
+        )
+    };
+}
+
+/// Whether services are counted in STATS_SHARED_V1; set at load time.
+#[unsafe(no_mangle)]
+static STATS_SHARED: u32 = 0;
+
+/// Counts a packet of `len` bytes towards service `id`; `new_flow` also
+/// counts a flow. Per CPU, or with locked adds in the shared array when the
+/// service id space is too large for a copy per CPU (lb_common::PERCPU_STATS_MAX).
 #[inline(always)]
 pub fn count(id: u32, len: u32, new_flow: bool) {
+    // SAFETY: a read of a load-time global; volatile so the loaded value is used.
+    if unsafe { core::ptr::read_volatile(&STATS_SHARED) } != 0 {
+        if let Some(s) = STATS_SHARED_MAP.get_ptr_mut(id) {
+            // SAFETY: a map value, valid while the program runs; other CPUs
+            // add to it too, hence the atomic adds.
+            unsafe {
+                add(&raw mut (*s).packets, 1);
+                add(&raw mut (*s).bytes, len as u64);
+                if new_flow {
+                    add(&raw mut (*s).flows, 1);
+                }
+            }
+        }
+        return;
+    }
     if let Some(s) = STATS.get_ptr_mut(id) {
         // SAFETY: a per-CPU slot; only this CPU writes it while the program runs.
         unsafe {

@@ -724,3 +724,45 @@ fn icmp_about_untracked_flows_passes_unchanged() -> Result<()> {
     }
     Ok(())
 }
+
+/// Service counters are per CPU up to PERCPU_STATS_MAX service ids; beyond
+/// (a larger --max-services) they are one array shared by all CPUs, so the
+/// cap costs 96 MiB once rather than per CPU, and STATS_V1 keeps one entry.
+/// Either way a flow's packets count where /metrics reads them.
+#[test]
+fn beyond_the_per_cpu_limit_service_counters_are_one_shared_array() -> Result<()> {
+    use lb_common::{MAX_SERVICES, PERCPU_STATS_MAX};
+    for (max_services, shared) in [(MAX_SERVICES, false), (PERCPU_STATS_MAX + 1, true)] {
+        let cfg = PlanConfig {
+            max_services,
+            ..Default::default()
+        };
+        let ids = cfg.service_ids() + 1;
+        let mut dp = Dataplane::load_unpinned(cfg)?;
+        dp.sync(&desired(vec![frontend(
+            80,
+            PROTO_TCP,
+            ALG_RANDOM,
+            vec![backend(B1, 8080, PROTO_TCP)],
+        )]))?;
+        let syn = Pkt::tcp(CLIENT, 47100, VIP, 80);
+        for _ in 0..3 {
+            assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
+        }
+        let (_, svc) = dp.maps.frontends()[0];
+        let stats = dp.maps.service_stats(svc.id);
+        assert_eq!(
+            (stats.flows, stats.packets),
+            (1, 3),
+            "max_services {max_services}"
+        );
+        let (per_cpu, one_array) = if shared { (1, ids) } else { (ids, 1) };
+        assert_eq!(dp.maps.stats.len(), per_cpu, "max_services {max_services}");
+        assert_eq!(
+            dp.maps.stats_shared.len(),
+            one_array,
+            "max_services {max_services}"
+        );
+    }
+    Ok(())
+}

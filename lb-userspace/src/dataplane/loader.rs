@@ -115,6 +115,13 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
     // Without IPv6 its maps hold one entry each (the kernel wants at least
     // one): preallocated at full size they would cost tens of MiB for nothing.
     let v6 = |n: u32| if cfg.ipv6 { n } else { 1 };
+    let stats = |used: bool| {
+        if used {
+            cfg.service_ids().saturating_add(1)
+        } else {
+            1
+        }
+    };
     Ok(HashMap::from([
         (MAP_MAGLEV, entries),
         (lb_common::MAP_SERVICES, doubled(cfg.max_services)),
@@ -122,8 +129,10 @@ fn capacities(cfg: &PlanConfig) -> Result<HashMap<&'static str, u32>, LoadError>
         (lb_common::MAP_BACKENDS, doubled(cfg.max_backends)),
         (lb_common::MAP_SLOTS, doubled(cfg.max_slots)),
         (lb_common::MAP_CT, cfg.max_conntrack),
-        // Counters by service id: index 0 is unused, ids run 1..=service_ids.
-        (lb_common::MAP_STATS, cfg.service_ids().saturating_add(1)),
+        // Counters by service id: index 0 is unused, ids run 1..=service_ids;
+        // per CPU up to PERCPU_STATS_MAX ids, shared beyond.
+        (lb_common::MAP_STATS, stats(!cfg.stats_shared())),
+        (lb_common::MAP_STATS_SHARED, stats(cfg.stats_shared())),
         (lb_common::MAP_SERVICES6, v6(doubled(cfg.max_services))),
         (lb_common::MAP_REVNAT6, v6(doubled(cfg.max_services))),
         (lb_common::MAP_BACKENDS6, v6(doubled(cfg.max_backends))),
@@ -206,6 +215,8 @@ fn loader<'a>(
         loader.map_max_entries(name, *entries);
     }
     loader.override_global(GLOBAL_MAGLEV_M, &cfg.maglev_m, true);
+    let shared: &u32 = if cfg.stats_shared() { &1 } else { &0 };
+    loader.override_global(lb_common::GLOBAL_STATS_SHARED, shared, true);
     loader.override_global(GLOBAL_CT_REFRESH_NS, &options.ct_refresh_ns, true);
     let direct: &u8 = if options.direct_access { &1 } else { &0 };
     loader.override_global(lb_common::GLOBAL_DIRECT_ACCESS, direct, true);

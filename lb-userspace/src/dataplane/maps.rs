@@ -17,6 +17,7 @@ use lb_common::{
     SourceRange6, MAP_AFFINITY, MAP_AFFINITY6, MAP_BACKENDS, MAP_BACKENDS6, MAP_CT, MAP_CT6,
     MAP_DROPS, MAP_MAGLEV, MAP_NODE_ADDRS, MAP_NODE_ADDRS6, MAP_PASSED, MAP_REVNAT, MAP_REVNAT6,
     MAP_SERVICES, MAP_SERVICES6, MAP_SLOTS, MAP_SOURCE_RANGES, MAP_SOURCE_RANGES6, MAP_STATS,
+    MAP_STATS_SHARED,
 };
 
 use std::net::IpAddr;
@@ -94,6 +95,8 @@ pub struct Maps {
     pub affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     pub maglev: Array<MapData, u32>,
     pub stats: PerCpuArray<MapData, ServiceStats>,
+    /// The shared counters (one entry unless the id space is beyond PERCPU_STATS_MAX).
+    pub stats_shared: Array<MapData, ServiceStats>,
     pub drops: PerCpuArray<MapData, u64>,
     pub src_ranges: LpmTrie<MapData, SourceRange, u8>,
     pub node_addrs: HashMap<MapData, u32, [u8; 4]>,
@@ -148,7 +151,7 @@ fn typed<K: aya::Pod, V: aya::Pod>(
     HashMap::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
-fn array(name: &'static str, map: Map) -> Result<Array<MapData, u32>, MapsError> {
+fn array<V: aya::Pod>(name: &'static str, map: Map) -> Result<Array<MapData, V>, MapsError> {
     Array::try_from(map).map_err(|source| MapsError::Map { name, source })
 }
 
@@ -173,7 +176,8 @@ fn per_cpu<V: aya::Pod>(
 impl Maps {
     /// The counters of service `id`, summed over CPUs.
     pub fn service_stats(&self, id: u32) -> ServiceStats {
-        let mut sum = ServiceStats::default();
+        // Only one of the two maps holds the id (the other has 1 entry).
+        let mut sum = self.stats_shared.get(&id, 0).unwrap_or_default();
         if let Ok(values) = self.stats.get(&id, 0) {
             for v in values.iter() {
                 sum.flows += v.flows;
@@ -253,6 +257,7 @@ impl Maps {
             affinity: typed(MAP_AFFINITY, take(MAP_AFFINITY)?)?,
             maglev: array(MAP_MAGLEV, take(MAP_MAGLEV)?)?,
             stats: per_cpu(MAP_STATS, take(MAP_STATS)?)?,
+            stats_shared: array(MAP_STATS_SHARED, take(MAP_STATS_SHARED)?)?,
             drops: per_cpu(MAP_DROPS, take(MAP_DROPS)?)?,
             src_ranges: lpm(MAP_SOURCE_RANGES, take(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, take(MAP_NODE_ADDRS)?)?,
@@ -287,6 +292,7 @@ impl Maps {
             affinity: typed(MAP_AFFINITY, open(MAP_AFFINITY)?)?,
             maglev: array(MAP_MAGLEV, open(MAP_MAGLEV)?)?,
             stats: per_cpu(MAP_STATS, open(MAP_STATS)?)?,
+            stats_shared: array(MAP_STATS_SHARED, open(MAP_STATS_SHARED)?)?,
             drops: per_cpu(MAP_DROPS, open(MAP_DROPS)?)?,
             src_ranges: lpm(MAP_SOURCE_RANGES, open(MAP_SOURCE_RANGES)?)?,
             node_addrs: typed(MAP_NODE_ADDRS, open(MAP_NODE_ADDRS)?)?,

@@ -191,6 +191,12 @@ impl PlanConfig {
         self.max_services.max(MAX_SERVICES)
     }
 
+    /// Whether the service counters are one shared array rather than per
+    /// CPU: for a service id space beyond lb_common::PERCPU_STATS_MAX.
+    pub fn stats_shared(&self) -> bool {
+        self.service_ids() > lb_common::PERCPU_STATS_MAX
+    }
+
     /// Backend ids run 1..=this (as for services).
     pub fn backend_ids(&self) -> u32 {
         self.max_backends.max(MAX_BACKENDS)
