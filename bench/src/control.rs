@@ -54,6 +54,9 @@ struct Params {
     changes: usize,
     /// The most time the changes may take (fewer are measured if they are slow).
     budget: Duration,
+    /// Changes at this many services alone and while scraped (scrape_effect).
+    scrape_size: usize,
+    scrape_changes: usize,
 }
 
 fn params(mode: Mode) -> Params {
@@ -63,11 +66,15 @@ fn params(mode: Mode) -> Params {
             sizes: vec![100, 1_000, 3_000],
             changes: 200,
             budget: Duration::from_secs(60),
+            scrape_size: 10_000,
+            scrape_changes: 200,
         },
         Mode::Full => Params {
             sizes: vec![100, 1_000, 10_000],
             changes: 1_000,
             budget: Duration::from_secs(900),
+            scrape_size: 100_000,
+            scrape_changes: 500,
         },
     }
 }
@@ -103,10 +110,24 @@ pub fn run(mode: Mode) -> Result<Section> {
         p.changes
     );
     let latencies = change_latency(largest, p.changes, p.budget)?;
+    eprintln!(
+        "bench: control plane, {} changes at {} services, alone and while scraped",
+        p.scrape_changes, p.scrape_size
+    );
+    let scrape = scrape_effect(p.scrape_size, p.scrape_changes)?;
     let agent_size = largest;
     eprintln!("bench: control plane, agent memory at {agent_size} services");
     let memory = agent_memory(agent_size)?;
-    Ok(section(&p, &rows, latencies, memory, largest, agent_size))
+    let mut section = section(&p, &rows, latencies, memory, largest, agent_size);
+    section.tables.insert(2, scrape_table(scrape));
+    section.intro.push_str(
+        "\n\nA scrape during syncs: EndpointSlice changes as above, first alone, then while \
+         another thread reads the maps as /metrics does at every scrape (`Metrics::refresh` \
+         over the pinned maps: every frontend's counters), back to back without pause. The \
+         agent serves /metrics on a thread and runtime of its own, so a scrape shares no lock \
+         or runtime with a sync; what remains is the kernel's and the CPUs'.",
+    );
+    Ok(section)
 }
 
 fn programming(size: usize) -> Result<Programming> {
@@ -176,33 +197,53 @@ fn load_rules(file: &Path, text: &str, command: &[&str]) -> Result<f64> {
     Ok(elapsed)
 }
 
-/// Milliseconds from changing one EndpointSlice to the maps written, `changes`
-/// times, along the agent's path: the changes found by comparing the new
-/// state with the last one, the Services they touch translated again, only
-/// their frontends planned and written.
-fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f64>> {
-    let w = Workload::new(size, ENDPOINTS);
-    let mut state = w.state();
-    let facts = workload::node_facts();
-    let mut dp = Dataplane::load_unpinned(plan_config(size))?;
-    let mut translation = Translation::default();
-    let mut before = ClusterState::default();
-    translation.update(&before, &state, &facts, &state.changes_since(&before));
-    dp.sync(translation.desired())?;
-    before = state.clone();
-    let mut ms = Vec::with_capacity(changes);
-    let deadline = Instant::now() + budget;
-    for c in 0..changes {
-        if Instant::now() > deadline {
-            break;
+/// One EndpointSlice change after another along the agent's path: the
+/// changes found by comparing the new state with the last one, the Services
+/// they touch translated again, only their frontends planned and written.
+struct Changer {
+    size: usize,
+    state: ClusterState,
+    before: ClusterState,
+    facts: weir::translate::NodeFacts,
+    translation: Translation,
+    dp: Dataplane,
+    done: usize,
+}
+
+impl Changer {
+    /// `size` services programmed into `dp`.
+    fn new(size: usize, mut dp: Dataplane) -> Result<Self> {
+        let state = Workload::new(size, ENDPOINTS).state();
+        let facts = workload::node_facts();
+        let mut translation = Translation::default();
+        let empty = ClusterState::default();
+        translation.update(&empty, &state, &facts, &state.changes_since(&empty));
+        let stats = dp.sync(translation.desired())?;
+        if stats.skipped > 0 {
+            bail!("{} frontends did not fit in the maps", stats.skipped);
         }
+        Ok(Self {
+            size,
+            before: state.clone(),
+            state,
+            facts,
+            translation,
+            dp,
+            done: 0,
+        })
+    }
+
+    /// One change; milliseconds from the new state to the maps written.
+    fn change(&mut self) -> Result<f64> {
+        let c = self.done;
+        self.done += 1;
         // A different service each time: its first endpoint moves to a new pod address.
-        let i = (c * 7919) % size;
+        let i = (c * 7919) % self.size;
         let id = ObjectRef::new(
             workload::NAMESPACE,
             format!("{}-1", workload::service_name(i)),
         );
-        let Some(slice) = state.slices.get_mut(&id) else {
+        let Some(slice) = self.state.slices.get_mut(&id) else {
             bail!("no slice {id}");
         };
         // A new object, as a source makes for a changed slice.
@@ -213,19 +254,102 @@ fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f
             .into();
         }
         let t = Instant::now();
-        let found = state.changes_since(&before);
-        let stats = match translation.update(&before, &state, &facts, &found) {
-            Changed::All => dp.sync(translation.desired())?,
-            Changed::Keys(keys) => dp.sync_changes(translation.desired(), &keys)?,
+        let found = self.state.changes_since(&self.before);
+        let stats = match self
+            .translation
+            .update(&self.before, &self.state, &self.facts, &found)
+        {
+            Changed::All => self.dp.sync(self.translation.desired())?,
+            Changed::Keys(keys) => self.dp.sync_changes(self.translation.desired(), &keys)?,
         };
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let ms = t.elapsed().as_secs_f64() * 1e3;
         if stats.ops == 0 {
             bail!("an endpoint change wrote nothing");
         }
         // The agent keeps the last state as it came (an Arc): no copy is timed.
-        before.slices.insert(id.clone(), state.slices[&id].clone());
+        self.before
+            .slices
+            .insert(id.clone(), self.state.slices[&id].clone());
+        Ok(ms)
+    }
+}
+
+/// Milliseconds from changing one EndpointSlice to the maps written, `changes`
+/// times (fewer if `budget` runs out).
+fn change_latency(size: usize, changes: usize, budget: Duration) -> Result<Vec<f64>> {
+    let mut changer = Changer::new(size, Dataplane::load_unpinned(plan_config(size))?)?;
+    let deadline = Instant::now() + budget;
+    let mut ms = Vec::with_capacity(changes);
+    while ms.len() < changes && Instant::now() < deadline {
+        ms.push(changer.change()?);
     }
     Ok(ms)
+}
+
+/// EndpointSlice changes at `size` services, alone and then while another
+/// thread reads the maps as /metrics does at every scrape
+/// (`Metrics::refresh` over the pinned maps, as the agent's metrics thread
+/// does), back to back: the change latencies both ways, the scrapes done
+/// and their mean time.
+struct ScrapeEffect {
+    size: usize,
+    alone: Vec<f64>,
+    scraped: Vec<f64>,
+    scrapes: usize,
+    scrape_ms: f64,
+}
+
+fn scrape_effect(size: usize, changes: usize) -> Result<ScrapeEffect> {
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/weir-bench-{}-scrape",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| {
+        let defaults = PlanConfig::default();
+        let cfg = PlanConfig {
+            max_services: (size as u32 + 16).max(defaults.max_services),
+            max_slots: backend_capacity(size).max(defaults.max_slots),
+            ..plan_config(size)
+        };
+        let (dp, _) = Dataplane::load(&dir, cfg)?;
+        let mut changer = Changer::new(size, dp)?;
+        let alone = (0..changes)
+            .map(|_| changer.change())
+            .collect::<Result<Vec<_>>>()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scraper = {
+            let (stop, dir) = (stop.clone(), dir.clone());
+            std::thread::spawn(move || -> Result<(usize, f64)> {
+                let maps = weir::dataplane::maps::Maps::open_pinned(&dir)?;
+                let metrics = weir::metrics::Metrics::new();
+                let (mut n, t) = (0usize, Instant::now());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    metrics.refresh(&maps, &dir);
+                    n += 1;
+                }
+                Ok((n, t.elapsed().as_secs_f64() * 1e3 / n.max(1) as f64))
+            })
+        };
+        // Let the first scrape get going.
+        std::thread::sleep(Duration::from_millis(50));
+        let scraped = (0..changes)
+            .map(|_| changer.change())
+            .collect::<Result<Vec<_>>>();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (scrapes, scrape_ms) = scraper
+            .join()
+            .map_err(|_| anyhow::anyhow!("the scraper panicked"))??;
+        Ok(ScrapeEffect {
+            size,
+            alone,
+            scraped: scraped?,
+            scrapes,
+            scrape_ms,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// The memory of the real agent (the release `weir` binary) holding `size`
@@ -272,6 +396,34 @@ fn agent_pid(bpffs: &Path) -> Option<u32> {
         let is_agent = args.first()?.ends_with(b"weir") && args.contains(&needle.as_bytes());
         is_agent.then_some(pid)
     })
+}
+
+fn scrape_table(mut e: ScrapeEffect) -> (String, Table) {
+    let mut t = Table::new(&[
+        "services",
+        "changes",
+        "p50 / p99 alone",
+        "p50 / p99 while scraped",
+        "p99 ratio",
+        "scrapes meanwhile",
+        "mean scrape",
+    ]);
+    let q = |v: &mut Vec<f64>| (quantile(v, 0.5), quantile(v, 0.99));
+    let (a50, a99) = q(&mut e.alone);
+    let (s50, s99) = q(&mut e.scraped);
+    t.row(vec![
+        thousands(e.size as f64),
+        e.alone.len().to_string(),
+        format!("{a50:.1} / {a99:.1} ms"),
+        format!("{s50:.1} / {s99:.1} ms"),
+        ratio(s99, a99),
+        e.scrapes.to_string(),
+        format!("{:.0} ms", e.scrape_ms),
+    ]);
+    (
+        "A scrape during syncs (EndpointSlice change to map write):".into(),
+        t,
+    )
 }
 
 fn section(

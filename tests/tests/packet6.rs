@@ -48,6 +48,26 @@ fn dataplane(frontends: Vec<(FrontendKey, Frontend)>) -> Result<Dataplane> {
     weir_tests::packets::ipv6_dataplane(frontends)
 }
 
+/// TCP 80 on the VIP with the single backend B1:8080.
+fn one_backend_tcp() -> Result<Dataplane> {
+    dataplane(vec![frontend(
+        80,
+        PROTO_TCP,
+        ALG_RANDOM,
+        vec![backend6(B1, 8080, PROTO_TCP)],
+    )])
+}
+
+/// UDP 53 on the VIP with the single backend B2:5353.
+fn one_backend_udp() -> Result<Dataplane> {
+    dataplane(vec![frontend(
+        53,
+        PROTO_UDP,
+        ALG_RANDOM,
+        vec![backend6(B2, 5353, PROTO_UDP)],
+    )])
+}
+
 /// Runs the tc program on `packet` in an empty namespace (replies find no
 /// route and go to the stack); returns the action and the output bytes.
 fn run(dp: &mut Dataplane, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
@@ -85,12 +105,7 @@ fn ct_key(saddr: [u8; 16], sport: u16, daddr: [u8; 16], dport: u16, proto: u8) -
 
 #[test]
 fn tcp_to_an_ipv6_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend6(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let syn = Pkt6::tcp(CLIENT, 40000, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
     // Both directions are in CT6_V1.
@@ -134,12 +149,7 @@ fn tcp_to_an_ipv6_cluster_ip_is_dnated_and_the_reply_reverse_nated() -> Result<(
 
 #[test]
 fn udp_to_an_ipv6_cluster_ip_is_dnated_and_answered_from_the_frontend() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        53,
-        PROTO_UDP,
-        ALG_RANDOM,
-        vec![backend6(B2, 5353, PROTO_UDP)],
-    )])?;
+    let mut dp = one_backend_udp()?;
     let query = Pkt6::udp(CLIENT, 33000, VIP, 53);
     assert_rewrites(&mut dp, &query, &query.with_dst(B2, 5353))?;
     let answer = Pkt6::udp(B2, 5353, CLIENT, 33000);
@@ -209,12 +219,7 @@ fn a_udp_datagram_to_an_ipv6_frontend_without_backends_gets_icmpv6_port_unreacha
 
 #[test]
 fn ipv6_packets_with_extension_headers_pass_untouched_and_are_counted() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend6(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let passed =
         |dp: &Dataplane| -> Result<u64> { Ok(dp.maps.passed.get(&PASS_IPV6_EXT, 0)?.iter().sum()) };
     let before = passed(&dp)?;
@@ -316,12 +321,7 @@ fn too_big() -> etherparse::Icmpv6Type {
 /// are etherparse's.
 #[test]
 fn icmpv6_packet_too_big_is_translated_towards_the_client_and_the_backend() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        80,
-        PROTO_TCP,
-        ALG_RANDOM,
-        vec![backend6(B1, 8080, PROTO_TCP)],
-    )])?;
+    let mut dp = one_backend_tcp()?;
     let syn = Pkt6::tcp(CLIENT, 40000, VIP, 80);
     assert_rewrites(&mut dp, &syn, &syn.with_dst(B1, 8080))?;
 
@@ -354,12 +354,7 @@ fn icmpv6_packet_too_big_is_translated_towards_the_client_and_the_backend() -> R
 /// the client from the frontend.
 #[test]
 fn an_ipv6_backends_port_unreachable_comes_from_the_frontend() -> Result<()> {
-    let mut dp = dataplane(vec![frontend(
-        53,
-        PROTO_UDP,
-        ALG_RANDOM,
-        vec![backend6(B2, 5353, PROTO_UDP)],
-    )])?;
+    let mut dp = one_backend_udp()?;
     let query = Pkt6::udp(CLIENT, 33000, VIP, 53);
     assert_rewrites(&mut dp, &query, &query.with_dst(B2, 5353))?;
     let unreachable = || {
