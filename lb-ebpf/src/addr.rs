@@ -35,6 +35,19 @@ pub fn words6(a: &[u8; 16]) -> [u32; 4] {
     ]
 }
 
+/// An IPv6 address from its four words (the inverse of words6).
+#[inline(always)]
+pub fn bytes6(w: [u32; 4]) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let [b0, b1, b2, b3] = w[i].to_ne_bytes();
+        (b[i * 4], b[i * 4 + 1], b[i * 4 + 2], b[i * 4 + 3]) = (b0, b1, b2, b3);
+        i += 1;
+    }
+    b
+}
+
 impl Addr for [u8; 16] {
     #[inline(always)]
     fn same(&self, other: &Self) -> bool {

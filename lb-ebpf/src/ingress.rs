@@ -51,14 +51,8 @@ pub fn lookup(ctx: &SkLookupContext) -> u32 {
         AF_INET6 => (ip6, SOCKETS_IPV6),
         _ => return SK_PASS,
     };
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        addr[i * 4..i * 4 + 4].copy_from_slice(&words[i].to_ne_bytes());
-        i += 1;
-    }
     let key = IngressKey {
-        addr,
+        addr: crate::addr::bytes6(words),
         port: l.local_port as u16,
         _pad: 0,
     };

@@ -8,8 +8,8 @@ use lb_common::{PROTO_TCP, PROTO_UDP};
 
 use crate::{
     packet::Packet,
-    parse::{Flow, ETH_HLEN, ETH_P_IP, ETH_P_IPV6},
-    parse6::L4_OFF6,
+    parse::{Flow, ETH_HLEN, ETH_P_IP, ETH_P_IPV6, IP_DST_OFF, IP_SRC_OFF},
+    parse6::{IP6_DST_OFF, IP6_SRC_OFF, L4_OFF6},
 };
 
 const PROTO_ICMP: u8 = 1;
@@ -78,8 +78,9 @@ pub fn icmp_error<P: Packet>(p: &P, q: &mut Quoted<[u8; 4]>) -> bool {
     if ih[0] >> 4 != 4 || inner_ihl < 20 || u16::from_be_bytes([ih[6], ih[7]]) & 0x1fff != 0 {
         return false;
     }
-    q.saddr = [h[26], h[27], h[28], h[29]];
-    q.daddr = [h[30], h[31], h[32], h[33]];
+    let (src, dst) = (IP_SRC_OFF, IP_DST_OFF);
+    q.saddr = [h[src], h[src + 1], h[src + 2], h[src + 3]];
+    q.daddr = [h[dst], h[dst + 1], h[dst + 2], h[dst + 3]];
     q.icmp = icmp;
     q.inner_ip = inner_ip;
     q.inner.saddr = [ih[12], ih[13], ih[14], ih[15]];
@@ -112,10 +113,10 @@ pub fn icmp6_error<P: Packet>(p: &P, q: &mut Quoted<[u8; 16]>) -> bool {
         return false;
     }
     let addrs = (
-        p.load(ETH_HLEN + 8),
-        p.load(ETH_HLEN + 24),
-        p.load(inner_ip + 8),
-        p.load(inner_ip + 24),
+        p.load(IP6_SRC_OFF),
+        p.load(IP6_DST_OFF),
+        p.load(inner_ip + IP6_SRC_OFF - ETH_HLEN),
+        p.load(inner_ip + IP6_DST_OFF - ETH_HLEN),
     );
     let (Ok(s), Ok(d), Ok(is), Ok(id)) = addrs else {
         return false;

@@ -23,7 +23,10 @@ use lb_common::{
     PROTO_TCP, PROTO_UDP,
 };
 
-use crate::{v4, v6};
+use crate::{
+    addr::{bytes6, words6},
+    v4, v6,
+};
 
 #[btf_map(name = "SOCK_REVNAT_V1")]
 pub static SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue, { MAX_SOCK_REVNAT as usize }> =
@@ -172,17 +175,6 @@ fn set_ip6_word(ctx: &SockAddrContext, i: usize, word: u32) {
     }
 }
 
-#[inline(always)]
-fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        b[i * 4..i * 4 + 4].copy_from_slice(&w[i].to_ne_bytes());
-        i += 1;
-    }
-    b
-}
-
 /// connect4 and sendmsg4.
 #[inline(always)]
 pub fn translate4(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
@@ -213,7 +205,7 @@ pub fn translate6(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
             set_port(ctx, port);
         });
     }
-    let verdict = v6::sock::translate(&call, words_to_bytes(w), port(ctx));
+    let verdict = v6::sock::translate(&call, bytes6(w), port(ctx));
     apply(verdict, |addr, port| {
         set_ip6_words(ctx, addr);
         set_port(ctx, port);
@@ -222,15 +214,10 @@ pub fn translate6(ctx: &SockAddrContext, sendmsg: bool) -> i32 {
 
 #[inline(always)]
 fn set_ip6_words(ctx: &SockAddrContext, addr: [u8; 16]) {
+    let w = words6(&addr);
     let mut i = 0;
     while i < 4 {
-        let word = u32::from_ne_bytes([
-            addr[i * 4],
-            addr[i * 4 + 1],
-            addr[i * 4 + 2],
-            addr[i * 4 + 3],
-        ]);
-        set_ip6_word(ctx, i, word);
+        set_ip6_word(ctx, i, w[i]);
         i += 1;
     }
 }
@@ -262,7 +249,7 @@ pub fn restore6(ctx: &SockAddrContext) -> i32 {
             set_ip6_word(ctx, 3, u32::from_ne_bytes(addr));
             set_port(ctx, port);
         }
-    } else if let Some((addr, port)) = v6::sock::restore(cookie, words_to_bytes(w), port(ctx)) {
+    } else if let Some((addr, port)) = v6::sock::restore(cookie, bytes6(w), port(ctx)) {
         set_ip6_words(ctx, addr);
         set_port(ctx, port);
     }

@@ -60,9 +60,9 @@ pub mod fam {
 
     /// Where an IP header keeps its addresses and (IPv4) its checksum, and
     /// whether ICMP's checksum covers the IP addresses (ICMPv6's does).
-    pub const IP_SRC: usize = 12;
-    pub const IP_DST: usize = 16;
-    pub const IP_CSUM: Option<usize> = Some(10);
+    pub const IP_SRC: usize = crate::parse::IP_SRC_OFF - crate::parse::ETH_HLEN;
+    pub const IP_DST: usize = crate::parse::IP_DST_OFF - crate::parse::ETH_HLEN;
+    pub const IP_CSUM: Option<usize> = Some(crate::parse::IP_CSUM_OFF - crate::parse::ETH_HLEN);
     pub const ICMP_PSEUDO_HEADER: bool = false;
 
     #[inline(always)]

@@ -59,8 +59,8 @@ pub mod fam {
 
     /// Where an IP header keeps its addresses and (IPv4) its checksum, and
     /// whether ICMP's checksum covers the IP addresses (ICMPv6's does).
-    pub const IP_SRC: usize = 8;
-    pub const IP_DST: usize = 24;
+    pub const IP_SRC: usize = crate::parse6::IP6_SRC_OFF - crate::parse::ETH_HLEN;
+    pub const IP_DST: usize = crate::parse6::IP6_DST_OFF - crate::parse::ETH_HLEN;
     pub const IP_CSUM: Option<usize> = None;
     pub const ICMP_PSEUDO_HEADER: bool = true;
 
