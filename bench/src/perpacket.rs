@@ -371,14 +371,15 @@ fn programmed(size: usize, min_services: u32) -> Result<Dataplane> {
             // so that XDP's established path passes it on unchanged too.
             flags: SVC_FLAG_EXTERNAL,
             ..Default::default()
-        },
+        }
+        .into(),
     );
     // Every frontend's IPv6 twin, with the twins of its backends.
-    let twins: Vec<_> = desired
+    let twins: Vec<(ServiceKey, std::sync::Arc<Frontend>)> = desired
         .frontends
         .iter()
         .map(|(k, f)| {
-            let mut f = f.clone();
+            let mut f = (**f).clone();
             for b in &mut f.backends {
                 b.addr = twin_ip(b.addr);
             }
@@ -386,7 +387,7 @@ fn programmed(size: usize, min_services: u32) -> Result<Dataplane> {
                 addr: twin_ip(k.addr),
                 ..*k
             };
-            (k, f)
+            (k, f.into())
         })
         .collect();
     desired.frontends.extend(twins);

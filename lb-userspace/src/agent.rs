@@ -681,10 +681,10 @@ mod tests {
         let mut desired = Desired::default();
         desired.frontends.insert(
             key,
-            crate::translate::Frontend {
+            Arc::new(crate::translate::Frontend {
                 service: ObjectRef::new("ns", "web"),
                 ..Default::default()
-            },
+            }),
         );
         let failure = |frontend| {
             LoadError::Maps(MapsError::Write(Box::new(WriteFailure {

@@ -1,6 +1,6 @@
 //! Pure translation: cluster state + node facts -> the frontends and backends
 //! the datapath should hold. No I/O; everything here is unit-tested.
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use lb_common::{
     ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_LOCAL, BACKEND_TERMINATING,
@@ -81,7 +81,9 @@ pub struct Frontend {
 /// The whole desired datapath state, plus warnings about what was skipped.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Shared with the Service's remembered output (translation.rs), so the
+    /// desired state costs a pointer per frontend, not a copy.
+    pub frontends: BTreeMap<FrontendKey, Arc<Frontend>>,
     /// healthCheckNodePort -> what it reports (LoadBalancer, externalTrafficPolicy Local).
     pub health_checks: BTreeMap<u16, ServiceHealth>,
     pub warnings: Vec<String>,
@@ -182,7 +184,7 @@ pub enum Item {
     Warning(String),
     Frontend {
         key: FrontendKey,
-        frontend: Frontend,
+        frontend: Arc<Frontend>,
         /// Only if the frontend before it was granted (an internal-scope
         /// view exists only beside its external entry).
         if_previous: bool,
@@ -397,7 +399,7 @@ pub fn service_output(
             };
             out.items.push(Item::Frontend {
                 key,
-                frontend,
+                frontend: Arc::new(frontend),
                 if_previous,
             });
         };

@@ -33,17 +33,56 @@ pub struct Translation {
     context: Option<Context>,
     outputs: BTreeMap<ObjectRef, ServiceOutput>,
     /// The Services asking for each frontend key.
-    wanted: HashMap<ServiceKey, BTreeSet<ObjectRef>>,
+    wanted: HashMap<ServiceKey, Ids>,
     /// The Services reporting on each health check port.
-    health_ports: HashMap<u16, BTreeSet<ObjectRef>>,
-    /// The warnings assembling each Service gave, in Service order.
+    health_ports: HashMap<u16, Ids>,
+    /// The warnings assembling each Service gave, in Service order (only
+    /// Services that gave any).
     warnings: BTreeMap<ObjectRef, Vec<String>>,
     /// The EndpointSlices of each Service, by slice (the order
     /// `ClusterState::slices_of` has), so that a change does not scan them all.
-    slices: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    slices: HashMap<ObjectRef, Ids>,
     desired: Desired,
     /// The warnings `new_warnings` returned already (and still standing).
     reported: std::collections::HashSet<String>,
+}
+
+/// A set of object references kept as a sorted Vec: almost every set here
+/// holds one id, for which a BTreeSet allocates a node with room for eleven.
+#[derive(Debug, Default)]
+struct Ids(Vec<ObjectRef>);
+
+impl Ids {
+    fn insert(&mut self, id: ObjectRef) {
+        if let Err(at) = self.0.binary_search(&id) {
+            if self.0.capacity() == 0 {
+                self.0.reserve_exact(1);
+            }
+            self.0.insert(at, id);
+        }
+    }
+
+    fn remove(&mut self, id: &ObjectRef) {
+        if let Ok(at) = self.0.binary_search(id) {
+            self.0.remove(at);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, ObjectRef> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a Ids {
+    type Item = &'a ObjectRef;
+    type IntoIter = std::slice::Iter<'a, ObjectRef>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// The Service an EndpointSlice belongs to.
@@ -198,8 +237,10 @@ impl Translation {
         for (id, out) in &self.outputs {
             let from = desired.warnings.len();
             assemble(&mut desired, id, out);
-            self.warnings
-                .insert(id.clone(), desired.warnings[from..].to_vec());
+            if desired.warnings.len() > from {
+                self.warnings
+                    .insert(id.clone(), desired.warnings[from..].to_vec());
+            }
         }
         self.desired = desired;
     }
@@ -261,6 +302,10 @@ impl Translation {
         let from = self.desired.warnings.len();
         assemble(&mut self.desired, id, new);
         let warnings = self.desired.warnings.split_off(from);
-        self.warnings.insert(id.clone(), warnings);
+        if warnings.is_empty() {
+            self.warnings.remove(id);
+        } else {
+            self.warnings.insert(id.clone(), warnings);
+        }
     }
 }

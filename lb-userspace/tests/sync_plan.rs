@@ -4,6 +4,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_common::{
     ServiceValue, SlotKey, ALG_HASH, ALG_MAGLEV, ALG_RANDOM, BACKEND_ACTIVE, BACKEND_TERMINATING,
@@ -55,7 +56,7 @@ fn desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
     Desired {
         frontends: entries
             .iter()
-            .map(|(k, b)| (*k, frontend(ALG_RANDOM, b)))
+            .map(|(k, b)| (*k, frontend(ALG_RANDOM, b).into()))
             .collect(),
         ..Default::default()
     }
@@ -269,7 +270,7 @@ fn step(maps: &mut Maps, current: &Programmed, want: &Desired) -> (Vec<Op>, Prog
 fn from_empty_puts_backends_slots_revnat_then_service() {
     let k = key(10, 80);
     let mut want = desired(&[(k, &[be(1), be(2)])]);
-    want.frontends.get_mut(&k).unwrap().algorithm = ALG_HASH;
+    Arc::make_mut(want.frontends.get_mut(&k).unwrap()).algorithm = ALG_HASH;
     let (ops, next) = plan(&Programmed::default(), &want).unwrap();
     assert_eq!(
         ops,
@@ -474,7 +475,7 @@ fn backend_state_and_algorithm_changes_update_in_place() {
         ..be(1)
     };
     let mut want = desired(&[(k, &[terminating])]);
-    want.frontends.get_mut(&k).unwrap().algorithm = ALG_HASH;
+    Arc::make_mut(want.frontends.get_mut(&k).unwrap()).algorithm = ALG_HASH;
     let (ops, next) = step(&mut maps, &first, &want);
     assert_eq!(
         ops,
@@ -601,7 +602,7 @@ fn restore_rebuilds_the_planned_state() {
         (k2, &[udp]),
         (key(12, 80), &[]),
     ]);
-    want.frontends.get_mut(&k1).unwrap().algorithm = ALG_HASH;
+    Arc::make_mut(want.frontends.get_mut(&k1).unwrap()).algorithm = ALG_HASH;
     let mut maps = Maps::default();
     let (_, first) = step(&mut maps, &Programmed::default(), &want);
     assert!(maps.restore().same_entries(&first));
@@ -642,7 +643,7 @@ fn listed() -> Programmed {
         (key_proto(10, 53, PROTO_UDP), &[]),
         (internal, &[be(1)]),
     ]);
-    want.frontends.get_mut(&internal).unwrap().algorithm = ALG_HASH;
+    Arc::make_mut(want.frontends.get_mut(&internal).unwrap()).algorithm = ALG_HASH;
     plan(&Programmed::default(), &want).unwrap().1
 }
 
@@ -749,6 +750,7 @@ fn service_table_text() {
 fn maglev_desired(entries: &[(ServiceKey, &[Backend])]) -> Desired {
     let mut d = desired(entries);
     for f in d.frontends.values_mut() {
+        let f = Arc::make_mut(f);
         f.algorithm = ALG_MAGLEV;
     }
     d
@@ -971,7 +973,7 @@ fn many(n: u32) -> Desired {
                     addr: addr([198, 18, 0, 0], i).into(),
                     ..be(0)
                 };
-                (k, frontend(ALG_RANDOM, &[b]))
+                (k, frontend(ALG_RANDOM, &[b]).into())
             })
             .collect(),
         ..Default::default()
@@ -1032,10 +1034,10 @@ fn source_ranges_are_written_before_the_service_and_removed_after_it() {
     // Host bits are cleared: 198.18.7.9/16 is the network 198.18.0.0/16.
     want.frontends.insert(
         k,
-        guarded(&[
+        Arc::new(guarded(&[
             (Ipv4Addr::new(198, 18, 7, 9), 16),
             (Ipv4Addr::new(198, 19, 5, 5), 32),
-        ]),
+        ])),
     );
     let (ops, first) = step(&mut maps, &Programmed::default(), &want);
     let id = service_id(&first, k);
@@ -1058,7 +1060,7 @@ fn source_ranges_are_written_before_the_service_and_removed_after_it() {
 
     // One range replaced: the new one is put, the old one deleted, nothing else.
     want.frontends
-        .insert(k, guarded(&[(Ipv4Addr::new(198, 18, 0, 0), 16)]));
+        .insert(k, guarded(&[(Ipv4Addr::new(198, 18, 0, 0), 16)]).into());
     let (ops, second) = step(&mut maps, &first, &want);
     assert_eq!(
         ops,
@@ -1178,6 +1180,7 @@ fn a_plan_of_changes_programs_what_a_full_plan_does() {
         };
         let before = want.clone();
         for f in want.frontends.values_mut() {
+            let f = Arc::make_mut(f);
             for b in &mut f.backends {
                 b.state = state_of(match b.addr {
                     IpAddr::V4(a) => a.octets()[3],
@@ -1193,7 +1196,8 @@ fn a_plan_of_changes_programs_what_a_full_plan_does() {
             if r.below(3) == 0 {
                 want.frontends.remove(&k);
             } else {
-                want.frontends.insert(k, random_frontend(&mut r, &state_of));
+                want.frontends
+                    .insert(k, random_frontend(&mut r, &state_of).into());
             }
         }
         let changed = changed_keys(&before, &want);

@@ -427,7 +427,7 @@ pub fn ipv6_dataplane(
     };
     let mut dp = weir::dataplane::Dataplane::load_unpinned(cfg)?;
     dp.sync(&weir::translate::Desired {
-        frontends: frontends.into_iter().collect(),
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
         ..Default::default()
     })?;
     Ok(dp)

@@ -312,7 +312,7 @@ fn dataplane_with(options: &LoadOptions, random: u8) -> Result<Dataplane> {
         ),
     ];
     dp.sync(&Desired {
-        frontends: frontends.into_iter().collect(),
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
         ..Default::default()
     })?;
     Ok(dp)

@@ -259,7 +259,7 @@ fn dataplane(options: &LoadOptions, random: u8) -> Result<Dataplane> {
         frontend(NODE, 30080, PROTO_TCP, random, both()),
     ];
     dp.sync(&Desired {
-        frontends: frontends.into_iter().collect(),
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
         ..Default::default()
     })?;
     Ok(dp)

@@ -44,7 +44,7 @@ fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (Ser
 
 fn desired(frontends: Vec<(ServiceKey, Frontend)>) -> Desired {
     Desired {
-        frontends: frontends.into_iter().collect(),
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
         ..Default::default()
     }
 }

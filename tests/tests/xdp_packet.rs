@@ -74,7 +74,7 @@ fn node_port(proto: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
 fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {
     let mut dp = Dataplane::load_unpinned(PlanConfig::default())?;
     dp.sync(&Desired {
-        frontends: frontends.into_iter().collect(),
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
         ..Default::default()
     })?;
     Ok(dp)
