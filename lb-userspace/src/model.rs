@@ -180,16 +180,43 @@ pub struct EndpointPort {
 }
 
 /// One endpoint of a slice. Conditions follow the API: a missing `ready` means ready.
+///
+/// Names are shared (`shared_name`): a cluster has a million endpoints on a
+/// few thousand nodes, and a String per endpoint was most of the state's
+/// memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub address: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     /// hints.forZones; None when the endpoint has no hints.
-    pub hint_zones: Option<Vec<String>>,
+    pub hint_zones: Option<Arc<[Arc<str>]>>,
+}
+
+/// The one shared copy of a node or zone name: equal names from different
+/// objects share their memory. The table keeps at most 65,536 names; past
+/// that it starts afresh (names already handed out stay valid, only their
+/// sharing with later ones is lost).
+pub fn shared_name(name: &str) -> Arc<str> {
+    use std::sync::{Mutex, OnceLock};
+    const MAX_NAMES: usize = 65_536;
+    static NAMES: OnceLock<Mutex<std::collections::HashSet<Arc<str>>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(shared) = names.get(name) {
+        return shared.clone();
+    }
+    if names.len() >= MAX_NAMES {
+        names.clear();
+    }
+    let shared: Arc<str> = Arc::from(name);
+    names.insert(shared.clone());
+    shared
 }
 
 impl Endpoint {

@@ -563,7 +563,7 @@ struct Candidate {
     local: bool,
     ready: bool,
     serving_terminating: bool,
-    hint_zones: Option<Vec<String>>,
+    hint_zones: Option<std::sync::Arc<[std::sync::Arc<str>]>>,
 }
 
 /// The endpoints of one service port and family: from every slice of that
@@ -649,7 +649,7 @@ fn apply_topology(svc: &Service, zone: Option<&str>, endpoints: Vec<Candidate>) 
         .filter(|c| {
             c.hint_zones
                 .as_ref()
-                .is_some_and(|z| z.iter().any(|h| h == zone))
+                .is_some_and(|z| z.iter().any(|h| **h == *zone))
         })
         .map(|c| c.backend)
         .collect();

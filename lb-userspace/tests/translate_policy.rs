@@ -98,7 +98,7 @@ fn endpoint(last: u8, node: Option<&str>) -> Endpoint {
         ready: true,
         serving: true,
         terminating: false,
-        node_name: node.map(String::from),
+        node_name: node.map(Into::into),
         zone: None,
         hint_zones: None,
     }
@@ -142,7 +142,7 @@ impl SliceExt for EndpointSlice {
     }
     fn hinted(self, last: u8, zones: Option<&[&str]>) -> Self {
         self.with(Endpoint {
-            hint_zones: zones.map(|z| z.iter().map(|s| s.to_string()).collect()),
+            hint_zones: zones.map(|z| z.iter().map(|s| (*s).into()).collect()),
             ..endpoint(last, Some(OTHER_NODE))
         })
     }

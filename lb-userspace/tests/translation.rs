@@ -85,7 +85,7 @@ fn random_slice(r: &mut Rng, service: u64, n: u64) -> EndpointSlice {
             .collect(),
         endpoints: (0..r.below(4))
             .map(|_| Endpoint {
-                node_name: r.chance(50).then(|| "node-a".to_string()),
+                node_name: r.chance(50).then(|| "node-a".into()),
                 ready: r.chance(80),
                 terminating: r.chance(20),
                 ..Endpoint::ready(Ipv4Addr::new(198, 18, 1, r.below(20) as u8 + 1).into())

@@ -8,8 +8,8 @@ use k8s_openapi::api::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::model::{
-    Endpoint, EndpointPort, EndpointSlice, Family, Node, ObjectRef, Protocol, Service, ServicePort,
-    ServiceType,
+    shared_name, Endpoint, EndpointPort, EndpointSlice, Family, Node, ObjectRef, Protocol, Service,
+    ServicePort, ServiceType,
 };
 
 /// A conversion error: the field path and what is wrong with it.
@@ -323,7 +323,7 @@ pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldEr
             protocol: protocol(p.protocol.as_deref(), &field("protocol"))?,
         });
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, e) in slice.endpoints.iter().enumerate() {
         // kube-proxy uses the first address of each endpoint.
         let first = e
@@ -348,13 +348,13 @@ pub fn endpoint_slice(slice: &K8sSlice) -> Result<Option<EndpointSlice>, FieldEr
             // serving defaults to ready, terminating to false (API semantics).
             serving: c.serving.unwrap_or(ready),
             terminating: c.terminating.unwrap_or(false),
-            node_name: e.node_name.clone(),
-            zone: e.zone.clone(),
+            node_name: e.node_name.as_deref().map(shared_name),
+            zone: e.zone.as_deref().map(shared_name),
             hint_zones: e
                 .hints
                 .as_ref()
                 .and_then(|h| h.for_zones.as_ref())
-                .map(|zones| zones.iter().map(|z| z.name.clone()).collect()),
+                .map(|zones| zones.iter().map(|z| shared_name(&z.name)).collect()),
         });
     }
     Ok(Some(EndpointSlice {
