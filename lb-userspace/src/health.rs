@@ -36,7 +36,7 @@ pub fn service_response(h: &ServiceHealth) -> (StatusCode, String) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = serde_json::json!({
-        "service": {"namespace": h.service.namespace, "name": h.service.name},
+        "service": {"namespace": &*h.service.namespace, "name": &*h.service.name},
         "localEndpoints": h.local_endpoints,
         "serviceProxyHealthy": true,
     });

@@ -333,8 +333,8 @@ impl Metrics {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&key)
             {
-                label.namespace = svc.namespace.clone();
-                label.name = svc.name.clone();
+                label.namespace = svc.namespace.to_string();
+                label.name = svc.name.to_string();
                 label.port_name = port.clone();
             }
             let stats = maps.service_stats(value.id);

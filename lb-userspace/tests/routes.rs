@@ -119,12 +119,16 @@ fn route_with_origin(
             },
         }
     };
-    Some((u.clone(), m, routed.rule.action.origin.object.name.clone()))
+    Some((
+        u.clone(),
+        m,
+        routed.rule.action.origin.object.name.to_string(),
+    ))
 }
 
 /// The service that serves host + path, or None for 404.
 fn served(t: &RouteTable, host: &str, path: &str) -> Option<String> {
-    route(t, Some(host), path).map(|(u, _)| u.service.name.clone())
+    route(t, Some(host), path).map(|(u, _)| u.service.name.to_string())
 }
 
 fn ingress(name: &str, spec: &str) -> String {
@@ -149,7 +153,7 @@ fn default_backend_serves_every_request_that_matches_no_rule() {
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     for (host, path) in [("x.example", "/"), ("y", "/some/path"), ("", "/")] {
         let (u, m) = route(&t, Some(host), path).expect("default backend");
-        assert_eq!(u.service.name, "a");
+        assert_eq!(u.service.name, "a".into());
         assert_eq!(m, Matched::DefaultBackend);
     }
     let (u, _) = route(&t, None, "/").expect("no host");
@@ -235,7 +239,7 @@ fn exact_paths_are_case_sensitive_and_trailing_slash_strict_and_beat_prefix() {
     let t = path_table();
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
     let (u, m) = route(&t, Some("p.example"), "/foo").unwrap();
-    assert_eq!(u.service.name, "a");
+    assert_eq!(u.service.name, "a".into());
     assert!(matches!(
         m,
         Matched::Path {

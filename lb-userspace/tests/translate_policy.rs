@@ -991,7 +991,7 @@ fn maglev_annotation_selects_maglev_on_every_frontend() {
     );
     no_warnings(&d);
     for (key, frontend) in &d.frontends {
-        let expected = if frontend.service.name == "plain" {
+        let expected = if frontend.service.name == "plain".into() {
             ALG_RANDOM
         } else {
             ALG_MAGLEV

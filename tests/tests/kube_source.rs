@@ -461,11 +461,7 @@ async fn skips_objects_with_bad_fields_and_publishes_the_rest() -> Result<()> {
     let mut source = start(&api, Duration::from_millis(20))?;
     let state = source.wait("the initial state", |_| true).await?;
     assert_eq!(
-        state
-            .services
-            .keys()
-            .map(|k| k.name.as_str())
-            .collect::<Vec<_>>(),
+        state.services.keys().map(|k| &*k.name).collect::<Vec<_>>(),
         ["a", "b", "c"]
     );
     assert!(!state.slices.contains_key(&svc_ref("bad-addr-1")));

@@ -96,8 +96,8 @@ pub fn service_ports(state: &ClusterState) -> Vec<SvcPort> {
                 })
                 .collect();
             out.push(SvcPort {
-                namespace: svc.id.namespace.clone(),
-                name: svc.id.name.clone(),
+                namespace: svc.id.namespace.to_string(),
+                name: svc.id.name.to_string(),
                 port_name: port.name.clone(),
                 protocol: port.protocol,
                 cluster_ip,

@@ -307,7 +307,7 @@ impl GatewayState {
             || self
                 .reference_grants
                 .values()
-                .filter(|g| g.id.namespace == to_ns)
+                .filter(|g| *g.id.namespace == *to_ns)
                 .any(|g| {
                     g.from
                         .iter()

@@ -136,7 +136,7 @@ mod tests {
                 route("exact-newer", &["abc.example.com"]),
             ],
         };
-        let pick = |n: Option<&str>| l.route(n).map(|r| r.origin.object.name.as_str());
+        let pick = |n: Option<&str>| l.route(n).map(|r| &*r.origin.object.name);
         assert_eq!(pick(Some("abc.example.com")), Some("exact"));
         assert_eq!(pick(Some("x.example.com")), Some("wild"));
         assert_eq!(pick(None), Some("old-any"));

@@ -39,7 +39,7 @@ pub fn object_ref(meta: &ObjectMeta) -> Result<ObjectRef, FieldError> {
         .clone()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| "default".into());
-    Ok(ObjectRef { namespace, name })
+    Ok(ObjectRef::new(namespace, name))
 }
 
 fn protocol(value: Option<&str>, field: &str) -> Result<Protocol, FieldError> {

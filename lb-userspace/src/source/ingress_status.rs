@@ -134,12 +134,12 @@ pub fn warning_event(
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Event",
-        "metadata": {"generateName": format!("{}.", ingress.name), "namespace": ingress.namespace},
+        "metadata": {"generateName": format!("{}.", ingress.name), "namespace": &*ingress.namespace},
         "involvedObject": {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "Ingress",
-            "namespace": ingress.namespace,
-            "name": ingress.name,
+            "namespace": &*ingress.namespace,
+            "name": &*ingress.name,
         },
         "reason": EVENT_REASON,
         "message": message,

@@ -744,7 +744,9 @@ impl<T: Clone> Cache<T> {
 
 fn display_ref(kind: Kind, key: &ObjectRef) -> String {
     match kind {
-        Kind::Node | Kind::IngressClass | Kind::GatewayClass | Kind::Namespace => key.name.clone(),
+        Kind::Node | Kind::IngressClass | Kind::GatewayClass | Kind::Namespace => {
+            key.name.to_string()
+        }
         _ => key.to_string(),
     }
 }

@@ -247,8 +247,10 @@ impl GatewayStores {
         }
         for ns in self.namespaces.state() {
             if let Ok(id) = object_ref(&ns.metadata) {
-                gs.namespaces
-                    .insert(id.name, ns.metadata.labels.clone().unwrap_or_default());
+                gs.namespaces.insert(
+                    id.name.to_string(),
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                );
             }
         }
     }

@@ -37,7 +37,7 @@ pub(super) fn parent_statuses(
         let gw_ns = parent
             .namespace
             .clone()
-            .unwrap_or_else(|| route.id.namespace.clone());
+            .unwrap_or_else(|| route.id.namespace.to_string());
         let gw_id = ObjectRef::new(&gw_ns, &parent.name);
         let Some(gi) = gateways.iter().position(|g| g.gw.id == gw_id) else {
             // Not a Gateway of Weir's: its controller writes this parent's status.

@@ -49,7 +49,7 @@ pub(super) fn listener_cert(
         let ns = r
             .namespace
             .clone()
-            .unwrap_or_else(|| gw.id.namespace.clone());
+            .unwrap_or_else(|| gw.id.namespace.to_string());
         let id = ObjectRef::new(&ns, &r.name);
         let result = if !(r.group.is_empty() && r.kind == "Secret") {
             Err((

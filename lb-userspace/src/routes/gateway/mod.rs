@@ -181,8 +181,8 @@ pub fn build(
         if !parents.is_empty() {
             statuses.routes.push(RouteStatus {
                 kind: kind.into(),
-                namespace: route.id.namespace.clone(),
-                name: route.id.name.clone(),
+                namespace: route.id.namespace.to_string(),
+                name: route.id.name.to_string(),
                 parents,
             });
         }
@@ -265,8 +265,8 @@ pub fn build(
         if !parents.is_empty() {
             statuses.routes.push(RouteStatus {
                 kind: kind.into(),
-                namespace: route.id.namespace.clone(),
-                name: route.id.name.clone(),
+                namespace: route.id.namespace.to_string(),
+                name: route.id.name.to_string(),
                 parents,
             });
         }
@@ -384,8 +384,8 @@ pub fn build(
             }
         }
         statuses.gateways.push(GatewayStatus {
-            namespace: g.gw.id.namespace.clone(),
-            name: g.gw.id.name.clone(),
+            namespace: g.gw.id.namespace.to_string(),
+            name: g.gw.id.name.to_string(),
             addresses: g
                 .addresses
                 .iter()
