@@ -585,7 +585,12 @@ fn sync(
     }
     let desired = translation.desired();
     let result = match &changed {
-        crate::translation::Changed::All => dataplane.sync(desired),
+        crate::translation::Changed::All => {
+            let result = dataplane.sync(desired);
+            // A full plan's operations are freed by now.
+            crate::memory::release_freed();
+            result
+        }
         crate::translation::Changed::Keys(keys) => dataplane.sync_changes(desired, keys),
     };
     let elapsed = started.elapsed();

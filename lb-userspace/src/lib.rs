@@ -11,6 +11,7 @@ pub mod health;
 pub mod ingress;
 pub mod inspect;
 pub mod maglev;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod node_addrs;
