@@ -49,6 +49,17 @@ fn plan_config(services: usize) -> PlanConfig {
     }
 }
 
+/// Every capacity raised to hold `services` x ENDPOINTS (services and slots
+/// too, which `plan_config` leaves at their defaults).
+fn capacity(services: usize) -> PlanConfig {
+    let defaults = PlanConfig::default();
+    PlanConfig {
+        max_services: (services as u32 + 16).max(defaults.max_services),
+        max_slots: backend_capacity(services).max(defaults.max_slots),
+        ..plan_config(services)
+    }
+}
+
 struct Params {
     sizes: Vec<usize>,
     changes: usize,
@@ -115,10 +126,14 @@ pub fn run(mode: Mode) -> Result<Section> {
         p.scrape_changes, p.scrape_size
     );
     let scrape = scrape_effect(p.scrape_size, p.scrape_changes)?;
-    let agent_size = largest;
-    eprintln!("bench: control plane, agent memory at {agent_size} services");
-    let memory = agent_memory(agent_size)?;
-    let mut section = section(&p, &rows, latencies, memory, largest, agent_size);
+    let mut agent_sizes = vec![largest, p.scrape_size];
+    agent_sizes.dedup();
+    let mut memory = Vec::new();
+    for size in agent_sizes {
+        eprintln!("bench: control plane, agent memory at {size} services");
+        memory.push((size, agent_memory(size)?));
+    }
+    let mut section = section(&p, &rows, latencies, &memory, largest);
     section.tables.insert(2, scrape_table(scrape));
     section.intro.push_str(
         "\n\nA scrape during syncs: EndpointSlice changes as above, first alone, then while \
@@ -306,13 +321,7 @@ fn scrape_effect(size: usize, changes: usize) -> Result<ScrapeEffect> {
     ));
     std::fs::create_dir_all(&dir)?;
     let result = (|| {
-        let defaults = PlanConfig::default();
-        let cfg = PlanConfig {
-            max_services: (size as u32 + 16).max(defaults.max_services),
-            max_slots: backend_capacity(size).max(defaults.max_slots),
-            ..plan_config(size)
-        };
-        let (dp, _) = Dataplane::load(&dir, cfg)?;
+        let (dp, _) = Dataplane::load(&dir, capacity(size))?;
         let mut changer = Changer::new(size, dp)?;
         let alone = (0..changes)
             .map(|_| changer.change())
@@ -362,8 +371,15 @@ fn agent_memory(size: usize) -> Result<(f64, u64, u64)> {
     let expected = workload::desired(&w.state()).frontends.len();
     let ns = Netns::create(&format!("{}-agent", weir_tests::netns::unique_tag()))?;
     let t = Instant::now();
-    let max_backends = format!("--max-backends={}", backend_capacity(size));
-    let mut agent = Agent::start(&ns.name, &dir.path, &tag, &[&max_backends])?;
+    // The capacities the agent's flags would be given for this many.
+    let cfg = capacity(size);
+    let flags = [
+        format!("--max-backends={}", cfg.max_backends),
+        format!("--max-services={}", cfg.max_services),
+        format!("--max-slots={}", cfg.max_slots),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut agent = Agent::start(&ns.name, &dir.path, &tag, &flags)?;
     agent.wait_for(
         &format!("{expected} frontends"),
         Duration::from_secs(300),
@@ -430,9 +446,8 @@ fn section(
     p: &Params,
     rows: &[(usize, Programming)],
     mut latencies: Vec<f64>,
-    memory: (f64, u64, u64),
+    memory: &[(usize, (f64, u64, u64))],
     largest: usize,
-    agent_size: usize,
 ) -> Section {
     let mut table = Table::new(&[
         "services x endpoints",
@@ -490,12 +505,14 @@ fn section(
         "RSS",
         "peak RSS",
     ]);
-    mem.row(vec![
-        format!("{} x {ENDPOINTS}", thousands(agent_size as f64)),
-        format!("{:.1} s", memory.0),
-        format!("{:.1} MiB", memory.1 as f64 / 1024.0),
-        format!("{:.1} MiB", memory.2 as f64 / 1024.0),
-    ]);
+    for (size, (ready, rss, peak)) in memory {
+        mem.row(vec![
+            format!("{} x {ENDPOINTS}", thousands(*size as f64)),
+            format!("{ready:.1} s"),
+            format!("{:.1} MiB", *rss as f64 / 1024.0),
+            format!("{:.1} MiB", *peak as f64 / 1024.0),
+        ]);
+    }
     Section {
         title: "3. Control plane".into(),
         intro: format!(
