@@ -264,6 +264,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
     let mut current: Option<Arc<ClusterState>> = None;
     let mut missing = std::collections::BTreeSet::new();
     let mut node_ports_on: Option<crate::node_addrs::Chosen> = None;
+    // Whether the metrics' frontend names follow every sync so far.
+    let mut names_complete = true;
     loop {
         let mut apply: Option<Arc<ClusterState>> = None;
         tokio::select! {
@@ -358,10 +360,19 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             }
         }
         previous = state.clone();
-        if synced {
+        names_complete &= synced.is_some();
+        if let Some(changed) = synced {
             let desired = translation.desired();
             report_node_port_addresses(desired, &mut node_ports_on);
-            metrics.set_services(desired);
+            // After a failed sync the names missed its keys: all again.
+            metrics.set_services(
+                desired,
+                match &changed {
+                    crate::translation::Changed::Keys(keys) if names_complete => Some(keys),
+                    _ => None,
+                },
+            );
+            names_complete = true;
             pending.programmed(&metrics);
             health.update_proxy(|h| {
                 h.last_updated = Some(SystemTime::now());
@@ -564,11 +575,10 @@ fn reconcile_devices(
     control.set_uplinks(status);
 }
 
-/// Translates and syncs; returns what was programmed, or None if the sync
-/// failed. Logs one line either way, and records the sync for the metrics
-/// and `weir status`.
 /// Translates what changed and writes it to the maps (everything when a
-/// full plan is due); true when the maps hold the new desired state.
+/// full plan is due). Returns which frontends the translation changed when
+/// the maps hold the new desired state, None when the sync failed. Logs one
+/// line either way, and records the sync for the metrics and `weir status`.
 fn sync(
     dataplane: &mut Dataplane,
     translation: &mut crate::translation::Translation,
@@ -577,7 +587,7 @@ fn sync(
     metrics: &Metrics,
     control: &ControlState,
     changes: &crate::model::Changes,
-) -> bool {
+) -> Option<crate::translation::Changed> {
     let started = Instant::now();
     let changed = translation.update(before, state, node, changes);
     for w in translation.new_warnings() {
@@ -638,7 +648,7 @@ fn sync(
                 duration_ms = elapsed.as_secs_f64() * 1e3,
                 "synced"
             );
-            true
+            Some(changed)
         }
         Err(e) => {
             let error = sync_error(&e, desired);
@@ -649,7 +659,7 @@ fn sync(
                 "sync failed: {error}; the maps keep what was written, the next change retries"
             );
             report.error = Some(error);
-            false
+            None
         }
     };
     control.synced(report);

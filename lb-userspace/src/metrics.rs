@@ -148,7 +148,8 @@ pub struct Metrics {
     /// so that each scrape adds only the difference.
     last: Mutex<HashMap<(String, &'static str), u64>>,
     /// Each programmed frontend's Service and port name, from the last sync.
-    services: Mutex<HashMap<crate::frontend::FrontendKey, (crate::model::ObjectRef, String)>>,
+    services:
+        Mutex<HashMap<crate::frontend::FrontendKey, std::sync::Arc<crate::translate::Frontend>>>,
 }
 
 impl Default for Metrics {
@@ -271,14 +272,32 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    /// Records which Service port each frontend serves (after a sync).
-    pub fn set_services(&self, desired: &crate::translate::Desired) {
-        let names = desired
-            .frontends
-            .iter()
-            .map(|(key, f)| (*key, (f.service.clone(), f.port_name.clone())))
-            .collect();
-        *self.services.lock().unwrap_or_else(|e| e.into_inner()) = names;
+    /// Records which Service port each frontend serves (after a sync): of
+    /// `changed` only, or of every frontend. A change at 100k services
+    /// touches its own keys, not a 100k-entry table.
+    pub fn set_services(
+        &self,
+        desired: &crate::translate::Desired,
+        changed: Option<&std::collections::BTreeSet<crate::frontend::FrontendKey>>,
+    ) {
+        let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        match changed {
+            Some(keys) => {
+                for key in keys {
+                    match desired.frontends.get(key) {
+                        Some(f) => services.insert(*key, f.clone()),
+                        None => services.remove(key),
+                    };
+                }
+            }
+            None => {
+                *services = desired
+                    .frontends
+                    .iter()
+                    .map(|(key, f)| (*key, f.clone()))
+                    .collect();
+            }
+        }
     }
 
     fn add(
@@ -327,15 +346,15 @@ impl Metrics {
                 frontend: format!("{key}{scope}"),
                 ..Default::default()
             };
-            if let Some((svc, port)) = self
+            if let Some(f) = self
                 .services
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(&key)
             {
-                label.namespace = svc.namespace.to_string();
-                label.name = svc.name.to_string();
-                label.port_name = port.clone();
+                label.namespace = f.service.namespace.to_string();
+                label.name = f.service.name.to_string();
+                label.port_name = f.port_name.clone();
             }
             let stats = maps.service_stats(value.id);
             self.add(&self.flows, &label, "flows", stats.flows);
