@@ -329,11 +329,6 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
         // Attach first, so that a pod device that appeared with its
         // endpoints serves traffic as soon as the maps do.
         reconcile_devices(&mut dataplane, &selector, &mut missing, &control);
-        // What the sync removes, for ending its sockets (only with socket LB:
-        // the copy is of every backend).
-        let backends_before = socket_lb
-            .as_ref()
-            .map(|_| dataplane.programmed().backends.clone());
         let synced = sync(
             &mut dataplane,
             &mut translation,
@@ -343,8 +338,8 @@ pub async fn run(cfg: AgentConfig) -> Result<()> {
             &control,
             &changes,
         );
-        if let Some(backends_before) = &backends_before {
-            match dataplane.end_sockets_of_gone_backends(backends_before) {
+        if socket_lb.is_some() {
+            match dataplane.end_sockets_of_gone_backends() {
                 Ok((ended, failed)) => {
                     if ended > 0 {
                         info!(

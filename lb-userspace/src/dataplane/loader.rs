@@ -89,6 +89,10 @@ pub struct Dataplane {
     /// The next sync plans everything: at start, after a failed sync, and
     /// while frontends are left out for want of room (sync_delta.rs).
     full_sync_needed: bool,
+    /// The backends the last sync's operations put or deleted, as they were
+    /// before it: what socket LB's "ended sockets of gone backends" compares
+    /// with the maps now, without a copy of every backend per sync.
+    touched_backends: std::collections::BTreeMap<u32, crate::frontend::Backend>,
 }
 
 /// The capacities the loader gives the maps, by map name.
@@ -388,11 +392,19 @@ impl Dataplane {
             cfg,
             filter,
             full_sync_needed: true,
+            touched_backends: Default::default(),
         })
     }
 
     pub fn programmed(&self) -> &Programmed {
         &self.programmed
+    }
+
+    /// The backends the last sync put or deleted, as they were before it.
+    pub(super) fn touched_backends(
+        &self,
+    ) -> &std::collections::BTreeMap<u32, crate::frontend::Backend> {
+        &self.touched_backends
     }
 
     /// Deletes the conntrack entries whose flows have expired, here and now
@@ -439,6 +451,7 @@ impl Dataplane {
     /// Brings the maps to `desired`. On a failed write the maps are re-read,
     /// so that the next sync plans from what they really hold.
     pub fn sync(&mut self, desired: &Desired) -> Result<SyncStats, LoadError> {
+        self.touched_backends.clear();
         let plan = plan_with(&self.programmed, desired, &self.cfg)?;
         self.full_sync_needed = true;
         self.apply(&plan.ops)?;
@@ -484,6 +497,16 @@ impl Dataplane {
     /// Writes `ops` with the filter bits around them; on a failed write
     /// re-reads the maps.
     fn apply(&mut self, ops: &[super::sync::Op]) -> Result<(), LoadError> {
+        use super::sync::Op;
+        self.touched_backends = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::PutBackend(id, _) | Op::DelBackend(id) => {
+                    self.programmed.backends.get(id).map(|b| (*id, *b))
+                }
+                _ => None,
+            })
+            .collect();
         self.filter.before(&self.programmed, ops);
         for op in ops {
             if let Err(e) = self.maps.apply(op, self.cfg.maglev_m) {

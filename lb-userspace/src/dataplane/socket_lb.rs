@@ -295,11 +295,16 @@ impl Dataplane {
     /// Ends the sockets socket LB sent to backends that `before` had and the
     /// maps no longer have (see sock_destroy). Returns how many, and why
     /// others could not be ended.
-    pub fn end_sockets_of_gone_backends(
-        &self,
-        before: &std::collections::BTreeMap<u32, crate::frontend::Backend>,
-    ) -> std::io::Result<(usize, Vec<String>)> {
-        let gone = super::sock_destroy::gone(before, &self.programmed().backends);
+    pub fn end_sockets_of_gone_backends(&self) -> std::io::Result<(usize, Vec<String>)> {
+        // Only the backends the last sync touched can have gone (a backend's
+        // address keeps its id while it is programmed), so both sides are
+        // those: a sync costs its own backends, not every backend.
+        let before = self.touched_backends();
+        let after = before
+            .keys()
+            .filter_map(|id| self.programmed().backends.get(id).map(|b| (*id, *b)))
+            .collect();
+        let gone = super::sock_destroy::gone(before, &after);
         if gone.is_empty() {
             return Ok((0, Vec::new()));
         }
