@@ -130,7 +130,7 @@ fn parse_files(paths: &[PathBuf]) -> Vec<Result<ParsedFile, DocumentError>> {
         return paths.iter().map(|p| parse_file(p)).collect();
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let mut results: Vec<(usize, Result<ParsedFile, DocumentError>)> = std::thread::scope(|s| {
+    let results: Vec<(usize, Result<ParsedFile, DocumentError>)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
@@ -149,8 +149,24 @@ fn parse_files(paths: &[PathBuf]) -> Vec<Result<ParsedFile, DocumentError>> {
             .flat_map(|w| w.join().unwrap_or_default())
             .collect()
     });
-    results.sort_by_key(|(i, _)| *i);
-    results.into_iter().map(|(_, r)| r).collect()
+    // By index: a worker that panicked leaves its files reported, not the
+    // others' results shifted onto the wrong paths.
+    let mut out: Vec<Result<ParsedFile, DocumentError>> = paths
+        .iter()
+        .map(|p| {
+            Err(DocumentError {
+                file: p.display().to_string(),
+                document: 0,
+                object: None,
+                field: None,
+                reason: "the parser failed".into(),
+            })
+        })
+        .collect();
+    for (i, r) in results {
+        out[i] = r;
+    }
+    out
 }
 
 impl DirSource {
