@@ -148,12 +148,12 @@ impl Maps {
                 self.slots.insert(k, id);
                 true
             }
-            Op::PutRevNat(id, r) => {
-                self.revnat.insert(id, r);
+            Op::PutRevNat(id, ref r) => {
+                self.revnat.insert(id, **r);
                 true
             }
-            Op::PutService(k, v) => {
-                self.services.insert(k, v);
+            Op::PutService(k, ref v) => {
+                self.services.insert(k, **v);
                 true
             }
             Op::PutSourceRange(id, a, p) => {
@@ -279,8 +279,8 @@ fn from_empty_puts_backends_slots_revnat_then_service() {
             Op::PutBackend(2, be(2)),
             Op::PutSlot(slot(1, 1), 1),
             Op::PutSlot(slot(1, 2), 2),
-            Op::PutRevNat(1, SocketAddr::new([198, 19, 0, 10].into(), 80)),
-            Op::PutService(k, value(1, 2, ALG_HASH)),
+            Op::PutRevNat(1, Box::new(SocketAddr::new([198, 19, 0, 10].into(), 80))),
+            Op::PutService(k, Box::new(value(1, 2, ALG_HASH))),
         ]
     );
     assert_eq!(next.services[&k].backend_ids, vec![1, 2]);
@@ -305,10 +305,10 @@ fn from_empty_with_several_services_groups_ops_by_kind() {
             Op::PutSlot(slot(1, 2), 2),
             Op::PutSlot(slot(2, 1), 2),
             Op::PutSlot(slot(2, 2), 3),
-            Op::PutRevNat(1, revnat(k1)),
-            Op::PutRevNat(2, revnat(k2)),
-            Op::PutService(k1, value(1, 2, ALG_RANDOM)),
-            Op::PutService(k2, value(2, 2, ALG_RANDOM)),
+            Op::PutRevNat(1, Box::new(revnat(k1))),
+            Op::PutRevNat(2, Box::new(revnat(k2))),
+            Op::PutService(k1, Box::new(value(1, 2, ALG_RANDOM))),
+            Op::PutService(k2, Box::new(value(2, 2, ALG_RANDOM))),
         ]
     );
     assert_eq!(next.backends.len(), 3);
@@ -321,8 +321,8 @@ fn a_frontend_without_backends_is_programmed_with_count_zero() {
     assert_eq!(
         ops,
         vec![
-            Op::PutRevNat(1, revnat(k)),
-            Op::PutService(k, value(1, 0, ALG_RANDOM)),
+            Op::PutRevNat(1, Box::new(revnat(k))),
+            Op::PutService(k, Box::new(value(1, 0, ALG_RANDOM))),
         ]
     );
     assert!(next.services[&k].backend_ids.is_empty());
@@ -358,7 +358,7 @@ fn removing_a_backend_rewrites_slots_and_lowers_count_before_deleting() {
         ops,
         vec![
             Op::PutSlot(slot(1, 2), 3),
-            Op::PutService(k, value(1, 2, ALG_RANDOM)),
+            Op::PutService(k, Box::new(value(1, 2, ALG_RANDOM))),
             Op::DelSlot(slot(1, 3)),
             Op::DelBackend(2),
         ]
@@ -384,7 +384,7 @@ fn a_backend_still_used_by_another_service_is_kept() {
     assert_eq!(
         ops,
         vec![
-            Op::PutService(k1, value(1, 1, ALG_RANDOM)),
+            Op::PutService(k1, Box::new(value(1, 1, ALG_RANDOM))),
             Op::DelSlot(slot(1, 2)),
         ]
     );
@@ -430,7 +430,7 @@ fn removed_services_go_before_any_slot_deletion() {
     assert_eq!(
         ops,
         vec![
-            Op::PutService(k1, value(1, 1, ALG_RANDOM)),
+            Op::PutService(k1, Box::new(value(1, 1, ALG_RANDOM))),
             Op::DelService(k2),
             Op::DelSlot(slot(1, 2)),
             Op::DelSlot(slot(2, 1)),
@@ -456,7 +456,7 @@ fn adding_a_backend_puts_the_slot_before_raising_the_count() {
         vec![
             Op::PutBackend(2, be(2)),
             Op::PutSlot(slot(1, 2), 2),
-            Op::PutService(k, value(1, 2, ALG_RANDOM)),
+            Op::PutService(k, Box::new(value(1, 2, ALG_RANDOM))),
         ]
     );
 }
@@ -481,7 +481,7 @@ fn backend_state_and_algorithm_changes_update_in_place() {
         ops,
         vec![
             Op::PutBackend(1, terminating),
-            Op::PutService(k, value(1, 1, ALG_HASH)),
+            Op::PutService(k, Box::new(value(1, 1, ALG_HASH))),
         ]
     );
     assert_eq!(next.backends[&1].state, BACKEND_TERMINATING);
@@ -1102,7 +1102,7 @@ fn an_external_entry_is_flagged_while_an_internal_entry_exists() {
     let external_only = desired(&[(ext, &[be(1)]), (other, &[be(1)])]);
     let (ops, p) = plan(&p, &external_only).expect("plan");
     assert_eq!(flags(&p, ext), 0);
-    assert!(ops.contains(&Op::PutService(ext, p.services[&ext].value)));
+    assert!(ops.contains(&Op::PutService(ext, Box::new(p.services[&ext].value))));
 }
 
 // ---- plans of changes ---------------------------------------------------------

@@ -390,14 +390,14 @@ mod tests {
         let mut f = filter();
         let k = key([198, 19, 0, 10], 80);
         let b = backend([198, 18, 1, 11]);
-        let add = [Op::PutBackend(1, b), Op::PutService(k, value(1))];
+        let add = [Op::PutBackend(1, b), Op::PutService(k, Box::new(value(1)))];
         f.before(&Programmed::default(), &add);
         assert!(f.has(frontend_bit(&k)) && f.has(backend_bit(&b)));
         f.after(&add);
         assert!(f.has(frontend_bit(&k)), "cleared after being added");
 
         // A value change of a programmed frontend counts it once only.
-        let change = [Op::PutService(k, value(1))];
+        let change = [Op::PutService(k, Box::new(value(1)))];
         f.before(&with_service(k), &change);
         f.after(&change);
         let del = [Op::DelService(k), Op::DelBackend(1)];
@@ -427,7 +427,10 @@ mod tests {
             })
             .expect("two frontends on one bit");
         let mut f = filter();
-        let add = [Op::PutService(a, value(1)), Op::PutService(b, value(2))];
+        let add = [
+            Op::PutService(a, Box::new(value(1))),
+            Op::PutService(b, Box::new(value(2))),
+        ];
         f.before(&Programmed::default(), &add);
         f.after(&add);
         let del = [Op::DelService(a)];
@@ -466,7 +469,10 @@ mod tests {
     fn restore_sets_what_the_maps_hold_and_drops_stale_frontend_bits() {
         let mut f = filter();
         let stale = key([198, 19, 9, 9], 443);
-        f.before(&Programmed::default(), &[Op::PutService(stale, value(9))]);
+        f.before(
+            &Programmed::default(),
+            &[Op::PutService(stale, Box::new(value(9)))],
+        );
         let k = key([198, 19, 0, 10], 80);
         let mut p = with_service(k);
         let b = backend([198, 18, 1, 11]);

@@ -383,7 +383,7 @@ impl Maps {
                     self.backends6.insert(id, b, 0).map_err(e(MAP_BACKENDS6))
                 }
             },
-            Op::PutRevNat(id, r) => match r.ip() {
+            Op::PutRevNat(id, ref r) => match r.ip() {
                 IpAddr::V4(a) => {
                     let v = RevNat {
                         addr: a.octets(),
@@ -402,9 +402,9 @@ impl Maps {
                     self.revnat6.insert(id, v, 0).map_err(e(MAP_REVNAT6))
                 }
             },
-            Op::PutService(k, v) => match service_key(&k) {
-                Key4or6::V4(k) => self.services.insert(k, v, 0).map_err(e(MAP_SERVICES)),
-                Key4or6::V6(k) => self.services6.insert(k, v, 0).map_err(e(MAP_SERVICES6)),
+            Op::PutService(k, ref v) => match service_key(&k) {
+                Key4or6::V4(k) => self.services.insert(k, **v, 0).map_err(e(MAP_SERVICES)),
+                Key4or6::V6(k) => self.services6.insert(k, **v, 0).map_err(e(MAP_SERVICES6)),
             },
             Op::DelService(k) => match service_key(&k) {
                 Key4or6::V4(k) => ignore_missing(self.services.remove(&k)).map_err(e(MAP_SERVICES)),
