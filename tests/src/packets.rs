@@ -417,6 +417,16 @@ pub fn answer6(src: [u8; 16], dst: [u8; 16]) -> PacketBuilderStep<IpHeaders> {
     PacketBuilder::ethernet2(MAC_NODE, MAC_POD).ipv6(src, dst, 64)
 }
 
+/// The desired state of just `frontends`.
+pub fn desired(
+    frontends: Vec<(weir::translate::FrontendKey, weir::translate::Frontend)>,
+) -> weir::translate::Desired {
+    weir::translate::Desired {
+        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
+        ..Default::default()
+    }
+}
+
 /// Unpinned maps with IPv6 on (`--ipv6`), holding `frontends`.
 pub fn ipv6_dataplane(
     frontends: Vec<(weir::translate::FrontendKey, weir::translate::Frontend)>,
@@ -426,10 +436,7 @@ pub fn ipv6_dataplane(
         ..Default::default()
     };
     let mut dp = weir::dataplane::Dataplane::load_unpinned(cfg)?;
-    dp.sync(&weir::translate::Desired {
-        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
-        ..Default::default()
-    })?;
+    dp.sync(&desired(frontends))?;
     Ok(dp)
 }
 

@@ -30,7 +30,7 @@ use weir::{
         Dataplane,
     },
     model::ObjectRef,
-    translate::{Desired, Frontend},
+    translate::Frontend,
 };
 use weir_tests::{
     packets::{backend, hex, FibNs},
@@ -311,10 +311,7 @@ fn dataplane_with(options: &LoadOptions, random: u8) -> Result<Dataplane> {
             ],
         ),
     ];
-    dp.sync(&Desired {
-        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
-        ..Default::default()
-    })?;
+    dp.sync(&weir_tests::packets::desired(frontends))?;
     Ok(dp)
 }
 

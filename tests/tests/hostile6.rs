@@ -26,7 +26,7 @@ use weir::{
         Dataplane,
     },
     model::ObjectRef,
-    translate::{Backend, Desired, Frontend, FrontendKey},
+    translate::{Backend, Frontend, FrontendKey},
 };
 use weir_tests::{
     packets::{backend6, hex, v6, FibNs},
@@ -258,10 +258,7 @@ fn dataplane(options: &LoadOptions, random: u8) -> Result<Dataplane> {
         frontend(VIP, 54, PROTO_UDP, random, vec![]),
         frontend(NODE, 30080, PROTO_TCP, random, both()),
     ];
-    dp.sync(&Desired {
-        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
-        ..Default::default()
-    })?;
+    dp.sync(&weir_tests::packets::desired(frontends))?;
     Ok(dp)
 }
 

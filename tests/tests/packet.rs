@@ -13,10 +13,10 @@ use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     dataplane::{loader::tc_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
-    translate::{Desired, Frontend},
+    translate::Frontend,
 };
 use weir_tests::packets::{
-    answer, backend, ct_key, frag_needed, hex, icmp_error, port_unreachable, FibNs, Pkt,
+    answer, backend, ct_key, desired, frag_needed, hex, icmp_error, port_unreachable, FibNs, Pkt,
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -40,13 +40,6 @@ fn frontend(port: u16, proto: u8, algorithm: u8, backends: Vec<Backend>) -> (Ser
             ..Default::default()
         },
     )
-}
-
-fn desired(frontends: Vec<(ServiceKey, Frontend)>) -> Desired {
-    Desired {
-        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
-        ..Default::default()
-    }
 }
 
 fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {

@@ -16,7 +16,7 @@ use weir::translate::{Backend, FrontendKey as ServiceKey};
 use weir::{
     dataplane::{loader::xdp_program, sync::PlanConfig, Dataplane},
     model::ObjectRef,
-    translate::{Desired, Frontend},
+    translate::Frontend,
 };
 use weir_tests::packets::{
     answer, backend, ct_key, hex, FibNs, Pkt, CLIENT_MAC, NODE2_MAC, NODE_IP, NODE_MAC,
@@ -73,10 +73,7 @@ fn node_port(proto: u8, backends: Vec<Backend>) -> (ServiceKey, Frontend) {
 
 fn dataplane(frontends: Vec<(ServiceKey, Frontend)>) -> Result<Dataplane> {
     let mut dp = Dataplane::load_unpinned(PlanConfig::default())?;
-    dp.sync(&Desired {
-        frontends: frontends.into_iter().map(|(k, f)| (k, f.into())).collect(),
-        ..Default::default()
-    })?;
+    dp.sync(&weir_tests::packets::desired(frontends))?;
     Ok(dp)
 }
 

@@ -473,6 +473,7 @@ impl Dataplane {
         desired: &Desired,
         changed: &std::collections::BTreeSet<crate::frontend::FrontendKey>,
     ) -> Result<SyncStats, LoadError> {
+        self.touched_backends.clear();
         if self.full_sync_needed {
             return self.sync(desired);
         }
