@@ -42,28 +42,50 @@ pub struct Sockets {
 
 impl Sockets {
     fn bind(http: SocketAddr, https: SocketAddr, stream: SocketAddr) -> Result<Self, ProxyError> {
-        let bind = |addr: SocketAddr| {
-            let l = std::net::TcpListener::bind(addr)
-                .map_err(|source| ProxyError::Bind { addr, source })?;
-            l.set_nonblocking(true)
-                .map_err(|source| ProxyError::Bind { addr, source })?;
-            Ok::<_, ProxyError>(l)
-        };
         Ok(Self {
-            http: bind(http)?,
-            https: bind(https)?,
-            stream: bind(stream)?,
+            http: reuseport_listener(http)?,
+            https: reuseport_listener(https)?,
+            stream: reuseport_listener(stream)?,
         })
     }
 
-    fn try_clone(&self) -> Result<Self, ProxyError> {
-        let clone = |l: &std::net::TcpListener| l.try_clone().map_err(ProxyError::Runtime);
+    /// Sockets of their own for another proxy thread, in the same
+    /// SO_REUSEPORT groups as these: the kernel spreads the connections
+    /// that reach a group (the hand-off's choice included) across its
+    /// sockets by a hash of the 4-tuple. Threads sharing one socket split
+    /// them by who woke first, which left one thread with most of a burst
+    /// of kept-alive connections.
+    fn join(&self) -> Result<Self, ProxyError> {
+        let join = |l: &std::net::TcpListener| {
+            let addr = l.local_addr().map_err(ProxyError::Runtime)?;
+            reuseport_listener(addr)
+        };
         Ok(Self {
-            http: clone(&self.http)?,
-            https: clone(&self.https)?,
-            stream: clone(&self.stream)?,
+            http: join(&self.http)?,
+            https: join(&self.https)?,
+            stream: join(&self.stream)?,
         })
     }
+}
+
+/// Pending connections a listener queues (the kernel caps it at
+/// net.core.somaxconn): nginx's default is 511, std's 128.
+const BACKLOG: i32 = 1024;
+
+/// A nonblocking listener on `addr` with SO_REUSEPORT, so that the other
+/// proxy threads' sockets can join its group.
+fn reuseport_listener(addr: SocketAddr) -> Result<std::net::TcpListener, ProxyError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind = || {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok::<_, std::io::Error>(socket.into())
+    };
+    bind().map_err(|source| ProxyError::Bind { addr, source })
 }
 
 impl Listeners {
@@ -112,11 +134,22 @@ pub fn start(
     ) {
         info!(%http, %https, ipv6 = listeners.v6.is_some(), "ingress proxy listening");
     }
-    for i in 0..threads.max(1) {
-        let sets: Vec<Sockets> = std::iter::once(&listeners.v4)
-            .chain(listeners.v6.as_ref())
-            .map(Sockets::try_clone)
-            .collect::<Result<_, _>>()?;
+    // The first thread serves the very sockets the hand-off steers to; the
+    // others join those sockets' reuseport groups.
+    let mut per_thread: Vec<Vec<Sockets>> = Vec::with_capacity(threads.max(1));
+    for _ in 1..threads.max(1) {
+        per_thread.push(
+            std::iter::once(&listeners.v4)
+                .chain(listeners.v6.as_ref())
+                .map(Sockets::join)
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    per_thread.insert(
+        0,
+        std::iter::once(listeners.v4).chain(listeners.v6).collect(),
+    );
+    for (i, sets) in per_thread.into_iter().enumerate() {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
